@@ -1,0 +1,24 @@
+"""The MiniGPT model: config, decoder and registration with `transformers`' Auto classes."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from minigpt.model.configuration import PRESETS, MiniGPTConfig
+from minigpt.model.modeling import MiniGPT, MiniGPTForCausalLM, MiniGPTModel, MiniGPTPreTrainedModel
+
+# After `import minigpt`, AutoConfig / AutoModelForCausalLM.from_pretrained(run_dir) work.
+AutoConfig.register(MiniGPTConfig.model_type, MiniGPTConfig, exist_ok=True)
+AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+__all__ = ["PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "count_parameters"]

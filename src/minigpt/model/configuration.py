@@ -1,0 +1,175 @@
+"""`MiniGPTConfig`: the hyper-parameters of the decoder, as a `transformers` config.
+
+A Llama-shaped decoder (Touvron et al. 2023, arXiv:2302.13971): RMSNorm, rotary position
+embedding, grouped-query attention (Ainslie et al. 2023, arXiv:2305.13245) and a SwiGLU
+feed-forward (Shazeer 2020, arXiv:2002.05202). The field names are the ones `LlamaConfig`
+uses, so a saved config maps one to one onto Llama's (see `minigpt.model.export`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from minigpt.errors import UserError
+
+#: Named sizes. `tiny` is for tests and the CPU demo, `small` is minimind's 26 M model,
+#: `base` is about 100 M parameters. Counts are with the default vocabulary of 6400 and tied
+#: embeddings; `minigpt.model.count_parameters` prints the exact figure.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    ),
+    "small": dict(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    ),
+    "base": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    ),
+}
+
+
+class MiniGPTConfig(PretrainedConfig):
+    """Configuration of `MiniGPTForCausalLM`.
+
+    Args:
+        vocab_size: number of token ids; the embedding and LM head are `[vocab_size, hidden_size]`.
+        hidden_size: width of the residual stream.
+        intermediate_size: width of the SwiGLU hidden layer (Llama uses about 8/3 · hidden).
+        num_hidden_layers: number of decoder blocks.
+        num_attention_heads: query heads; `hidden_size` must be divisible by it unless
+            `head_dim` is given.
+        num_key_value_heads: key/value heads for grouped-query attention; must divide
+            `num_attention_heads` (1 = multi-query, equal = multi-head). Defaults to
+            `num_attention_heads`.
+        head_dim: per-head width; defaults to `hidden_size // num_attention_heads`.
+        max_position_embeddings: the context length the model is trained for, in tokens.
+        rope_theta: RoPE base frequency θ (Su et al. 2021, arXiv:2104.09864).
+        rope_scaling: optional RoPE scaling for longer context, in `transformers`' form, e.g.
+            `{"rope_type": "linear", "factor": 2.0}` or `{"rope_type": "yarn", "factor": 4.0,
+            "original_max_position_embeddings": 512}`; computed by `transformers`' RoPE
+            functions, so every type Llama supports works here too.
+        rms_norm_eps: ε inside RMSNorm (Zhang & Sennrich 2019).
+        tie_word_embeddings: share the input embedding with the LM head.
+        dropout: dropout on attention probabilities and on each residual branch (0 for
+            pretraining small models on enough data).
+        initializer_range: standard deviation of the normal weight initialisation.
+        attention_bias / mlp_bias: add biases to the attention / feed-forward projections.
+        pad_token_id / bos_token_id / eos_token_id: special ids of the tokenizer the model is
+            trained with (`minigpt.tokenizer`: eos 0, pad 1, no bos).
+
+    Raises:
+        UserError: on shapes that cannot form a model (heads that do not divide, etc.).
+    """
+
+    model_type = "minigpt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 6400,
+        hidden_size: int = 256,
+        intermediate_size: int | None = None,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 4,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        max_position_embeddings: int = 512,
+        rope_theta: float = 1e6,
+        rope_scaling: dict | None = None,
+        rms_norm_eps: float = 1e-6,
+        tie_word_embeddings: bool = True,
+        dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        pad_token_id: int | None = 1,
+        bos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = 0,
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if intermediate_size is None:
+            # SwiGLU keeps the parameter count of a 4x GELU MLP at 8/3 width; round to 64.
+            intermediate_size = 64 * ((int(8 * hidden_size / 3) + 63) // 64)
+        if num_key_value_heads is None:
+            num_key_value_heads = num_attention_heads
+        if head_dim is None:
+            if hidden_size % num_attention_heads:
+                raise UserError(
+                    f"hidden_size ({hidden_size}) must be divisible by num_attention_heads "
+                    f"({num_attention_heads}), or set head_dim"
+                )
+            head_dim = hidden_size // num_attention_heads
+        if num_attention_heads % num_key_value_heads:
+            raise UserError(
+                f"num_attention_heads ({num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({num_key_value_heads})"
+            )
+        if head_dim % 2:
+            raise UserError(f"head_dim ({head_dim}) must be even for rotary embeddings")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.max_position_embeddings = max_position_embeddings
+        self.rms_norm_eps = rms_norm_eps
+        self.dropout = dropout
+        self.initializer_range = initializer_range
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
+        self.hidden_act = "silu"
+        self.use_cache = use_cache
+        # transformers >= 5 keeps every RoPE setting in one dict, `rope_parameters`; accept the
+        # classic `rope_theta` / `rope_scaling` arguments and fold them in.
+        rope = dict(kwargs.pop("rope_parameters", None) or rope_scaling or {})
+        rope.setdefault("rope_type", rope.pop("type", "default"))
+        rope.setdefault("rope_theta", rope_theta)
+        self.rope_parameters = rope
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    @property
+    def rope_theta(self) -> float:
+        """RoPE base frequency θ (stored in `rope_parameters`)."""
+        return float(self.rope_parameters["rope_theta"])
+
+    @property
+    def num_key_value_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "MiniGPTConfig":
+        """Build a named preset (`tiny`, `small`, `base`), with fields overridden by keyword.
+
+        Raises:
+            UserError: if `name` is not a preset.
+        """
+        if name not in PRESETS:
+            raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})

@@ -1,0 +1,338 @@
+"""The MiniGPT decoder: a Llama-shaped causal language model in one readable file.
+
+Blocks (pre-norm, Llama parameter names so PEFT targets, `transformers` tooling and the export
+to `LlamaForCausalLM` work unchanged):
+
+    h = x + o_proj(attention(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
+    y = h + down_proj(silu(gate_proj(rms(h))) * up_proj(rms(h)))
+
+Papers: RMSNorm (Zhang & Sennrich 2019, arXiv:1910.07467); RoPE (Su et al. 2021,
+arXiv:2104.09864); grouped-query attention (Ainslie et al. 2023, arXiv:2305.13245); SwiGLU
+(Shazeer 2020, arXiv:2002.05202); Llama (Touvron et al. 2023, arXiv:2302.13971).
+
+Shapes use B = batch, T = new tokens in this call, S = keys seen (past + T), H = query heads,
+K = key/value heads, D = head_dim, C = hidden_size, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+
+from minigpt.losses.lm import causal_lm_loss
+from minigpt.model.configuration import MiniGPTConfig
+
+
+class MiniGPTRMSNorm(nn.Module):
+    """Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) * weight`, computed in fp32.
+
+    Shapes: `(..., C) -> (..., C)`, output in the input's dtype.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+class MiniGPTRotaryEmbedding(nn.Module):
+    """Rotary position embedding tables (cos, sin) for given positions.
+
+    The inverse frequencies are `θ^(-2i/D)`; any `rope_type` other than `default` (linear,
+    dynamic NTK, YaRN, llama3, …) is computed by `transformers`' own RoPE functions, so long-
+    context scaling matches Llama exactly.
+    """
+
+    def __init__(self, config: MiniGPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        fn = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = fn(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: MiniGPTConfig, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, float]:
+        """Return (inverse frequencies `(D/2,)`, attention scaling 1.0) for plain RoPE."""
+        dim = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions `(B, T)` -> (cos, sin), each `(B, T, D)` in `x`'s dtype."""
+        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """`[x1, x2] -> [-x2, x1]` on the last dimension (the rotation of RoPE, half-split layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x (B, heads, T, D)` by the angles whose cos/sin are `(B, T, D)`."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+class MiniGPTAttention(nn.Module):
+    """Grouped-query causal self-attention through `F.scaled_dot_product_attention`.
+
+    `K` key/value heads are shared by `H/K` query heads each, which shrinks the KV cache by
+    that factor with little loss in quality (Ainslie et al. 2023).
+    """
+
+    def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        c, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(c, self.num_heads * d, bias=config.attention_bias)
+        self.k_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
+        self.v_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * d, c, bias=config.attention_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """x `(B, T, C)`; mask `(B, 1, T, S)` bool (True = may attend) or None for plain causal."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, K, S, D)
+        if self.num_kv_heads != self.num_heads:
+            # Expanding K/V to H heads lets SDPA use its fused kernels on every backend
+            # (its `enable_gqa` flag falls back to the slow math path on CPU).
+            rep = self.num_heads // self.num_kv_heads
+            k = k[:, :, None].expand(b, self.num_kv_heads, rep, k.shape[2], self.head_dim).reshape(b, self.num_heads, -1, self.head_dim)
+            v = v[:, :, None].expand(b, self.num_kv_heads, rep, v.shape[2], self.head_dim).reshape(b, self.num_heads, -1, self.head_dim)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and t > 1,
+        )  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MiniGPTMLP(nn.Module):
+    """SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`, `(B, T, C) -> (B, T, C)`."""
+
+    def __init__(self, config: MiniGPTConfig) -> None:
+        super().__init__()
+        c, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(c, f, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(c, f, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(f, c, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MiniGPTDecoderLayer(nn.Module):
+    """One pre-norm block: attention then SwiGLU, each added to the residual stream."""
+
+    def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = MiniGPTAttention(config, layer_idx)
+        self.mlp = MiniGPTMLP(config)
+        self.input_layernorm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, mask, past_key_values=None):  # noqa: D102 — shapes as in MiniGPTAttention
+        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
+        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class MiniGPTPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the `transformers` plumbing shared by MiniGPT models."""
+
+    config_class = MiniGPTConfig
+    config: MiniGPTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["MiniGPTDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) everywhere; the two projections that write into the
+        residual stream (`o_proj`, `down_proj`) are scaled by 1/sqrt(2·layers) (GPT-2, Radford
+        et al. 2019) so the stream's variance does not grow with depth."""
+        super()._init_weights(module)
+        if isinstance(module, MiniGPTAttention) or isinstance(module, MiniGPTMLP):
+            proj = module.o_proj if isinstance(module, MiniGPTAttention) else module.down_proj
+            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(proj.weight, mean=0.0, std=std)
+
+
+def _position_ids(attention_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor:
+    """Positions `(B|1, T)` of the new tokens: counted over real tokens only when a padding mask is
+    given, so a left-padded sequence gets the same positions as the unpadded one."""
+    if attention_mask is None:
+        return torch.arange(past, past + t, device=device)[None]
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp_(min=0)[:, -t:]
+
+
+def _attention_mask_4d(attention_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask `(B, 1, T, S)`, True where query i may attend key j: causal and not padding.
+
+    Returns None when plain causal attention suffices (no padding, no cache), which lets SDPA
+    take its `is_causal` fast path. A padded query row keeps its own diagonal so softmax never
+    sees an all-masked row (those rows are padding and their outputs are ignored).
+    """
+    s = past + t
+    if attention_mask is None or bool(attention_mask.all()):
+        if past == 0:
+            return None
+        if t == 1:
+            return None  # one new token sees every cached key
+        q_pos = torch.arange(past, s, device=device)[:, None]
+        return (torch.arange(s, device=device)[None] <= q_pos)[None, None]
+    if attention_mask.shape[-1] != s:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens, expected past + new = {s}")
+    q_pos = torch.arange(past, s, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(s, device=device)[None]  # (1, S)
+    causal = k_pos <= q_pos  # (T, S)
+    keep = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
+    keep |= (k_pos == q_pos)[None]
+    return keep[:, None]
+
+
+class MiniGPTModel(MiniGPTPreTrainedModel):
+    """The decoder stack without the LM head: `input_ids (B, T) -> last_hidden_state (B, T, C)`."""
+
+    def __init__(self, config: MiniGPTConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MiniGPTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = MiniGPTRotaryEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """Run the stack.
+
+        Args:
+            input_ids: `(B, T)` token ids (or `inputs_embeds` `(B, T, C)`).
+            attention_mask: `(B, S)` with 1 for real tokens and 0 for padding, covering the
+                cached tokens too; None means no padding.
+            position_ids: `(B, T)`; by default counted over real tokens.
+            past_key_values: a `transformers` `Cache` (e.g. `DynamicCache`) updated in place.
+            use_cache: create a `DynamicCache` when none is given.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = DynamicCache(config=self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        t = x.shape[1]
+        if position_ids is None:
+            position_ids = _position_ids(attention_mask, past, t, x.device)
+        mask = _attention_mask_4d(attention_mask, past, t, x.device)
+        rope = self.rotary_emb(x, position_ids)
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, rope, mask, past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=past_key_values)
+
+
+class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
+    """MiniGPT with its language-model head: `input_ids (B, T) -> logits (B, T, V)`.
+
+    Works with `model.generate` (greedy, sampling, beam search, KV `Cache` objects) and
+    `AutoModelForCausalLM.from_pretrained(dir)` once `minigpt` is imported. `labels` follow
+    the `transformers` convention: same shape as `input_ids`, shifted inside, −100 ignored.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MiniGPTConfig) -> None:
+        super().__init__(config)
+        self.model = MiniGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Logits `(B, T, V)` (or of the last `logits_to_keep` positions) and, given `labels`
+        `(B, T)`, the mean next-token cross-entropy in nats over labels that are not −100.
+        """
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        h = out.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            h = h[:, logits_to_keep]
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+
+#: The name users of the original design know.
+MiniGPT = MiniGPTForCausalLM
