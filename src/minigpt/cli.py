@@ -1,0 +1,98 @@
+"""`minigpt <command>`: one CLI over every recipe, built from typed signatures by jsonargparse.
+
+Each command is a plain function whose parameters (and dataclass fields, with their docstrings)
+become options: `minigpt pretrain --config configs/pretrain/tiny.yaml --train.lr 1e-3`.
+YAML presets load with `--config`; any field can be overridden with a dotted option after it.
+User errors (`minigpt.errors.UserError`) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Callable
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def _commands() -> dict[str, Callable]:
+    from minigpt.recipes.generate import generate
+    from minigpt.recipes.pretrain import pretrain
+    from minigpt.recipes.quickstart import quickstart
+    from minigpt.model.export import export_command
+    from minigpt.tokenizer import tokenizer_command
+
+    return {
+        "quickstart": quickstart,
+        "tokenizer": tokenizer_command,
+        "pretrain": pretrain,
+        "generate": generate,
+        "export": export_command,
+    }
+
+
+def build_parser():
+    """The `minigpt` argument parser with one subcommand per recipe."""
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog="minigpt", description="Train a small GPT from raw text to a chat model.", env_prefix="MINIGPT", default_env=False)
+    sub = parser.add_subcommands(dest="command")
+    for name, fn in _commands().items():
+        doc = inspect.getdoc(fn) or ""
+        p = ArgumentParser(description=doc.split("\n\nArgs:")[0])
+        p.add_argument("--config", action=ActionConfigFile, help="YAML file of option values (later options override it).")
+        params = inspect.signature(fn).parameters
+        # Plain booleans read better as switches (--resume / --no_resume) than `--resume true`.
+        flags = [n for n, prm in params.items() if prm.annotation in (bool, "bool")]
+        p.add_function_arguments(fn, skip=set(flags), as_group=False)
+        arg_help = _arg_help(doc)
+        for f in flags:
+            p.add_argument(f"--{f}", action=ActionYesNo, default=params[f].default, help=arg_help.get(f, ""))
+        sub.add_subcommand(name, p, help=doc.split("\n")[0])
+    return parser
+
+
+def _arg_help(doc: str) -> dict[str, str]:
+    """Map parameter name -> its line in a Google-style `Args:` section."""
+    out, current = {}, None
+    for line in doc.split("Args:", 1)[-1].splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.endswith(":") and " " not in stripped:
+            continue
+        head, _, rest = stripped.partition(":")
+        if rest and " " not in head:
+            current = head
+            out[current] = rest.strip()
+        elif current:
+            out[current] += " " + stripped
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `minigpt` console script; returns the exit status."""
+    from minigpt.errors import UserError
+
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    name = cfg.command
+    init = parser.instantiate_classes(cfg)
+    kwargs = {k: v for k, v in dict(init[name]).items() if k != "config"}
+    import minigpt  # noqa: F401 — registers the model with transformers' Auto classes
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        _commands()[name](**kwargs)
+    except UserError as e:
+        print(f"minigpt {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"minigpt {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The contract between the one training loop and an algorithm.
+
+An objective turns `(model, batch)` into a summed loss and the number of units (tokens,
+sequences, pairs) it is summed over. The loop divides by the total units of the whole optimizer
+step (all micro-batches, all devices) before `backward`, which makes gradient accumulation
+exact: 8 micro-batches of 1 give the same update as 1 batch of 8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class LossOutput:
+    """What `Objective.compute_loss` returns.
+
+    Attributes:
+        loss_sum: scalar tensor, the loss summed over `num_units` (differentiable).
+        num_units: how many units `loss_sum` sums over (tokens for LM, pairs for DPO …).
+        sums: extra metrics as sums over units, e.g. `{"nats": …, "bytes": …}`; the loop
+            aggregates them across micro-batches and evaluation batches.
+    """
+
+    loss_sum: torch.Tensor
+    num_units: int
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """Two methods wide; the loop never branches on which algorithm this is."""
+
+    def num_units(self, batch: dict[str, Any]) -> int:
+        """Units in `batch` that carry loss (known before the forward pass)."""
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """Forward `batch` through `model` and return the summed loss."""

@@ -1,0 +1,109 @@
+"""`minigpt generate`: sample text from a trained model, streaming tokens as they come."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from minigpt.errors import UserError
+
+
+def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokenizer_dir: str | None = None):
+    """Load a saved model directory (and the tokenizer saved beside it) for inference.
+
+    Raises:
+        UserError: missing directory, no tokenizer, or a tokenizer with more ids than the
+            model's vocabulary.
+    """
+    import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
+    from transformers import AutoModelForCausalLM
+
+    from minigpt.tokenizer import load_tokenizer
+    from minigpt.train.distributed import pick_device
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a model directory (no config.json)")
+    tok = load_tokenizer(tokenizer_dir or path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    if len(tok) > model.config.vocab_size:
+        raise UserError(
+            f"tokenizer at {tokenizer_dir or path} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+    return model.to(pick_device(device)).eval(), tok
+
+
+def _engine(model, tok):
+    from minigpt.inference import GenerationEngine
+
+    return GenerationEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def sample_texts(model, tok, prompts: list[str], max_new_tokens: int = 100, **sampling) -> list[str]:
+    """Complete each prompt in one left-padded batch; returns the completions' text."""
+    ids = [tok.encode(p) for p in prompts]
+    out = _engine(model, tok).generate(ids, max_new_tokens=max_new_tokens, **sampling)
+    texts = []
+    for row, mask in zip(out.completion_ids, out.completion_mask):
+        texts.append(tok.decode(row[mask.bool()].tolist(), skip_special_tokens=True))
+    return texts
+
+
+def stream_text(model, tok, prompt: str, max_new_tokens: int, file=sys.stdout, **sampling) -> str:
+    """Print the completion of `prompt` token by token; returns it.
+
+    Text is emitted when it decodes to whole characters (a multi-byte character split over
+    two tokens is held back until complete)."""
+    ids: list[int] = []
+    shown = ""
+    for token in _engine(model, tok).stream(tok.encode(prompt), max_new_tokens=max_new_tokens, **sampling):
+        if token == tok.eos_token_id:
+            break
+        ids.append(token)
+        text = tok.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            file.write(text[len(shown) :])
+            file.flush()
+            shown = text
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+def generate(
+    model: str,
+    prompt: str | list[str] = "",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    device: str = "auto",
+    tokenizer: str | None = None,
+) -> list[str]:
+    """Generate text from a trained model, streaming each completion as it is produced.
+
+    Args:
+        model: model directory (e.g. a `minigpt pretrain` run directory).
+        prompt: one prompt, or several (each streamed in turn).
+        max_new_tokens: tokens to generate per prompt.
+        temperature: softmax temperature (ignored with --greedy).
+        top_k: sample among the k most likely tokens (0 = all).
+        top_p: nucleus sampling: the smallest set of tokens with this total probability.
+        repetition_penalty: >1 discourages tokens already present (CTRL, Keskar et al. 2019).
+        greedy: always take the most likely token.
+        seed: random seed for sampling.
+        device: auto, cpu, cuda or mps.
+        tokenizer: tokenizer directory if not saved beside the model.
+    """
+    net, tok = load_model_and_tokenizer(model, device, tokenizer)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    sampling = dict(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    outs = []
+    for p in prompts:
+        sys.stdout.write(p)
+        outs.append(stream_text(net, tok, p, max_new_tokens, **sampling))
+        sys.stdout.write("\n")
+    return outs

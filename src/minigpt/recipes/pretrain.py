@@ -1,0 +1,220 @@
+"""Pretraining recipe: text files -> tokenizer -> packed token blocks -> the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.train.config import TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build: a named preset, with any field overridden."""
+
+    preset: str = "tiny"
+    """tiny (≈1.6 M parameters), small (≈26 M) or base (≈106 M)."""
+    vocab_size: int | None = None
+    """Vocabulary size; also the size of a tokenizer trained for this run (default 6400)."""
+    hidden_size: int | None = None
+    """Width of the residual stream."""
+    intermediate_size: int | None = None
+    """Width of the SwiGLU hidden layer."""
+    num_hidden_layers: int | None = None
+    """Decoder blocks."""
+    num_attention_heads: int | None = None
+    """Query heads."""
+    num_key_value_heads: int | None = None
+    """Key/value heads (grouped-query attention)."""
+    max_position_embeddings: int | None = None
+    """Context length in tokens."""
+    rope_theta: float | None = None
+    """RoPE base frequency."""
+    dropout: float | None = None
+    """Dropout probability."""
+    tie_word_embeddings: bool | None = None
+    """Share the input embedding with the LM head."""
+    init_from: str | None = None
+    """Start from this saved model directory instead of a fresh initialisation."""
+
+    def build_config(self, vocab_size: int, special_ids: dict[str, int | None]):
+        """The `MiniGPTConfig` this describes, for a tokenizer of `vocab_size` ids."""
+        from minigpt.model import MiniGPTConfig
+
+        overrides = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in ("preset", "init_from")}
+        overrides["vocab_size"] = vocab_size
+        overrides.update({k: v for k, v in special_ids.items()})
+        return MiniGPTConfig.from_preset(self.preset, **overrides)
+
+
+def default_cache_dir() -> Path:
+    """Where tokenized corpora are cached: $MINIGPT_CACHE or ~/.cache/minigpt."""
+    import os
+
+    return Path(os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "minigpt"))
+
+
+def prepare_tokenizer(data: list[str], tokenizer: str | None, vocab_size: int, text_field: str, out: Path, max_chars: int | None):
+    """Load `tokenizer`, or train a byte-level BPE of `vocab_size` on the first `max_chars`
+    characters of `data` (the embedded Python docs when `data` is empty)."""
+    from minigpt.tokenizer import load_tokenizer, train_tokenizer
+
+    if tokenizer:
+        return load_tokenizer(tokenizer)
+
+    def texts():
+        budget = max_chars
+        for doc in iter_corpus(data, text_field):
+            if budget is not None:
+                if budget <= 0:
+                    return
+                doc = doc[:budget]
+                budget -= len(doc)
+            yield doc
+
+    t0 = time.time()
+    tok = train_tokenizer(texts(), vocab_size=vocab_size, out_dir=out / "tokenizer")
+    print(f"trained a {len(tok)}-token byte-level BPE tokenizer in {time.time() - t0:.1f} s -> {out / 'tokenizer'}")
+    return tok
+
+
+def iter_corpus(data: list[str], text_field: str):
+    """Documents of every source in `data`, in order; the embedded corpus if `data` is empty."""
+    if not data:
+        from minigpt.data.corpus import python_docs_corpus
+
+        yield from python_docs_corpus()
+        return
+    from minigpt.data.loaders import iter_documents
+
+    for src in data:
+        yield from iter_documents(src, text_field=text_field)
+
+
+def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.stack([it["input_ids"] for it in items]),
+        "targets": torch.stack([it["labels"] for it in items]),
+    }
+
+
+def load_pretrain_data(data: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None):
+    """Tokenize (cached) and split: returns `(train_dataset, val_dataset, token_file)`."""
+    from minigpt.data.pretrain import PackedDataset, build_token_file, split_train_val
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir() / "tokens"
+    if data:
+        sources = list(data)
+    else:
+        from minigpt.data.corpus import write_python_docs_corpus
+
+        corpus_file = default_cache_dir() / "python_docs.jsonl"
+        if not corpus_file.exists():
+            write_python_docs_corpus(corpus_file)
+        sources = [str(corpus_file)]
+    tf = build_token_file(sources, tokenizer, cache_dir=cache, text_field=text_field)
+    train_tokens, val_tokens = split_train_val(tf, val_fraction=val_fraction, block_size=block_size)
+    train = PackedDataset(train_tokens, block_size)
+    val = PackedDataset(val_tokens, block_size) if val_fraction > 0 else None
+    return train, val, tf
+
+
+def pretrain(
+    data: str | list[str] | None = None,
+    out: str = "runs/pretrain",
+    model: ModelConfig = ModelConfig(),
+    tokenizer: str | None = None,
+    block_size: int = 256,
+    text_field: str = "text",
+    val_fraction: float = 0.05,
+    cache_dir: str | None = None,
+    tokenizer_max_chars: int | None = 20_000_000,
+    train: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Pretrain a causal language model on raw text.
+
+    Args:
+        data: text sources: .txt, .jsonl, .parquet (or .gz of these), directories of them, or a
+            Hugging Face dataset name in the local cache. Empty: the embedded CPython docs.
+        out: run directory; ends up holding the model, tokenizer, checkpoints and metrics.
+        model: architecture (a preset plus overrides).
+        tokenizer: an existing tokenizer directory; default: train one on `data`.
+        block_size: tokens per training sequence (documents are packed with EOS separators).
+        text_field: JSONL / parquet / dataset field holding the text.
+        val_fraction: share of the token stream held out for validation (taken from the end).
+        cache_dir: where tokenized corpora are cached (default ~/.cache/minigpt/tokens).
+        tokenizer_max_chars: characters used to train a new tokenizer.
+        train: optimisation settings.
+        resume: continue from the newest checkpoint in `out`.
+        overwrite: discard a run already in `out`.
+
+    Returns the final training and validation metrics (`val_loss`, `val_bpb`, …).
+    """
+    from minigpt.model import MiniGPTForCausalLM, count_parameters
+    from minigpt.objectives.lm import CausalLMObjective
+    from minigpt.tokenizer import token_byte_lengths
+    from minigpt.train.loop import Trainer, seed_everything
+
+    data = [data] if isinstance(data, str) else list(data or [])
+    out_dir = Path(out)
+    if resume and tokenizer is None and (out_dir / "tokenizer").is_dir():
+        tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
+    if not resume and not overwrite and (out_dir / "run.json").exists():
+        # refuse before spending minutes on a tokenizer (the Trainer checks again)
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = prepare_tokenizer(data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars)
+    train_ds, val_ds, tf = load_pretrain_data(data, tok, block_size, text_field, val_fraction, cache_dir)
+
+    seed_everything(train.seed)
+    special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
+    if model.init_from:
+        net = MiniGPTForCausalLM.from_pretrained(model.init_from)
+        if net.config.vocab_size < len(tok):
+            raise UserError(f"model {model.init_from} has vocab_size {net.config.vocab_size} but the tokenizer has {len(tok)} tokens")
+    else:
+        net = MiniGPTForCausalLM(model.build_config(len(tok), special))
+    if block_size > net.config.max_position_embeddings:
+        raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    net.generation_config.eos_token_id = tok.eos_token_id
+    net.generation_config.pad_token_id = tok.pad_token_id
+    print(
+        f"model: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}); data: {len(train_ds)} train / "
+        f"{len(val_ds) if val_ds else 0} val blocks of {block_size} tokens"
+    )
+    run_info = {
+        "stage": "pretrain",
+        "data": data,
+        "model": dataclasses.asdict(model),
+        "block_size": block_size,
+        "text_field": text_field,
+        "val_fraction": val_fraction,
+        "train": dataclasses.asdict(train),
+    }
+    trainer = Trainer(
+        net,
+        CausalLMObjective(token_byte_lengths(tok)),
+        train_ds,
+        train,
+        out_dir,
+        val_dataset=val_ds,
+        collate_fn=_collate,
+        save_with_model=tok,
+        run_info=run_info,
+    )
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    if "val_bpb" in metrics:
+        print(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; val loss {metrics['val_loss']:.4f} nats/token, val {metrics['val_bpb']:.4f} bits per byte")
+    print(f"model saved to {out_dir} (AutoModelForCausalLM.from_pretrained works after `import minigpt`)")
+    return metrics

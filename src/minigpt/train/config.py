@@ -1,0 +1,62 @@
+"""Typed settings of the training loop. Field docstrings become `minigpt <stage> --help`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """How to optimise: the same fields for every stage (pretrain, SFT, DPO, RL …)."""
+
+    max_steps: int = 1000
+    """Optimizer steps to run. 0 with `max_time` set: pick the count that fits the time budget
+    from the speed of the first steps (the schedule then decays over that many steps)."""
+    max_time: float | None = None
+    """Wall-clock budget in seconds for the optimisation steps (evaluation included); training
+    stops at the first step that ends past it. None: no limit."""
+    epochs: float | None = None
+    """Passes over the training data; when set, overrides `max_steps`."""
+    batch_size: int = 16
+    """Sequences per micro-batch on each device."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size × grad_accum × devices)."""
+    lr: float = 3e-4
+    """Peak learning rate after warmup."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr × min_lr_ratio."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to `lr` (capped at 10 % of the run when the run is shorter)."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay on matrices; norms and biases never decay."""
+    decay_embeddings: bool = False
+    """Also apply weight decay to the token embedding (and a tied LM head)."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    precision: str = "bf16"
+    """bf16 (autocast, fp32 master weights; the fast path on CPUs with AMX and on GPUs), fp16
+    (CUDA only, with loss scaling) or fp32."""
+    compile: bool = False
+    """Wrap the model in torch.compile (first steps are slower while it compiles)."""
+    device: str = "auto"
+    """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps."""
+    seed: int = 1337
+    """Seed for initialisation, data order and dropout."""
+    eval_interval: int = 200
+    """Evaluate on the validation split every this many steps (and at the end)."""
+    eval_batches: int = 20
+    """Validation micro-batches per evaluation (0 = the whole split)."""
+    save_interval: int = 500
+    """Write a resumable checkpoint every this many steps (and at the end)."""
+    keep_last: int = 2
+    """Checkpoints to keep; older ones are deleted after a newer one is safely written."""
+    log_interval: int = 10
+    """Write training metrics every this many steps."""
+    progress: bool = True
+    """Show a progress bar (loss, lr, tokens/s, ETA)."""
+    tensorboard: bool = True
+    """Also write metrics for TensorBoard under OUT/tensorboard."""

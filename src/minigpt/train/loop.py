@@ -1,0 +1,422 @@
+"""THE training loop. Every stage (pretrain, SFT, DPO, RL …) runs through `Trainer.fit`.
+
+The loop knows nothing about the algorithm: an `Objective` turns `(model, batch)` into a summed
+loss (see `minigpt.objectives.base`). The loop owns everything else: accumulation, mixed
+precision, clipping, the schedule, evaluation, checkpoints and resume, logging, callbacks and
+data parallelism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import default_collate
+
+from minigpt.errors import UserError
+from minigpt.objectives.base import Objective
+from minigpt.train import checkpoint as ckpt
+from minigpt.train.callbacks import Callback, CallbackList
+from minigpt.train.config import TrainConfig
+from minigpt.train.distributed import all_reduce_sum, init_distributed, pick_device
+from minigpt.train.optim import param_groups, warmup_cosine
+from minigpt.train.sampler import ResumableSampler
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Trainer:
+    """Optimise `model` on `objective` over `train_dataset`.
+
+    Args:
+        model: a `transformers` `PreTrainedModel` (saved with `save_pretrained`).
+        objective: see `minigpt.objectives.base.Objective`.
+        train_dataset: map-style dataset of dicts; batches are built with `collate_fn`.
+        config: `TrainConfig`.
+        out_dir: run directory (metrics.jsonl, tensorboard/, checkpoints/, final model).
+        val_dataset: optional; evaluated every `config.eval_interval` steps.
+        collate_fn: list of items -> batch dict (default: `torch.utils.data.default_collate`).
+        callbacks: user `Callback`s (priorities and conflicts checked here).
+        save_with_model: object with `save_pretrained(dir)` (e.g. the tokenizer) saved beside
+            every checkpoint and the final model, so each is loadable on its own.
+        run_info: JSON-able description of the run, written to OUT/run.json; a different
+            run already in OUT is refused.
+
+    Raises:
+        UserError: bad settings, an OUT that holds a different run, `resume` with no
+            checkpoint, a corrupt checkpoint.
+        TrainingDivergedError: NaN/inf loss (the last good checkpoint is left untouched).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        train_dataset: Sequence,
+        config: TrainConfig,
+        out_dir: str | Path,
+        val_dataset: Sequence | None = None,
+        collate_fn: Callable[[list], dict] | None = None,
+        callbacks: Iterable[Callback] = (),
+        save_with_model: Any = None,
+        run_info: dict | None = None,
+    ) -> None:
+        if config.batch_size < 1 or config.grad_accum < 1:
+            raise UserError("train.batch_size and train.grad_accum must be >= 1")
+        if config.precision not in ("bf16", "fp16", "fp32"):
+            raise UserError(f"train.precision must be bf16, fp16 or fp32, not {config.precision!r}")
+        if len(train_dataset) == 0:
+            raise UserError("the training set is empty")
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.objective = objective
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.collate_fn = collate_fn or default_collate
+        self.callbacks = CallbackList(callbacks)
+        self.save_with_model = save_with_model
+        self.run_info = run_info or {}
+
+        self.rank, self.world_size, self.device = init_distributed(pick_device(config.device))
+        self.is_main = self.rank == 0
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise UserError("train.precision=fp16 needs CUDA; use bf16 on CPU/MPS")
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, config.weight_decay, config.decay_embeddings),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            fused=self.device.type in ("cuda", "cpu"),
+        )
+        self.total_steps = self._planned_steps()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(config.warmup_steps, lambda: self.total_steps, config.min_lr_ratio)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.sampler = ResumableSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)
+        self.step = 0
+        self.elapsed = 0.0  # training seconds across resumes (for max_time)
+        self.should_stop = False
+        self.last_checkpoint: Path | None = None
+        self.history: list[dict[str, float]] = []  # every step's metrics, for tests and recipes
+        self.last_eval: dict[str, float] = {}
+        self._ddp_model: torch.nn.Module | None = None
+        self._tb = None
+
+    # ------------------------------------------------------------------ setup helpers
+    def _planned_steps(self) -> int:
+        c = self.config
+        if c.epochs is not None:
+            per_step = c.batch_size * c.grad_accum * self.world_size
+            return max(1, math.ceil(c.epochs * len(self.train_dataset) / per_step))
+        if c.max_steps <= 0:
+            if not c.max_time:
+                raise UserError("train.max_steps must be > 0 unless train.max_time is set")
+            return 1_000_000  # fixed after the first timed steps (see _calibrate)
+        return c.max_steps
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
+        run_file = self.out_dir / "run.json"
+        has_run = run_file.is_file() or (self.out_dir / "checkpoints").is_dir()
+        if has_run and not resume:
+            if not overwrite:
+                previous = run_file.read_text(encoding="utf-8") if run_file.is_file() else "{}"
+                same = json.loads(previous) == json.loads(json.dumps(self.run_info, default=str))
+                what = "this run" if same else "a different run"
+                raise UserError(
+                    f"{self.out_dir} already holds {what}; pass --resume to continue it, "
+                    "--overwrite to start over, or choose another --out"
+                )
+            if self.is_main:
+                shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
+                for name in ("metrics.jsonl", "tensorboard"):
+                    p = self.out_dir / name
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(run_file, json.dumps(self.run_info, indent=2, default=str) + "\n")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that an exact resume needs."""
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "elapsed": self.elapsed,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": ckpt.rng_state(),
+        }
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.out_dir)
+        if path is None:
+            raise UserError(f"--resume: no checkpoint found under {self.out_dir / 'checkpoints'}")
+        state, weights = ckpt.load_checkpoint(path)
+        model = _unwrap(self.model)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or {})
+        if unexpected or set(missing) - tied:
+            raise UserError(f"checkpoint {path} does not match the model (missing {missing}, unexpected {unexpected})")
+        if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+            model.tie_weights()
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.step, self.total_steps, self.elapsed = state["step"], state["total_steps"], state["elapsed"]
+            ckpt.set_rng_state(state["rng"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None
+        self.last_checkpoint = path
+
+    def save(self) -> Path | None:
+        """Write a resumable checkpoint now (main rank only); returns its directory."""
+        if not self.is_main:
+            return None
+        extra = {}
+        if self.save_with_model is not None:
+            tmp = self.out_dir / ".tok-tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.save_with_model.save_pretrained(tmp)
+            extra = {p.name: p for p in tmp.iterdir() if p.is_file()}
+        path = ckpt.save_checkpoint(self.out_dir, self.step, _unwrap(self.model), self.state_dict(), self.config.keep_last, extra)
+        if extra:
+            shutil.rmtree(self.out_dir / ".tok-tmp", ignore_errors=True)
+        self.last_checkpoint = path
+        return path
+
+    def save_final(self) -> None:
+        """Save the trained model (and tokenizer) at the top of OUT: a directory that
+        `AutoModelForCausalLM.from_pretrained(OUT)` loads. Files are written to a temporary
+        directory first and moved in one by one, so a crash never leaves a half-written file."""
+        if not self.is_main:
+            return
+        tmp = self.out_dir / ".final-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _unwrap(self.model).save_pretrained(tmp)
+        if self.save_with_model is not None:
+            self.save_with_model.save_pretrained(tmp)
+        for p in tmp.iterdir():
+            os.replace(p, self.out_dir / p.name)
+        tmp.rmdir()
+
+    # ------------------------------------------------------------------ data
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Micro-batches forever, drawn from the resumable sampler; fires on_epoch_end."""
+        it = iter(self.sampler)
+        while True:
+            epoch = self.sampler.epoch
+            idx = [next(it) for _ in range(self.config.batch_size)]
+            yield self.collate_fn([self.train_dataset[i] for i in idx])
+            if self.sampler.epoch != epoch:
+                self.callbacks.fire("on_epoch_end", self, epoch)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics: `val_loss` (nats per unit), `val_ppl` and, when the objective
+        reports bytes, `val_bpb` (bits per UTF-8 byte). Each rank takes every world_size-th batch."""
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return {}
+        model = self._ddp_model or self.model
+        was_training = model.training
+        model.eval()
+        bs = self.config.batch_size
+        n_batches = math.ceil(len(self.val_dataset) / bs)
+        if self.config.eval_batches > 0:
+            n_batches = min(n_batches, self.config.eval_batches)
+        loss_sum, units, extra = 0.0, 0, {}
+        for b in range(self.rank, n_batches, self.world_size):
+            items = [self.val_dataset[i] for i in range(b * bs, min((b + 1) * bs, len(self.val_dataset)))]
+            batch = _to_device(self.collate_fn(items), self.device)
+            with self._autocast():
+                out = self.objective.compute_loss(_unwrap(model), batch)
+            loss_sum += float(out.loss_sum)
+            units += out.num_units
+            for k, v in out.sums.items():
+                extra[k] = extra.get(k, 0.0) + v
+        keys = sorted(extra)
+        totals = all_reduce_sum([loss_sum, float(units)] + [extra[k] for k in keys], self.device)
+        loss_sum, units = totals[0], totals[1]
+        extra = dict(zip(keys, totals[2:]))
+        model.train(was_training)
+        metrics = {"val_loss": loss_sum / max(units, 1)}
+        metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
+        if extra.get("bytes"):
+            metrics["val_bpb"] = extra.get("nats", loss_sum) / (math.log(2) * extra["bytes"])
+        self.last_eval = metrics
+        return metrics
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, metrics: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        if self.config.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, self.step)
+
+    def _calibrate(self, step_times: list[float]) -> None:
+        """For `max_steps=0, max_time=T`: fix the step count from measured step times so the
+        cosine schedule ends when the budget does (5 % kept back for evaluation)."""
+        per_step = sorted(step_times[1:])[len(step_times[1:]) // 2]  # median, first step excluded
+        remaining = 0.95 * self.config.max_time - self.elapsed
+        self.total_steps = max(self.step + 1, self.step + int(remaining / per_step))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+        """Train until `total_steps`, `max_time` or a callback's `should_stop`.
+
+        Returns the last step's training metrics merged with the last evaluation.
+        """
+        c = self.config
+        self._prepare_out_dir(resume, overwrite)
+        if resume:
+            self._resume()
+        model = self.model
+        if c.compile:
+            model = torch.compile(model)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._ddp_model = model
+        model.train()
+        self.callbacks.fire("on_train_start", self)
+        calibrating = c.max_steps <= 0 and c.epochs is None and c.max_time
+        step_times: list[float] = []
+        batches = self._batches()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=None if calibrating else self.total_steps,
+            initial=self.step,
+            disable=not (c.progress and self.is_main),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        metrics: dict[str, float] = {}
+        while self.step < self.total_steps and not self.should_stop:
+            t0 = time.perf_counter()
+            micro = [next(batches) for _ in range(c.grad_accum)]
+            units = all_reduce_sum([float(sum(self.objective.num_units(b) for b in micro))], self.device)[0]
+            if units <= 0:
+                raise UserError("a training batch has no supervised tokens (all targets are -100)")
+            loss_sum, n_tokens, sums = 0.0, 0, {}
+            for i, batch in enumerate(micro):
+                batch = _to_device(batch, self.device)
+                sync = self.world_size == 1 or i == len(micro) - 1
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    with self._autocast():
+                        out = self.objective.compute_loss(model, batch)
+                    # DDP averages gradients over ranks, so scale by world_size / global units
+                    # to get the gradient of the mean over every unit in the global step.
+                    loss = out.loss_sum * (self.world_size / units)
+                    self.scaler.scale(loss).backward()
+                loss_sum += float(out.loss_sum.detach())
+                n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+                for k, v in out.sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                self.callbacks.fire("on_batch_end", self, {"loss": float(out.loss_sum.detach()) / max(out.num_units, 1)})
+            step_loss = all_reduce_sum([loss_sum], self.device)[0] / units
+            if not math.isfinite(step_loss):
+                where = self.last_checkpoint or "none written yet"
+                raise TrainingDivergedError(
+                    f"loss is {step_loss} at step {self.step + 1}; stopped before the update, nothing saved. "
+                    f"Last good checkpoint: {where}. Try a lower train.lr, train.grad_clip > 0, or bf16 instead of fp16."
+                )
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = (
+                float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+                if c.grad_clip > 0
+                else float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))
+            )
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            step_times.append(dt)
+            metrics = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_tokens * self.world_size / dt}
+            self.history.append(metrics)
+            if calibrating and len(step_times) == 6:
+                self._calibrate(step_times)
+                bar.total = self.total_steps
+                calibrating = False
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
+            if self.step % c.log_interval == 0 or self.step == self.total_steps:
+                self._log({f"train/{k}": v for k, v in metrics.items()})
+            self.callbacks.fire("on_step_end", self, metrics)
+            done = self.step >= self.total_steps or self.should_stop or (c.max_time and self.elapsed >= c.max_time)
+            if c.eval_interval > 0 and (self.step % c.eval_interval == 0) and not done:
+                t_eval = time.perf_counter()
+                ev = self.evaluate()
+                self.elapsed += time.perf_counter() - t_eval
+                if ev:
+                    self._log(ev)
+                    self.callbacks.fire("on_evaluate", self, ev)
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+            if c.save_interval > 0 and self.step % c.save_interval == 0 and not done:
+                self.save()
+            if c.max_time and self.elapsed >= c.max_time:
+                break
+        bar.close()
+        ev = self.evaluate()
+        if ev:
+            self._log(ev)
+            self.callbacks.fire("on_evaluate", self, ev)
+        self.save()
+        self.save_final()
+        self.callbacks.fire("on_train_end", self)
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        return {**metrics, **ev}
