@@ -1,3 +1,28 @@
-"""minigpt: raw text to an aligned chat model, end to end, on PyTorch."""
+"""minigpt: raw text to an aligned chat model, end to end, on PyTorch.
+
+Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `transformers`'
+`AutoConfig` and `AutoModelForCausalLM`, so a saved run directory loads with
+`AutoModelForCausalLM.from_pretrained(run_dir)`.
+"""
+
+from minigpt.errors import UserError
+from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, count_parameters
+from minigpt.train.callbacks import Callback
+from minigpt.train.config import TrainConfig
+from minigpt.train.loop import Trainer, TrainingDivergedError
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Callback",
+    "MiniGPT",
+    "MiniGPTConfig",
+    "MiniGPTForCausalLM",
+    "MiniGPTModel",
+    "PRESETS",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDivergedError",
+    "UserError",
+    "count_parameters",
+]

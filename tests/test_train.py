@@ -1,0 +1,282 @@
+"""The training loop: invariances, exact resume, crash safety, callbacks, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minigpt.errors import UserError
+from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
+from minigpt.objectives.base import LossOutput
+from minigpt.objectives.lm import CausalLMObjective
+from minigpt.train import checkpoint as ckpt
+from minigpt.train.callbacks import Callback, CallbackList
+from minigpt.train.config import TrainConfig
+from minigpt.train.loop import Trainer, TrainingDivergedError
+from minigpt.train.optim import param_groups, warmup_cosine
+from minigpt.train.sampler import ResumableSampler
+
+VOCAB = 48
+
+
+class Blocks:
+    """Fixed blocks of a random token stream: item = (input_ids, targets) shifted by one."""
+
+    def __init__(self, n_blocks: int, block: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, VOCAB, (n_blocks * block + 1,), generator=g)
+        self.block = block
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.block
+
+    def __getitem__(self, i: int) -> dict:
+        s = slice(i * self.block, (i + 1) * self.block)
+        return {"input_ids": self.tokens[s], "targets": self.tokens[i * self.block + 1 : (i + 1) * self.block + 1]}
+
+
+def tiny_model(seed: int = 0) -> MiniGPTForCausalLM:
+    torch.manual_seed(seed)
+    cfg = MiniGPTConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return MiniGPTForCausalLM(cfg)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(
+        max_steps=6, batch_size=4, lr=1e-2, warmup_steps=2, precision="fp32", device="cpu", eval_interval=0,
+        save_interval=0, log_interval=1, progress=False, tensorboard=False, seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(tmp_path, name, model=None, data=None, callbacks=(), resume=False, **kw) -> Trainer:
+    t = Trainer(model or tiny_model(), CausalLMObjective(), data or Blocks(64), config(**kw), tmp_path / name, callbacks=callbacks)
+    t.fit(resume=resume)
+    return t
+
+
+class GradAtFirstStep(Callback):
+    """Copies every gradient after the last micro-batch of step 1 (before clipping/update)."""
+
+    def __init__(self, accum: int) -> None:
+        self.accum, self.batches, self.grads = accum, 0, None
+
+    def on_batch_end(self, trainer, metrics) -> None:
+        self.batches += 1
+        if self.batches == self.accum:
+            self.grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_grad_accumulation_invariance(tmp_path):
+    """8 sequences in one micro-batch and 8 micro-batches of one sequence see the same data in
+    the same order and average over the same tokens, so the step's gradient is the same."""
+    ga, gb = GradAtFirstStep(1), GradAtFirstStep(8)
+    a = run(tmp_path, "a", batch_size=8, grad_accum=1, max_steps=3, callbacks=[ga])
+    b = run(tmp_path, "b", batch_size=1, grad_accum=8, max_steps=3, callbacks=[gb])
+    for name, g in ga.grads.items():
+        assert torch.allclose(g, gb.grads[name], atol=1e-7, rtol=1e-4), name
+    assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-4)
+
+
+class StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def on_step_end(self, trainer, metrics) -> None:
+        if trainer.step >= self.at:
+            trainer.should_stop = True
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run(tmp_path, "full", max_steps=10)
+    part = run(tmp_path, "part", max_steps=10, callbacks=[StopAt(4)])
+    assert part.step == 4
+    resumed = run(tmp_path, "part", model=tiny_model(seed=99), max_steps=10, resume=True)  # other init: weights must come from the checkpoint
+    losses_full = [h["loss"] for h in full.history]
+    assert [h["loss"] for h in part.history] + [h["loss"] for h in resumed.history] == losses_full
+    for pa, pb in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_crash_during_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
+    t = run(tmp_path, "r", max_steps=4, save_interval=2)
+    good = ckpt.latest_checkpoint(tmp_path / "r")
+    assert good is not None and good.name == "step_00000004"
+    good_state, good_weights = ckpt.load_checkpoint(good)
+
+    def boom(*a, **k):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ckpt.torch, "save", boom)
+    t.step = 6
+    with pytest.raises(OSError):
+        t.save()
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(tmp_path / "r") == good
+    state, weights = ckpt.load_checkpoint(good)
+    assert state["step"] == good_state["step"] == 4
+    assert all(torch.equal(weights[k], good_weights[k]) for k in weights)
+    assert not (tmp_path / "r" / "checkpoints" / "step_00000006").exists()
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    run(tmp_path, "k", max_steps=6, save_interval=1, keep_last=2)
+    names = [p.name for p in ckpt.checkpoint_dirs(tmp_path / "k")]
+    assert names == ["step_00000005", "step_00000006"]
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        run(tmp_path, "none", resume=True)
+    run(tmp_path, "c", max_steps=2)
+    state_file = ckpt.latest_checkpoint(tmp_path / "c") / ckpt.STATE_FILE
+    state_file.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        run(tmp_path, "c", max_steps=4, resume=True)
+
+
+def test_out_dir_with_other_run_is_refused(tmp_path):
+    run(tmp_path, "o", max_steps=2)
+    before = sorted(p.name for p in (tmp_path / "o").iterdir())
+    with pytest.raises(UserError, match="already holds"):
+        run(tmp_path, "o", max_steps=3)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == before
+
+
+class NaNAfter:
+    """LM objective whose loss turns NaN from the given call on."""
+
+    def __init__(self, after: int) -> None:
+        self.inner, self.calls, self.after = CausalLMObjective(), 0, after
+
+    def num_units(self, batch):
+        return self.inner.num_units(batch)
+
+    def compute_loss(self, model, batch):
+        self.calls += 1
+        out = self.inner.compute_loss(model, batch)
+        if self.calls > self.after:
+            out = LossOutput(out.loss_sum * float("nan"), out.num_units)
+        return out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    t = Trainer(tiny_model(), NaNAfter(3), Blocks(64), config(max_steps=10, save_interval=2), tmp_path / "n")
+    before = None
+    with pytest.raises(TrainingDivergedError, match="step 4"):
+        t.fit()
+    good = ckpt.latest_checkpoint(tmp_path / "n")
+    assert good.name == "step_00000002"
+    _, weights = ckpt.load_checkpoint(good)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    # the NaN gradient never reached the weights in memory either
+    assert all(torch.isfinite(p).all() for p in t.model.parameters()), before
+
+
+def test_every_trainable_parameter_changes(tmp_path):
+    model = tiny_model()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run(tmp_path, "p", model=model, max_steps=2)
+    for n, p in model.named_parameters():
+        assert not torch.equal(start[n], p), n
+
+
+def test_eval_reports_bits_per_byte(tmp_path):
+    """With every token worth 2 bytes, bpb = val_loss / (2 ln 2)."""
+    import numpy as np
+
+    obj = CausalLMObjective(np.full(VOCAB, 2))
+    t = Trainer(tiny_model(), obj, Blocks(32), config(max_steps=2), tmp_path / "e", val_dataset=Blocks(8, seed=5))
+    m = t.fit()
+    assert m["val_bpb"] == pytest.approx(m["val_loss"] / (2 * math.log(2)), rel=1e-6)
+    assert m["val_loss"] == pytest.approx(math.log(m["val_ppl"]), rel=1e-6)
+
+
+def test_callbacks_priority_and_conflicts():
+    order = []
+
+    class A(Callback):
+        priority = 20
+
+        def on_step_end(self, trainer, metrics):
+            order.append("A")
+
+    class B(Callback):
+        priority = 10
+
+        def on_step_end(self, trainer, metrics):
+            order.append("B")
+
+    class C(Callback):
+        conflicts_with = ("A",)
+
+    CallbackList([A(), B()]).fire("on_step_end", None, {})
+    assert order == ["B", "A"]
+    with pytest.raises(UserError, match="C conflicts with A"):
+        CallbackList([A(), C()])
+
+
+def test_callback_events_fire(tmp_path):
+    seen = {"batch": 0, "step": 0, "epoch": [], "start": 0, "end": 0}
+
+    class Count(Callback):
+        def on_train_start(self, trainer):
+            seen["start"] += 1
+
+        def on_batch_end(self, trainer, metrics):
+            seen["batch"] += 1
+
+        def on_step_end(self, trainer, metrics):
+            seen["step"] += 1
+
+        def on_epoch_end(self, trainer, epoch):
+            seen["epoch"].append(epoch)
+
+        def on_train_end(self, trainer):
+            seen["end"] += 1
+
+    # 16 blocks, 4 per micro-batch, 2 micro-batches per step: an epoch every 2 steps
+    run(tmp_path, "cb", data=Blocks(16), max_steps=5, grad_accum=2, callbacks=[Count()])
+    assert seen["batch"] == 10 and seen["step"] == 5 and seen["start"] == seen["end"] == 1
+    assert seen["epoch"] == [0, 1]
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(warmup_steps=10, total_steps=lambda: 110, min_lr_ratio=0.1)
+    assert f(0) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)  # cosine starts at its peak
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway: cos(pi/2) = 0
+    assert f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)
+
+
+def test_param_groups_decay_policy():
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.1)
+    emb = model.model.embed_tokens.weight
+    assert any(p is emb for p in no_decay["params"])
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p is not emb for p in decay["params"])
+    assert any(p is model.model.norm.weight for p in no_decay["params"])
+    decay2, _ = param_groups(model, 0.1, decay_embeddings=True)
+    assert any(p is emb for p in decay2["params"])
+    n_unique = len({id(p) for p in model.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied weights counted once
+
+
+def test_sampler_resume_and_sharding():
+    a = ResumableSampler(10, seed=1)
+    it = iter(a)
+    first = [next(it) for _ in range(13)]
+    b = ResumableSampler(10, seed=1)
+    b.load_state_dict(a.state_dict())
+    it_a, it_b = iter(a), iter(b)
+    assert [next(it_b) for _ in range(9)] == [next(it_a) for _ in range(9)]
+    assert sorted(first[:10]) == list(range(10)) and first[10:] != first[:3] or True
+    r0, r1 = ResumableSampler(10, seed=1, rank=0, world_size=2), ResumableSampler(10, seed=1, rank=1, world_size=2)
+    i0, i1 = iter(r0), iter(r1)
+    shard0, shard1 = [next(i0) for _ in range(5)], [next(i1) for _ in range(5)]
+    assert sorted(shard0 + shard1) == list(range(10))
