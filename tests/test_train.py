@@ -16,7 +16,6 @@ from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer, TrainingDivergedError
 from minigpt.train.optim import param_groups, warmup_cosine
-from minigpt.train.sampler import ResumableSampler
 
 VOCAB = 48
 
@@ -265,18 +264,3 @@ def test_param_groups_decay_policy():
     assert any(p is emb for p in decay2["params"])
     n_unique = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied weights counted once
-
-
-def test_sampler_resume_and_sharding():
-    a = ResumableSampler(10, seed=1)
-    it = iter(a)
-    first = [next(it) for _ in range(13)]
-    b = ResumableSampler(10, seed=1)
-    b.load_state_dict(a.state_dict())
-    it_a, it_b = iter(a), iter(b)
-    assert [next(it_b) for _ in range(9)] == [next(it_a) for _ in range(9)]
-    assert sorted(first[:10]) == list(range(10)) and first[10:] != first[:3] or True
-    r0, r1 = ResumableSampler(10, seed=1, rank=0, world_size=2), ResumableSampler(10, seed=1, rank=1, world_size=2)
-    i0, i1 = iter(r0), iter(r1)
-    shard0, shard1 = [next(i0) for _ in range(5)], [next(i1) for _ in range(5)]
-    assert sorted(shard0 + shard1) == list(range(10))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from minigpt.errors import UserError
 from minigpt.train.config import TrainConfig
@@ -95,13 +94,6 @@ def iter_corpus(data: list[str], text_field: str):
 
     for src in data:
         yield from iter_documents(src, text_field=text_field)
-
-
-def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    return {
-        "input_ids": torch.stack([it["input_ids"] for it in items]),
-        "targets": torch.stack([it["labels"] for it in items]),
-    }
 
 
 def load_pretrain_data(data: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None):
@@ -206,7 +198,6 @@ def pretrain(
         train,
         out_dir,
         val_dataset=val_ds,
-        collate_fn=_collate,
         save_with_model=tok,
         run_info=run_info,
     )

@@ -27,7 +27,7 @@ from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, init_distributed, pick_device
 from minigpt.train.optim import param_groups, warmup_cosine
-from minigpt.train.sampler import ResumableSampler
+from minigpt.data.pretrain import BlockSampler
 
 
 class TrainingDivergedError(RuntimeError):
@@ -122,7 +122,7 @@ class Trainer:
             self.optimizer, warmup_cosine(config.warmup_steps, lambda: self.total_steps, config.min_lr_ratio)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
-        self.sampler = ResumableSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)
+        self.sampler = BlockSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)
         self.step = 0
         self.elapsed = 0.0  # training seconds across resumes (for max_time)
         self.should_stop = False
