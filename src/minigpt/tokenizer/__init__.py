@@ -1,0 +1,37 @@
+"""Tokenizer: byte-level BPE training, loading, ChatML chat template, byte accounting."""
+
+from minigpt.tokenizer.bpe import (
+    ANSWER_END,
+    ANSWER_START,
+    CHATML_TEMPLATE,
+    EOS_TOKEN,
+    IM_END,
+    IM_START,
+    PAD_TOKEN,
+    REASONING_TAGS,
+    SPECIAL_TOKENS,
+    THINK_END,
+    THINK_START,
+    load_tokenizer,
+    token_byte_lengths,
+    tokenizer_command,
+    train_tokenizer,
+)
+
+__all__ = [
+    "ANSWER_END",
+    "ANSWER_START",
+    "CHATML_TEMPLATE",
+    "EOS_TOKEN",
+    "IM_END",
+    "IM_START",
+    "PAD_TOKEN",
+    "REASONING_TAGS",
+    "SPECIAL_TOKENS",
+    "THINK_END",
+    "THINK_START",
+    "load_tokenizer",
+    "token_byte_lengths",
+    "tokenizer_command",
+    "train_tokenizer",
+]

@@ -1,0 +1,312 @@
+"""Byte-level BPE tokenizer: training, saving/loading, chat template and byte accounting.
+
+The tokenizer is the GPT-2 style byte-level BPE (Radford et al. 2019, "Language Models are
+Unsupervised Multitask Learners", section 2.2; BPE itself from Sennrich et al. 2016): every
+UTF-8 byte is first mapped to one printable character, and merges are learned over those
+characters. Because the 256 byte characters are all in the initial alphabet, any text encodes
+without an unknown token and decodes back to exactly the same string.
+
+The special tokens take the ids 0..7, in the order of :data:`SPECIAL_TOKENS`, so every tokenizer
+trained here agrees on them no matter what corpus it saw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from minigpt.errors import UserError
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_START = "<think>"
+THINK_END = "</think>"
+ANSWER_START = "<answer>"
+ANSWER_END = "</answer>"
+
+#: All special tokens; a token's position in this list is its id.
+SPECIAL_TOKENS = [
+    EOS_TOKEN,
+    PAD_TOKEN,
+    IM_START,
+    IM_END,
+    THINK_START,
+    THINK_END,
+    ANSWER_START,
+    ANSWER_END,
+]
+
+#: The tags a reasoning model writes around its thinking and its final answer.
+REASONING_TAGS = [THINK_START, THINK_END, ANSWER_START, ANSWER_END]
+
+#: Default ``model_max_length`` stored with the tokenizer. It only bounds ``truncation=True``
+#: calls; the model's own context length lives in the model config (RoPE scaling can extend it),
+#: so this is set well above any context we train at rather than tied to one model.
+DEFAULT_MODEL_MAX_LENGTH = 32768
+
+# ChatML (as used by Qwen/minimind): each message is
+#   <|im_start|>{role}\n{content}<|im_end|>\n
+# and the generation prompt opens an assistant turn. No system prompt is injected: a default
+# system prompt would silently change every SFT example and every chat. Content may be a string,
+# None (an assistant turn that only calls tools) or a list of {"type": "text", "text": ...} parts
+# (the multimodal message format of transformers), of which only the text parts are kept.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
+    "{{ raise_exception('chat template: unknown role ' + message['role']"
+    " + ' (expected system, user, assistant or tool)') }}"
+    "{%- endif -%}"
+    "{%- if message['content'] is none -%}{%- set content = '' -%}"
+    "{%- elif message['content'] is string -%}{%- set content = message['content'] -%}"
+    "{%- else -%}{%- set content = message['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join('') -%}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+# Files `save_pretrained` writes that `load_tokenizer` needs; tokenizer.json holds the model.
+_TOKENIZER_FILE = "tokenizer.json"
+
+
+def _byte_level_alphabet() -> frozenset[str]:
+    """The 256 characters byte-level BPE uses to stand for the 256 byte values."""
+    return frozenset(pre_tokenizers.ByteLevel.alphabet())
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 6400,
+    min_frequency: int = 2,
+    out_dir: str | Path | None = None,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts`` and wrap it for ``transformers``.
+
+    Args:
+        texts: documents (str). Any iterable, consumed once; a generator is fine, so a corpus
+            larger than memory can be streamed.
+        vocab_size: final vocabulary size, special tokens and the 256 byte tokens included.
+            Fewer ids result if the corpus runs out of pairs seen ``min_frequency`` times.
+        min_frequency: a pair must occur at least this often to be merged.
+        out_dir: if given, the tokenizer is saved there with ``save_pretrained`` (the directory
+            is created), loadable by ``PreTrainedTokenizerFast.from_pretrained(out_dir)``.
+        model_max_length: stored as the tokenizer's ``model_max_length``.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with eos ``<|endoftext|>`` (id 0), pad ``<|pad|>`` (id 1),
+        no bos/unk, the ChatML and reasoning tags as extra special tokens (ids 2..7) and
+        :data:`CHATML_TEMPLATE` as its chat template. It adds no tokens when encoding.
+
+    Raises:
+        UserError: ``vocab_size`` < 256 + len(SPECIAL_TOKENS), ``min_frequency`` < 1, an item
+            of ``texts`` is not a str, ``texts`` is itself a single str, or ``texts`` holds no
+            characters at all.
+    """
+    minimum = 256 + len(SPECIAL_TOKENS)
+    if not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise UserError(
+            f"vocab_size: must be an integer >= {minimum} (256 byte tokens + "
+            f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size!r}"
+        )
+    if isinstance(texts, (str, bytes)):
+        # A bare string would be iterated character by character: almost surely a mistake.
+        raise UserError("texts: expected an iterable of documents (str), got a single string")
+    if not isinstance(min_frequency, int) or min_frequency < 1:
+        raise UserError(f"min_frequency: must be an integer >= 1, got {min_frequency!r}")
+
+    tokenizer = Tokenizer(models.BPE())
+    # add_prefix_space=False: a leading space is never invented, which is what makes
+    # decode(encode(text)) == text hold exactly.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    # Only fixes offsets; adds no tokens. Set so that transformers does not install its own
+    # template post-processor (which would add bos/eos tokens).
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    counted = {"chars": 0, "docs": 0}
+
+    def checked() -> Iterator[str]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise UserError(f"texts: item {i} is {type(text).__name__}, expected str")
+            counted["chars"] += len(text)
+            counted["docs"] += 1
+            yield text
+
+    tokenizer.train_from_iterator(checked(), trainer=trainer)
+    if counted["chars"] == 0:
+        got = f"{counted['docs']} documents, all empty" if counted["docs"] else "no documents"
+        raise UserError(f"texts: no characters to train on ({got})")
+
+    hf_tokenizer = _wrap(tokenizer, model_max_length)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        hf_tokenizer.save_pretrained(str(out_dir))
+    return hf_tokenizer
+
+
+def _wrap(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """Wrap a trained ``tokenizers.Tokenizer`` with our special tokens and chat template."""
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        bos_token=None,
+        unk_token=None,
+        # transformers 5 name for what v4 called additional_special_tokens.
+        extra_special_tokens=[IM_START, IM_END, *REASONING_TAGS],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=model_max_length,
+        # The default cleanup removes spaces before punctuation (" ," -> ","), which would break
+        # losslessness.
+        clean_up_tokenization_spaces=False,
+        padding_side="right",
+    )
+    ids = [hf_tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    if ids != list(range(len(SPECIAL_TOKENS))):
+        raise RuntimeError(f"special tokens got ids {ids}, expected 0..{len(SPECIAL_TOKENS) - 1}")
+    return hf_tokenizer
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer directory written by :func:`train_tokenizer` (or any ``save_pretrained``).
+
+    Raises:
+        UserError: ``path`` does not exist, is not a directory, or has no ``tokenizer.json``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"tokenizer path {path}: does not exist")
+    if not path.is_dir():
+        raise UserError(f"tokenizer path {path}: is not a directory (expected a saved tokenizer)")
+    if not (path / _TOKENIZER_FILE).is_file():
+        raise UserError(
+            f"tokenizer path {path}: no {_TOKENIZER_FILE} inside; train one with "
+            "`minigpt tokenizer` or pass a directory written by save_pretrained"
+        )
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    # Saved configs from other tools may leave cleanup on; it must stay off to be lossless.
+    tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
+
+
+def token_byte_lengths(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+    """Number of UTF-8 bytes of text that each token id stands for.
+
+    Byte-level BPE spells every ordinary token with characters of the 256-character byte
+    alphabet, one character per byte, so a token's byte length is its number of characters.
+    Special tokens stand for no text and count 0; other added tokens count the UTF-8 length of
+    their content. Summing this over the ids of ``encode(text)`` (no special tokens) gives
+    ``len(text.encode("utf-8"))`` exactly, which is what bits per byte needs:
+    ``bpb = sum(CE_nats) / (ln 2 * sum(byte_lengths[targets]))``.
+
+    Returns:
+        int32 array of shape ``(len(tokenizer),)``; ids never assigned stay 0.
+
+    Raises:
+        ValueError: a non-added token has a character outside the byte alphabet, i.e. the
+            tokenizer is not byte-level.
+    """
+    vocab = tokenizer.get_vocab()  # token string -> id, added tokens included
+    size = max(len(tokenizer), max(vocab.values()) + 1)
+    lengths = np.zeros(size, dtype=np.int32)
+    added = tokenizer.added_tokens_decoder  # id -> AddedToken
+    alphabet = _byte_level_alphabet()
+    for token, idx in vocab.items():
+        if idx in added:
+            lengths[idx] = 0 if added[idx].special else len(added[idx].content.encode("utf-8"))
+            continue
+        if not set(token) <= alphabet:
+            raise ValueError(
+                f"token {token!r} (id {idx}) is not spelled in the byte-level alphabet; "
+                "token_byte_lengths needs a byte-level BPE tokenizer"
+            )
+        lengths[idx] = len(token)
+    return lengths
+
+
+def tokenizer_command(
+    data: list[str],
+    vocab_size: int = 6400,
+    out: str = "tokenizer",
+    text_field: str = "text",
+    max_chars: int | None = None,
+) -> Path:
+    """Train a tokenizer on documents read from files and save it to ``out``.
+
+    Args:
+        data: paths or dataset names understood by ``minigpt.data.loaders.iter_documents``
+            (.txt, .jsonl, .parquet, .gz, Hugging Face dataset names). Empty: train on the
+            embedded Python documentation corpus (:func:`minigpt.data.corpus.python_docs_corpus`).
+        vocab_size: final vocabulary size.
+        out: output directory.
+        text_field: field holding the text in JSONL/parquet records.
+        max_chars: stop reading after this many characters (the document crossing the limit is
+            cut); None reads everything.
+
+    Returns:
+        The output directory.
+
+    Raises:
+        UserError: bad ``max_chars`` or ``vocab_size``, no text found, or errors of the loaders.
+    """
+    if max_chars is not None and max_chars <= 0:
+        raise UserError(f"max_chars: must be positive or None, got {max_chars}")
+    if isinstance(data, (str, Path)):  # one path given where a list was expected
+        data = [str(data)]
+
+    start = time.perf_counter()  # includes reading/parsing the documents
+    if data:
+        # Imported here so that the tokenizer does not depend on the data package at import time.
+        from minigpt.data.loaders import iter_documents
+
+        def documents() -> Iterator[str]:
+            for path in data:
+                yield from iter_documents(path, text_field=text_field)
+
+        source: Iterable[str] = documents()
+    else:
+        from minigpt.data.corpus import python_docs_corpus
+
+        # Passing max_chars lets the corpus stop parsing the stdlib early.
+        source = python_docs_corpus(max_chars)
+
+    used = {"chars": 0, "docs": 0}
+
+    def limited() -> Iterator[str]:
+        for doc in source:
+            if max_chars is not None:
+                room = max_chars - used["chars"]
+                if room <= 0:
+                    return
+                doc = doc[:room]
+            used["chars"] += len(doc)
+            used["docs"] += 1
+            yield doc
+
+    tokenizer = train_tokenizer(limited(), vocab_size=vocab_size, out_dir=out)
+    seconds = time.perf_counter() - start
+    what = ", ".join(str(d) for d in data) if data else "embedded Python docs"
+    print(
+        f"tokenizer: vocab {len(tokenizer)} | {used['chars']:,} chars in {used['docs']:,} docs "
+        f"from {what} | {seconds:.1f}s | saved to {out}"
+    )
+    return Path(out)
