@@ -1,0 +1,354 @@
+"""Export a MiniGPT checkpoint to the plain `transformers` Llama format.
+
+MiniGPT already uses Llama's parameter names and its RoPE / RMSNorm / SwiGLU conventions, so the
+export is a config translation plus a re-save: the written directory loads with
+`transformers.LlamaForCausalLM.from_pretrained(out_dir)` (and so with vLLM, llama.cpp's
+converter, PEFT, …) without `minigpt` installed, and gives the same logits.
+
+    from minigpt.model.export import export_to_llama
+    export_to_llama("runs/sft", "runs/sft-llama")
+
+The output directory holds `config.json` (`model_type: llama`), `model.safetensors`,
+`generation_config.json`, the tokenizer files when there are any, and `minigpt_export.json`, a
+small record of the export that marks the directory as one `export_to_llama` may overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.model.configuration import MiniGPTConfig
+from minigpt.model.modeling import MiniGPTForCausalLM
+
+#: Name of the record written into every export; its presence makes a directory overwritable.
+EXPORT_MARKER = "minigpt_export.json"
+
+#: Files that make up a `transformers` tokenizer directory (any subset may be present).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+SUPPORTED_FORMATS = ("llama",)
+
+
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """`"bf16"`-style name (or a torch dtype) -> torch dtype; None / "auto" keep the source's."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key == "auto":
+        return None
+    if key not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[key]
+
+
+def llama_config_from(config: MiniGPTConfig):
+    """Translate a `MiniGPTConfig` into the equivalent `transformers.LlamaConfig`.
+
+    Every field that changes the computation is carried over (sizes, heads, `head_dim`, RMSNorm
+    ε, all RoPE settings in `rope_parameters`, tying, biases, special ids); the activation is
+    SiLU as in MiniGPT's SwiGLU. MiniGPT's `dropout` becomes Llama's `attention_dropout` (Llama
+    has no residual dropout; neither matters at inference).
+
+    Raises:
+        UserError: if the shapes have no Llama equivalent (Llama requires `hidden_size` to be a
+            multiple of `num_attention_heads` even when `head_dim` is set).
+    """
+    from transformers import LlamaConfig
+
+    if config.hidden_size % config.num_attention_heads:
+        raise UserError(
+            f"cannot export to Llama: hidden_size ({config.hidden_size}) is not a multiple of "
+            f"num_attention_heads ({config.num_attention_heads}), which LlamaConfig requires"
+        )
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        rms_norm_eps=config.rms_norm_eps,
+        use_cache=config.use_cache,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        tie_word_embeddings=config.tie_word_embeddings,
+        rope_parameters=dict(config.rope_parameters),
+        attention_bias=config.attention_bias,
+        attention_dropout=float(config.dropout),
+        mlp_bias=config.mlp_bias,
+    )
+
+
+def _load_source(model_dir: Path) -> MiniGPTForCausalLM:
+    """Load a MiniGPT model directory, turning the usual mistakes into `UserError`s."""
+    if not model_dir.is_dir():
+        raise UserError(f"model directory {str(model_dir)!r} does not exist")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        if (model_dir / "adapter_config.json").is_file():
+            raise UserError(
+                f"{str(model_dir)!r} holds only LoRA adapters; merge them into the base model "
+                "(merge_and_unload) and save the merged model before exporting"
+            )
+        raise UserError(f"{str(model_dir)!r} is not a model directory: it has no config.json")
+    try:
+        model_type = json.loads(cfg_path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {str(cfg_path)!r}: {e}") from e
+    if model_type == "llama":
+        raise UserError(f"{str(model_dir)!r} is already a Llama checkpoint")
+    if model_type != MiniGPTConfig.model_type:
+        raise UserError(f"{str(model_dir)!r} holds a {model_type!r} model, not a MiniGPT one")
+    return MiniGPTForCausalLM.from_pretrained(model_dir)
+
+
+def _check_out_dir(out: Path, sources: list[Path]) -> list[str]:
+    """Refuse an `out` that is a file, a source directory, or a non-empty non-export directory.
+
+    Returns the files a previous export wrote there (to be replaced), or [] for a new directory.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {str(out)!r} exists and is not a directory")
+    resolved = out.resolve()
+    for src in sources:
+        if resolved == src.resolve():
+            raise UserError(f"output directory {str(out)!r} is the source directory; choose another")
+    if not out.exists() or not any(out.iterdir()):
+        return []
+    marker = out / EXPORT_MARKER
+    if not marker.is_file():
+        raise UserError(
+            f"output directory {str(out)!r} is not empty and is not a previous export "
+            f"(no {EXPORT_MARKER}); refusing to overwrite it"
+        )
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, json.JSONDecodeError):
+        files = []
+    # Only plain names inside `out`: never follow a record out of the directory.
+    return [f for f in files if isinstance(f, str) and f == Path(f).name and f not in (".", "..")]
+
+
+@torch.no_grad()
+def _verify(source: MiniGPTForCausalLM, llama: torch.nn.Module) -> None:
+    """Compare the logits of source and translated model on a few random ids.
+
+    Raises:
+        RuntimeError: if they differ (a translation bug, not a user error).
+    """
+    device = next(source.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    t = min(16, source.config.max_position_embeddings)
+    ids = torch.randint(0, source.config.vocab_size, (2, t), generator=gen)
+    was_training = source.training
+    source.eval()
+    try:
+        ours = source(ids.to(device), use_cache=False).logits.float().cpu()  # (2, t, V)
+    finally:
+        source.train(was_training)
+    theirs = llama(ids, use_cache=False).logits.float()  # (2, t, V)
+    dtype = next(llama.parameters()).dtype
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    err = (ours - theirs).abs().max().item()
+    scale = max(1.0, ours.abs().max().item())
+    if not err <= tol * scale:
+        raise RuntimeError(f"exported Llama model disagrees with the source: max |Δlogit| = {err:.3g}")
+
+
+def export_to_llama(
+    model_dir_or_model: str | os.PathLike | MiniGPTForCausalLM,
+    out_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: str | torch.dtype | None = None,
+    verify: bool = True,
+) -> Path:
+    """Write `model_dir_or_model` as a `transformers` Llama checkpoint in `out_dir`.
+
+    Args:
+        model_dir_or_model: a MiniGPT model directory (as written by `save_pretrained`; a run
+            directory with the tokenizer files beside the model works) or a
+            `MiniGPTForCausalLM` in memory (not modified; PEFT adapters must be merged first).
+        out_dir: the directory to write; created if missing. It must be empty, missing, or a
+            previous export (it holds `minigpt_export.json`), whose files are then replaced.
+        tokenizer_dir: where to take the tokenizer files from; by default the model directory
+            (for an in-memory model: the directory it was loaded from, if any). Missing
+            tokenizer files in the default place are not an error.
+        dtype: weight dtype of the export (`float32`/`fp32`, `bfloat16`/`bf16`,
+            `float16`/`fp16`); None or `auto` keeps the source's.
+        verify: run both models on random ids before saving and check the logits agree.
+
+    Returns:
+        The output directory as a `Path`.
+
+    Raises:
+        UserError: on a missing or non-MiniGPT model, a bad dtype, a tokenizer directory
+            without tokenizer files, shapes Llama cannot express, or an `out_dir` that is
+            non-empty and not a previous export.
+        RuntimeError: if `verify` finds the exported model's logits differ from the source's.
+    """
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    target_dtype = _parse_dtype(dtype)
+    out = Path(out_dir)
+    source_dir: Path | None = None
+    if isinstance(model_dir_or_model, (str, os.PathLike)):
+        source_dir = Path(model_dir_or_model)
+        model = _load_source(source_dir)
+    elif isinstance(model_dir_or_model, MiniGPTForCausalLM):
+        model = model_dir_or_model
+        loaded_from = getattr(model, "name_or_path", "") or ""
+        if loaded_from and Path(loaded_from).is_dir():
+            source_dir = Path(loaded_from)
+    else:
+        hint = " (merge LoRA adapters first: model.merge_and_unload())" if hasattr(model_dir_or_model, "merge_and_unload") else ""
+        raise UserError(
+            f"export_to_llama needs a model directory or a MiniGPTForCausalLM, got "
+            f"{type(model_dir_or_model).__name__}{hint}"
+        )
+
+    # Tokenizer files: an explicit directory must have some; the default place may have none.
+    tok_files: list[Path] = []
+    if tokenizer_dir is not None:
+        tdir = Path(tokenizer_dir)
+        if not tdir.is_dir():
+            raise UserError(f"tokenizer directory {str(tdir)!r} does not exist")
+        tok_files = [tdir / n for n in TOKENIZER_FILES if (tdir / n).is_file()]
+        if not tok_files:
+            raise UserError(f"tokenizer directory {str(tdir)!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, …)")
+    elif source_dir is not None:
+        tok_files = [source_dir / n for n in TOKENIZER_FILES if (source_dir / n).is_file()]
+    gen_config_file = source_dir / "generation_config.json" if source_dir is not None else None
+
+    old_files = _check_out_dir(out, [p for p in (source_dir, Path(tokenizer_dir) if tokenizer_dir else None) if p])
+
+    llama_config = llama_config_from(model.config)
+    source_dtype = next(model.parameters()).dtype
+    llama = LlamaForCausalLM(llama_config).to(source_dtype).eval()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    expected = set(llama.state_dict())
+    if set(state) != expected:
+        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+        raise UserError(
+            "this model has no Llama equivalent (e.g. a mixture-of-experts feed-forward): "
+            f"parameters without a Llama counterpart {extra[:5]}, Llama parameters missing {missing[:5]}"
+        )
+    llama.load_state_dict(state, strict=True)
+    if llama_config.tie_word_embeddings:
+        llama.tie_weights()
+    if verify:
+        _verify(model, llama)
+    if target_dtype is not None and target_dtype != source_dtype:
+        llama = llama.to(target_dtype)
+    llama.generation_config = GenerationConfig.from_dict(model.generation_config.to_dict())
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        llama.save_pretrained(tmp)  # safetensors: the only format transformers 5 writes
+        for f in tok_files:
+            shutil.copy2(f, tmp / f.name)
+        if gen_config_file is not None and gen_config_file.is_file():
+            shutil.copy2(gen_config_file, tmp / gen_config_file.name)
+        written = sorted(p.name for p in tmp.iterdir())
+        record: dict[str, Any] = {
+            "format": "llama",
+            "source": str(source_dir) if source_dir is not None else None,
+            "dtype": str(next(llama.parameters()).dtype).removeprefix("torch."),
+            "files": written + [EXPORT_MARKER],
+        }
+        try:
+            from minigpt import __version__ as minigpt_version
+
+            record["minigpt_version"] = minigpt_version
+        except ImportError:  # pragma: no cover — the package always defines it
+            pass
+        (tmp / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+        if out.exists():
+            # Replace a previous export: drop what it wrote, keep anything the user added.
+            for name in old_files:
+                p = out / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+            for p in tmp.iterdir():
+                os.replace(p, out / p.name)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_command(
+    model: str,
+    to: str = "llama",
+    out: str | None = None,
+    tokenizer: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """`minigpt export`: convert a trained MiniGPT directory to another format.
+
+    Args:
+        model: the MiniGPT model (or run) directory.
+        to: target format; only `llama` (a `transformers` `LlamaForCausalLM` checkpoint).
+        out: output directory; default `<model>-<to>` beside the model directory.
+        tokenizer: tokenizer directory to copy, if not the model directory.
+        dtype: weight dtype of the export (`float32`, `bfloat16`, `float16`); default: as saved.
+
+    Returns:
+        The output directory.
+
+    Raises:
+        UserError: on an unsupported format, and as `export_to_llama` does.
+    """
+    fmt = to.lower()
+    if fmt not in SUPPORTED_FORMATS:
+        raise UserError(f"unsupported export format {to!r}; supported: {', '.join(SUPPORTED_FORMATS)}")
+    if out:
+        out_dir = Path(out)
+    else:
+        src = Path(model).resolve()
+        out_dir = src.parent / f"{src.name}-{fmt}"
+    path = export_to_llama(model, out_dir, tokenizer_dir=tokenizer, dtype=dtype)
+    print(f"exported {model} -> {path} ({fmt}); load it with transformers.LlamaForCausalLM.from_pretrained({str(path)!r})")
+    return path
+
+
+__all__ = ["EXPORT_MARKER", "TOKENIZER_FILES", "export_command", "export_to_llama", "llama_config_from"]
