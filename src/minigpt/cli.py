@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     name = cfg.command
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg)
     kwargs = {k: v for k, v in dict(init[name]).items() if k != "config"}
     import minigpt  # noqa: F401 — registers the model with transformers' Auto classes
     from transformers.utils import logging as hf_logging

@@ -51,11 +51,12 @@ def sample_texts(model, tok, prompts: list[str], max_new_tokens: int = 100, **sa
     return texts
 
 
-def stream_text(model, tok, prompt: str, max_new_tokens: int, file=sys.stdout, **sampling) -> str:
+def stream_text(model, tok, prompt: str, max_new_tokens: int, file=None, **sampling) -> str:
     """Print the completion of `prompt` token by token; returns it.
 
     Text is emitted when it decodes to whole characters (a multi-byte character split over
     two tokens is held back until complete)."""
+    file = file or sys.stdout
     ids: list[int] = []
     shown = ""
     for token in _engine(model, tok).stream(tok.encode(prompt), max_new_tokens=max_new_tokens, **sampling):

@@ -67,9 +67,12 @@ def prepare_tokenizer(data: list[str], tokenizer: str | None, vocab_size: int, t
     if tokenizer:
         return load_tokenizer(tokenizer)
 
+    seen = [0]
+
     def texts():
         budget = max_chars
         for doc in iter_corpus(data, text_field):
+            seen[0] += 1
             if budget is not None:
                 if budget <= 0:
                     return
@@ -78,7 +81,12 @@ def prepare_tokenizer(data: list[str], tokenizer: str | None, vocab_size: int, t
             yield doc
 
     t0 = time.time()
-    tok = train_tokenizer(texts(), vocab_size=vocab_size, out_dir=out / "tokenizer")
+    try:
+        tok = train_tokenizer(texts(), vocab_size=vocab_size, out_dir=out / "tokenizer")
+    except UserError:
+        if seen[0] == 0:
+            raise UserError(f"empty corpus: no text in {', '.join(data) or 'the embedded corpus'}") from None
+        raise
     print(f"trained a {len(tok)}-token byte-level BPE tokenizer in {time.time() - t0:.1f} s -> {out / 'tokenizer'}")
     return tok
 

@@ -202,7 +202,11 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.sampler.load_state_dict(state["sampler"])
-            self.step, self.total_steps, self.elapsed = state["step"], state["total_steps"], state["elapsed"]
+            self.step, self.elapsed = state["step"], state["elapsed"]
+            # A time-budgeted run keeps the step count it fixed; otherwise the settings given now
+            # win, so `--resume --train.max_steps N` can extend a finished run.
+            if self.config.max_steps <= 0 and self.config.epochs is None:
+                self.total_steps = state["total_steps"]
             ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None

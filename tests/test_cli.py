@@ -1,0 +1,147 @@
+"""The `minigpt` CLI: presets load, the tiny end-to-end run works, user errors are one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt.cli import build_parser, main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。\n"
+    "def add(a, b):\n    return a + b\n\nPack my box with five dozen liquor jugs.\n"
+)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_preset_yaml_loads(path):
+    import yaml
+
+    from minigpt.model import MiniGPTConfig
+
+    cfg = build_parser().parse_args(["pretrain", "--config", str(path)])
+    raw = yaml.safe_load(path.read_text())
+    # every value in the file arrives in the parsed config
+    assert cfg.pretrain.model.preset == raw["model"]["preset"]
+    for key, value in raw.get("train", {}).items():
+        assert getattr(cfg.pretrain.train, key) == value, key
+    # and the model it describes can be built
+    fields = {k: v for k, v in raw["model"].items() if k != "preset"}
+    c = MiniGPTConfig.from_preset(raw["model"]["preset"], **fields)
+    assert raw.get("block_size", 256) <= c.max_position_embeddings
+
+
+def test_help_lists_field_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = capsys.readouterr().out
+    assert "--train.grad_accum" in out and "Micro-batches per optimizer step" in out
+    assert "--resume" in out and "--model.num_key_value_heads" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n<|endoftext|>\n".join(TEXT * (i % 3 + 1) for i in range(60)), encoding="utf-8")
+    out = root / "run"
+    argv = [
+        "pretrain", "--data", str(corpus), "--out", str(out), "--cache_dir", str(root / "cache"),
+        "--model.preset", "tiny", "--model.vocab_size", "300", "--model.hidden_size", "32",
+        "--model.intermediate_size", "64", "--model.num_hidden_layers", "2", "--model.num_attention_heads", "4",
+        "--model.num_key_value_heads", "2", "--block_size", "32", "--val_fraction", "0.1",
+        "--train.max_steps", "6", "--train.batch_size", "4", "--train.eval_interval", "3",
+        "--train.save_interval", "3", "--train.progress", "false", "--train.tensorboard", "true",
+    ]
+    assert main(argv) == 0
+    return out, argv, root
+
+
+def test_cli_pretrain_end_to_end(tiny_run):
+    import minigpt  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _, _ = tiny_run
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "MiniGPTForCausalLM" and model.config.vocab_size == len(tok)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 6
+    assert any("val_bpb" in r for r in rows)
+    assert (out / "checkpoints" / "step_00000006").is_dir()
+    assert list((out / "tensorboard").iterdir())
+    ids = torch.tensor([tok.encode("The quick")])
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, ids.shape[1] + 3)
+
+
+def test_cli_generate_streams(tiny_run, capsys):
+    out, _, _ = tiny_run
+    assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "8", "--greedy"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("The quick") and len(printed) > len("The quick\n")
+
+
+def test_cli_export_llama(tiny_run, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    out, _, _ = tiny_run
+    assert main(["export", "--model", str(out), "--to", "llama", "--out", str(tmp_path / "llama")]) == 0
+    assert isinstance(LlamaForCausalLM.from_pretrained(tmp_path / "llama"), LlamaForCausalLM)
+
+
+def test_cli_resume_and_refusal(tiny_run, capsys):
+    out, argv, _ = tiny_run
+    assert main(argv) == 2  # OUT holds a run: refused, nothing overwritten
+    assert "already holds" in capsys.readouterr().err
+    more = [a if a != "6" else "8" for a in argv]  # --train.max_steps 8
+    assert main(more + ["--resume"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 8
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "empty"),
+        ('{"text": "fine"}\n{"text": broken\n', ":2"),
+        ('{"body": "no text field"}\n', "text"),
+    ],
+)
+def test_cli_bad_data_is_one_clear_line(tmp_path, capsys, content, message):
+    suffix = ".txt" if content == "" else ".jsonl"
+    f = tmp_path / f"data{suffix}"
+    f.write_text(content, encoding="utf-8")
+    tok = tmp_path / "tok"
+    code = main(["pretrain", "--data", str(f), "--out", str(tmp_path / "r"), "--cache_dir", str(tmp_path / "c"), "--train.progress", "false"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not tok.exists()
+
+
+def test_cli_corpus_shorter_than_a_block(tmp_path, capsys):
+    f = tmp_path / "short.txt"
+    f.write_text("a few words only " * 3, encoding="utf-8")
+    code = main(["pretrain", "--data", str(f), "--out", str(tmp_path / "r"), "--cache_dir", str(tmp_path / "c"), "--model.vocab_size", "300", "--block_size", "256"])
+    err = capsys.readouterr().err
+    assert code == 2 and "corpus has" in err and "lower block_size" in err
+
+
+def test_cli_prompt_longer_than_context(tiny_run, capsys):
+    out, _, _ = tiny_run
+    code = main(["generate", "--model", str(out), "--prompt", "word " * 600, "--max_new_tokens", "4"])
+    assert code == 2 and "max_position_embeddings" in capsys.readouterr().err
+
+
+def test_cli_tokenizer_model_vocab_mismatch(tiny_run, tmp_path, capsys):
+    from minigpt.tokenizer import train_tokenizer
+
+    out, _, _ = tiny_run
+    big = train_tokenizer([TEXT * 50, "другой текст " * 200], vocab_size=400, out_dir=tmp_path / "bigtok")
+    assert len(big) > 300
+    code = main(["generate", "--model", str(out), "--tokenizer", str(tmp_path / "bigtok"), "--prompt", "x"])
+    assert code == 2 and "vocab_size" in capsys.readouterr().err
