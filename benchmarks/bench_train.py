@@ -35,7 +35,6 @@ def matmul_peak(dtype_name: str = "bfloat16", n: int = 2048, reps: int = 20) -> 
 
 def worker(kind: str, preset: str, seq: int, batch: int, steps: int, precision: str, compile_: bool) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, count_parameters
     from minigpt.model.export import llama_config_from
@@ -58,10 +57,28 @@ def worker(kind: str, preset: str, seq: int, batch: int, steps: int, precision: 
     inputs, targets = x[:, :-1], x[:, 1:]
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else (lambda: torch.autocast("cpu", enabled=False))
 
+    if kind == "minigpt":
+        # minigpt's own training step: the objective the loop runs, with the loop's allocator setting
+        from minigpt.objectives.lm import CausalLMObjective
+        from minigpt.train.allocator import keep_freed_memory
+
+        keep_freed_memory()
+        objective = CausalLMObjective()
+        lm_batch = {"input_ids": inputs, "targets": targets}
+        units = objective.num_units(lm_batch)
+
+        def loss_fn():
+            return objective.compute_loss(model, lm_batch).loss_sum / units
+    else:
+        # the plain transformers way: labels shifted inside the model (one label per row less)
+        labels = x[:, :-1]
+
+        def loss_fn():
+            return model(input_ids=inputs, labels=labels, use_cache=False).loss
+
     def step():
         with ctx():
-            logits = model(input_ids=inputs, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss = loss_fn()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

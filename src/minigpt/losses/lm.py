@@ -31,12 +31,6 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: 
     return flat.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """`transformers`-convention LM loss: `labels (B, T)` equal the inputs; position t predicts
-    `labels[t + 1]`. Mean over the supervised (≠ −100) shifted labels, in nats."""
-    return token_cross_entropy(logits[:, :-1], labels[:, 1:])
-
-
 def bits_per_byte(loss_nats_sum: float, num_bytes: int) -> float:
     """Bits per UTF-8 byte: summed cross-entropy (nats) over the text's tokens / (ln 2 · bytes).
 
@@ -46,3 +40,4 @@ def bits_per_byte(loss_nats_sum: float, num_bytes: int) -> float:
     if num_bytes <= 0:
         raise ValueError("bits_per_byte needs a positive byte count")
     return loss_nats_sum / (math.log(2) * num_bytes)
+

@@ -28,7 +28,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
-from minigpt.losses.lm import causal_lm_loss
+from minigpt.losses.lm import IGNORE_INDEX, token_cross_entropy
 from minigpt.model.configuration import MiniGPTConfig
 
 
@@ -47,6 +47,11 @@ class MiniGPTRMSNorm(nn.Module):
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        if torch.is_autocast_enabled(x.device.type):
+            # Under autocast every consumer of this output is a linear layer that would cast it
+            # to the autocast dtype anyway (q, k and v each separately): cast once here.
+            low = torch.get_autocast_dtype(x.device.type)
+            return self.weight.to(low) * x.to(low)
         return self.weight * x.to(dtype)
 
 
@@ -132,12 +137,6 @@ class MiniGPTAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # (B, K, S, D)
-        if self.num_kv_heads != self.num_heads:
-            # Expanding K/V to H heads lets SDPA use its fused kernels on every backend
-            # (its `enable_gqa` flag falls back to the slow math path on CPU).
-            rep = self.num_heads // self.num_kv_heads
-            k = k[:, :, None].expand(b, self.num_kv_heads, rep, k.shape[2], self.head_dim).reshape(b, self.num_heads, -1, self.head_dim)
-            v = v[:, :, None].expand(b, self.num_kv_heads, rep, v.shape[2], self.head_dim).reshape(b, self.num_heads, -1, self.head_dim)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -145,6 +144,7 @@ class MiniGPTAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=mask is None and t > 1,
+            enable_gqa=self.num_kv_heads != self.num_heads,  # query head h reads K/V head h // (H/K)
         )  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
@@ -172,7 +172,8 @@ class MiniGPTDecoderLayer(nn.Module):
         self.mlp = MiniGPTMLP(config)
         self.input_layernorm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        # With p = 0 an nn.Dropout still allocates (and keeps for backward) a copy per call.
+        self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, x, rope, mask, past_key_values=None):  # noqa: D102 — shapes as in MiniGPTAttention
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
@@ -244,7 +245,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         self.layers = nn.ModuleList(MiniGPTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = MiniGPTRotaryEmbedding(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.post_init()
 
     def forward(
@@ -311,10 +312,22 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Logits `(B, T, V)` (or of the last `logits_to_keep` positions) and, given `labels`
-        `(B, T)`, the mean next-token cross-entropy in nats over labels that are not −100.
+        """Logits `(B, T, V)` (or of the last `logits_to_keep` positions) and, given targets, the
+        next-token cross-entropy in nats (computed in fp32).
+
+        Args:
+            labels: `(B, T)` in the `transformers` convention (position t predicts
+                `labels[t + 1]`; −100 ignored).
+            shift_labels: `(B, T)` already aligned targets (position t predicts
+                `shift_labels[t]`), as `transformers`' loss functions accept; used instead of
+                `labels` when given. Packed pretraining blocks use these, so no token is lost.
+            num_items_in_batch: divide the summed loss by this instead of by the number of
+                supervised tokens (1 gives the sum; the training loop uses it to average over a
+                whole accumulated step).
         """
         out = self.model(
             input_ids=input_ids,
@@ -324,13 +337,19 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
-        h = out.last_hidden_state
+        h = out.last_hidden_state  # (B, T, C)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             h = h[:, logits_to_keep]
         logits = self.lm_head(h)  # (B, T, V)
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        loss = None
+        if shift_labels is None and labels is not None:
+            shift_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        if shift_labels is not None:
+            loss = token_cross_entropy(logits[:, -shift_labels.shape[1] :], shift_labels, reduction="sum")
+            denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+            loss = loss / denom
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
 

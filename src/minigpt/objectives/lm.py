@@ -38,3 +38,4 @@ class CausalLMObjective:
             tb = self.token_bytes.to(targets.device)
             sums["bytes"] = float(tb[targets.clamp(min=0)][valid].sum())
         return LossOutput(loss_sum=loss_sum, num_units=self.num_units(batch), sums=sums)
+

@@ -23,6 +23,7 @@ from torch.utils.data import default_collate
 from minigpt.errors import UserError
 from minigpt.objectives.base import Objective
 from minigpt.train import checkpoint as ckpt
+from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, init_distributed, pick_device
@@ -107,6 +108,8 @@ class Trainer:
         self.run_info = run_info or {}
 
         self.rank, self.world_size, self.device = init_distributed(pick_device(config.device))
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.is_main = self.rank == 0
         if config.precision == "fp16" and self.device.type != "cuda":
             raise UserError("train.precision=fp16 needs CUDA; use bf16 on CPU/MPS")
