@@ -19,6 +19,8 @@ import ast
 import functools
 import json
 import os
+import random
+import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,11 +185,13 @@ def python_docs_corpus(max_chars: int | None = None) -> list[str]:
     return list(_corpus_prefix(max_chars))
 
 
-def write_python_docs_corpus(path: str | Path, max_chars: int | None = None) -> Path:
+def write_python_docs_corpus(path: str | Path, max_chars: int | None = None, shuffle_seed: int | None = None) -> Path:
     """Write the corpus as JSONL, one ``{"text": document}`` object per line (UTF-8).
 
     JSONL rather than plain text so that document boundaries survive (documents contain blank
-    lines themselves). Parent directories are created.
+    lines themselves). Parent directories are created; the file appears atomically.
+    ``shuffle_seed`` shuffles the documents (seeded), so that a validation split taken from
+    the end of the stream is a random sample rather than the last modules in sorted order.
 
     Returns:
         The path written.
@@ -199,8 +203,12 @@ def write_python_docs_corpus(path: str | Path, max_chars: int | None = None) -> 
     if path.is_dir():
         raise UserError(f"corpus output path {path}: is a directory, expected a .jsonl file path")
     docs = python_docs_corpus(max_chars)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(docs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
         for doc in docs:
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
     return path

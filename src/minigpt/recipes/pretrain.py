@@ -114,9 +114,12 @@ def load_pretrain_data(data: list[str], tokenizer, block_size: int, text_field: 
     else:
         from minigpt.data.corpus import write_python_docs_corpus
 
-        corpus_file = default_cache_dir() / "python_docs.jsonl"
+        import sys
+
+        # Shuffled so the held-out tail is a random sample of documents, not the last modules.
+        corpus_file = default_cache_dir() / f"python{sys.version_info[0]}.{sys.version_info[1]}_docs_shuffled.jsonl"
         if not corpus_file.exists():
-            write_python_docs_corpus(corpus_file)
+            write_python_docs_corpus(corpus_file, shuffle_seed=0)
         sources = [str(corpus_file)]
     tf = build_token_file(sources, tokenizer, cache_dir=cache, text_field=text_field)
     train_tokens, val_tokens = split_train_val(tf, val_fraction=val_fraction, block_size=block_size)

@@ -1,10 +1,12 @@
-"""Quality at equal wall time on tinyshakespeare: validation bits per byte after 72 s and 5 min.
+"""Pretraining quality at equal wall time: validation bits per byte after 72 s and 5 min.
 
 The anchor is nanoGPT's documented CPU baseline (char-level, 4 layers x 128, block 64, batch 12,
 2000 iterations): val loss 1.886 nats/char = 2.72 bits per byte in 72 s on this machine. The
 text is ASCII, so a character is a byte and bits per byte compare across tokenizers.
 
-    python benchmarks/bench_shakespeare.py [--data PATH] [--budgets 72 300]
+    python benchmarks/bench_pretrain.py                       # tinyshakespeare, 72 s and 300 s
+    python benchmarks/bench_pretrain.py --data ../shared/data/tinystories/tinystories_first2MiB.txt \
+        --config configs/pretrain/tinystories.yaml --budgets 300
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "shakesp
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--config", default=str(CONFIG), help="pretrain YAML preset")
     p.add_argument("--budgets", type=float, nargs="+", default=[72, 300], help="training seconds per run")
     a = p.parse_args()
     from minigpt.cli import main as cli
@@ -33,7 +36,7 @@ def main() -> None:
             out = Path(tmp) / "run"
             t0 = time.time()
             code = cli([
-                "pretrain", "--config", str(CONFIG), "--data", a.data, "--out", str(out),
+                "pretrain", "--config", a.config, "--data", a.data, "--out", str(out),
                 "--cache_dir", str(Path(tmp) / "cache"), "--train.max_time", str(budget), "--train.progress", "false",
             ])
             wall = time.time() - t0
