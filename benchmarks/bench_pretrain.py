@@ -45,9 +45,12 @@ def main() -> None:
             evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             last = [r for r in evals if "val_bpb" in r][-1]
             rows.append((budget, last["step"], last["val_bpb"], wall))
-    print(f"\n{'budget s':>9}{'steps':>7}{'val bpb':>9}{'nanoGPT@72s':>13}{'ratio':>7}{'wall s (all)':>14}")
+    shakespeare = "shakespeare" in a.data
+    head = f"\n{'budget s':>9}{'steps':>7}{'val bpb':>9}{'wall s (all)':>14}"
+    print(head + (f"{'nanoGPT@72s':>13}{'ratio':>7}" if shakespeare else ""))
     for budget, steps, bpb, wall in rows:
-        print(f"{budget:>9.0f}{steps:>7}{bpb:>9.3f}{NANOGPT_BPB_72S:>13.2f}{bpb / NANOGPT_BPB_72S:>7.2f}{wall:>14.0f}")
+        line = f"{budget:>9.0f}{steps:>7}{bpb:>9.3f}{wall:>14.0f}"
+        print(line + (f"{NANOGPT_BPB_72S:>13.2f}{bpb / NANOGPT_BPB_72S:>7.2f}" if shakespeare else ""))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,13 @@ def test_cli_tokenizer_model_vocab_mismatch(tiny_run, tmp_path, capsys):
     assert len(big) > 300
     code = main(["generate", "--model", str(out), "--tokenizer", str(tmp_path / "bigtok"), "--prompt", "x"])
     assert code == 2 and "vocab_size" in capsys.readouterr().err
+
+
+def test_cli_tokenizer_command(tmp_path):
+    from minigpt.tokenizer import load_tokenizer
+
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT * 40, encoding="utf-8")
+    assert main(["tokenizer", "--data", str(f), "--vocab_size", "300", "--out", str(tmp_path / "tok")]) == 0
+    tok = load_tokenizer(tmp_path / "tok")
+    assert len(tok) == 300 and tok.decode(tok.encode(TEXT)) == TEXT

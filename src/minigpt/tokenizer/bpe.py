@@ -244,7 +244,7 @@ def token_byte_lengths(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
 
 
 def tokenizer_command(
-    data: list[str],
+    data: str | list[str] | None = None,
     vocab_size: int = 6400,
     out: str = "tokenizer",
     text_field: str = "text",
@@ -272,6 +272,7 @@ def tokenizer_command(
         raise UserError(f"max_chars: must be positive or None, got {max_chars}")
     if isinstance(data, (str, Path)):  # one path given where a list was expected
         data = [str(data)]
+    data = list(data or [])
 
     start = time.perf_counter()  # includes reading/parsing the documents
     if data:
