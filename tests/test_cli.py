@@ -155,3 +155,26 @@ def test_cli_tokenizer_command(tmp_path):
     assert main(["tokenizer", "--data", str(f), "--vocab_size", "300", "--out", str(tmp_path / "tok")]) == 0
     tok = load_tokenizer(tmp_path / "tok")
     assert len(tok) == 300 and tok.decode(tok.encode(TEXT)) == TEXT
+
+
+def test_cli_divergence_is_reported_not_a_traceback(tiny_run, tmp_path, capsys):
+    _, argv, root = tiny_run
+    out = tmp_path / "nan"
+    bad = [a if a != str(root / "run") else str(out) for a in argv]
+    bad += ["--train.lr", "1e12", "--train.grad_clip", "0", "--train.warmup_steps", "1", "--train.max_steps", "40"]
+    code = main(bad)
+    err = capsys.readouterr().err
+    assert code == 3 and "diverged" in err and "Traceback" not in err
+
+
+def test_cli_resume_from_corrupt_checkpoint(tiny_run, tmp_path, capsys):
+    import shutil
+
+    src, argv, root = tiny_run
+    run = tmp_path / "copy"
+    shutil.copytree(src, run)
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    (run / "checkpoints" / latest / "trainer_state.pt").write_bytes(b"\x00garbage")
+    resumed = [a if a != str(src) else str(run) for a in argv] + ["--resume"]
+    assert main(resumed) == 2
+    assert "corrupt" in capsys.readouterr().err

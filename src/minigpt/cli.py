@@ -73,6 +73,7 @@ def _arg_help(doc: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `minigpt` console script; returns the exit status."""
     from minigpt.errors import UserError
+    from minigpt.train.loop import TrainingDivergedError
 
     parser = build_parser()
     cfg = parser.parse_args(argv)
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"minigpt {name}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as e:
+        print(f"minigpt {name}: training diverged: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"minigpt {name}: interrupted", file=sys.stderr)
         return 130
