@@ -595,3 +595,21 @@ def test_preset_parameter_counts(name, low, high):
     assert n == expected_parameter_count(cfg)
     assert low <= n <= high, f"{name}: {n / 1e6:.2f} M parameters"
     assert count_parameters(model, trainable_only=True) == n
+
+
+def test_generate_with_static_cache_matches_dynamic():
+    """A preallocated `StaticCache` (keys padded to the full buffer, 4-D masks from `generate`)
+    gives the same greedy tokens as the growing `DynamicCache`, padded rows included."""
+    torch.manual_seed(0)
+    m = MiniGPTForCausalLM(
+        MiniGPTConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+    ).eval()
+    x = torch.randint(2, 100, (2, 7))
+    am = torch.ones_like(x)
+    am[1, :2] = 0
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=1, eos_token_id=None)
+    dynamic = m.generate(x, attention_mask=am, **kw)
+    static = m.generate(x, attention_mask=am, cache_implementation="static", **kw)
+    assert torch.equal(dynamic, static)
+    alone = m.generate(x[1:, 2:], cache_implementation="static", **kw)
+    assert torch.equal(static[1, 2:], alone[0])

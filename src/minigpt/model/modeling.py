@@ -211,28 +211,32 @@ def _position_ids(attention_mask: torch.Tensor | None, past: int, t: int, device
     return pos.clamp_(min=0)[:, -t:]
 
 
-def _attention_mask_4d(attention_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask `(B, 1, T, S)`, True where query i may attend key j: causal and not padding.
+def _attention_mask_4d(attention_mask: torch.Tensor | None, past: int, t: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask `(B|1, 1, T, S)`, True where query i may attend key j: causal and not padding.
 
-    Returns None when plain causal attention suffices (no padding, no cache), which lets SDPA
-    take its `is_causal` fast path. A padded query row keeps its own diagonal so softmax never
-    sees an all-masked row (those rows are padding and their outputs are ignored).
+    `S = kv_len` is the key length attention will see: `past + T` for a growing cache, the full
+    buffer for a preallocated (static) one, whose unwritten slots are masked. A 4-D mask (as
+    `generate` builds for static caches) is used as given (float additive masks are turned into
+    booleans). Returns None when plain causal attention suffices (no padding, nothing beyond the
+    written keys), which lets SDPA take its `is_causal` fast path. A padded query row keeps its
+    own diagonal so softmax never sees an all-masked row (those outputs are never used).
     """
+    if attention_mask is not None and attention_mask.ndim == 4:
+        return attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
     s = past + t
-    if attention_mask is None or bool(attention_mask.all()):
-        if past == 0:
-            return None
-        if t == 1:
-            return None  # one new token sees every cached key
-        q_pos = torch.arange(past, s, device=device)[:, None]
-        return (torch.arange(s, device=device)[None] <= q_pos)[None, None]
-    if attention_mask.shape[-1] != s:
+    no_padding = attention_mask is None or bool(attention_mask.all())
+    if no_padding and kv_len == s and (past == 0 or t == 1):
+        return None  # plain causal (prefill) or one new token seeing every written key
+    if attention_mask is not None and attention_mask.shape[-1] != s:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens, expected past + new = {s}")
     q_pos = torch.arange(past, s, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(s, device=device)[None]  # (1, S)
-    causal = k_pos <= q_pos  # (T, S)
-    keep = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
-    keep |= (k_pos == q_pos)[None]
+    k_pos = torch.arange(kv_len, device=device)[None]  # (1, S)
+    keep = (k_pos <= q_pos)[None]  # (1, T, S): causal, and never a slot not yet written
+    if not no_padding:
+        real = torch.zeros(attention_mask.shape[0], kv_len, dtype=torch.bool, device=device)
+        real[:, :s] = attention_mask.bool()
+        keep = keep & real[:, None, :]  # (B, T, S)
+        keep |= (k_pos == q_pos)[None]
     return keep[:, None]
 
 
@@ -276,9 +280,10 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         t = x.shape[1]
+        kv_len = past_key_values.get_mask_sizes(t, 0)[0] if past_key_values is not None else t
         if position_ids is None:
-            position_ids = _position_ids(attention_mask, past, t, x.device)
-        mask = _attention_mask_4d(attention_mask, past, t, x.device)
+            position_ids = _position_ids(attention_mask if attention_mask is None or attention_mask.ndim == 2 else None, past, t, x.device)
+        mask = _attention_mask_4d(attention_mask, past, t, kv_len, x.device)
         rope = self.rotary_emb(x, position_ids)
         x = self.dropout(x)
         for layer in self.layers:
