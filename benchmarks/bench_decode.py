@@ -21,7 +21,8 @@ import torch
 from minigpt.inference import GenerationEngine
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# int8 = the engine's weight-only int8 mode (bf16 activations); its `generate` column is bf16.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row")
     parser.add_argument("--new-tokens", type=int, default=128, help="generated tokens per row")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "int8"], choices=sorted(DTYPES))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the best counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="cpu")
@@ -64,13 +65,14 @@ def main() -> None:
     for dtype_name in sorted(args.dtypes, key=lambda n: n != "fp32"):
         dtype = DTYPES[dtype_name]
         engine = GenerationEngine(model, dtype=None if dtype == torch.float32 else dtype)
+        gen_dtype = torch.bfloat16 if dtype == torch.int8 else dtype
         for batch in args.batch_sizes:
             prompts = torch.randint(2, config.vocab_size, (batch, args.prompt_len), device=args.device)
             mask = torch.ones_like(prompts)
 
             def run_generate() -> None:
                 with torch.inference_mode(), torch.autocast(
-                    torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32
+                    torch.device(args.device).type, dtype=gen_dtype, enabled=gen_dtype != torch.float32
                 ):
                     out = model.generate(
                         prompts,

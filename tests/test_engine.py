@@ -282,3 +282,46 @@ def test_bad_engine_arguments_raise_user_error(model):
         GenerationEngine(model, dtype=torch.float64)
     with pytest.raises(UserError, match="one prompt"):
         GenerationEngine(model).stream(torch.tensor([[1, 2]]), 4)
+
+
+def test_prepared_weights_follow_parameter_updates():
+    """Low-precision weights are cached between calls but rebuilt after an in-place update."""
+    import torch
+
+    from minigpt.inference import GenerationEngine
+    from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
+
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(
+        MiniGPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3)
+    ).eval()
+    engine = GenerationEngine(model, dtype=torch.bfloat16)
+    prompt = [[5, 9, 13, 2]]
+    first = engine.generate(prompt, 6, temperature=0, stop_on_eos=False).completion_ids
+    again = engine.generate(prompt, 6, temperature=0, stop_on_eos=False).completion_ids
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # flips every logit: the greedy choice must change
+    flipped = engine.generate(prompt, 6, temperature=0, stop_on_eos=False).completion_ids
+    fresh = GenerationEngine(model, dtype=torch.bfloat16).generate(prompt, 6, temperature=0, stop_on_eos=False).completion_ids
+    assert torch.equal(flipped, fresh) and not torch.equal(flipped, first)
+
+
+def test_int8_weight_only_mode_stays_close_to_the_model():
+    """int8 weight-only decoding: per-channel quantization error is small, so the raw
+    log-probs of the chosen tokens stay near a full-precision recompute."""
+    import torch
+
+    from minigpt.inference import GenerationEngine
+    from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
+
+    torch.manual_seed(0)
+    model = MiniGPTForCausalLM(
+        MiniGPTConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3)
+    ).eval()
+    out = GenerationEngine(model, dtype=torch.int8).generate([[3, 7, 11, 19, 23]], 8, temperature=0, stop_on_eos=False, return_logprobs=True)
+    with torch.no_grad():
+        logits = model(out.sequences).logits.float().log_softmax(-1)
+    p = out.sequences.shape[1] - 8
+    ref = logits[0, p - 1 : -1].gather(1, out.completion_ids[0, :, None])[:, 0]
+    assert torch.allclose(out.logprobs[0].float(), ref, atol=0.15)

@@ -360,10 +360,14 @@ class GenerationEngine:
         model_dtype = self.model.lm_head.weight.dtype
         if self.dtype is None or self.dtype == model_dtype:
             return model_dtype
+        if self.dtype == torch.int8:
+            if not hasattr(torch, "_weight_int8pack_mm"):
+                raise UserError("dtype int8 needs torch._weight_int8pack_mm (torch >= 2.4); use bfloat16")
+            return torch.bfloat16  # int8 weights, bf16 activations
         if self.dtype not in (torch.bfloat16, torch.float16) or model_dtype != torch.float32:
             raise UserError(
                 f"dtype {self.dtype} is not available for a {model_dtype} model: use None (the model's dtype), "
-                "or bfloat16/float16 with an fp32 model"
+                "bfloat16/float16 with an fp32 model, or int8 (weight-only)"
             )
         return self.dtype
 
@@ -521,7 +525,7 @@ class GenerationEngine:
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         pad = torch.full((b,), self.pad_token_id, dtype=torch.long, device=device)
 
-        linears = self._low_precision_linears(compute_dtype)
+        linears = self._prepared_linears(compute_dtype)
         x = model.model.embed_tokens(ids)  # (B, P, C)
         logits = self._forward(
             x, cos_tab[prompt_pos], sin_tab[prompt_pos], cache, 0, prefill_mask, linears, last_only=True
@@ -557,6 +561,19 @@ class GenerationEngine:
                 x, cos_step[:, i : i + 1], sin_step[:, i : i + 1], cache, p + i, mask, linears, last_only=False
             )
 
+    def _prepared_linears(self, compute_dtype: torch.dtype) -> dict:
+        """`_low_precision_linears`, reused across calls while no parameter has changed.
+
+        A parameter's `_version` counter moves on every in-place update (optimizer steps,
+        `load_state_dict`), so a chat or an evaluation loop pays the cast / quantization once,
+        while RL, which updates the weights between rollouts, gets fresh ones each time.
+        """
+        key = (compute_dtype, self.dtype, tuple((id(p), p._version) for p in self.model.parameters()))
+        cached = getattr(self, "_prepared", None)
+        if cached is None or cached[0] != key:
+            self._prepared = (key, self._low_precision_linears(compute_dtype))
+        return self._prepared[1]
+
     def _low_precision_linears(self, compute_dtype: torch.dtype) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
         """Weights of the plain `nn.Linear` layers cast once to `compute_dtype`, keyed by module id.
 
@@ -564,7 +581,8 @@ class GenerationEngine:
         weight-cast cache under inference mode, so without this every decode step would
         re-cast all weights (measured: more than half the step time at batch 1). Built per
         call, so weight updates between calls are seen. Other module types (LoRA wrappers)
-        are called as modules under autocast instead.
+        are called as modules under autocast instead. With `dtype=torch.int8` every entry is
+        then quantized (`_quantize_int8`).
         """
         if compute_dtype == self.model.lm_head.weight.dtype:
             return {}
@@ -583,6 +601,8 @@ class GenerationEngine:
                 out[("qkv", id(a))] = _concat([out[id(a.q_proj)], out[id(a.k_proj)], out[id(a.v_proj)]])
             if type(m) is MiniGPTMLP and id(m.gate_proj) in out and id(m.up_proj) in out:
                 out[("gate_up", id(m))] = _concat([out[id(m.gate_proj)], out[id(m.up_proj)]])
+        if self.dtype == torch.int8:
+            out = {key: _quantize_int8(*wb) for key, wb in out.items()}
         return out
 
     def _forward(
@@ -605,7 +625,7 @@ class GenerationEngine:
 
         def lin(module: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
             weights = linears.get(id(module))
-            return module(inp) if weights is None else F.linear(inp.to(weights[0].dtype), *weights)
+            return module(inp) if weights is None else _linear(inp, weights)
 
         model = self.model
         b, t, _ = x.shape
@@ -617,13 +637,16 @@ class GenerationEngine:
             h = layer.input_layernorm(x)
             fused = linears.get(("qkv", id(attn)))
             if fused is not None:
-                q, k, v = F.linear(h.to(fused[0].dtype), *fused).split([h_ * d_, k_ * d_, k_ * d_], dim=-1)
+                # One rotary call for q and k together: (B, H+K, T, D) -> split.
+                qkv = _linear(h, fused).view(b, t, h_ + 2 * k_, d_).transpose(1, 2)  # (B, H+2K, T, D)
+                qk = apply_rotary(qkv[:, : h_ + k_], cos, sin)
+                q, k, v = qk[:, :h_], qk[:, h_:], qkv[:, h_ + k_ :]
             else:
                 q, k, v = lin(attn.q_proj, h), lin(attn.k_proj, h), lin(attn.v_proj, h)
-            q = q.view(b, t, h_, d_).transpose(1, 2)  # (B, H, T, D)
-            k = k.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
-            v = v.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+                q = q.view(b, t, h_, d_).transpose(1, 2)  # (B, H, T, D)
+                k = k.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
+                v = v.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
+                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             kc, vc = cache[li, 0], cache[li, 1]  # (B, K, S, D) views
             kc[:, :, start:end] = k
             vc[:, :, start:end] = v
@@ -650,7 +673,7 @@ class GenerationEngine:
         """The model's SwiGLU with cached low-precision weights (fused gate|up when given); any
         other feed-forward module (e.g. a mixture of experts) is called as is."""
         if gate_up is not None:
-            gate, up = F.linear(x.to(gate_up[0].dtype), *gate_up).chunk(2, dim=-1)
+            gate, up = _linear(x, gate_up).chunk(2, dim=-1)
             return lin(mlp.down_proj, F.silu(gate) * up)
         if type(mlp) is MiniGPTMLP:
             return lin(mlp.down_proj, F.silu(lin(mlp.gate_proj, x)) * lin(mlp.up_proj, x))
@@ -664,3 +687,26 @@ def _concat(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torc
         return weight, None
     bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
     return weight, bias
+
+
+def _quantize_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Symmetric per-output-channel int8: `weight ≈ q · scale[:, None]`, q in [−127, 127].
+
+    Returns `(q (out, in) int8, bias, scale (out,) in the weight's dtype)`. Weight-only: the
+    activations stay bf16, so at batch 1 a step reads a quarter of the fp32 bytes.
+    """
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, bias, scale.to(weight.dtype)
+
+
+def _linear(inp: torch.Tensor, weights: tuple) -> torch.Tensor:
+    """`inp @ W.T + b` with cached low-precision weights: `(W, b)` or int8 `(q, b, scale)`."""
+    if len(weights) == 3:
+        q, bias, scale = weights
+        x = inp.to(scale.dtype)
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), q, scale).view(*x.shape[:-1], q.shape[0])
+        return y if bias is None else y + bias
+    weight, bias = weights
+    return F.linear(inp.to(weight.dtype), weight, bias)

@@ -35,23 +35,28 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
     return model.to(pick_device(device)).eval(), tok
 
 
-def _engine(model, tok):
+ENGINE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+def _engine(model, tok, dtype: str = "fp32"):
     from minigpt.inference import GenerationEngine
 
-    return GenerationEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if dtype not in ENGINE_DTYPES:
+        raise UserError(f"dtype must be one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
+    return GenerationEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, dtype=ENGINE_DTYPES[dtype])
 
 
-def sample_texts(model, tok, prompts: list[str], max_new_tokens: int = 100, **sampling) -> list[str]:
+def sample_texts(model, tok, prompts: list[str], max_new_tokens: int = 100, dtype: str = "fp32", **sampling) -> list[str]:
     """Complete each prompt in one left-padded batch; returns the completions' text."""
     ids = [tok.encode(p) for p in prompts]
-    out = _engine(model, tok).generate(ids, max_new_tokens=max_new_tokens, **sampling)
+    out = _engine(model, tok, dtype).generate(ids, max_new_tokens=max_new_tokens, **sampling)
     texts = []
     for row, mask in zip(out.completion_ids, out.completion_mask):
         texts.append(tok.decode(row[mask.bool()].tolist(), skip_special_tokens=True))
     return texts
 
 
-def stream_text(model, tok, prompt: str, max_new_tokens: int, file=None, **sampling) -> str:
+def stream_text(model, tok, prompt: str, max_new_tokens: int, file=None, dtype: str = "fp32", **sampling) -> str:
     """Print the completion of `prompt` token by token; returns it.
 
     Text is emitted when it decodes to whole characters (a multi-byte character split over
@@ -59,7 +64,7 @@ def stream_text(model, tok, prompt: str, max_new_tokens: int, file=None, **sampl
     file = file or sys.stdout
     ids: list[int] = []
     shown = ""
-    for token in _engine(model, tok).stream(tok.encode(prompt), max_new_tokens=max_new_tokens, **sampling):
+    for token in _engine(model, tok, dtype).stream(tok.encode(prompt), max_new_tokens=max_new_tokens, **sampling):
         if token == tok.eos_token_id:
             break
         ids.append(token)
@@ -83,6 +88,7 @@ def generate(
     seed: int | None = None,
     device: str = "auto",
     tokenizer: str | None = None,
+    dtype: str = "fp32",
 ) -> list[str]:
     """Generate text from a trained model, streaming each completion as it is produced.
 
@@ -98,6 +104,9 @@ def generate(
         seed: random seed for sampling.
         device: auto, cpu, cuda or mps.
         tokenizer: tokenizer directory if not saved beside the model.
+        dtype: decoding precision of the fast engine: fp32 (exactly `model.generate`'s greedy
+            tokens), bf16 (about 2.5x faster on CPU), int8 (weight-only quantized, about 5x
+            faster at batch 1; approximate).
     """
     net, tok = load_model_and_tokenizer(model, device, tokenizer)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -105,6 +114,6 @@ def generate(
     outs = []
     for p in prompts:
         sys.stdout.write(p)
-        outs.append(stream_text(net, tok, p, max_new_tokens, **sampling))
+        outs.append(stream_text(net, tok, p, max_new_tokens, dtype=dtype, **sampling))
         sys.stdout.write("\n")
     return outs
