@@ -55,10 +55,11 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     subprocess.run([sys.executable, str(script), str(single), "4"], check=True, env=env, timeout=300)
     ddp = tmp_path / "ddp"
     ddp.mkdir()
-    subprocess.run(
+    proc = subprocess.run(
         ["torchrun", "--standalone", "--nproc_per_node", "2", str(script), str(ddp), "2"],
-        check=True, env=env, timeout=300, capture_output=True,
+        env=env, timeout=300, capture_output=True, text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     a = json.loads((single / "result.json").read_text())
     b = json.loads((ddp / "result.json").read_text())
     assert a["world"] == 1 and b["world"] == 2

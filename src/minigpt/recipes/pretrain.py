@@ -166,16 +166,26 @@ def pretrain(
     from minigpt.tokenizer import token_byte_lengths
     from minigpt.train.loop import Trainer, seed_everything
 
+    from minigpt.train.distributed import barrier, init_distributed, pick_device
+
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(out)
     if resume and tokenizer is None and (out_dir / "tokenizer").is_dir():
         tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
-    if not resume and not overwrite and (out_dir / "run.json").exists():
-        # refuse before spending minutes on a tokenizer (the Trainer checks again)
-        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok = prepare_tokenizer(data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars)
-    train_ds, val_ds, tf = load_pretrain_data(data, tok, block_size, text_field, val_fraction, cache_dir)
+    rank, _, _ = init_distributed(pick_device(train.device))
+    if rank == 0:
+        if not resume and not overwrite and (out_dir / "run.json").exists():
+            # refuse before spending minutes on a tokenizer (the Trainer checks again)
+            raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tok = prepare_tokenizer(data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars)
+        train_ds, val_ds, tf = load_pretrain_data(data, tok, block_size, text_field, val_fraction, cache_dir)
+    barrier()  # under torchrun, rank 0 trains the tokenizer and fills the token cache first
+    if rank != 0:
+        from minigpt.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
+        train_ds, val_ds, tf = load_pretrain_data(data, tok, block_size, text_field, val_fraction, cache_dir)
 
     seed_everything(train.seed)
     special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}

@@ -43,3 +43,9 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside `torchrun`)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

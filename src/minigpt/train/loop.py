@@ -26,7 +26,7 @@ from minigpt.train import checkpoint as ckpt
 from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
-from minigpt.train.distributed import all_reduce_sum, init_distributed, pick_device
+from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device
 from minigpt.train.optim import param_groups, warmup_cosine
 from minigpt.data.pretrain import BlockSampler
 
@@ -165,6 +165,8 @@ class Trainer:
                     f"{self.out_dir} already holds {what}; pass --resume to continue it, "
                     "--overwrite to start over, or choose another --out"
                 )
+        barrier()  # every rank has looked at OUT before rank 0 changes it
+        if has_run and not resume:
             if self.is_main:
                 shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
                 for name in ("metrics.jsonl", "tensorboard"):
@@ -173,6 +175,7 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(run_file, json.dumps(self.run_info, indent=2, default=str) + "\n")
+        barrier()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -422,6 +425,7 @@ class Trainer:
             self.callbacks.fire("on_evaluate", self, ev)
         self.save()
         self.save_final()
+        barrier()  # ranks leave together: none tears down the process group while rank 0 saves
         self.callbacks.fire("on_train_end", self)
         if self._tb is not None:
             self._tb.close()
