@@ -199,7 +199,8 @@ def pretrain(
         raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
     net.generation_config.eos_token_id = tok.eos_token_id
     net.generation_config.pad_token_id = tok.pad_token_id
-    print(
+    say = print if rank == 0 else (lambda *a, **k: None)  # one voice under torchrun
+    say(
         f"model: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}); data: {len(train_ds)} train / "
         f"{len(val_ds) if val_ds else 0} val blocks of {block_size} tokens"
     )
@@ -227,6 +228,6 @@ def pretrain(
     metrics["train_seconds"] = time.time() - t0
     metrics["steps"] = trainer.step
     if "val_bpb" in metrics:
-        print(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; val loss {metrics['val_loss']:.4f} nats/token, val {metrics['val_bpb']:.4f} bits per byte")
-    print(f"model saved to {out_dir} (AutoModelForCausalLM.from_pretrained works after `import minigpt`)")
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; val loss {metrics['val_loss']:.4f} nats/token, val {metrics['val_bpb']:.4f} bits per byte")
+    say(f"model saved to {out_dir} (AutoModelForCausalLM.from_pretrained works after `import minigpt`)")
     return metrics

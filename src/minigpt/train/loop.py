@@ -413,7 +413,8 @@ class Trainer:
                 if ev:
                     self._log(ev)
                     self.callbacks.fire("on_evaluate", self, ev)
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+                    if self.is_main:
+                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
             if c.save_interval > 0 and self.step % c.save_interval == 0 and not done:
                 self.save()
             if c.max_time and self.elapsed >= c.max_time:
