@@ -178,3 +178,25 @@ def test_cli_resume_from_corrupt_checkpoint(tiny_run, tmp_path, capsys):
     resumed = [a if a != str(src) else str(run) for a in argv] + ["--resume"]
     assert main(resumed) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_tokenizer_never_sees_the_validation_tail(tmp_path):
+    """The held-out tail repeats a word found nowhere else; a tokenizer trained on it would
+    merge that word into few tokens, one trained only on the training part cannot."""
+    from minigpt.tokenizer import load_tokenizer
+
+    f = tmp_path / "c.txt"
+    head = TEXT * 600
+    f.write_text(head + " zqxvjk" * 4000, encoding="utf-8")  # the last ~15 % of the characters
+    word = " zqxvjk"
+    for frac, name in ((0.3, "held"), (0.0, "all")):
+        out = tmp_path / name
+        argv = ["pretrain", "--data", str(f), "--out", str(out), "--cache_dir", str(tmp_path / "c"), "--model.vocab_size", "320",
+                "--val_fraction", str(frac), "--block_size", "16", "--train.max_steps", "1", "--train.progress", "false",
+                "--model.hidden_size", "32", "--model.num_hidden_layers", "1", "--model.intermediate_size", "64"]
+        assert main(argv) == 0
+        n = len(load_tokenizer(out / "tokenizer").encode(word))
+        if frac:
+            assert n >= 4, n  # unseen: close to one token per byte
+        else:
+            assert n <= 2, n  # seen 4000 times: merged

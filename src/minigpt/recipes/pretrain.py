@@ -59,25 +59,48 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "minigpt"))
 
 
-def prepare_tokenizer(data: list[str], tokenizer: str | None, vocab_size: int, text_field: str, out: Path, max_chars: int | None):
-    """Load `tokenizer`, or train a byte-level BPE of `vocab_size` on the first `max_chars`
-    characters of `data` (the embedded Python docs when `data` is empty)."""
+def prepare_tokenizer(
+    sources: list[str],
+    tokenizer: str | None,
+    vocab_size: int,
+    text_field: str,
+    out: Path,
+    max_chars: int | None,
+    holdout_fraction: float = 0.0,
+):
+    """Load `tokenizer`, or train a byte-level BPE of `vocab_size` on the start of `sources`.
+
+    It reads at most `max_chars` characters and never the last `holdout_fraction` of the text
+    (with a 2 % margin): the validation split is cut from the end of the token stream, and a
+    tokenizer that had seen it would make the validation bits per byte look better than they are.
+    """
     from minigpt.tokenizer import load_tokenizer, train_tokenizer
 
     if tokenizer:
         return load_tokenizer(tokenizer)
-
+    budget = max_chars
+    if holdout_fraction > 0:
+        # Count characters, stopping once the training part alone would exceed max_chars.
+        stop = None if max_chars is None else max_chars / (1 - holdout_fraction)
+        total = 0
+        for doc in iter_corpus(sources, text_field):
+            total += len(doc)
+            if stop is not None and total > stop:
+                break
+        else:
+            keep = int(total * (1 - holdout_fraction) * 0.98)
+            budget = keep if budget is None else min(budget, keep)
     seen = [0]
 
     def texts():
-        budget = max_chars
-        for doc in iter_corpus(data, text_field):
+        remaining = budget
+        for doc in iter_corpus(sources, text_field):
             seen[0] += 1
-            if budget is not None:
-                if budget <= 0:
+            if remaining is not None:
+                if remaining <= 0:
                     return
-                doc = doc[:budget]
-                budget -= len(doc)
+                doc = doc[:remaining]
+                remaining -= len(doc)
             yield doc
 
     t0 = time.time()
@@ -85,42 +108,40 @@ def prepare_tokenizer(data: list[str], tokenizer: str | None, vocab_size: int, t
         tok = train_tokenizer(texts(), vocab_size=vocab_size, out_dir=out / "tokenizer")
     except UserError:
         if seen[0] == 0:
-            raise UserError(f"empty corpus: no text in {', '.join(data) or 'the embedded corpus'}") from None
+            raise UserError(f"empty corpus: no text in {', '.join(sources)}") from None
         raise
     print(f"trained a {len(tok)}-token byte-level BPE tokenizer in {time.time() - t0:.1f} s -> {out / 'tokenizer'}")
     return tok
 
 
-def iter_corpus(data: list[str], text_field: str):
-    """Documents of every source in `data`, in order; the embedded corpus if `data` is empty."""
-    if not data:
-        from minigpt.data.corpus import python_docs_corpus
+def resolve_sources(data: list[str]) -> list[str]:
+    """`data`, or (when empty) the embedded CPython docs written once as a shuffled JSONL file,
+    shuffled so the held-out tail is a random sample of documents, not the last modules."""
+    if data:
+        return list(data)
+    import sys
 
-        yield from python_docs_corpus()
-        return
+    from minigpt.data.corpus import write_python_docs_corpus
+
+    corpus_file = default_cache_dir() / f"python{sys.version_info[0]}.{sys.version_info[1]}_docs_shuffled.jsonl"
+    if not corpus_file.exists():
+        write_python_docs_corpus(corpus_file, shuffle_seed=0)
+    return [str(corpus_file)]
+
+
+def iter_corpus(sources: list[str], text_field: str):
+    """Documents of every source, in order."""
     from minigpt.data.loaders import iter_documents
 
-    for src in data:
+    for src in sources:
         yield from iter_documents(src, text_field=text_field)
 
 
-def load_pretrain_data(data: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None):
+def load_pretrain_data(sources: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None):
     """Tokenize (cached) and split: returns `(train_dataset, val_dataset, token_file)`."""
     from minigpt.data.pretrain import PackedDataset, build_token_file, split_train_val
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "tokens"
-    if data:
-        sources = list(data)
-    else:
-        from minigpt.data.corpus import write_python_docs_corpus
-
-        import sys
-
-        # Shuffled so the held-out tail is a random sample of documents, not the last modules.
-        corpus_file = default_cache_dir() / f"python{sys.version_info[0]}.{sys.version_info[1]}_docs_shuffled.jsonl"
-        if not corpus_file.exists():
-            write_python_docs_corpus(corpus_file, shuffle_seed=0)
-        sources = [str(corpus_file)]
     tf = build_token_file(sources, tokenizer, cache_dir=cache, text_field=text_field)
     train_tokens, val_tokens = split_train_val(tf, val_fraction=val_fraction, block_size=block_size)
     train = PackedDataset(train_tokens, block_size)
@@ -178,14 +199,16 @@ def pretrain(
             # refuse before spending minutes on a tokenizer (the Trainer checks again)
             raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
         out_dir.mkdir(parents=True, exist_ok=True)
-        tok = prepare_tokenizer(data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars)
-        train_ds, val_ds, tf = load_pretrain_data(data, tok, block_size, text_field, val_fraction, cache_dir)
+        sources = resolve_sources(data)
+        tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction)
+        train_ds, val_ds, tf = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
     barrier()  # under torchrun, rank 0 trains the tokenizer and fills the token cache first
     if rank != 0:
         from minigpt.tokenizer import load_tokenizer
 
+        sources = resolve_sources(data)
         tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
-        train_ds, val_ds, tf = load_pretrain_data(data, tok, block_size, text_field, val_fraction, cache_dir)
+        train_ds, val_ds, tf = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
 
     seed_everything(train.seed)
     special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
