@@ -395,6 +395,8 @@ class Trainer:
             self.elapsed += dt
             step_times.append(dt)
             metrics = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_tokens * self.world_size / dt}
+            if sums.get("bytes"):  # this rank's share is a fair sample of the step
+                metrics["bpb"] = sums["nats"] / (math.log(2) * sums["bytes"])
             self.history.append(metrics)
             if calibrating and len(step_times) == 6:
                 self._calibrate(step_times)
