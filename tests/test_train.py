@@ -264,3 +264,14 @@ def test_param_groups_decay_policy():
     assert any(p is emb for p in decay2["params"])
     n_unique = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied weights counted once
+
+
+def test_compiled_model_trains_like_eager(tmp_path):
+    """`train.compile` wraps the model in torch.compile: same losses (to rounding), evaluation
+    and checkpointing still work on the wrapped model."""
+    eager = run(tmp_path, "eager", max_steps=3, eval_interval=2, save_interval=2)
+    compiled = Trainer(tiny_model(), CausalLMObjective(), Blocks(64), config(max_steps=3, eval_interval=2, save_interval=2, compile=True), tmp_path / "compiled", val_dataset=Blocks(8, seed=1))
+    compiled.fit()
+    assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in eager.history], rel=1e-4)
+    assert ckpt.latest_checkpoint(tmp_path / "compiled").name == "step_00000003"
+    assert compiled.last_eval["val_loss"] > 0

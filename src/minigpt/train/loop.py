@@ -267,7 +267,7 @@ class Trainer:
         reports bytes, `val_bpb` (bits per UTF-8 byte). Each rank takes every world_size-th batch."""
         if self.val_dataset is None or len(self.val_dataset) == 0:
             return {}
-        model = self._ddp_model or self.model
+        model = self._ddp_model if self._ddp_model is not None else self.model
         was_training = model.training
         model.eval()
         bs = self.config.batch_size
