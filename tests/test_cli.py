@@ -200,3 +200,23 @@ def test_tokenizer_never_sees_the_validation_tail(tmp_path):
             assert n >= 4, n  # unseen: close to one token per byte
         else:
             assert n <= 2, n  # seen 4000 times: merged
+
+
+def test_cli_original_design_flags(tiny_run, tmp_path, capsys):
+    """`--epochs`, `--batch_size` and `--save_dir` (SPEC §4) work as shorthands: one epoch of N
+    training blocks at batch 8 is ceil(N / 8) steps."""
+    import math
+    import re
+
+    _, argv, _ = tiny_run
+    out = tmp_path / "spec"
+    args = list(argv)
+    i = args.index("--out")
+    args[i : i + 2] = ["--save_dir", str(out)]
+    capsys.readouterr()
+    assert main(args + ["--epochs", "1", "--batch_size", "8"]) == 0
+    n_train = int(re.search(r"data: (\d+) train", capsys.readouterr().out).group(1))
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["epochs"] == 1 and run["train"]["batch_size"] == 8
+    steps = max(json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines())
+    assert steps == math.ceil(n_train / 8)

@@ -162,6 +162,9 @@ def pretrain(
     train: TrainConfig = TrainConfig(),
     resume: bool = False,
     overwrite: bool = False,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    save_dir: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain a causal language model on raw text.
 
@@ -179,6 +182,9 @@ def pretrain(
         train: optimisation settings.
         resume: continue from the newest checkpoint in `out`.
         overwrite: discard a run already in `out`.
+        epochs: shorthand for `--train.epochs` (the original design's flag).
+        batch_size: shorthand for `--train.batch_size`.
+        save_dir: shorthand for `--out`.
 
     Returns the final training and validation metrics (`val_loss`, `val_bpb`, …).
     """
@@ -189,8 +195,14 @@ def pretrain(
 
     from minigpt.train.distributed import barrier, init_distributed, pick_device
 
+    if epochs is not None or batch_size is not None:
+        train = dataclasses.replace(
+            train,
+            epochs=train.epochs if epochs is None else epochs,
+            batch_size=train.batch_size if batch_size is None else batch_size,
+        )
     data = [data] if isinstance(data, str) else list(data or [])
-    out_dir = Path(out)
+    out_dir = Path(save_dir or out)
     if resume and tokenizer is None and (out_dir / "tokenizer").is_dir():
         tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
     rank, _, _ = init_distributed(pick_device(train.device))
