@@ -164,7 +164,6 @@ class NaNAfter:
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     t = Trainer(tiny_model(), NaNAfter(3), Blocks(64), config(max_steps=10, save_interval=2), tmp_path / "n")
-    before = None
     with pytest.raises(TrainingDivergedError, match="step 4"):
         t.fit()
     good = ckpt.latest_checkpoint(tmp_path / "n")
@@ -172,7 +171,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     _, weights = ckpt.load_checkpoint(good)
     assert all(torch.isfinite(w).all() for w in weights.values())
     # the NaN gradient never reached the weights in memory either
-    assert all(torch.isfinite(p).all() for p in t.model.parameters()), before
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
 
 
 def test_every_trainable_parameter_changes(tmp_path):

@@ -645,11 +645,6 @@ class BlockSampler(Sampler[int]):
             self.position += 1
             yield idx
 
-    def set_epoch(self, epoch: int) -> None:
-        """Jump to the start of ``epoch`` (DistributedSampler convention)."""
-        self.epoch = int(epoch)
-        self.position = 0
-
     def state_dict(self) -> dict[str, int]:
         """``{"epoch": e, "position": p, "seed": s}``: everything needed to resume exactly."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}

@@ -158,11 +158,6 @@ class MiniGPTConfig(PretrainedConfig):
         """RoPE base frequency θ (stored in `rope_parameters`)."""
         return float(self.rope_parameters["rope_theta"])
 
-    @property
-    def num_key_value_groups(self) -> int:
-        """Query heads per key/value head."""
-        return self.num_attention_heads // self.num_key_value_heads
-
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MiniGPTConfig":
         """Build a named preset (`tiny`, `small`, `base`), with fields overridden by keyword.

@@ -138,7 +138,8 @@ def iter_corpus(sources: list[str], text_field: str):
 
 
 def load_pretrain_data(sources: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None):
-    """Tokenize (cached) and split: returns `(train_dataset, val_dataset, token_file)`."""
+    """Tokenize (cached) and split into packed blocks: returns `(train_dataset, val_dataset)`,
+    the latter None when `val_fraction` is 0."""
     from minigpt.data.pretrain import PackedDataset, build_token_file, split_train_val
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "tokens"
@@ -146,7 +147,7 @@ def load_pretrain_data(sources: list[str], tokenizer, block_size: int, text_fiel
     train_tokens, val_tokens = split_train_val(tf, val_fraction=val_fraction, block_size=block_size)
     train = PackedDataset(train_tokens, block_size)
     val = PackedDataset(val_tokens, block_size) if val_fraction > 0 else None
-    return train, val, tf
+    return train, val
 
 
 def pretrain(
@@ -213,14 +214,14 @@ def pretrain(
         out_dir.mkdir(parents=True, exist_ok=True)
         sources = resolve_sources(data)
         tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction)
-        train_ds, val_ds, tf = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
     barrier()  # under torchrun, rank 0 trains the tokenizer and fills the token cache first
     if rank != 0:
         from minigpt.tokenizer import load_tokenizer
 
         sources = resolve_sources(data)
         tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
-        train_ds, val_ds, tf = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
 
     seed_everything(train.seed)
     special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}

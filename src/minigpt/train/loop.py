@@ -380,11 +380,8 @@ class Trainer:
                     f"Last good checkpoint: {where}. Try a lower train.lr, train.grad_clip > 0, or bf16 instead of fp16."
                 )
             self.scaler.unscale_(self.optimizer)
-            grad_norm = (
-                float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
-                if c.grad_clip > 0
-                else float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))
-            )
+            max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")  # inf: measure, don't clip
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
             lr = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
