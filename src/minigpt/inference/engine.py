@@ -579,7 +579,7 @@ class GenerationEngine:
 
         Only used when computing below the model's dtype: CPU autocast does not keep its
         weight-cast cache under inference mode, so without this every decode step would
-        re-cast all weights (measured: more than half the step time at batch 1). Built per
+        re-cast all weights (`benchmarks/bench_decode.py` shows the bf16 rows). Built per
         call, so weight updates between calls are seen. Other module types (LoRA wrappers)
         are called as modules under autocast instead. With `dtype=torch.int8` every entry is
         then quantized (`_quantize_int8`).

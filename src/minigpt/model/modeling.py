@@ -44,6 +44,7 @@ class MiniGPTRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(..., C) -> (..., C)`; under autocast the output is in the autocast dtype."""
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
@@ -160,6 +161,7 @@ class MiniGPTMLP(nn.Module):
         self.down_proj = nn.Linear(f, c, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, T, C) -> (B, T, C)`."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -175,7 +177,8 @@ class MiniGPTDecoderLayer(nn.Module):
         # With p = 0 an nn.Dropout still allocates (and keeps for backward) a copy per call.
         self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(self, x, rope, mask, past_key_values=None):  # noqa: D102 — shapes as in MiniGPTAttention
+    def forward(self, x, rope, mask, past_key_values=None):
+        """`x (B, T, C) -> (B, T, C)`; `rope`, `mask` and the cache as in `MiniGPTAttention`."""
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 

@@ -26,9 +26,12 @@ class CausalLMObjective:
         self.token_bytes = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.long)
 
     def num_units(self, batch: dict[str, Any]) -> int:
+        """Supervised target tokens in `batch` (targets ≠ −100)."""
         return int((batch["targets"] != IGNORE_INDEX).sum())
 
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """Summed next-token cross-entropy in nats over the supervised targets, computed in
+        fp32 (`token_cross_entropy`), plus `nats` / `bytes` sums for bits per byte."""
         targets = batch["targets"]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False).logits
         loss_sum = token_cross_entropy(logits, targets, reduction="sum")

@@ -1,8 +1,8 @@
 """Keep freed CPU memory in the process instead of returning it to the OS.
 
 glibc serves large allocations (activations, logits) with fresh `mmap`s and unmaps them on
-free, so every training step page-faults its buffers in again; in a VM that first touch costs
-more than the arithmetic (measured here: 20 % of a `small` training step). Turning off mmap
+free, so every training step page-faults its buffers in again; in a VM that first touch is
+a large share of a step (see `benchmarks/bench_train.py`, which runs with this on). Turning off mmap
 for malloc and raising the trim threshold makes freed blocks reusable, which is what
 tcmalloc/jemalloc achieve when preloaded.
 """
