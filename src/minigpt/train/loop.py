@@ -197,10 +197,19 @@ class Trainer:
             raise UserError(f"--resume: no checkpoint found under {self.out_dir / 'checkpoints'}")
         state, weights = ckpt.load_checkpoint(path)
         model = _unwrap(self.model)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        tied = set(getattr(model, "_tied_weights_keys", None) or {})
-        if unexpected or set(missing) - tied:
-            raise UserError(f"checkpoint {path} does not match the model (missing {missing}, unexpected {unexpected})")
+        if getattr(model, "_hf_peft_config_loaded", False):
+            # Adapter training (LoRA …): checkpoints hold the adapter only (PEFT key names);
+            # the frozen base was rebuilt from its own directory by the recipe.
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(model, weights)
+            if result.unexpected_keys:
+                raise UserError(f"checkpoint {path} does not match the adapters (unexpected {result.unexpected_keys[:5]})")
+        else:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            tied = set(getattr(model, "_tied_weights_keys", None) or {})
+            if unexpected or set(missing) - tied:
+                raise UserError(f"checkpoint {path} does not match the model (missing {missing}, unexpected {unexpected})")
         if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
             model.tie_weights()
         try:
@@ -263,8 +272,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation metrics: `val_loss` (nats per unit), `val_ppl` and, when the objective
-        reports bytes, `val_bpb` (bits per UTF-8 byte). Each rank takes every world_size-th batch."""
+        """Validation metrics: `val_loss` (nats per unit), `val_ppl`, when the objective
+        reports bytes `val_bpb` (bits per UTF-8 byte), and `val_<k>` per unit for its other sums. Each rank takes every world_size-th batch."""
         if self.val_dataset is None or len(self.val_dataset) == 0:
             return {}
         model = self._ddp_model if self._ddp_model is not None else self.model
@@ -293,6 +302,9 @@ class Trainer:
         metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
         if extra.get("bytes"):
             metrics["val_bpb"] = extra.get("nats", loss_sum) / (math.log(2) * extra["bytes"])
+        for k in keys:  # other sums an objective reports (e.g. distillation's kl / ce), per unit
+            if k not in ("nats", "bytes"):
+                metrics[f"val_{k}"] = extra[k] / max(units, 1)
         self.last_eval = metrics
         return metrics
 
