@@ -1,6 +1,7 @@
-"""Data: raw-text loaders, the pretraining token cache, packing, splitting and sampling."""
+"""Data: raw-text and record loaders, the pretraining token cache, packing, splitting and
+sampling, SFT datasets (rendered conversations with loss masks) and generated SFT sets."""
 
-from minigpt.data.loaders import DOC_SEPARATOR, SUPPORTED_SUFFIXES, iter_documents, resolve_source
+from minigpt.data.loaders import DOC_SEPARATOR, SUPPORTED_SUFFIXES, iter_documents, iter_records, resolve_source
 from minigpt.data.pretrain import (
     FORMAT_VERSION,
     BlockSampler,
@@ -8,6 +9,14 @@ from minigpt.data.pretrain import (
     TokenFile,
     build_token_file,
     split_train_val,
+)
+from minigpt.data.sft import (
+    PackedSFTDataset,
+    PaddedSFTDataset,
+    SFTDataset,
+    collate_packed,
+    collate_padded,
+    split_examples,
 )
 
 __all__ = [
@@ -19,6 +28,13 @@ __all__ = [
     "TokenFile",
     "build_token_file",
     "iter_documents",
+    "iter_records",
+    "PackedSFTDataset",
+    "PaddedSFTDataset",
+    "SFTDataset",
+    "collate_packed",
+    "collate_padded",
+    "split_examples",
     "resolve_source",
     "split_train_val",
 ]

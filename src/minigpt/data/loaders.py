@@ -31,7 +31,9 @@ from minigpt.errors import UserError
 __all__ = [
     "DOC_SEPARATOR",
     "SUPPORTED_SUFFIXES",
+    "RECORD_SUFFIXES",
     "iter_documents",
+    "iter_records",
     "resolve_source",
 ]
 
@@ -40,6 +42,9 @@ DOC_SEPARATOR = "<|endoftext|>"
 
 #: File name endings :func:`iter_documents` understands (each also with ``.gz`` appended).
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+#: File name endings :func:`iter_records` understands (each also with ``.gz`` appended).
+RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 # Parquet rows are pulled in batches of this many so a large column never sits in memory at once.
 _PARQUET_BATCH_ROWS = 4096
@@ -282,3 +287,118 @@ def _iter_hf_dataset(name: str, text_field: str, split: str) -> Iterator[str]:
         for value in batch[text_field]:
             if isinstance(value, str) and value.strip():
                 yield value
+
+
+def _record_kind(path: Path) -> tuple[str, bool] | None:
+    """Return (record format suffix, gzipped) for a file :func:`iter_records` reads, else None."""
+    name = path.name.lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[: -len(".gz")]
+    for suffix in RECORD_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix, gz
+    return None
+
+
+def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield ``(where, record)`` for every JSON object of a record file or directory, streaming.
+
+    Formats, chosen by file name (each may also be gzipped, ``.gz``):
+
+    * ``.jsonl``: one object per line; ``where = "path:LINE"`` (1-based; blank lines skipped).
+    * ``.json``: one JSON array of objects; ``where = "path[i]"`` (0-based index).
+    * ``.parquet``: one object per row (nested columns become lists/dicts);
+      ``where = "path[i]"`` (0-based row).
+    * a directory: every such file below it (hidden entries ignored), in sorted path order.
+
+    Records are not interpreted here (see ``minigpt.tokenizer.chat.normalize_messages``). Files
+    are read as UTF-8; invalid bytes are replaced as in :func:`iter_documents`.
+
+    Raises:
+        UserError: missing path; unsupported file type; a directory with no record file;
+            ``path:LINE`` invalid JSON or a line that is not an object; a ``.json`` file that is
+            not valid JSON or not an array of objects; an unreadable Parquet file.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and _record_kind(p) and not _is_hidden(p, path)
+        )
+        if not files:
+            raise UserError(
+                f"{path}: directory holds no record files "
+                f"({', '.join(RECORD_SUFFIXES)}, optionally .gz)"
+            )
+    elif path.is_file():
+        if _record_kind(path) is None:
+            raise UserError(
+                f"{path}: unsupported file type for records; expected one of "
+                f"{', '.join(RECORD_SUFFIXES)} (optionally .gz)"
+            )
+        files = [path]
+    else:
+        raise UserError(f"{source}: no such file or directory")
+    for file in files:
+        suffix, gz = _record_kind(file)  # type: ignore[misc]
+        if suffix == ".jsonl":
+            yield from _iter_jsonl_records(file, gz)
+        elif suffix == ".json":
+            yield from _iter_json_records(file, gz)
+        else:
+            yield from _iter_parquet_records(file, gz)
+
+
+def _iter_jsonl_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
+    for lineno, line in _decoded_lines(path, gz):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{where}: line holds a JSON {type(obj).__name__}, not an object")
+        yield where, obj
+
+
+def _iter_json_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
+    try:
+        with _open_binary(path, gz) as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot read file ({exc})") from exc
+    try:
+        data = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(data, list):
+        raise UserError(
+            f"{path}: expected a JSON array of records, got a JSON {type(data).__name__} "
+            "(use .jsonl for one object per line)"
+        )
+    for i, obj in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(obj, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield where, obj
+
+
+def _iter_parquet_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fh: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
+    with fh:
+        try:
+            pf = pq.ParquetFile(fh)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"{path}: not a readable Parquet file ({exc})") from exc
+        row = 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for obj in batch.to_pylist():
+                yield f"{path}[{row}]", obj
+                row += 1

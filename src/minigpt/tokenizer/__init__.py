@@ -1,4 +1,5 @@
-"""Tokenizer: byte-level BPE training, loading, ChatML chat template, byte accounting."""
+"""Tokenizer: byte-level BPE training, loading, ChatML chat template, byte accounting, and the
+one chat renderer (messages -> ids + loss mask) shared by SFT, DPO and RL."""
 
 from minigpt.tokenizer.bpe import (
     ANSWER_END,
@@ -17,6 +18,7 @@ from minigpt.tokenizer.bpe import (
     tokenizer_command,
     train_tokenizer,
 )
+from minigpt.tokenizer.chat import SkipRecord, normalize_messages, render_conversation, render_prompt
 
 __all__ = [
     "ANSWER_END",
@@ -30,6 +32,10 @@ __all__ = [
     "SPECIAL_TOKENS",
     "THINK_END",
     "THINK_START",
+    "SkipRecord",
+    "normalize_messages",
+    "render_conversation",
+    "render_prompt",
     "load_tokenizer",
     "token_byte_lengths",
     "tokenizer_command",
