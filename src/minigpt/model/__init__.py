@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from minigpt.model.configuration import PRESETS, MiniGPTConfig
+from minigpt.model.lora import apply_lora, apply_prefix_tuning, load_adapter, merge_lora
 from minigpt.model.modeling import MiniGPT, MiniGPTForCausalLM, MiniGPTModel, MiniGPTPreTrainedModel
 
 # After `import minigpt`, AutoConfig / AutoModelForCausalLM.from_pretrained(run_dir) work.
@@ -21,4 +22,4 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return total
 
 
-__all__ = ["PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "count_parameters"]
+__all__ = ["apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "count_parameters"]

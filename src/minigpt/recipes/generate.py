@@ -13,24 +13,43 @@ from minigpt.errors import UserError
 def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokenizer_dir: str | None = None):
     """Load a saved model directory (and the tokenizer saved beside it) for inference.
 
+    `model_dir` may also be a LoRA/DoRA adapter directory (adapter_config.json, no
+    config.json, as `minigpt sft --lora_rank N` writes): its base is loaded from the
+    `base_model_name_or_path` recorded in adapter_config.json (a local model directory) and the
+    adapter is applied (not merged). The tokenizer and generation config then come from the
+    adapter directory when it has them, else from the base.
+
     Raises:
-        UserError: missing directory, no tokenizer, or a tokenizer with more ids than the
-            model's vocabulary.
+        UserError: missing directory, no tokenizer, a tokenizer with more ids than the
+            model's vocabulary, or an adapter whose base is not a local model directory or
+            does not fit it.
     """
     import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     from minigpt.tokenizer import load_tokenizer
     from minigpt.train.distributed import pick_device
 
     path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} is not a model directory (no config.json)")
-    tok = load_tokenizer(tokenizer_dir or path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        from minigpt.model.lora import adapter_base_path, load_adapter
+
+        base = adapter_base_path(path)
+        tok_src = tokenizer_dir or (path if (path / "tokenizer.json").is_file() else base)
+        tok = load_tokenizer(tok_src)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        load_adapter(model, path)
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(path)
+    else:
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model directory (no config.json)")
+        tok_src = tokenizer_dir or path
+        tok = load_tokenizer(tok_src)
+        model = AutoModelForCausalLM.from_pretrained(path)
     if len(tok) > model.config.vocab_size:
         raise UserError(
-            f"tokenizer at {tokenizer_dir or path} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}"
+            f"tokenizer at {tok_src} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     return model.to(pick_device(device)).eval(), tok
 
