@@ -1,4 +1,6 @@
-"""Inference: the fast generation engine (chat and serving build on it)."""
+"""Inference: the fast generation engine and the chat session built on it."""
+
+from minigpt.inference.chat import ChatReply, ChatSession, ReasoningSplitter, split_reasoning
 
 from minigpt.inference.engine import (
     GenerationEngine,
@@ -9,6 +11,10 @@ from minigpt.inference.engine import (
 )
 
 __all__ = [
+    "ChatReply",
+    "ChatSession",
+    "ReasoningSplitter",
+    "split_reasoning",
     "GenerationEngine",
     "GenerationOutput",
     "apply_repetition_penalty",
