@@ -1,0 +1,761 @@
+"""Small supervised fine-tuning sets generated on the spot: no download, deterministic by seed.
+
+Two kinds of conversation records, both in the ``{"messages": [{"role": ..., "content": ...},
+...]}`` format the SFT data loader reads (an optional system message first):
+
+1. :func:`docs_conversations`: questions about the standard library and the language reference,
+   answered with the opening sentences of the matching document of the embedded CPython
+   documentation corpus (:mod:`minigpt.data.corpus`). Every answer is a verbatim stretch of its
+   document (only line breaks inside prose paragraphs are re-flowed), cut at a sentence end.
+2. :func:`arithmetic_conversations`: integer ``+``, ``-``, ``×`` problems whose assistant turn is
+   ``<think>column-by-column steps</think><answer>N</answer>``, the reasoning format of SPEC §4.
+   :func:`make_arithmetic_prompts` gives held-out ``{"prompt", "answer"}`` records for evaluation
+   and rule-rewarded RL, scored with :func:`check_answer`.
+
+Train and held-out arithmetic never share a problem: every problem ``(a, op, b)`` falls into one
+split by a fixed hash (:func:`arithmetic_split`), whatever the seeds; ``exclude=`` removes further
+problems given as questions or records.
+
+The module imports nothing heavy (no torch), so the CLI and tests can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from minigpt.errors import UserError
+
+__all__ = [
+    "HELDOUT_FRACTION",
+    "ArithmeticProblem",
+    "arithmetic_conversations",
+    "arithmetic_problem",
+    "arithmetic_split",
+    "check_answer",
+    "docs_conversations",
+    "extract_answer",
+    "make_arithmetic_prompts",
+]
+
+# --------------------------------------------------------------------------------------------
+# Documentation question answering
+# --------------------------------------------------------------------------------------------
+
+_SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a helpful assistant that answers questions about Python.",
+    "You are a concise Python expert. Answer briefly.",
+)
+
+# {name} is the dotted name (functions, classes, modules) or the topic title (reference topics).
+_QUESTIONS = {
+    "def": (
+        "What does `{name}` do?",
+        "What is `{name}` used for?",
+        "Explain `{name}`.",
+        "Can you describe what `{name}` does?",
+        "In Python, what does `{name}` do?",
+        "Briefly, what is the purpose of `{name}`?",
+    ),
+    "class": (
+        "What is the `{name}` class?",
+        "What does the class `{name}` represent?",
+        "Explain the `{name}` class.",
+        "What is `{name}` in Python?",
+        "Describe the class `{name}`.",
+    ),
+    "module": (
+        "What is the `{name}` module for?",
+        "Describe the `{name}` module.",
+        "What does the Python module `{name}` provide?",
+        "Tell me about the `{name}` module.",
+        "What is `{name}` in the standard library?",
+    ),
+    "topic": (
+        "Explain {name}.",
+        "Tell me about {name} in Python.",
+        "Can you describe {name}?",
+        "Give me an overview of {name}.",
+        "What does the Python reference say about {name}?",
+    ),
+}
+
+_FOLLOW_UPS = (
+    "Tell me more.",
+    "Can you go on?",
+    "What else should I know about it?",
+    "Go on, please.",
+    "Anything else about `{name}`?",
+)
+
+# A docstring heading line written by minigpt.data.corpus: "module a.b", "class a.B(Base)",
+# "def a.B.f(self, x)", "async def a.f()".
+_HEADING_RE = re.compile(r"(module|class|def|async def) ([A-Za-z_][\w.]*)")
+_UNDERLINE_RE = re.compile(r"[=\-*~^\"'`#+]{3,}")
+# A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) before whitespace
+# or the end of the paragraph.
+_SENTENCE_END_RE = re.compile(r"(?<!\.)[.!?][\"')\]]*(?=\s|$)")
+_ABBREVIATIONS = frozenset(
+    {"e.g.", "i.e.", "etc.", "cf.", "vs.", "al.", "approx.", "no.", "mr.", "dr.", "st.", "resp.",
+     "incl.", "ca.", "viz.", "fig.", "sec.", "ch.", "vol.", "ed."}
+)
+_NOTE_PREFIXES = ("New in version", "Changed in version", "Deprecated since", "Added in version",
+                  "Availability:")
+_LIST_START_RE = re.compile(r"([-*+|#]|\d+[.)]|\.\.|:\w|>>>|\[\d)")
+_SIGNATURE_RE = re.compile(r"[\w.]+\(.*\)(\s*->.*)?$")
+_GARBAGE_RE = re.compile(r"\b(XXX|TODO|FIXME)\b")
+_MIN_ANSWER_CHARS = 30
+
+
+@dataclass(frozen=True)
+class _DocItem:
+    """One answerable document: what is asked about and the cut points of its answer text."""
+
+    doc_index: int  # index into the documents list
+    kind: str  # "def" | "class" | "module" | "topic"
+    name: str  # dotted name or topic title, verbatim from the document
+    text: str  # answer text: prose re-flowed, short code blocks verbatim
+    cuts: tuple[int, ...]  # offsets in `text` just after each usable sentence end, ascending
+
+
+def _normalize_ws(text: str) -> str:
+    """Collapse every whitespace run to one space and strip the ends."""
+    return " ".join(text.split())
+
+
+def _is_heading(lines: list[str]) -> bool:
+    return len(lines) == 2 and bool(_UNDERLINE_RE.fullmatch(lines[1].strip()))
+
+
+def _classify(block: str) -> str:
+    """``"prose"``, ``"code"``, ``"heading"``, ``"note"`` or ``"other"`` for one paragraph."""
+    lines = block.split("\n")
+    if _is_heading(lines):
+        return "heading"
+    if all(line.startswith((" ", "\t")) for line in lines):
+        return "code"
+    first = lines[0]
+    if first.startswith(_NOTE_PREFIXES):
+        return "note"
+    if (
+        _LIST_START_RE.match(first)
+        or _SIGNATURE_RE.match(first)
+        or any(line.startswith((" ", "\t")) or line.lstrip().startswith(">>>") for line in lines)
+        or (len(lines) > 1 and first.rstrip().endswith(":"))
+        or any(" -- " in line for line in lines)
+    ):
+        # Lists, field lists ("Arguments:\nx -- a number"), doctests, signatures: re-flowing
+        # them into one line would garble them.
+        return "other"
+    letters = sum(ch.isalpha() or ch == " " for ch in block)
+    return "prose" if letters >= 0.6 * len(block) else "other"
+
+
+def _sentence_ends(paragraph: str) -> list[int]:
+    """Offsets just after each sentence end in a re-flowed prose paragraph.
+
+    A full stop is not an end after a known abbreviation (``e.g.``) or a single-letter initial,
+    or when the next word starts with a lower-case letter (``os.path. join``, ``e.g. foo``).
+    """
+    ends = []
+    for m in _SENTENCE_END_RE.finditer(paragraph):
+        end = m.end()
+        word = paragraph[: m.start() + 1].rsplit(" ", 1)[-1].lstrip("(\"'`[").lower()
+        if word in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", word):
+            continue
+        rest = paragraph[end:].lstrip()
+        if rest and rest[0].islower():
+            continue
+        ends.append(end)
+    return ends
+
+
+def _answer_text(body: str, max_code_chars: int = 300) -> tuple[str, tuple[int, ...]]:
+    """The answerable opening of a document body and its sentence-end cut points.
+
+    Leading headings, version notes, code and signature lines are skipped (at most 4 blocks);
+    then consecutive prose paragraphs are taken, re-flowed to one line each. A code block is
+    kept only right after a paragraph ending in ``:`` and if short; anything else stops the run.
+    Cut points are only ever placed in prose, so an answer never ends inside code.
+    """
+    blocks = [b.strip("\n") for b in re.split(r"\n[ \t]*\n", body)]
+    blocks = [b.rstrip() for b in blocks if b.strip()]
+    i = 0
+    while i < len(blocks) and i < 4 and _classify(blocks[i]) != "prose":
+        i += 1
+    parts: list[str] = []
+    cuts: list[int] = []
+    offset = 0
+    for block in blocks[i:]:
+        kind = _classify(block)
+        if kind == "prose":
+            text = " ".join(line.strip() for line in block.split("\n"))
+            ends = _sentence_ends(text)
+        elif kind == "code" and parts and parts[-1].endswith(":") and len(block) <= max_code_chars:
+            text, ends = block, []
+        else:
+            break
+        if parts:
+            offset += 2  # the "\n\n" joining blocks
+        cuts.extend(offset + e for e in ends)
+        parts.append(text)
+        offset += len(text)
+    return "\n\n".join(parts), tuple(cuts)
+
+
+def _parse_doc(doc: str) -> tuple[str, str, str] | None:
+    """``(kind, name, body)`` of a corpus document, or None if it is not one we can ask about."""
+    first, _, rest = doc.partition("\n")
+    m = _HEADING_RE.match(first)
+    if m:
+        kind = "def" if m.group(1).endswith("def") else m.group(1)
+        name = m.group(2)
+        # Private names (any dotted part starting with "_", dunders included) are
+        # implementation detail, not something a user asks about.
+        if any(part.startswith("_") for part in name.split(".")):
+            return None
+        return kind, name, rest
+    # A pydoc topic: a title line underlined with "*".
+    second, _, body = rest.partition("\n")
+    if first.strip() and second and set(second.strip()) == {"*"}:
+        return "topic", first.strip(), body
+    return None
+
+
+def _doc_item(index: int, doc: str, max_chars: int) -> _DocItem | None:
+    parsed = _parse_doc(doc)
+    if parsed is None:
+        return None
+    kind, name, body = parsed
+    text, cuts = _answer_text(body)
+    first = [c for c in cuts if c <= max_chars]
+    if not first:
+        return None
+    answer = text[: first[-1]]
+    if len(answer) < _MIN_ANSWER_CHARS or len(answer.split()) < 5 or _GARBAGE_RE.search(answer):
+        return None
+    return _DocItem(index, kind, name, text, cuts)
+
+
+@functools.lru_cache(maxsize=4)
+def _doc_items(docs: tuple[str, ...], max_chars: int) -> tuple[_DocItem, ...]:
+    items = []
+    seen_answers: set[str] = set()
+    for index, doc in enumerate(docs):
+        item = _doc_item(index, doc, max_chars)
+        if item is None:
+            continue
+        # Inherited/duplicated docstrings ("Return self==value.") would teach one answer for
+        # many names; keep the first.
+        key = item.text[: max(c for c in item.cuts if c <= max_chars)]
+        if key in seen_answers:
+            continue
+        seen_answers.add(key)
+        items.append(item)
+    return tuple(items)
+
+
+def _topic_display(title: str) -> str:
+    """Title as it reads mid-sentence: ``The "if" statement`` -> ``the "if" statement``."""
+    words = title.split()
+    if words[0] == "The" or all(not w[:1].isupper() for w in words[1:]):
+        return title[0].lower() + title[1:] if title[1:2].islower() else title
+    return title
+
+
+def _check_prob(value: float, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{field}: must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_count(n: object, field: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UserError(f"{field}: must be a non-negative integer, got {n!r}")
+    return n
+
+
+def docs_conversations(
+    n: int | None = None,
+    seed: int = 0,
+    docs: Sequence[str] | None = None,
+    *,
+    multi_turn: float = 0.25,
+    system_prob: float = 0.15,
+    max_answer_chars: int = 400,
+    with_source: bool = False,
+) -> list[dict]:
+    """Question/answer conversations about Python, derived from the embedded docs corpus.
+
+    Each usable document gives one conversation: a templated question naming the function,
+    class, module (``What does `json.dumps` do?``) or reference topic (``Explain the "with"
+    statement.``), answered with the document's opening sentences: a verbatim stretch of the
+    docstring/topic (prose line breaks re-flowed) cut at the last sentence end within
+    ``max_answer_chars``. Documents that give no such answer (private names, no full sentence,
+    doctest-only, duplicates, TODO notes) are skipped. A ``multi_turn`` share of the documents
+    that have more text get a second exchange ("Tell me more.") answered with the next stretch,
+    and a ``system_prob`` share start with a system message.
+
+    On CPython 3.11 the full corpus yields about 4,000 conversations; building them takes well
+    under a second once the corpus is parsed (the first call parses it: a few seconds).
+
+    Args:
+        n: number of conversations, a random sample without repetition; None returns all.
+        seed: seeds the order, the sample, the templates and the multi-turn/system choices.
+        docs: documents in the :func:`~minigpt.data.corpus.python_docs_corpus` format (a
+            ``module``/``class``/``def`` heading line then the docstring, or a pydoc topic with
+            its ``***``-underlined title); None uses that corpus. Other documents are ignored.
+        multi_turn: probability in [0, 1] that a document with enough text gets 2 exchanges.
+        system_prob: probability in [0, 1] of a leading system message.
+        max_answer_chars: longest answer (characters) per assistant turn, ≥ 40.
+        with_source: also put ``"source": {"doc": index into docs, "name": asked name}`` in each
+            record (for tests and inspection; SFT loaders read only ``messages``).
+
+    Returns:
+        A new list of ``{"messages": [...]}`` dicts, in a seeded random order.
+
+    Raises:
+        UserError: ``n`` is negative or more than the documents give; a bad probability or
+            ``max_answer_chars``.
+    """
+    multi_turn = _check_prob(multi_turn, "multi_turn")
+    system_prob = _check_prob(system_prob, "system_prob")
+    if isinstance(max_answer_chars, bool) or not isinstance(max_answer_chars, int) or max_answer_chars < 40:
+        raise UserError(f"max_answer_chars: must be an integer >= 40, got {max_answer_chars!r}")
+    if docs is None:
+        from minigpt.data.corpus import python_docs_corpus
+
+        docs = python_docs_corpus()
+    items = list(_doc_items(tuple(docs), max_answer_chars))
+    if n is not None:
+        _check_count(n)
+        if n > len(items):
+            raise UserError(
+                f"n: asked for {n} documentation conversations, but the {len(docs)} documents "
+                f"give only {len(items)}"
+            )
+    rng = random.Random(seed)
+    rng.shuffle(items)
+    if n is not None:
+        items = items[:n]
+    records = []
+    for item in items:
+        display = _topic_display(item.name) if item.kind == "topic" else item.name
+        question = rng.choice(_QUESTIONS[item.kind]).format(name=display)
+        end1 = max(c for c in item.cuts if c <= max_answer_chars)
+        messages = []
+        if rng.random() < system_prob:
+            messages.append({"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
+        messages.append({"role": "user", "content": question})
+        messages.append({"role": "assistant", "content": item.text[:end1].strip()})
+        # A second exchange continues the same document where the first answer stopped.
+        later = [c for c in item.cuts if end1 < c <= end1 + max_answer_chars]
+        want_more = rng.random() < multi_turn
+        if want_more and later and len(item.text[end1 : later[-1]].strip()) >= _MIN_ANSWER_CHARS:
+            follow = rng.choice(_FOLLOW_UPS)
+            if "{name}" in follow and item.kind == "topic":
+                follow = "What else should I know about it?"
+            messages.append({"role": "user", "content": follow.format(name=display)})
+            messages.append({"role": "assistant", "content": item.text[end1 : later[-1]].strip()})
+        record: dict = {"messages": messages}
+        if with_source:
+            record["source"] = {"doc": item.doc_index, "name": item.name}
+        records.append(record)
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Arithmetic with <think> reasoning
+# --------------------------------------------------------------------------------------------
+
+#: Share of all arithmetic problems reserved for the held-out ("test") split.
+HELDOUT_FRACTION = 0.1
+
+_OP_ALIASES = {"+": "+", "-": "-", "*": "×", "x": "×", "×": "×"}
+_OP_WORDS = {"+": "sum", "-": "difference", "×": "product"}
+_ARITH_QUESTIONS = (
+    "What is {e}?",
+    "Compute {e}.",
+    "Calculate {e}.",
+    "What does {e} equal?",
+    "{e} = ?",
+    "Work out {e} step by step.",
+    "Please solve: {e}",
+    "Find the {word}: {e}",
+)
+_COLUMNS = (
+    "ones", "tens", "hundreds", "thousands", "ten thousands", "hundred thousands", "millions",
+    "ten millions", "hundred millions", "billions", "ten billions",
+)
+# "47 + 38", "47 - 38", "47 × 38" (also "*" and "x" when parsing user-supplied questions).
+_EXPR_RE = re.compile(r"(\d+)\s*([-+*x×])\s*(\d+)")
+_MAX_DIGITS = 9
+
+
+@dataclass(frozen=True)
+class ArithmeticProblem:
+    """One integer problem ``a op b`` and its worked solution.
+
+    ``op`` is ``"+"``, ``"-"`` or ``"×"``; for ``-`` the generator keeps ``a >= b`` so every
+    result is a non-negative integer. ``question`` is the user turn (phrasing chosen by the
+    generator), ``think`` the step-by-step working, ``completion`` the assistant turn
+    ``<think>{think}</think><answer>{answer}</answer>``.
+    """
+
+    a: int
+    op: str
+    b: int
+    question: str
+
+    @property
+    def expression(self) -> str:
+        return f"{self.a} {self.op} {self.b}"
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        """Identity of the problem regardless of phrasing, used for splits and dedupe."""
+        return (self.a, self.op, self.b)
+
+    @property
+    def result(self) -> int:
+        if self.op == "+":
+            return self.a + self.b
+        if self.op == "-":
+            return self.a - self.b
+        return self.a * self.b
+
+    @property
+    def answer(self) -> str:
+        return str(self.result)
+
+    @property
+    def think(self) -> str:
+        if self.op == "+":
+            steps = _addition_steps(self.a, self.b)
+        elif self.op == "-":
+            steps = _subtraction_steps(self.a, self.b)
+        else:
+            steps = _multiplication_steps(self.a, self.b)
+        return "\n".join([*steps, f"So {self.expression} = {self.result}."])
+
+    @property
+    def completion(self) -> str:
+        return f"<think>{self.think}</think><answer>{self.answer}</answer>"
+
+    def conversation(self) -> dict:
+        """``{"messages": [user question, assistant completion]}``."""
+        return {
+            "messages": [
+                {"role": "user", "content": self.question},
+                {"role": "assistant", "content": self.completion},
+            ]
+        }
+
+    def prompt_record(self) -> dict:
+        """``{"prompt": question, "answer": "85"}`` for evaluation and rule-rewarded RL."""
+        return {"prompt": self.question, "answer": self.answer}
+
+
+def _digits(x: int) -> list[int]:
+    """Decimal digits, least significant first: 407 -> [7, 0, 4]."""
+    return [int(ch) for ch in reversed(str(x))]
+
+
+def _addition_steps(a: int, b: int) -> list[str]:
+    """Column addition, ones first: ``tens: 4 + 3 + 1 = 8, write 8.`` with carries."""
+    da, db = _digits(a), _digits(b)
+    steps, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        terms = [d[i] for d in (da, db) if i < len(d)] + ([carry] if carry else [])
+        if len(terms) == 1:
+            steps.append(f"{_COLUMNS[i]}: bring down {terms[0]}.")
+            carry = 0
+            continue
+        total = sum(terms)
+        line = f"{_COLUMNS[i]}: {' + '.join(map(str, terms))} = {total}, write {total % 10}"
+        carry = total // 10
+        steps.append(line + (f", carry {carry}." if carry else "."))
+    if carry:
+        steps.append(f"{_COLUMNS[len(steps)]}: carry {carry}, write {carry}.")
+    return steps
+
+
+def _subtraction_steps(a: int, b: int) -> list[str]:
+    """Column subtraction (``a >= b``), ones first, borrowing 10 from the next column."""
+    da, db = _digits(a), _digits(b)
+    steps, borrow = [], 0
+    for i, x in enumerate(da):
+        y = db[i] if i < len(db) else 0
+        col = _COLUMNS[i]
+        if borrow:
+            xe = x - 1
+            head = f"{col}: {x} - 1 = {xe} after the borrow; "
+        else:
+            xe = x
+            if i >= len(db):
+                steps.append(f"{col}: bring down {x}.")
+                continue
+            head = f"{col}: "
+        if xe >= y:
+            steps.append(head + f"{xe} - {y} = {xe - y}, write {xe - y}.")
+            borrow = 0
+        else:
+            d = xe + 10 - y
+            steps.append(head + f"{xe} < {y}, borrow 10: {xe + 10} - {y} = {d}, write {d}.")
+            borrow = 1
+    return steps
+
+
+def _multiplication_steps(a: int, b: int) -> list[str]:
+    """Partial products by place value, then their sum.
+
+    The second operand is split into its non-zero place values (47 × 38 -> 47 × 8, 47 × 30);
+    when it has a single digit the first operand is split instead (47 × 8 -> 40 × 8, 7 × 8).
+    """
+    if a == 0 or b == 0:
+        return ["Anything times 0 is 0."]
+    split_b = b >= 10 or a < 10
+    split = b if split_b else a
+    parts = [d * 10**i for i, d in enumerate(_digits(split)) if d]
+    steps, products = [], []
+    for part in parts:
+        x, y = (a, part) if split_b else (part, b)
+        products.append(x * y)
+        steps.append(f"{x} × {y} = {x * y}")
+    if len(products) > 1:
+        steps.append(f"{' + '.join(map(str, products))} = {sum(products)}")
+    return steps
+
+
+def _check_digits(digits: object) -> tuple[int, int]:
+    if isinstance(digits, int) and not isinstance(digits, bool):
+        digits = (digits, digits)
+    ok = (
+        isinstance(digits, (tuple, list))
+        and len(digits) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in digits)
+        and 1 <= digits[0] <= digits[1] <= _MAX_DIGITS
+    )
+    if not ok:
+        raise UserError(
+            f"digits: must be an integer or a (min, max) pair with 1 <= min <= max <= "
+            f"{_MAX_DIGITS}, got {digits!r}"
+        )
+    return int(digits[0]), int(digits[1])
+
+
+def _check_ops(ops: object) -> str:
+    if not isinstance(ops, str) or not ops or any(ch not in _OP_ALIASES for ch in ops):
+        raise UserError(f"ops: must be a non-empty string of '+', '-', '*' (or 'x'/'×'), got {ops!r}")
+    return "".join(dict.fromkeys(_OP_ALIASES[ch] for ch in ops))
+
+
+def arithmetic_split(key: tuple[int, str, int]) -> str:
+    """``"test"`` or ``"train"``: the fixed split a problem ``(a, op, b)`` belongs to.
+
+    A CRC-32 hash of ``"a op b"`` puts :data:`HELDOUT_FRACTION` of all problems in ``"test"``;
+    it depends on nothing else (not the seed, not the phrasing, not the Python process), so
+    train and held-out sets generated with any seeds never share a problem.
+    """
+    a, op, b = key
+    bucket = zlib.crc32(f"{a} {op} {b}".encode()) % 10_000
+    return "test" if bucket < HELDOUT_FRACTION * 10_000 else "train"
+
+
+def arithmetic_problem(
+    rng: random.Random, digits: int | tuple[int, int] = (1, 3), ops: str = "+-*"
+) -> ArithmeticProblem:
+    """Draw one problem: an operator from ``ops``, operand lengths uniform in ``digits``.
+
+    Each operand's digit count is drawn uniformly from ``digits = (min, max)``, then the operand
+    uniformly among numbers with that many digits (0 counts as a 1-digit number). For ``-`` the
+    operands are ordered so the result is ≥ 0. The question phrasing is drawn from a few
+    templates, all containing the expression ``a op b`` literally.
+
+    Args:
+        rng: a :class:`random.Random`; the only source of randomness.
+        digits: an int (both operands that long) or a ``(min, max)`` pair, 1 ≤ min ≤ max ≤ 9.
+        ops: characters among ``+``, ``-``, ``*`` (``x`` and ``×`` also mean multiply).
+
+    Raises:
+        UserError: bad ``digits`` or ``ops``.
+    """
+    lo, hi = _check_digits(digits)
+    op_list = _check_ops(ops)
+
+    def number() -> int:
+        k = rng.randint(lo, hi)
+        return rng.randint(0 if k == 1 else 10 ** (k - 1), 10**k - 1)
+
+    op = rng.choice(op_list)
+    a, b = number(), number()
+    if op == "-" and a < b:
+        a, b = b, a
+    template = rng.choice(_ARITH_QUESTIONS)
+    question = template.format(e=f"{a} {op} {b}", word=_OP_WORDS[op])
+    return ArithmeticProblem(a, op, b, question)
+
+
+def _exclude_keys(exclude: Iterable | None) -> set[tuple[int, str, int]]:
+    """Problem keys of questions, prompt records or conversations to keep out of a set."""
+    keys: set[tuple[int, str, int]] = set()
+    for i, item in enumerate(exclude or ()):
+        if isinstance(item, ArithmeticProblem):
+            keys.add(item.key)
+            continue
+        if isinstance(item, dict):
+            if "prompt" in item:
+                text = item["prompt"]
+            elif "messages" in item:
+                users = [m.get("content", "") for m in item["messages"] if m.get("role") == "user"]
+                text = users[0] if users else None
+            else:
+                text = None
+        else:
+            text = item
+        m = _EXPR_RE.search(text) if isinstance(text, str) else None
+        if m is None:
+            raise UserError(
+                f"exclude[{i}]: expected a question such as 'What is 47 + 38?', a prompt record "
+                f"or a conversation, got {item!r:.80}"
+            )
+        keys.add((int(m.group(1)), _OP_ALIASES[m.group(2)], int(m.group(3))))
+    return keys
+
+
+def _arithmetic_set(n, seed, digits, ops, split, exclude) -> list[ArithmeticProblem]:
+    n = _check_count(n)
+    if split not in ("train", "test", None):
+        raise UserError(f"split: must be 'train', 'test' or None, got {split!r}")
+    lo, hi = _check_digits(digits)
+    op_list = _check_ops(ops)
+    excluded = _exclude_keys(exclude)
+    rng = random.Random(seed)
+    problems: list[ArithmeticProblem] = []
+    seen: set[tuple[int, str, int]] = set()
+    # Rejection sampling: distinct problems, in the wanted split, not excluded. The attempt cap
+    # turns an impossible request (e.g. 1000 distinct 1-digit additions) into an error.
+    attempts = 0
+    max_attempts = 100 * n + 1000
+    while len(problems) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise UserError(
+                f"n: could only draw {len(problems)} distinct {split or 'any'}-split problems "
+                f"with digits=({lo}, {hi}) and ops={op_list!r}, asked for {n}; allow more digits "
+                f"or operators"
+            )
+        p = arithmetic_problem(rng, (lo, hi), op_list)
+        if p.key in seen or p.key in excluded or (split and arithmetic_split(p.key) != split):
+            continue
+        seen.add(p.key)
+        problems.append(p)
+    return problems
+
+
+def arithmetic_conversations(
+    n: int,
+    seed: int = 0,
+    digits: int | tuple[int, int] = (1, 3),
+    ops: str = "+-*",
+    *,
+    split: str | None = "train",
+    exclude: Iterable | None = None,
+) -> list[dict]:
+    """``n`` distinct arithmetic problems as reasoning SFT conversations.
+
+    User: ``What is 47 + 38?`` (phrasing varies). Assistant:
+    ``<think>ones: 7 + 8 = 15, write 5, carry 1.\\ntens: 4 + 3 + 1 = 8, write 8.\\nSo 47 + 38 =
+    85.</think><answer>85</answer>``. Addition and subtraction go column by column with carries
+    and borrows; multiplication sums partial products by place value. Every equation in the
+    think block is true and its last line states the result.
+
+    Args:
+        n: number of conversations (distinct problems).
+        seed: seeds the problems and phrasings; same seed, same list.
+        digits, ops: as in :func:`arithmetic_problem`.
+        split: ``"train"`` (default) or ``"test"`` keeps only problems of that fixed split
+            (:func:`arithmetic_split`); None keeps all.
+        exclude: problems to leave out, given as questions, ``{"prompt"}`` records,
+            conversations or :class:`ArithmeticProblem` objects.
+
+    Raises:
+        UserError: bad arguments, an ``exclude`` entry without an ``a op b`` expression, or more
+            distinct problems asked for than the digits/ops allow.
+    """
+    return [p.conversation() for p in _arithmetic_set(n, seed, digits, ops, split, exclude)]
+
+
+def make_arithmetic_prompts(
+    n: int,
+    seed: int = 0,
+    digits: int | tuple[int, int] = (1, 3),
+    ops: str = "+-*",
+    *,
+    split: str | None = "test",
+    exclude: Iterable | None = None,
+) -> list[dict]:
+    """``n`` distinct held-out problems as ``{"prompt": question, "answer": "85"}`` records.
+
+    The default ``split="test"`` draws from the problems :func:`arithmetic_conversations` never
+    uses (with its default ``split="train"``), so evaluation and RL prompts are disjoint from the
+    SFT data whatever the seeds. Arguments and errors as in :func:`arithmetic_conversations`.
+    Score completions with :func:`check_answer`.
+    """
+    return [p.prompt_record() for p in _arithmetic_set(n, seed, digits, ops, split, exclude)]
+
+
+# --------------------------------------------------------------------------------------------
+# Answer checking
+# --------------------------------------------------------------------------------------------
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_PLAIN_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+_GROUPED_NUMBER_RE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
+
+
+def extract_answer(text: str) -> str | None:
+    """Content of the last ``<answer>…</answer>`` in ``text``, stripped; None if there is none.
+
+    An ``<answer>`` without its closing tag does not count (a truncated completion has no answer).
+    """
+    found = _ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def _normalize_answer(value: str) -> Decimal | str:
+    """A number (``"+1,234.0"`` -> ``Decimal(1234.0)``) or the whitespace-collapsed string."""
+    s = _normalize_ws(value)
+    if _GROUPED_NUMBER_RE.fullmatch(s):
+        s = s.replace(",", "")
+    if _PLAIN_NUMBER_RE.fullmatch(s):
+        try:
+            return Decimal(s)
+        except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
+            pass
+    return _normalize_ws(value)
+
+
+def check_answer(text: str, answer: str | int) -> bool:
+    """Whether the last ``<answer>`` of a completion equals the reference ``answer``.
+
+    Both sides are compared as numbers when they are plain decimals: surrounding whitespace, a
+    leading ``+``, trailing zeros after the point and thousands separators in the ``1,234``
+    pattern do not matter (``"85"``, ``" 85 "``, ``"85.0"``, ``"+85"`` are equal; so are
+    ``"1,234"`` and ``"1234"``). Otherwise the whitespace-collapsed strings must be equal.
+    A completion without an ``<answer>…</answer>`` is wrong.
+    """
+    got = extract_answer(text)
+    if got is None:
+        return False
+    want = _normalize_answer(str(answer))
+    have = _normalize_answer(got)
+    if isinstance(want, Decimal) and isinstance(have, Decimal):
+        return want == have
+    return isinstance(want, str) and isinstance(have, str) and want == have
