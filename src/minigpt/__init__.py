@@ -6,7 +6,8 @@ Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `tra
 """
 
 from minigpt.errors import UserError
-from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, count_parameters
+from minigpt.data.sft import SFTDataset
+from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, apply_lora, count_parameters
 from minigpt.train.callbacks import Callback
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer, TrainingDivergedError
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Callback",
+    "SFTDataset",
+    "apply_lora",
     "MiniGPT",
     "MiniGPTConfig",
     "MiniGPTForCausalLM",

@@ -17,19 +17,41 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
 def _commands() -> dict[str, Callable]:
+    from minigpt.model.export import export_command
+    from minigpt.recipes.chat import chat
+    from minigpt.recipes.distill import distill
     from minigpt.recipes.generate import generate
+    from minigpt.recipes.merge import merge
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
-    from minigpt.model.export import export_command
+    from minigpt.recipes.sft import sft
     from minigpt.tokenizer import tokenizer_command
 
     return {
         "quickstart": quickstart,
         "tokenizer": tokenizer_command,
         "pretrain": pretrain,
+        "sft": sft,
+        "distill": distill,
+        "merge": merge,
         "generate": generate,
+        "chat": chat,
         "export": export_command,
     }
+
+
+def _underscore_options(argv: list[str]) -> list[str]:
+    """Accept `--lora-rank 8` as well as `--lora_rank 8`: option names use underscores (the
+    Python parameter names), and many users type dashes. Values are never touched."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--") and arg[2:3].isalpha():
+            name, eq, value = arg.partition("=")
+            arg = "--" + name[2:].replace("-", "_") + eq + value
+        out.append(arg)
+    return out
 
 
 def build_parser():
@@ -76,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from minigpt.train.loop import TrainingDivergedError
 
     parser = build_parser()
+    argv = _underscore_options(list(sys.argv[1:] if argv is None else argv))
     cfg = parser.parse_args(argv)
     name = cfg.command
     init = parser.instantiate(cfg)

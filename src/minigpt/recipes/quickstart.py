@@ -1,12 +1,14 @@
-"""`minigpt quickstart`: the whole path on an embedded corpus that needs no download.
+"""`minigpt quickstart`: the whole path on embedded data that needs no download.
 
 CPython's own documentation (pydoc topics plus the standard library's docstrings, read from
-source with `ast`) -> a byte-level BPE tokenizer -> a pretrained `tiny` model -> samples.
-Sized to finish in under 10 minutes on 2 CPU cores.
+source with `ast`) -> a byte-level BPE tokenizer -> a pretrained `tiny` model -> supervised
+fine-tuning on conversations generated from that documentation plus arithmetic problems worked
+in `<think>` steps -> a scripted chat. Sized to finish in under 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,51 +16,101 @@ from minigpt.recipes.pretrain import ModelConfig, pretrain
 from minigpt.train.config import TrainConfig
 
 SAMPLE_PROMPTS = ["Return the", "The with statement", "class Queue"]
+CHAT_SCRIPT = [
+    "What does `json.dumps` do?",
+    "Explain the `with` statement.",
+    "What is 47 + 38?",
+    "What is 312 - 57?",
+]
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 64, dtype: str = "bf16") -> float:
+    """Share of `{"prompt", "answer"}` problems whose greedy reply has the right `<answer>`.
+
+    The prompts are rendered as one user turn through the chat template and decoded in one
+    left-padded batch on the fast engine, stopping at `<|im_end|>`.
+    """
+    from minigpt.data.synthetic import check_answer
+    from minigpt.recipes.generate import ENGINE_DTYPES
+    from minigpt.inference import GenerationEngine
+    from minigpt.recipes.sft import chat_eos_ids
+    from minigpt.tokenizer import render_prompt
+
+    engine = GenerationEngine(model, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id, dtype=ENGINE_DTYPES[dtype])
+    prompts = [render_prompt(tok, [{"role": "user", "content": p["prompt"]}]) for p in problems]
+    correct = 0
+    for s in range(0, len(prompts), 64):
+        out = engine.generate(prompts[s : s + 64], max_new_tokens=max_new_tokens, temperature=0.0)
+        for row, mask, prob in zip(out.completion_ids, out.completion_mask, problems[s : s + 64]):
+            text = tok.decode(row[mask.bool()].tolist(), skip_special_tokens=False)
+            correct += bool(check_answer(text, prob["answer"]))
+    return correct / max(len(problems), 1)
 
 
 def quickstart(
     out: str = "runs/quickstart",
     preset: str = "tiny",
-    train_seconds: float = 300.0,
+    pretrain_seconds: float = 240.0,
+    sft_seconds: float = 150.0,
     vocab_size: int = 6400,
     block_size: int = 256,
     batch_size: int = 16,
     lr: float = 3e-3,
+    sft_lr: float = 1e-3,
+    num_docs_conversations: int = 3000,
+    num_arithmetic: int = 3000,
+    num_heldout: int = 200,
     device: str = "auto",
     seed: int = 1337,
 ) -> dict:
-    """Tokenizer -> pretraining -> samples on the embedded CPython documentation corpus.
+    """Tokenizer -> pretraining -> SFT (docs Q&A + arithmetic with `<think>`) -> scripted chat.
 
     Args:
-        out: run directory (replaced if it exists; it ends up loadable with
-            `AutoModelForCausalLM.from_pretrained`).
+        out: run directory (replaced if it exists): `pretrain/` (base model), `data/` (the
+            generated SFT sets as JSONL), `sft/` (the chat model).
         preset: model size (tiny fits the 10-minute CPU budget).
-        train_seconds: wall-clock budget of the pretraining steps; the step count and
+        pretrain_seconds: wall-clock budget of the pretraining steps; the step count and
             learning-rate schedule are fitted to it after the first steps.
+        sft_seconds: wall-clock budget of the SFT steps.
         vocab_size: tokenizer vocabulary.
-        block_size: tokens per training sequence.
+        block_size: tokens per pretraining sequence and per packed SFT block.
         batch_size: sequences per step.
-        lr: peak learning rate.
+        lr: peak pretraining learning rate.
+        sft_lr: peak SFT learning rate.
+        num_docs_conversations: documentation Q&A conversations generated for SFT.
+        num_arithmetic: arithmetic conversations (with `<think>` steps) generated for SFT.
+        num_heldout: held-out arithmetic problems for the accuracy figure.
         device: auto, cpu, cuda or mps.
         seed: random seed.
 
-    Returns the pretraining metrics plus `wall_seconds`.
+    Returns the SFT metrics plus `pretrain_val_bpb`, `arithmetic_accuracy` and `wall_seconds`.
     """
     from minigpt.data.corpus import python_docs_corpus
+    from minigpt.data.synthetic import arithmetic_conversations, docs_conversations, make_arithmetic_prompts
+    from minigpt.recipes.generate import load_model_and_tokenizer, sample_texts
+    from minigpt.recipes.sft import sft
 
     t0 = time.time()
+    root = Path(out)
     docs = python_docs_corpus()
     chars = sum(len(d) for d in docs)
-    print(f"[1/3] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation")
-    print("[2/3] tokenizer + pretraining")
-    metrics = pretrain(
+    print(f"[1/5] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation")
+    print("[2/5] tokenizer + pretraining")
+    pre = pretrain(
         data=None,
-        out=out,
+        out=str(root / "pretrain"),
         model=ModelConfig(preset=preset, vocab_size=vocab_size),
         block_size=block_size,
         train=TrainConfig(
             max_steps=0,
-            max_time=train_seconds,
+            max_time=pretrain_seconds,
             batch_size=batch_size,
             lr=lr,
             warmup_steps=50,
@@ -72,16 +124,64 @@ def quickstart(
         ),
         overwrite=True,
     )
-    print("[3/3] samples (temperature 0.8, top-k 50)")
-    from minigpt.recipes.generate import load_model_and_tokenizer, sample_texts
-
-    net, tok = load_model_and_tokenizer(out, device=device)
-    for prompt, text in zip(SAMPLE_PROMPTS, sample_texts(net, tok, SAMPLE_PROMPTS, max_new_tokens=60, temperature=0.8, top_k=50, seed=seed)):
+    net, tok = load_model_and_tokenizer(root / "pretrain", device=device)
+    for prompt, text in zip(SAMPLE_PROMPTS, sample_texts(net, tok, SAMPLE_PROMPTS, max_new_tokens=40, temperature=0.8, top_k=50, seed=seed)):
         print(f"--- {prompt!r}\n{prompt}{text}")
+
+    print("[3/5] SFT data: documentation Q&A + arithmetic worked in <think> steps")
+    heldout = make_arithmetic_prompts(num_heldout, seed=seed + 1)
+    conversations = docs_conversations(num_docs_conversations, seed=seed, docs=docs)
+    arithmetic = arithmetic_conversations(num_arithmetic, seed=seed, exclude={p["prompt"] for p in heldout})
+    _write_jsonl(root / "data" / "docs_conversations.jsonl", conversations)
+    _write_jsonl(root / "data" / "arithmetic_reasoning.jsonl", arithmetic)
+    _write_jsonl(root / "data" / "arithmetic_heldout.jsonl", heldout)
+    print(f"      {len(conversations)} documentation conversations, {len(arithmetic)} arithmetic ones -> {root / 'data'}")
+
+    print("[4/5] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×10)")
+    metrics = sft(
+        model=str(root / "pretrain"),
+        data=[str(root / "data" / "docs_conversations.jsonl"), str(root / "data" / "arithmetic_reasoning.jsonl")],
+        out=str(root / "sft"),
+        max_length=block_size,
+        val_fraction=0.02,
+        max_val=100,
+        train=TrainConfig(
+            max_steps=0,
+            max_time=sft_seconds,
+            batch_size=batch_size,
+            lr=sft_lr,
+            warmup_steps=20,
+            weight_decay=0.0,
+            eval_interval=0,
+            eval_batches=0,
+            save_interval=0,
+            keep_last=1,
+            device=device,
+            seed=seed,
+        ),
+        overwrite=True,
+    )
+
+    print("[5/5] chat (scripted; try it yourself with the command at the end)")
+    from minigpt.inference.chat import ChatSession
+
+    chat_model, chat_tok = load_model_and_tokenizer(root / "sft", device=device)
+    accuracy = arithmetic_accuracy(chat_model, chat_tok, heldout)
+    session = ChatSession(chat_model, chat_tok, max_new_tokens=96, temperature=0.0, repetition_penalty=1.1)
+    for turn in CHAT_SCRIPT:
+        session.reset()
+        print(f"user: {turn}")
+        reply = session.reply(turn)
+        if reply.thinking:
+            print(f"  [thinking] {reply.thinking.strip()}")
+        print(f"assistant: {reply.answer.strip()}\n")
+    metrics["pretrain_val_bpb"] = pre.get("val_bpb", float("nan"))
+    metrics["arithmetic_accuracy"] = accuracy
     metrics["wall_seconds"] = time.time() - t0
     print(
-        f"\nquickstart finished in {metrics['wall_seconds']:.0f} s: val {metrics.get('val_bpb', float('nan')):.3f} bits per byte "
-        f"after {metrics['steps']} steps. Model + tokenizer in {Path(out).resolve()}"
+        f"quickstart finished in {metrics['wall_seconds']:.0f} s: pretraining val {metrics['pretrain_val_bpb']:.3f} bits per byte; "
+        f"SFT held-out assistant-token loss {metrics.get('val_loss_before', float('nan')):.3f} -> {metrics.get('val_loss', float('nan')):.3f} nats; "
+        f"held-out arithmetic accuracy {accuracy:.1%} ({num_heldout} problems)"
     )
-    print(f"next: minigpt generate --model {out} --prompt 'def '")
+    print(f"next: minigpt chat --model {root / 'sft'}")
     return metrics

@@ -1,0 +1,252 @@
+"""Supervised fine-tuning recipe: chat records -> rendered (ids, loss mask) -> the training loop.
+
+Full SFT trains every weight; `--lora_rank N` injects PEFT LoRA (or DoRA) adapters and trains
+only those, saving the adapter alone. Reasoning data (`<think>…</think><answer>…</answer>`) needs
+nothing special: the four tags are single tokens whose loss weight is raised
+(`--reasoning_tag_weight`, default ×10, SPEC §4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from minigpt.errors import UserError
+from minigpt.train.config import TrainConfig
+
+SFT_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=1000,
+    batch_size=8,
+    lr=2e-4,
+    min_lr_ratio=0.1,
+    warmup_steps=20,
+    weight_decay=0.0,
+    eval_interval=200,
+    eval_batches=0,
+    save_interval=500,
+)
+
+
+def chat_eos_ids(tok) -> list[int]:
+    """Ids that end an assistant turn: `<|im_end|>` first, then end of text."""
+    from minigpt.tokenizer import IM_END
+
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    if im_end is None or im_end == tok.unk_token_id:
+        raise UserError(f"the tokenizer has no {IM_END} token; train it with minigpt's tokenizer command")
+    return [im_end] + ([tok.eos_token_id] if tok.eos_token_id is not None and tok.eos_token_id != im_end else [])
+
+
+def load_base_model(model_dir: str | Path):
+    """`(MiniGPTForCausalLM, tokenizer)` from a saved model directory, for further training.
+
+    The model is loaded from the directory's absolute path, so adapters trained on it record
+    where their base lives (`base_model_name_or_path`).
+
+    Raises:
+        UserError: not a model directory, no tokenizer beside it, or a tokenizer larger than the
+            model's vocabulary.
+    """
+    from minigpt.model import MiniGPTForCausalLM
+    from minigpt.tokenizer import load_tokenizer
+
+    path = Path(model_dir).resolve()
+    if not (path / "config.json").is_file():
+        hint = " (it holds an adapter: merge it first with `minigpt merge`)" if (path / "adapter_config.json").is_file() else ""
+        raise UserError(f"{path} is not a model directory (no config.json){hint}")
+    tok = load_tokenizer(path)
+    net = MiniGPTForCausalLM.from_pretrained(str(path))
+    if len(tok) > net.config.vocab_size:
+        raise UserError(f"tokenizer at {path} has {len(tok)} tokens but the model's vocab_size is {net.config.vocab_size}")
+    return net, tok
+
+
+def load_sft_data(
+    data: list[str],
+    tok,
+    max_length: int,
+    format: str | None,
+    val_fraction: float,
+    max_val: int | None,
+    packing: bool,
+    seed: int,
+    say=print,
+):
+    """Render every record of `data` and split whole conversations into train / validation.
+
+    Returns `(train_dataset, val_dataset | None, collate_fn)`; with `packing`, conversations are
+    packed into blocks of `max_length` tokens (position ids restart per conversation and attention
+    never crosses one), else each item is one conversation and batches are padded to their
+    longest item. Skipped records are counted and reported through `say`.
+
+    Raises:
+        UserError: no data, a malformed record (naming file:line and field), or no usable
+            conversation at all.
+    """
+    from functools import partial
+
+    from minigpt.data.sft import (
+        PackedSFTDataset,
+        PaddedSFTDataset,
+        SFTDataset,
+        collate_packed,
+        collate_padded,
+        split_examples,
+    )
+
+    if not data:
+        raise UserError("--data is required: JSONL files of conversations (messages / Alpaca / ShareGPT records)")
+    examples = []
+    for source in data:
+        ds = SFTDataset(source, tok, max_length=max_length, format=format)
+        say(f"{source}: {ds.summary()}")
+        examples.extend(ds.examples)
+    train_ex, val_ex = split_examples(examples, val_fraction, seed=seed, max_val=max_val)
+    if packing:
+        train_ds = PackedSFTDataset(train_ex, max_length, seed=seed)
+        val_ds = PackedSFTDataset(val_ex, max_length, seed=seed) if val_ex else None
+        collate = collate_packed
+    else:
+        train_ds = PaddedSFTDataset(train_ex)
+        val_ds = PaddedSFTDataset(val_ex) if val_ex else None
+        collate = partial(collate_padded, pad_id=tok.pad_token_id)
+    say(
+        f"SFT data: {len(train_ex)} train / {len(val_ex)} held-out conversations"
+        + (f" packed into {len(train_ds)} blocks of {max_length} tokens" if packing else "")
+    )
+    return train_ds, val_ds, collate
+
+
+def sft(
+    model: str,
+    data: str | list[str] | None = None,
+    out: str = "runs/sft",
+    format: str | None = None,
+    max_length: int = 512,
+    packing: bool = True,
+    val_fraction: float = 0.02,
+    max_val: int | None = 500,
+    reasoning_tag_weight: float = 10.0,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.0,
+    lora_targets: list[str] | None = None,
+    dora: bool = False,
+    qlora: str | None = None,
+    train: TrainConfig = SFT_TRAIN_DEFAULTS,
+    resume: bool = False,
+    overwrite: bool = False,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    save_dir: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a pretrained model on conversations; loss only on the assistant replies.
+
+    Args:
+        model: the pretrained model directory (with its tokenizer).
+        data: JSONL / JSON / parquet files of records in any supported format: `messages` or
+            `conversations` (role/content), Alpaca (instruction/input/output, optional system
+            and history), ShareGPT (from/value).
+        out: run directory; ends up holding the model (or the adapter alone with LoRA), the
+            tokenizer, checkpoints and metrics.
+        format: force the record format (messages, alpaca, sharegpt); default: detect per record.
+        max_length: tokens per conversation; longer ones are truncated (and dropped if no
+            assistant token is left). Also the packed block length.
+        packing: pack several conversations into each block with attention kept inside each
+            one (no compute spent on padding); off: one conversation per row, padded batches.
+        val_fraction: share of conversations held out for validation (assistant-token loss).
+        max_val: at most this many held-out conversations.
+        reasoning_tag_weight: loss weight of `<think>`, `</think>`, `<answer>`, `</answer>`.
+        lora_rank: 0 = full fine-tuning; > 0 trains LoRA adapters of this rank only.
+        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
+        lora_dropout: dropout on the adapter input.
+        lora_targets: module names to adapt (default: every linear layer of the blocks).
+        dora: weight-decomposed LoRA (DoRA) instead of plain LoRA.
+        qlora: 4bit or 8bit base weights (needs bitsandbytes and CUDA).
+        train: optimisation settings.
+        resume: continue from the newest checkpoint in `out`.
+        overwrite: discard a run already in `out`.
+        epochs: shorthand for `--train.epochs`.
+        batch_size: shorthand for `--train.batch_size`.
+        save_dir: shorthand for `--out`.
+
+    Returns the final training and validation metrics, plus `val_loss_before` (the held-out
+    assistant-token loss of the starting model).
+    """
+    from minigpt.model import count_parameters
+    from minigpt.objectives.sft import SFTObjective
+    from minigpt.tokenizer import REASONING_TAGS
+    from minigpt.train.distributed import init_distributed, pick_device
+    from minigpt.train.loop import Trainer, seed_everything
+
+    if epochs is not None or batch_size is not None:
+        train = dataclasses.replace(
+            train,
+            epochs=train.epochs if epochs is None else epochs,
+            batch_size=train.batch_size if batch_size is None else batch_size,
+        )
+    data = [data] if isinstance(data, str) else list(data or [])
+    out_dir = Path(save_dir or out)
+    rank, _, _ = init_distributed(pick_device(train.device))
+    say = print if rank == 0 else (lambda *a, **k: None)
+    if not resume and not overwrite and (out_dir / "run.json").exists():
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+    seed_everything(train.seed)
+    net, tok = load_base_model(model)
+    train_ds, val_ds, collate = load_sft_data(data, tok, max_length, format, val_fraction, max_val, packing, train.seed, say)
+    if max_length > net.config.max_position_embeddings:
+        raise UserError(f"max_length {max_length} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    eos_ids = chat_eos_ids(tok)
+    net.generation_config.eos_token_id = eos_ids[0]  # <|im_end|>: a chat model stops after its reply
+    net.generation_config.pad_token_id = tok.pad_token_id
+    if lora_rank > 0:
+        from minigpt.model.lora import apply_lora
+
+        apply_lora(
+            net,
+            rank=lora_rank,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            target_modules=lora_targets,
+            use_dora=dora,
+            quantize=qlora,
+            verbose=rank == 0,
+        )
+    elif dora or qlora:
+        raise UserError("--dora and --qlora need --lora_rank > 0")
+    tag_ids = [tok.convert_tokens_to_ids(t) for t in REASONING_TAGS]
+    objective = SFTObjective(tag_ids=tag_ids, tag_weight=reasoning_tag_weight)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora_rank else 'full'} SFT)")
+    run_info = {
+        "stage": "sft",
+        "model": str(Path(model).resolve()),
+        "data": data,
+        "format": format,
+        "max_length": max_length,
+        "packing": packing,
+        "val_fraction": val_fraction,
+        "max_val": max_val,
+        "reasoning_tag_weight": reasoning_tag_weight,
+        "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets, "dora": dora, "qlora": qlora},
+        "train": dataclasses.asdict(train),
+    }
+    trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
+    before = {}
+    if val_ds is not None and not resume:
+        before = trainer.evaluate()
+        if before:
+            say(f"held-out assistant-token loss before SFT: {before['val_loss']:.4f} nats/token")
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    if before:
+        metrics["val_loss_before"] = before["val_loss"]
+    if "val_loss" in metrics:
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out assistant-token loss {metrics['val_loss']:.4f} nats/token")
+    what = "adapter" if lora_rank > 0 else "model"
+    say(f"{what} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
+    return metrics
