@@ -193,11 +193,13 @@ def sft(
     say = print if rank == 0 else (lambda *a, **k: None)
     if not resume and not overwrite and (out_dir / "run.json").exists():
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+    if lora_rank <= 0 and (dora or qlora):
+        raise UserError("--dora and --qlora need --lora_rank > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
-    train_ds, val_ds, collate = load_sft_data(data, tok, max_length, format, val_fraction, max_val, packing, train.seed, say)
     if max_length > net.config.max_position_embeddings:
         raise UserError(f"max_length {max_length} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    train_ds, val_ds, collate = load_sft_data(data, tok, max_length, format, val_fraction, max_val, packing, train.seed, say)
     eos_ids = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos_ids[0]  # <|im_end|>: a chat model stops after its reply
     net.generation_config.pad_token_id = tok.pad_token_id
@@ -214,8 +216,6 @@ def sft(
             quantize=qlora,
             verbose=rank == 0,
         )
-    elif dora or qlora:
-        raise UserError("--dora and --qlora need --lora_rank > 0")
     tag_ids = [tok.convert_tokens_to_ids(t) for t in REASONING_TAGS]
     objective = SFTObjective(tag_ids=tag_ids, tag_weight=reasoning_tag_weight)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -31,6 +31,18 @@ from minigpt.train.optim import param_groups, warmup_cosine
 from minigpt.data.pretrain import BlockSampler
 
 
+#: Files of a saved model or adapter at the top of a run directory.
+MODEL_FILE_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+)
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
 
@@ -254,6 +266,13 @@ class Trainer:
         _unwrap(self.model).save_pretrained(tmp)
         if self.save_with_model is not None:
             self.save_with_model.save_pretrained(tmp)
+        # Weights of another kind left by an earlier run in OUT (a full model where an adapter
+        # is now saved, or the reverse) would be picked up by `from_pretrained`: remove them.
+        written = {p.name for p in tmp.iterdir()}
+        for pattern in MODEL_FILE_PATTERNS:
+            for old in self.out_dir.glob(pattern):
+                if old.name not in written:
+                    old.unlink()
         for p in tmp.iterdir():
             os.replace(p, self.out_dir / p.name)
         tmp.rmdir()
