@@ -53,13 +53,14 @@ _PARQUET_BATCH_ROWS = 4096
 _HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
 
-def _kind(path: Path) -> tuple[str, bool] | None:
-    """Return (format suffix, gzipped) for a supported file name, else None."""
+def _kind(path: Path, suffixes: Iterable[str] = SUPPORTED_SUFFIXES) -> tuple[str, bool] | None:
+    """Return (format suffix, gzipped) for a file name ending in one of `suffixes` (optionally
+    followed by .gz), else None."""
     name = path.name.lower()
     gz = name.endswith(".gz")
     if gz:
         name = name[: -len(".gz")]
-    for suffix in SUPPORTED_SUFFIXES:
+    for suffix in suffixes:
         if name.endswith(suffix):
             return suffix, gz
     return None
@@ -289,18 +290,6 @@ def _iter_hf_dataset(name: str, text_field: str, split: str) -> Iterator[str]:
                 yield value
 
 
-def _record_kind(path: Path) -> tuple[str, bool] | None:
-    """Return (record format suffix, gzipped) for a file :func:`iter_records` reads, else None."""
-    name = path.name.lower()
-    gz = name.endswith(".gz")
-    if gz:
-        name = name[: -len(".gz")]
-    for suffix in RECORD_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix, gz
-    return None
-
-
 def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield ``(where, record)`` for every JSON object of a record file or directory, streaming.
 
@@ -323,7 +312,7 @@ def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(
-            p for p in path.rglob("*") if p.is_file() and _record_kind(p) and not _is_hidden(p, path)
+            p for p in path.rglob("*") if p.is_file() and _kind(p, RECORD_SUFFIXES) and not _is_hidden(p, path)
         )
         if not files:
             raise UserError(
@@ -331,7 +320,7 @@ def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
                 f"({', '.join(RECORD_SUFFIXES)}, optionally .gz)"
             )
     elif path.is_file():
-        if _record_kind(path) is None:
+        if _kind(path, RECORD_SUFFIXES) is None:
             raise UserError(
                 f"{path}: unsupported file type for records; expected one of "
                 f"{', '.join(RECORD_SUFFIXES)} (optionally .gz)"
@@ -340,7 +329,7 @@ def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
     else:
         raise UserError(f"{source}: no such file or directory")
     for file in files:
-        suffix, gz = _record_kind(file)  # type: ignore[misc]
+        suffix, gz = _kind(file, RECORD_SUFFIXES)  # type: ignore[misc]
         if suffix == ".jsonl":
             yield from _iter_jsonl_records(file, gz)
         elif suffix == ".json":
