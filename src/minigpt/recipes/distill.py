@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
+from minigpt.recipes.common import refuse_existing_run
 from minigpt.recipes.pretrain import ModelConfig
 from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, chat_eos_ids, load_base_model, load_sft_data
 from minigpt.train.config import TrainConfig
@@ -90,8 +91,7 @@ def distill(
     out_dir = Path(out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    if not resume and not overwrite and (out_dir / "run.json").exists():
-        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+    refuse_existing_run(out_dir, resume, overwrite)
     seed_everything(train.seed)
     teacher_net, tok = load_base_model(teacher)
     if student:

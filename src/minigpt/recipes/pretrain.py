@@ -10,6 +10,7 @@ from typing import Any
 
 
 from minigpt.errors import UserError
+from minigpt.recipes.common import apply_shorthands, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 
@@ -196,21 +197,14 @@ def pretrain(
 
     from minigpt.train.distributed import barrier, init_distributed, pick_device
 
-    if epochs is not None or batch_size is not None:
-        train = dataclasses.replace(
-            train,
-            epochs=train.epochs if epochs is None else epochs,
-            batch_size=train.batch_size if batch_size is None else batch_size,
-        )
+    train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     if resume and tokenizer is None and (out_dir / "tokenizer").is_dir():
         tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
     rank, _, _ = init_distributed(pick_device(train.device))
     if rank == 0:
-        if not resume and not overwrite and (out_dir / "run.json").exists():
-            # refuse before spending minutes on a tokenizer (the Trainer checks again)
-            raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+        refuse_existing_run(out_dir, resume, overwrite)  # before minutes on a tokenizer
         out_dir.mkdir(parents=True, exist_ok=True)
         sources = resolve_sources(data)
         tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction)

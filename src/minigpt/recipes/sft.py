@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
+from minigpt.recipes.common import apply_shorthands, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 SFT_TRAIN_DEFAULTS = TrainConfig(
@@ -181,18 +182,12 @@ def sft(
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
-    if epochs is not None or batch_size is not None:
-        train = dataclasses.replace(
-            train,
-            epochs=train.epochs if epochs is None else epochs,
-            batch_size=train.batch_size if batch_size is None else batch_size,
-        )
+    train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     rank, _, _ = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    if not resume and not overwrite and (out_dir / "run.json").exists():
-        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+    refuse_existing_run(out_dir, resume, overwrite)
     if lora_rank <= 0 and (dora or qlora):
         raise UserError("--dora and --qlora need --lora_rank > 0")
     seed_everything(train.seed)
