@@ -21,6 +21,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.inference.engine import GenerationEngine
+from minigpt.tokenizer.chat import render_prompt
 from minigpt.tokenizer.bpe import ANSWER_END, ANSWER_START, IM_END, REASONING_TAGS, THINK_END, THINK_START
 
 THINKING = "thinking"
@@ -153,7 +154,7 @@ class ChatSession:
     """A multi-turn conversation with a causal LM, decoded by `GenerationEngine`.
 
     Each `reply` renders `[system] + history + [user turn]` with
-    `tokenizer.apply_chat_template(..., add_generation_prompt=True)`, generates until
+    the chat template (`minigpt.tokenizer.render_prompt`), generates until
     `<|im_end|>` (or the tokenizer's EOS, or `max_new_tokens`), and appends the user message and
     the reply's *answer* to the history. Thinking (`<think>…</think>`) is returned and streamed
     but not kept in the history, as Qwen3 and DeepSeek-R1 do.
@@ -332,13 +333,9 @@ class ChatSession:
         )
 
     def render(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        """Token ids of `messages` plus the assistant generation prompt, via the chat template."""
-        out = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if isinstance(out, Mapping):  # some transformers versions return a BatchEncoding
-            out = out["input_ids"]
-        return [int(i) for i in out]
+        """Token ids of `messages` plus the assistant generation prompt, through the project's
+        one chat renderer (`minigpt.tokenizer.render_prompt`, equal to the chat template's ids)."""
+        return render_prompt(self.tokenizer, [dict(m) for m in messages], where="chat")
 
     # ------------------------------------------------------------------ helpers
 
