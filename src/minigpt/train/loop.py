@@ -387,7 +387,7 @@ class Trainer:
             units = all_reduce_sum([float(sum(self.objective.num_units(b) for b in micro))], self.device)[0]
             if units <= 0:
                 raise UserError("a training batch has no supervised tokens (all targets are -100)")
-            loss_sum, n_tokens, sums = 0.0, 0, {}
+            loss_sum, n_tokens, sums, local_units = 0.0, 0, {}, 0.0
             for i, batch in enumerate(micro):
                 batch = _to_device(batch, self.device)
                 sync = self.world_size == 1 or i == len(micro) - 1
@@ -399,6 +399,7 @@ class Trainer:
                     loss = out.loss_sum * (self.world_size / units)
                     self.scaler.scale(loss).backward()
                 loss_sum += float(out.loss_sum.detach())
+                local_units += out.num_units
                 n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
                 for k, v in out.sums.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -425,6 +426,9 @@ class Trainer:
             metrics = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_tokens * self.world_size / dt}
             if sums.get("bytes"):  # this rank's share is a fair sample of the step
                 metrics["bpb"] = sums["nats"] / (math.log(2) * sums["bytes"])
+            for k, v in sums.items():  # the objective's other sums (DPO accuracy, margins …), per unit
+                if k not in ("nats", "bytes"):
+                    metrics[k] = v / max(local_units, 1)
             self.history.append(metrics)
             if calibrating and len(step_times) == 6:
                 self._calibrate(step_times)

@@ -1,0 +1,255 @@
+"""The DPO family as a Python API (SPEC §7): `DPOConfig`, `create_dpo_trainer`, `train_step`.
+
+`DPOTrainer.train_step(chosen_ids, rejected_ids)` takes token-id tensors, as the original
+design does, and runs the same objective (`minigpt.objectives.preference`) the `minigpt dpo`
+command trains with through the one training loop; only the optimizer step lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.losses.lm import IGNORE_INDEX
+from minigpt.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
+from minigpt.objectives.preference import KTOObjective, PreferenceObjective, has_adapters
+
+
+@dataclass
+class DPOConfig:
+    """Settings of `DPOTrainer` (names as in TRL's `DPOConfig` where they exist)."""
+
+    beta: float = 0.1
+    """β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale, usually ~2;
+    ORPO: the odds-ratio weight λ)."""
+    label_smoothing: float = 0.0
+    """Conservative DPO: assumed probability that a preference label is flipped, in [0, 0.5)."""
+    reference_free: bool = False
+    """Drop the reference log-probs (DPO against a uniform reference)."""
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO), ipo, hinge, simpo, orpo or kto."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin γ."""
+    desirable_weight: float = 1.0
+    """KTO: loss weight of desirable examples."""
+    undesirable_weight: float = 1.0
+    """KTO: loss weight of undesirable examples."""
+    learning_rate: float = 5e-6
+    """AdamW learning rate of `train_step` (constant)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    precision: str = "fp32"
+    """fp32, or bf16 (autocast; the fast path on CPUs with AMX and on GPUs)."""
+    pad_token_id: int | None = None
+    """Padding id of the id tensors; default: the policy's `config.pad_token_id`."""
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in PREFERENCE_LOSSES:
+            raise UserError(f"DPOConfig.loss_type must be one of {', '.join(PREFERENCE_LOSSES)}, not {self.loss_type!r}")
+        if self.beta <= 0:
+            raise UserError(f"DPOConfig.beta must be > 0, got {self.beta}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"DPOConfig.precision must be fp32 or bf16, not {self.precision!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DPOConfig":
+        """Build from a dict; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown DPOConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether this loss compares against a reference policy."""
+        return self.loss_type not in REFERENCE_FREE_LOSSES and not self.reference_free
+
+
+def _pad_right(rows: list[torch.Tensor], pad_id: int, length: int) -> torch.Tensor:
+    out = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out
+
+
+def _as_rows(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int, name: str) -> list[torch.Tensor]:
+    """Real tokens of each row of `ids (B, T)` (padding removed, left or right)."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        raise UserError(f"{name} must be a (batch, length) tensor of token ids")
+    if mask is None:
+        mask = ids != pad_id
+    rows = [ids[i][mask[i].bool()].long().cpu() for i in range(ids.shape[0])]
+    if any(r.numel() < 2 for r in rows):
+        raise UserError(f"every row of {name} needs at least two real tokens")
+    return rows
+
+
+class DPOTrainer:
+    """Optimise a policy on preference pairs, one `train_step` per batch.
+
+    Args:
+        policy_model: the causal LM to train (e.g. the SFT model), optionally with LoRA adapters.
+        ref_policy_model: frozen reference π_ref. None: with LoRA adapters, the policy with its
+            adapters disabled; otherwise a frozen copy of the policy as it is now; not needed for
+            simpo / orpo / reference-free.
+        config: `DPOConfig` or a dict of its fields.
+
+    Raises:
+        UserError: bad config values or inputs.
+    """
+
+    def __init__(self, policy_model: torch.nn.Module, ref_policy_model: torch.nn.Module | None = None, config: DPOConfig | Mapping[str, Any] | None = None) -> None:
+        config = DPOConfig() if config is None else config
+        self.config = config if isinstance(config, DPOConfig) else DPOConfig.from_dict(config)
+        self.policy = policy_model
+        c = self.config
+        if c.needs_reference and ref_policy_model is None and not has_adapters(policy_model):
+            ref_policy_model = copy.deepcopy(policy_model)
+        if not c.needs_reference:
+            ref_policy_model = None
+        self.ref_policy = ref_policy_model
+        if c.loss_type == "kto":
+            self.objective = KTOObjective(c.beta, c.desirable_weight, c.undesirable_weight, reference=ref_policy_model)
+        else:
+            self.objective = PreferenceObjective(c.loss_type, c.beta, c.label_smoothing, c.reference_free, c.simpo_gamma, reference=ref_policy_model)
+        pad = c.pad_token_id if c.pad_token_id is not None else getattr(getattr(policy_model, "config", None), "pad_token_id", None)
+        self.pad_token_id = 0 if pad is None else int(pad)
+        params = [p for p in policy_model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError("the policy has no trainable parameter")
+        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.step = 0
+
+    def _device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self._device().type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def make_batch(
+        self,
+        chosen_ids: torch.Tensor,
+        rejected_ids: torch.Tensor,
+        chosen_attention_mask: torch.Tensor | None = None,
+        rejected_attention_mask: torch.Tensor | None = None,
+        prompt_lengths: int | torch.Tensor | list[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The objective's batch from id tensors.
+
+        Args:
+            chosen_ids / rejected_ids: `(B, T_w)` / `(B, T_l)` prompt + reply ids, padded with
+                `pad_token_id` on either side (or described by the attention masks).
+            prompt_lengths: tokens of prompt at the start of each (unpadded) row, an int or
+                `(B,)`; their log-probs are not scored. None: every token after the first is
+                scored, as when the ids hold only the responses.
+
+        Returns the paired batch (`input_ids (2B, T)`, `attention_mask`, `targets`), or for
+        `kto` the unpaired one (chosen rows desirable, rejected rows undesirable; each prompt is
+        paired with the next row's reply for the KL reference point).
+        """
+        chosen = _as_rows(chosen_ids, chosen_attention_mask, self.pad_token_id, "chosen_ids")
+        rejected = _as_rows(rejected_ids, rejected_attention_mask, self.pad_token_id, "rejected_ids")
+        if len(chosen) != len(rejected):
+            raise UserError(f"chosen_ids has {len(chosen)} rows but rejected_ids has {len(rejected)}")
+        b = len(chosen)
+        if prompt_lengths is None:
+            plen = [1] * b
+        elif isinstance(prompt_lengths, int):
+            plen = [prompt_lengths] * b
+        else:
+            plen = [int(x) for x in (prompt_lengths.tolist() if isinstance(prompt_lengths, torch.Tensor) else prompt_lengths)]
+        if len(plen) != b or any(p < 1 for p in plen):
+            raise UserError("prompt_lengths must be >= 1, one per pair")
+        for name, rows in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+            for i, r in enumerate(rows):
+                if plen[i] >= r.numel():
+                    raise UserError(f"row {i} of {name} has {r.numel()} tokens, none after its prompt of {plen[i]}")
+        if self.config.loss_type == "kto":
+            rows, plens = chosen + rejected, plen + plen
+            label = torch.tensor([True] * b + [False] * b)
+            n = len(rows)
+            kl_rows = [torch.cat([rows[i][: plens[i]], rows[(i + 1) % n][plens[(i + 1) % n] :]]) for i in range(n)]
+            batch = self._rows_batch(rows, plens)
+            kl = self._rows_batch(kl_rows, plens)
+            return {**batch, "label": label, "kl_input_ids": kl["input_ids"], "kl_attention_mask": kl["attention_mask"], "kl_targets": kl["targets"]}
+        return self._rows_batch(chosen + rejected, plen + plen)
+
+    def _rows_batch(self, rows: list[torch.Tensor], plens: list[int]) -> dict[str, torch.Tensor]:
+        t = max(r.numel() for r in rows)
+        ids = _pad_right(rows, self.pad_token_id, t)
+        mask = torch.zeros_like(ids)
+        targets = torch.full_like(ids, IGNORE_INDEX)
+        for i, r in enumerate(rows):
+            n = r.numel()
+            mask[i, :n] = 1
+            targets[i, plens[i] - 1 : n - 1] = r[plens[i] :]  # position t predicts token t + 1
+        dev = self._device()
+        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "targets": targets.to(dev)}
+
+    def _metrics(self, out, units: int) -> dict[str, float]:
+        metrics = {"loss": float(out.loss_sum.detach()) / units}
+        for k, v in out.sums.items():
+            metrics[k] = v / units
+        return metrics
+
+    def train_step(
+        self,
+        chosen_ids: torch.Tensor,
+        rejected_ids: torch.Tensor,
+        chosen_attention_mask: torch.Tensor | None = None,
+        rejected_attention_mask: torch.Tensor | None = None,
+        prompt_lengths: int | torch.Tensor | list[int] | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step on a batch of pairs (see `make_batch` for the arguments).
+
+        Returns floats: `loss` (mean over pairs), `accuracy` (share of pairs whose implicit
+        chosen reward beats the rejected one), `chosen_reward`, `rejected_reward`,
+        `reward_margin` (means of β·log π/π_ref, or SimPO/ORPO's rewards); for `kto`: `loss`,
+        `kl` and the rewards of each kind.
+        """
+        batch = self.make_batch(chosen_ids, rejected_ids, chosen_attention_mask, rejected_attention_mask, prompt_lengths)
+        self.policy.train()
+        with self._autocast():
+            out = self.objective.compute_loss(self.policy, batch)
+        units = self.objective.num_units(batch)
+        (out.loss_sum / units).backward()
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return self._metrics(out, units)
+
+    @torch.no_grad()
+    def evaluate_step(
+        self,
+        chosen_ids: torch.Tensor,
+        rejected_ids: torch.Tensor,
+        chosen_attention_mask: torch.Tensor | None = None,
+        rejected_attention_mask: torch.Tensor | None = None,
+        prompt_lengths: int | torch.Tensor | list[int] | None = None,
+    ) -> dict[str, float]:
+        """The metrics of `train_step` without updating (model in eval mode)."""
+        batch = self.make_batch(chosen_ids, rejected_ids, chosen_attention_mask, rejected_attention_mask, prompt_lengths)
+        was = self.policy.training
+        self.policy.eval()
+        with self._autocast():
+            out = self.objective.compute_loss(self.policy, batch)
+        self.policy.train(was)
+        return self._metrics(out, self.objective.num_units(batch))
+
+
+def create_dpo_trainer(policy_model: torch.nn.Module, ref_policy_model: torch.nn.Module | None = None, config: DPOConfig | Mapping[str, Any] | None = None) -> DPOTrainer:
+    """`DPOTrainer(policy_model, ref_policy_model, config)`; `config` may be a dict (SPEC §7)."""
+    return DPOTrainer(policy_model, ref_policy_model, config)
