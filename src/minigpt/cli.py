@@ -20,6 +20,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.model.export import export_command
     from minigpt.recipes.chat import chat
     from minigpt.recipes.distill import distill
+    from minigpt.recipes.dpo import dpo
     from minigpt.recipes.generate import generate
     from minigpt.recipes.merge import merge
     from minigpt.recipes.pretrain import pretrain
@@ -33,6 +34,7 @@ def _commands() -> dict[str, Callable]:
         "pretrain": pretrain,
         "sft": sft,
         "distill": distill,
+        "dpo": dpo,
         "merge": merge,
         "generate": generate,
         "chat": chat,

@@ -15,7 +15,6 @@ import contextlib
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from minigpt.errors import UserError
 from minigpt.losses.lm import IGNORE_INDEX
@@ -66,7 +65,7 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     h = backbone(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state  # (N, T, C)
     sel = targets != IGNORE_INDEX  # (N, T)
     logits = head(h[sel])  # (K, V) for the K supervised positions
-    token_logps = -F.cross_entropy(logits.float(), targets[sel], reduction="none")  # (K,)
+    token_logps, _ = sequence_log_probs(logits[:, None], targets[sel][:, None])  # (K,): one position per row
     rows = sel.nonzero()[:, 0]
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logps)
     return logps, sel.sum(dim=1)
