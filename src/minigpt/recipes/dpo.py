@@ -1,0 +1,240 @@
+"""Preference optimisation recipe: `minigpt dpo --model SFT_DIR --data pairs.jsonl --loss …`.
+
+One recipe for the whole DPO family (sigmoid = DPO, cDPO through `--label_smoothing`, ipo,
+hinge, reference-free, simpo, orpo) and for KTO on unpaired data. The reference policy is the
+starting model: its log-probs are computed once per dataset before training (`--precompute_ref`,
+the default), or live at every step from a frozen copy, or, with `--lora_rank`, from the
+trained model with its adapters disabled (no second copy of the weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from minigpt.errors import UserError
+from minigpt.recipes.common import apply_shorthands, refuse_existing_run
+from minigpt.train.config import TrainConfig
+
+DPO_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=500,
+    batch_size=8,
+    lr=1e-5,
+    min_lr_ratio=0.1,
+    warmup_steps=10,
+    weight_decay=0.0,
+    eval_interval=100,
+    eval_batches=0,
+    save_interval=250,
+)
+
+#: β when `--beta` is not given: DPO's usual 0.1; SimPO's reward scale is larger (paper: 2–2.5).
+DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "hinge": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
+
+
+def load_preference_data(data: list[str], tok, unpaired: bool, max_length: int, max_prompt_length: int | None, val_fraction: float, max_val: int | None, seed: int, say=print):
+    """Read preference records, split whole records into train / held-out, and return
+    `(train_dataset, val_dataset | None, collate_fn)`.
+
+    Paired losses read `{"prompt","chosen","rejected"}` (strings or message lists) and HH-RLHF
+    transcripts; KTO (`unpaired=True`) reads `{"prompt","completion","label"}` and also paired
+    records (one desirable + one undesirable example each). Skipped records are counted and
+    reported through `say`.
+
+    Raises:
+        UserError: no data, a malformed record (file:line and field), nothing usable.
+    """
+    from functools import partial
+
+    from minigpt.data.preference import (
+        PreferenceDataset,
+        UnpairedPreferenceDataset,
+        collate_preference,
+        collate_unpaired,
+        split_preference,
+    )
+
+    if not data:
+        raise UserError("--data is required: JSONL files of preference records ({prompt, chosen, rejected} or HH-RLHF transcripts)")
+    kind = UnpairedPreferenceDataset if unpaired else PreferenceDataset
+    examples = []
+    for source in data:
+        ds = kind(source, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+        say(f"{source}: {ds.summary()}")
+        examples.extend(ds.examples)
+    train_ex, val_ex = split_preference(examples, val_fraction, seed=seed, max_val=max_val)
+    train_ds = kind(train_ex, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+    val_ds = kind(val_ex, tok, max_length=max_length, max_prompt_length=max_prompt_length) if val_ex else None
+    collate = partial(collate_unpaired if unpaired else collate_preference, pad_id=tok.pad_token_id)
+    what = "examples" if unpaired else "pairs"
+    say(f"preference data: {len(train_ex)} train / {len(val_ex)} held-out {what}")
+    return train_ds, val_ds, collate
+
+
+def dpo(
+    model: str,
+    data: str | list[str] | None = None,
+    out: str = "runs/dpo",
+    loss: str = "sigmoid",
+    beta: float | None = None,
+    label_smoothing: float = 0.0,
+    reference_free: bool = False,
+    simpo_gamma: float = 0.5,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    reference: str | None = None,
+    precompute_ref: bool = True,
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+    val_fraction: float = 0.1,
+    max_val: int | None = 500,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.0,
+    lora_targets: list[str] | None = None,
+    dora: bool = False,
+    train: TrainConfig = DPO_TRAIN_DEFAULTS,
+    resume: bool = False,
+    overwrite: bool = False,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    save_dir: str | None = None,
+) -> dict[str, Any]:
+    """Align a chat model to preferences: DPO and its variants (IPO, hinge, cDPO,
+    reference-free, SimPO, ORPO) on pairs, or KTO on unpaired examples.
+
+    Args:
+        model: the starting model directory (usually an SFT model; also the default reference).
+        data: JSONL / JSON / parquet preference files: `{"prompt", "chosen", "rejected"}` with
+            strings or message lists, HH-RLHF `{"chosen", "rejected"}` transcripts, or for kto
+            `{"prompt", "completion", "label"}` (paired records work too).
+        out: run directory (model or adapter, tokenizer, checkpoints, metrics).
+        loss: sigmoid (DPO), ipo, hinge, simpo, orpo or kto.
+        beta: β, the implicit reward's temperature (ORPO: the odds-ratio weight λ). Default:
+            0.1, or 2.0 for simpo.
+        label_smoothing: conservative DPO's label-flip probability ε (sigmoid), in [0, 0.5).
+        reference_free: DPO against a uniform reference (no reference log-probs).
+        simpo_gamma: SimPO's target reward margin γ.
+        desirable_weight: KTO's weight on desirable examples.
+        undesirable_weight: KTO's weight on undesirable examples.
+        reference: a reference model directory other than `model` (same tokenizer).
+        precompute_ref: compute the reference log-probs once before training instead of a
+            second forward pass at every step.
+        max_length: tokens per prompt + reply; prompts are cut from the left first (down to
+            `max_prompt_length`), then replies on the right; both are counted.
+        max_prompt_length: fewest prompt tokens kept when cutting (default max_length / 2).
+        val_fraction: share of records held out (implicit-reward accuracy is reported on it).
+        max_val: at most this many held-out records.
+        lora_rank: 0 = train every weight; > 0 = LoRA adapters of this rank only (the reference
+            is then the same model with its adapters disabled).
+        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
+        lora_dropout: dropout on the adapter input.
+        lora_targets: module names to adapt (default: every linear layer of the blocks).
+        dora: weight-decomposed LoRA (DoRA).
+        train: optimisation settings.
+        resume: continue from the newest checkpoint in `out`.
+        overwrite: discard a run already in `out`.
+        epochs: shorthand for `--train.epochs`.
+        batch_size: shorthand for `--train.batch_size` (pairs per micro-batch).
+        save_dir: shorthand for `--out`.
+
+    Returns the final training and validation metrics (`val_accuracy` = held-out implicit-reward
+    accuracy), plus `val_accuracy_before` for the starting model.
+    """
+    from minigpt.losses.preference import PREFERENCE_LOSSES
+    from minigpt.model import count_parameters
+    from minigpt.objectives.preference import KTOObjective, PreferenceObjective, precompute_reference_logps
+    from minigpt.recipes.sft import chat_eos_ids, load_base_model
+    from minigpt.train.distributed import init_distributed, pick_device
+    from minigpt.train.loop import Trainer, seed_everything
+
+    if loss not in PREFERENCE_LOSSES:
+        raise UserError(f"--loss must be one of {', '.join(PREFERENCE_LOSSES)}, not {loss!r}")
+    beta = DEFAULT_BETA[loss] if beta is None else beta
+    if beta <= 0:
+        raise UserError(f"--beta must be > 0, got {beta}")
+    train = apply_shorthands(train, epochs, batch_size)
+    data = [data] if isinstance(data, str) else list(data or [])
+    out_dir = Path(save_dir or out)
+    rank, _, device = init_distributed(pick_device(train.device))
+    say = print if rank == 0 else (lambda *a, **k: None)
+    refuse_existing_run(out_dir, resume, overwrite)
+    if lora_rank <= 0 and dora:
+        raise UserError("--dora needs --lora_rank > 0")
+    seed_everything(train.seed)
+    net, tok = load_base_model(model)
+    if max_length > net.config.max_position_embeddings:
+        raise UserError(f"max_length {max_length} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    unpaired = loss == "kto"
+    train_ds, val_ds, collate = load_preference_data(data, tok, unpaired, max_length, max_prompt_length, val_fraction, max_val, train.seed, say)
+    net.generation_config.eos_token_id = chat_eos_ids(tok)[0]
+    net.generation_config.pad_token_id = tok.pad_token_id
+    if unpaired:
+        objective = KTOObjective(beta, desirable_weight, undesirable_weight)
+    else:
+        objective = PreferenceObjective(loss, beta, label_smoothing, reference_free, simpo_gamma)
+    ref_net = None
+    if objective.needs_reference and (reference is not None or (lora_rank <= 0 and not precompute_ref)):
+        from minigpt.recipes.reward import check_same_tokenizer
+
+        ref_dir = reference or model
+        check_same_tokenizer(model, ref_dir)
+        ref_net, _ = load_base_model(ref_dir)
+        objective._set_reference(ref_net.to(device))
+    if lora_rank > 0:
+        from minigpt.model.lora import apply_lora
+
+        apply_lora(net, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_targets, use_dora=dora, verbose=rank == 0)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    say(
+        f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; loss {loss}, beta {beta}; "
+        + ("reference: none (reference-free loss)" if not objective.needs_reference else
+           f"reference: {'precomputed once' if precompute_ref else 'live'} from "
+           + ("the model with adapters disabled" if lora_rank > 0 and ref_net is None else str(Path(reference or model))))
+    )
+    run_info = {
+        "stage": "dpo",
+        "model": str(Path(model).resolve()),
+        "data": data,
+        "loss": loss,
+        "beta": beta,
+        "label_smoothing": label_smoothing,
+        "reference_free": reference_free,
+        "simpo_gamma": simpo_gamma,
+        "kto_weights": [desirable_weight, undesirable_weight],
+        "reference": None if reference is None else str(Path(reference).resolve()),
+        "max_length": max_length,
+        "max_prompt_length": max_prompt_length,
+        "val_fraction": val_fraction,
+        "max_val": max_val,
+        "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets, "dora": dora},
+        "train": dataclasses.asdict(train),
+    }
+    trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
+    if objective.needs_reference and precompute_ref:
+        t0 = time.time()
+        for ds in (train_ds, val_ds):
+            if ds is not None:
+                precompute_reference_logps(objective, trainer.model, ds, collate, train.batch_size, trainer.device, trainer._autocast, progress=train.progress and rank == 0)
+        say(f"reference log-probs of {len(train_ds) + (len(val_ds) if val_ds else 0)} records precomputed in {time.time() - t0:.0f} s")
+    before = {}
+    if val_ds is not None and not resume:
+        before = trainer.evaluate()
+        if before:
+            say(f"held-out before training: loss {before['val_loss']:.4f}, implicit-reward accuracy {before.get('val_accuracy', float('nan')):.3f}")
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    if before:
+        metrics["val_accuracy_before"] = before.get("val_accuracy", float("nan"))
+        metrics["val_loss_before"] = before["val_loss"]
+    if "val_loss" in metrics:
+        say(
+            f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out loss {metrics['val_loss']:.4f}"
+            + (f", implicit-reward accuracy {metrics['val_accuracy']:.3f}, margin {metrics['val_reward_margin']:.3f}" if "val_accuracy" in metrics else "")
+        )
+    say(f"{'adapter' if lora_rank > 0 else 'model'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
+    return metrics
