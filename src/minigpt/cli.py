@@ -25,6 +25,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.merge import merge
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
+    from minigpt.recipes.reward import reward, score
     from minigpt.recipes.sft import sft
     from minigpt.tokenizer import tokenizer_command
 
@@ -35,6 +36,8 @@ def _commands() -> dict[str, Callable]:
         "sft": sft,
         "distill": distill,
         "dpo": dpo,
+        "reward": reward,
+        "score": score,
         "merge": merge,
         "generate": generate,
         "chat": chat,

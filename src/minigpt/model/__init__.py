@@ -1,14 +1,17 @@
 """The MiniGPT model: config, decoder and registration with `transformers`' Auto classes."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from minigpt.model.configuration import PRESETS, MiniGPTConfig
 from minigpt.model.lora import apply_lora, apply_prefix_tuning, load_adapter, merge_lora
 from minigpt.model.modeling import MiniGPT, MiniGPTForCausalLM, MiniGPTModel, MiniGPTPreTrainedModel
+from minigpt.model.reward import MiniGPTRewardModel, ScoreHead, pool_hidden
 
 # After `import minigpt`, AutoConfig / AutoModelForCausalLM.from_pretrained(run_dir) work.
 AutoConfig.register(MiniGPTConfig.model_type, MiniGPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
+# ... and AutoModelForSequenceClassification.from_pretrained(reward_model_dir) (num_labels = 1).
+AutoModelForSequenceClassification.register(MiniGPTConfig, MiniGPTRewardModel, exist_ok=True)
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:
@@ -22,4 +25,4 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return total
 
 
-__all__ = ["apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "count_parameters"]
+__all__ = ["apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "MiniGPTRewardModel", "ScoreHead", "pool_hidden", "count_parameters"]
