@@ -30,3 +30,45 @@ def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """
     if not resume and not overwrite and (Path(out_dir) / "run.json").exists():
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+
+
+def load_preference_data(
+    data: list[str],
+    tok,
+    max_length: int,
+    max_prompt_length: int | None,
+    val_fraction: float,
+    max_val: int | None,
+    seed: int,
+    say=print,
+    unpaired: bool = False,
+):
+    """Tokenize every preference file of `data` and split whole records into train / held-out.
+
+    Paired data (`PreferenceDataset`): `{"prompt","chosen","rejected"}` (strings or message
+    lists) and HH-RLHF transcripts. `unpaired=True` (KTO, `UnpairedPreferenceDataset`):
+    `{"prompt","completion","label"}` records, and paired ones split into a desirable and an
+    undesirable example. Each source's record, skip and truncation counts go through `say`.
+
+    Returns `(train_dataset, val_dataset | None)`.
+
+    Raises:
+        UserError: no data, a malformed record (naming file:line and field), nothing usable.
+    """
+    from minigpt.data.preference import PreferenceDataset, UnpairedPreferenceDataset, split_preference
+
+    if not data:
+        raise UserError('--data is required: JSONL files of {"prompt", "chosen", "rejected"} or HH-RLHF {"chosen", "rejected"} records')
+    kind = UnpairedPreferenceDataset if unpaired else PreferenceDataset
+    parts = []
+    for source in data:
+        ds = kind(source, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+        say(f"{source}: {ds.summary()}")
+        parts.append(ds)
+    if len(parts) == 1:
+        full = parts[0]
+    else:  # already tokenized and truncated: re-adding the examples changes nothing
+        full = kind([ex for ds in parts for ex in ds.examples], tok, max_length=max_length, max_prompt_length=max_prompt_length)
+    train_ds, val_ds = split_preference(full, val_fraction, seed=seed, max_val=max_val)
+    say(f"preference data: {len(train_ds)} train / {len(val_ds)} held-out {'examples' if unpaired else 'pairs'}")
+    return train_ds, (val_ds if len(val_ds) else None)

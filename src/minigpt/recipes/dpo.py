@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, load_preference_data, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 DPO_TRAIN_DEFAULTS = TrainConfig(
@@ -32,45 +32,6 @@ DPO_TRAIN_DEFAULTS = TrainConfig(
 
 #: β when `--beta` is not given: DPO's usual 0.1; SimPO's reward scale is larger (paper: 2–2.5).
 DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "hinge": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
-
-
-def load_preference_data(data: list[str], tok, unpaired: bool, max_length: int, max_prompt_length: int | None, val_fraction: float, max_val: int | None, seed: int, say=print):
-    """Read preference records, split whole records into train / held-out, and return
-    `(train_dataset, val_dataset | None, collate_fn)`.
-
-    Paired losses read `{"prompt","chosen","rejected"}` (strings or message lists) and HH-RLHF
-    transcripts; KTO (`unpaired=True`) reads `{"prompt","completion","label"}` and also paired
-    records (one desirable + one undesirable example each). Skipped records are counted and
-    reported through `say`.
-
-    Raises:
-        UserError: no data, a malformed record (file:line and field), nothing usable.
-    """
-    from functools import partial
-
-    from minigpt.data.preference import (
-        PreferenceDataset,
-        UnpairedPreferenceDataset,
-        collate_preference,
-        collate_unpaired,
-        split_preference,
-    )
-
-    if not data:
-        raise UserError("--data is required: JSONL files of preference records ({prompt, chosen, rejected} or HH-RLHF transcripts)")
-    kind = UnpairedPreferenceDataset if unpaired else PreferenceDataset
-    examples = []
-    for source in data:
-        ds = kind(source, tok, max_length=max_length, max_prompt_length=max_prompt_length)
-        say(f"{source}: {ds.summary()}")
-        examples.extend(ds.examples)
-    train_ex, val_ex = split_preference(examples, val_fraction, seed=seed, max_val=max_val)
-    train_ds = kind(train_ex, tok, max_length=max_length, max_prompt_length=max_prompt_length)
-    val_ds = kind(val_ex, tok, max_length=max_length, max_prompt_length=max_prompt_length) if val_ex else None
-    collate = partial(collate_unpaired if unpaired else collate_preference, pad_id=tok.pad_token_id)
-    what = "examples" if unpaired else "pairs"
-    say(f"preference data: {len(train_ex)} train / {len(val_ex)} held-out {what}")
-    return train_ds, val_ds, collate
 
 
 def dpo(
@@ -143,6 +104,9 @@ def dpo(
     Returns the final training and validation metrics (`val_accuracy` = held-out implicit-reward
     accuracy), plus `val_accuracy_before` for the starting model.
     """
+    from functools import partial
+
+    from minigpt.data.preference import collate_preference, collate_unpaired
     from minigpt.losses.preference import PREFERENCE_LOSSES
     from minigpt.model import count_parameters
     from minigpt.objectives.preference import KTOObjective, PreferenceObjective, precompute_reference_logps
@@ -168,7 +132,8 @@ def dpo(
     if max_length > net.config.max_position_embeddings:
         raise UserError(f"max_length {max_length} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
     unpaired = loss == "kto"
-    train_ds, val_ds, collate = load_preference_data(data, tok, unpaired, max_length, max_prompt_length, val_fraction, max_val, train.seed, say)
+    train_ds, val_ds = load_preference_data(data, tok, max_length, max_prompt_length, val_fraction, max_val, train.seed, say, unpaired=unpaired)
+    collate = partial(collate_unpaired if unpaired else collate_preference, pad_id=tok.pad_token_id)
     net.generation_config.eos_token_id = chat_eos_ids(tok)[0]
     net.generation_config.pad_token_id = tok.pad_token_id
     if unpaired:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, load_preference_data, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 REWARD_TRAIN_DEFAULTS = TrainConfig(
@@ -98,42 +98,6 @@ def check_same_tokenizer(a_dir: str | Path, b_dir: str | Path) -> None:
         raise UserError(
             f"{a_dir} and {b_dir} use different chat templates; a reward model must see prompts rendered as the policy's are"
         )
-
-
-def load_preference_data(
-    data: list[str],
-    tok,
-    max_length: int,
-    max_prompt_length: int | None,
-    val_fraction: float,
-    max_val: int | None,
-    seed: int,
-    say=print,
-):
-    """Tokenize every preference file of `data` and split whole records into train / validation.
-
-    Returns `(train_dataset, val_dataset | None)` (`PreferenceDataset`s). Each source's record,
-    pair, skip and truncation counts are reported through `say`.
-
-    Raises:
-        UserError: no data, a malformed record (naming file:line and field), no usable pair.
-    """
-    from minigpt.data.preference import PreferenceDataset, split_preference
-
-    if not data:
-        raise UserError('--data is required: JSONL files of {"prompt", "chosen", "rejected"} or HH-RLHF {"chosen", "rejected"} records')
-    parts = []
-    for source in data:
-        ds = PreferenceDataset(source, tok, max_length=max_length, max_prompt_length=max_prompt_length)
-        say(f"{source}: {ds.summary()}")
-        parts.append(ds)
-    if len(parts) == 1:
-        full = parts[0]
-    else:  # already tokenized and truncated: re-adding the pairs changes nothing
-        full = PreferenceDataset([ex for ds in parts for ex in ds.examples], tok, max_length=max_length, max_prompt_length=max_prompt_length)
-    train_ds, val_ds = split_preference(full, val_fraction, seed=seed, max_val=max_val)
-    say(f"preference data: {len(train_ds)} train / {len(val_ds)} held-out pairs")
-    return train_ds, (val_ds if len(val_ds) else None)
 
 
 def reward(
