@@ -25,7 +25,7 @@ def test_every_preset_yaml_loads(path):
     from minigpt.model import MiniGPTConfig
 
     command = path.parent.name
-    required = {"sft": ["--model", "BASE_DIR"]}.get(command, [])  # what no preset can name
+    required = {"sft": ["--model", "BASE_DIR"], "dpo": ["--model", "SFT_DIR"], "reward": ["--model", "SFT_DIR"]}.get(command, [])  # what no preset can name
     cfg = getattr(build_parser().parse_args([command, "--config", str(path), *required]), command)
     raw = yaml.safe_load(path.read_text())
     for key, value in raw.items():
