@@ -15,6 +15,7 @@ import torch
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.cli import main
+from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.recipes.dpo import dpo
 from minigpt.tokenizer import train_tokenizer
@@ -191,3 +192,12 @@ def test_skipped_and_truncated_records_are_counted(env, tmp_path, capsys):
     assert "51 records -> 49 pairs" in printed
     assert "1 missing_field" in printed and "1 empty_response" in printed
     assert "1 prompts (left" in printed
+
+
+def test_a_reference_with_another_tokenizer_is_refused(env, tmp_path):
+    _, base, data = env
+    other = tmp_path / "other"
+    train_tokenizer(["completely different words here"] * 50, vocab_size=280, out_dir=other)
+    with pytest.raises(UserError) as info:
+        dpo(model=str(base), data=str(data), out=str(tmp_path / "r"), reference=str(other), max_length=MAX_LENGTH, train=train_config(max_steps=1))
+    assert str(base) in str(info.value) and str(other) in str(info.value) and "reference model" in str(info.value)

@@ -145,7 +145,7 @@ def dpo(
         from minigpt.recipes.reward import check_same_tokenizer
 
         ref_dir = reference or model
-        check_same_tokenizer(model, ref_dir)
+        check_same_tokenizer(model, ref_dir, role="the reference model")
         ref_net, _ = load_base_model(ref_dir)
         objective._set_reference(ref_net.to(device))
     if lora_rank > 0:

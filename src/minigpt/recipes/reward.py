@@ -74,11 +74,12 @@ def load_reward_model(model_dir: str | Path, device: str = "cpu"):
     return model.to(pick_device(device)).eval(), tok
 
 
-def check_same_tokenizer(a_dir: str | Path, b_dir: str | Path) -> None:
+def check_same_tokenizer(a_dir: str | Path, b_dir: str | Path, role: str = "a reward model") -> None:
     """A reward model can only score text tokenized the way it was trained: refuse two
     directories whose tokenizers differ (vocabulary, i.e. the token -> id map, or chat template).
 
-    Use before scoring a policy's samples with a reward model (RLHF, win rates).
+    Use before scoring a policy's samples with a reward model (RLHF, win rates), or before
+    comparing a policy with a reference model (`role` names the second one in the message).
 
     Raises:
         UserError: naming both directories and what differs (or a directory without tokenizer).
@@ -92,11 +93,11 @@ def check_same_tokenizer(a_dir: str | Path, b_dir: str | Path) -> None:
         moved = [t for t in va if t in vb and va[t] != vb[t]][:3]
         raise UserError(
             f"{a_dir} and {b_dir} use different tokenizers ({len(va)} vs {len(vb)} tokens; e.g. only in the first: "
-            f"{only_a}, different ids: {moved}); a reward model must share the policy's tokenizer"
+            f"{only_a}, different ids: {moved}); {role} must share the policy's tokenizer"
         )
     if getattr(ta, "chat_template", None) != getattr(tb, "chat_template", None):
         raise UserError(
-            f"{a_dir} and {b_dir} use different chat templates; a reward model must see prompts rendered as the policy's are"
+            f"{a_dir} and {b_dir} use different chat templates; {role} must see prompts rendered as the policy's are"
         )
 
 
