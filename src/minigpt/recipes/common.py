@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 from minigpt.errors import UserError
 from minigpt.train.config import TrainConfig
@@ -72,3 +74,23 @@ def load_preference_data(
     train_ds, val_ds = split_preference(full, val_fraction, seed=seed, max_val=max_val)
     say(f"preference data: {len(train_ds)} train / {len(val_ds)} held-out {'examples' if unpaired else 'pairs'}")
     return train_ds, (val_ds if len(val_ds) else None)
+
+
+def fit_from_start(trainer, resume: bool, overwrite: bool, say: Callable[[str], Any], describe: Callable[[dict], str]) -> dict:
+    """Evaluate the starting model on the held-out split (fresh runs only), train, and report.
+
+    `describe(metrics)` renders the held-out figures of one evaluation (`val_*` keys) for the
+    two log lines. Returns the trainer's final metrics plus `train_seconds`, `steps` and, for
+    every held-out metric `val_x` of the starting model, `val_x_before`.
+    """
+    before = trainer.evaluate() if trainer.val_dataset is not None and not resume else {}
+    if before:
+        say(f"held-out before training: {describe(before)}")
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    metrics.update({f"{k}_before": v for k, v in before.items()})
+    if "val_loss" in metrics:
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(metrics)}")
+    return metrics

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, load_preference_data, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 DPO_TRAIN_DEFAULTS = TrainConfig(
@@ -184,22 +184,9 @@ def dpo(
             if ds is not None:
                 precompute_reference_logps(objective, trainer.model, ds, collate, train.batch_size, trainer.device, trainer._autocast, progress=train.progress and rank == 0)
         say(f"reference log-probs of {len(train_ds) + (len(val_ds) if val_ds else 0)} records precomputed in {time.time() - t0:.0f} s")
-    before = {}
-    if val_ds is not None and not resume:
-        before = trainer.evaluate()
-        if before:
-            say(f"held-out before training: loss {before['val_loss']:.4f}, implicit-reward accuracy {before.get('val_accuracy', float('nan')):.3f}")
-    t0 = time.time()
-    metrics = trainer.fit(resume=resume, overwrite=overwrite)
-    metrics["train_seconds"] = time.time() - t0
-    metrics["steps"] = trainer.step
-    if before:
-        metrics["val_accuracy_before"] = before.get("val_accuracy", float("nan"))
-        metrics["val_loss_before"] = before["val_loss"]
-    if "val_loss" in metrics:
-        say(
-            f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out loss {metrics['val_loss']:.4f}"
-            + (f", implicit-reward accuracy {metrics['val_accuracy']:.3f}, margin {metrics['val_reward_margin']:.3f}" if "val_accuracy" in metrics else "")
-        )
+    metrics = fit_from_start(
+        trainer, resume, overwrite, say,
+        lambda m: f"loss {m['val_loss']:.4f}" + (f", implicit-reward accuracy {m['val_accuracy']:.3f}, margin {m['val_reward_margin']:.3f}" if "val_accuracy" in m else ""),
+    )
     say(f"{'adapter' if lora_rank > 0 else 'model'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics

@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, load_preference_data, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 REWARD_TRAIN_DEFAULTS = TrainConfig(
@@ -231,23 +230,10 @@ def reward(
     }
     collate = partial(collate_preference, pad_id=tok.pad_token_id)
     trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
-    before = {}
-    if val_ds is not None and not resume:
-        before = trainer.evaluate()
-        if before:
-            say(f"held-out pairwise accuracy before training: {before['val_accuracy']:.4f} (Bradley–Terry loss {before['val_loss']:.4f})")
-    t0 = time.time()
-    metrics = trainer.fit(resume=resume, overwrite=overwrite)
-    metrics["train_seconds"] = time.time() - t0
-    metrics["steps"] = trainer.step
-    if before:
-        metrics["val_loss_before"] = before["val_loss"]
-        metrics["val_accuracy_before"] = before["val_accuracy"]
-    if "val_accuracy" in metrics:
-        say(
-            f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out pairwise accuracy "
-            f"{metrics['val_accuracy']:.4f}, mean reward margin {metrics['val_reward_margin']:.4f}"
-        )
+    metrics = fit_from_start(
+        trainer, resume, overwrite, say,
+        lambda m: f"pairwise accuracy {m['val_accuracy']:.4f}, mean reward margin {m['val_reward_margin']:.4f} (Bradley–Terry loss {m['val_loss']:.4f})",
+    )
     say(f"reward model saved to {out_dir}; score with it: minigpt score --model {out_dir} --data FILE")
     return metrics
 

@@ -9,12 +9,11 @@ nothing special: the four tags are single tokens whose loss weight is raised
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, fit_from_start, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 SFT_TRAIN_DEFAULTS = TrainConfig(
@@ -229,19 +228,7 @@ def sft(
         "train": dataclasses.asdict(train),
     }
     trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
-    before = {}
-    if val_ds is not None and not resume:
-        before = trainer.evaluate()
-        if before:
-            say(f"held-out assistant-token loss before SFT: {before['val_loss']:.4f} nats/token")
-    t0 = time.time()
-    metrics = trainer.fit(resume=resume, overwrite=overwrite)
-    metrics["train_seconds"] = time.time() - t0
-    metrics["steps"] = trainer.step
-    if before:
-        metrics["val_loss_before"] = before["val_loss"]
-    if "val_loss" in metrics:
-        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out assistant-token loss {metrics['val_loss']:.4f} nats/token")
+    metrics = fit_from_start(trainer, resume, overwrite, say, lambda m: f"assistant-token loss {m['val_loss']:.4f} nats/token")
     what = "adapter" if lora_rank > 0 else "model"
     say(f"{what} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics
