@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from minigpt.errors import UserError
+from minigpt.data.sft import pick_validation
 from minigpt.tokenizer.bpe import IM_END
 from minigpt.tokenizer.chat import (
     SkipRecord,
@@ -838,27 +839,12 @@ def split_preference(examples: Any, val_fraction: float, seed: int = 0, max_val:
         UserError: ``val_fraction`` outside ``[0, 1)``, ``max_val < 0``, or too few records to
             leave at least one for training.
     """
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise UserError(f"val_fraction: must be in [0, 1), got {val_fraction!r}")
-    if max_val is not None and max_val < 0:
-        raise UserError(f"max_val: must be >= 0 or None, got {max_val!r}")
     is_dataset = isinstance(examples, (PreferenceDataset, UnpairedPreferenceDataset))
     items = examples.examples if is_dataset else list(examples)
     groups: dict[str, int] = {}
     for ex in items:
         groups.setdefault(ex.where, len(groups))
-    n = len(groups)
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    if max_val is not None:
-        n_val = min(n_val, max_val)
-    if n - n_val < 1:
-        raise UserError(
-            f"split: {n} preference record(s) cannot give {n_val} for validation and at least one "
-            "for training; add data or lower val_fraction"
-        )
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    val_groups = set(order[:n_val])
+    val_groups = pick_validation(len(groups), val_fraction, seed, max_val, "preference record(s)")
     train_idx = [i for i, ex in enumerate(items) if groups[ex.where] not in val_groups]
     val_idx = [i for i, ex in enumerate(items) if groups[ex.where] in val_groups]
     if is_dataset:

@@ -207,6 +207,33 @@ class SFTDataset(Dataset):
         return ids[:-1], ids[1:], mask[1:]
 
 
+def pick_validation(n: int, val_fraction: float, seed: int, max_val: int | None, what: str = "item(s)") -> set[int]:
+    """Which of `n` units (conversations, preference records …) go to validation.
+
+    `n_val = round(n · val_fraction)`, at least 1 when `val_fraction > 0`, at most `max_val`;
+    drawn by a `random.Random(seed)` permutation, so the same arguments always pick the same set.
+
+    Raises:
+        UserError: `val_fraction` outside [0, 1), `max_val < 0`, or no unit left for training
+            (`what` names the units in the message).
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise UserError(f"val_fraction: must be in [0, 1), got {val_fraction!r}")
+    if max_val is not None and max_val < 0:
+        raise UserError(f"max_val: must be >= 0 or None, got {max_val!r}")
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    if max_val is not None:
+        n_val = min(n_val, max_val)
+    if n - n_val < 1:
+        raise UserError(
+            f"split: {n} {what} cannot give {n_val} for validation and at least one for "
+            "training; add data or lower val_fraction"
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return set(order[:n_val])
+
+
 def split_examples(
     examples: Sequence[Example], val_fraction: float, seed: int = 0, max_val: int | None = None
 ) -> tuple[list[Example], list[Example]]:
@@ -223,24 +250,7 @@ def split_examples(
         UserError: ``val_fraction`` outside ``[0, 1)``, ``max_val < 0``, or too few
             conversations to leave at least one for training.
     """
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise UserError(f"val_fraction: must be in [0, 1), got {val_fraction!r}")
-    if max_val is not None and max_val < 0:
-        raise UserError(f"max_val: must be >= 0 or None, got {max_val!r}")
-    n = len(examples)
-    n_val = 0
-    if val_fraction > 0:
-        n_val = max(1, round(n * val_fraction))
-    if max_val is not None:
-        n_val = min(n_val, max_val)
-    if n - n_val < 1:
-        raise UserError(
-            f"split: {n} conversation(s) cannot give {n_val} for validation and at least one for "
-            "training; add data or lower val_fraction"
-        )
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    val_idx = set(order[:n_val])
+    val_idx = pick_validation(len(examples), val_fraction, seed, max_val, "conversation(s)")
     train = [ex for i, ex in enumerate(examples) if i not in val_idx]
     val = [ex for i, ex in enumerate(examples) if i in val_idx]
     return train, val
