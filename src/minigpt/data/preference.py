@@ -721,10 +721,11 @@ class UnpairedPreferenceDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 
 
-def _pad_rows(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the longest; targets on the reply tokens only.
+def pad_rows(rows: Sequence[torch.Tensor], prompt_lengths: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``N`` id rows (prompt + reply) to the longest, ``T``; targets on the replies only.
 
-    ``targets[r, t] = ids[r, t + 1]`` when ``prompt_lengths[r] <= t + 1 < len(row r)``, else
+    Returns ``input_ids``, ``attention_mask`` (1 = real token) and ``targets``, each ``(N, T)``
+    long, with ``targets[r, t] = ids[r, t + 1]`` when ``prompt_lengths[r] <= t + 1 < len(row r)``, else
     ``-100`` (aligned: position ``t`` predicts ``targets[r, t]``).
     """
     n, t = len(rows), max(len(r) for r in rows)
@@ -760,7 +761,7 @@ def collate_preference(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[
         raise UserError("collate_preference: no items")
     rows = [it["chosen_input_ids"] for it in items] + [it["rejected_input_ids"] for it in items]
     prompts = [int(it["prompt_length"]) for it in items] * 2
-    batch = _pad_rows(rows, prompts, pad_id)
+    batch = pad_rows(rows, prompts, pad_id)
     batch["index"] = torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long)
     if all("ref_chosen_logps" in it and "ref_rejected_logps" in it for it in items):
         refs = [float(it["ref_chosen_logps"]) for it in items] + [float(it["ref_rejected_logps"]) for it in items]
@@ -790,7 +791,7 @@ def collate_unpaired(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
         raise UserError("collate_unpaired: no items")
     rows = [it["input_ids"] for it in items]
     prompts = [int(it["prompt_length"]) for it in items]
-    batch = _pad_rows(rows, prompts, pad_id)
+    batch = pad_rows(rows, prompts, pad_id)
     t = batch["input_ids"].shape[1]
     b = len(items)
     kl_rows = []
@@ -801,7 +802,7 @@ def collate_unpaired(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
         nxt = (i + 1) % b
         row = torch.cat([rows[i][: prompts[i]], rows[nxt][prompts[nxt]:]])
         kl_rows.append(row[:t])  # prompt_i < len(row_i) <= t: at least one completion token stays
-    kl = _pad_rows(kl_rows, prompts, pad_id)
+    kl = pad_rows(kl_rows, prompts, pad_id)
     batch["kl_input_ids"] = kl["input_ids"]
     batch["kl_attention_mask"] = kl["attention_mask"]
     batch["kl_targets"] = kl["targets"]

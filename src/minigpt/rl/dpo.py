@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from minigpt.errors import UserError
-from minigpt.losses.lm import IGNORE_INDEX
+from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.objectives.preference import KTOObjective, PreferenceObjective, has_adapters
 
@@ -72,13 +72,6 @@ class DPOConfig:
     def needs_reference(self) -> bool:
         """Whether this loss compares against a reference policy."""
         return self.loss_type not in REFERENCE_FREE_LOSSES and not self.reference_free
-
-
-def _pad_right(rows: list[torch.Tensor], pad_id: int, length: int) -> torch.Tensor:
-    out = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : r.numel()] = r
-    return out
 
 
 def _as_rows(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int, name: str) -> list[torch.Tensor]:
@@ -186,16 +179,8 @@ class DPOTrainer:
         return self._rows_batch(chosen + rejected, plen + plen)
 
     def _rows_batch(self, rows: list[torch.Tensor], plens: list[int]) -> dict[str, torch.Tensor]:
-        t = max(r.numel() for r in rows)
-        ids = _pad_right(rows, self.pad_token_id, t)
-        mask = torch.zeros_like(ids)
-        targets = torch.full_like(ids, IGNORE_INDEX)
-        for i, r in enumerate(rows):
-            n = r.numel()
-            mask[i, :n] = 1
-            targets[i, plens[i] - 1 : n - 1] = r[plens[i] :]  # position t predicts token t + 1
         dev = self._device()
-        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "targets": targets.to(dev)}
+        return {k: v.to(dev) for k, v in pad_rows(rows, plens, self.pad_token_id).items()}
 
     def _metrics(self, out, units: int) -> dict[str, float]:
         metrics = {"loss": float(out.loss_sum.detach()) / units}
