@@ -87,7 +87,7 @@ def run(args) -> dict:
 def win_rates(args, out: Path) -> dict:
     """Reward-model win rate of each aligned policy's replies over the SFT model's replies on
     held-out prompts (same prompts, sampling settings and seed for every model)."""
-    from minigpt.data.preference import PreferenceDataset, split_preference
+    from minigpt.data.preference import PreferenceDataset, pad_rows, split_preference
     from minigpt.inference.engine import GenerationEngine
     from minigpt.recipes.generate import load_model_and_tokenizer
     from minigpt.recipes.reward import load_reward_model
@@ -118,14 +118,9 @@ def win_rates(args, out: Path) -> dict:
         rows = [p + c + [eos[0]] for p, c in zip(prompts, completions)]
         vals = []
         for s in range(0, len(rows), 16):
-            chunk = rows[s : s + 16]
-            t = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), t), sft_tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(chunk):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
-            vals.append(rm(input_ids=ids, attention_mask=mask).rewards.float())
+            chunk = [torch.tensor(r) for r in rows[s : s + 16]]
+            batch = pad_rows(chunk, [1] * len(chunk), sft_tok.pad_token_id)
+            vals.append(rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).rewards.float())
         return torch.cat(vals)
 
     t0 = time.time()

@@ -339,7 +339,7 @@ def score(
     import torch
 
     from minigpt.data.loaders import iter_records
-    from minigpt.data.preference import PreferenceDataset
+    from minigpt.data.preference import PreferenceDataset, pad_rows
     from minigpt.tokenizer import IM_END, SkipRecord, render_prompt
 
     if (prompt is None) != (response is None):
@@ -399,13 +399,8 @@ def score(
     with torch.no_grad():
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start : start + batch_size]
-            t = max(len(ids) for ids, _, _ in chunk)
-            ids = torch.full((len(chunk), t), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), t), dtype=torch.long)
-            for i, (row, _, _) in enumerate(chunk):
-                ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
-            rewards = net(input_ids=ids.to(dev), attention_mask=mask.to(dev)).rewards.tolist()
+            batch = pad_rows([torch.tensor(row) for row, _, _ in chunk], [1] * len(chunk), pad)
+            rewards = net(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).rewards.tolist()
             for (_, r, slot), value in zip(chunk, rewards):
                 records[r]["reward" if slot == "reward" else f"{slot}_reward"] = value
 
