@@ -235,6 +235,7 @@ class GenerationEngine:
         stop_on_eos: bool = True,
         return_logprobs: bool = False,
         attention_mask: torch.Tensor | None = None,
+        logprob_temperature: float = 1.0,
     ) -> GenerationOutput:
         """Generate up to `max_new_tokens` tokens for each prompt.
 
@@ -255,6 +256,9 @@ class GenerationEngine:
                 id and mask 0); the loop ends when every row has stopped.
             return_logprobs: fill `logprobs` (raw model, temperature 1) and
                 `sampling_logprobs` (the sampling distribution); see `GenerationOutput`.
+            logprob_temperature: `logprobs` are taken from `log_softmax(logits / this)`
+                instead (RL code scores the tempered policy it samples from, as TRL does);
+                must be > 0.
 
         Returns a `GenerationOutput` whose tensors are on the model's device and are ordinary
         tensors (not inference-mode tensors), so they can feed a training forward.
@@ -267,10 +271,13 @@ class GenerationEngine:
         sampling = self._check_sampling(
             ids.shape[1], max_new_tokens, temperature, top_k, top_p, repetition_penalty, do_sample, stop_on_eos
         )
+        if not logprob_temperature > 0:
+            raise UserError(f"logprob_temperature must be > 0, got {logprob_temperature}")
         generator = self._generator(seed)
         tokens, alive, raw_lp, samp_lp = [], [], [], []
         with self._context():
-            steps = self._decode(ids, mask, max_new_tokens, sampling, generator, return_logprobs)
+            lp_temp = float(logprob_temperature) if return_logprobs else None
+            steps = self._decode(ids, mask, max_new_tokens, sampling, generator, lp_temp)
             for tok, was_alive, lp, slp in steps:
                 tokens.append(tok)
                 alive.append(was_alive)
@@ -470,11 +477,13 @@ class GenerationEngine:
         max_new: int,
         sampling: _Sampling,
         generator: torch.Generator | None,
-        want_logprobs: bool,
+        want_logprobs: float | bool | None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
         """Prefill then decode; yields per step `(token (B,), alive (B,) bool, raw logprob (B,),
         sampling logprob (B,))`, where `alive` says whether the row was still generating (its
-        token is real, not padding after EOS). Must run inside `self._context()`."""
+        token is real, not padding after EOS). `want_logprobs`: None/False = no log-probs, else
+        the temperature the raw log-probs are taken at (True = 1). Must run inside
+        `self._context()`."""
         model = self.model
         cfg = self.config
         b, p = ids.shape
@@ -541,7 +550,8 @@ class GenerationEngine:
                 tok = scores.argmax(-1)
             lp = slp = None
             if want_logprobs:
-                lp = logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1)
+                lp_logits = logits if want_logprobs is True or want_logprobs == 1.0 else logits / want_logprobs
+                lp = lp_logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1)
                 if filtered is None:
                     slp = torch.zeros_like(lp)
                 else:

@@ -23,11 +23,14 @@ class LossOutput:
         num_units: how many units `loss_sum` sums over (tokens for LM, pairs for DPO …).
         sums: extra metrics as sums over units, e.g. `{"nats": …, "bytes": …}`; the loop
             aggregates them across micro-batches and evaluation batches.
+        metrics: values that are already means (e.g. an RL rollout's mean reward); the loop
+            logs each as its mean over the micro-batches of a step that report it.
     """
 
     loss_sum: torch.Tensor
     num_units: int
     sums: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Objective(Protocol):
@@ -38,3 +41,17 @@ class Objective(Protocol):
 
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         """Forward `batch` through `model` and return the summed loss."""
+
+
+class BatchProducer(Protocol):
+    """Optional third method of an objective that makes its own training data (online RL).
+
+    When an objective has `make_batches`, the loop hands it each collated batch drawn from the
+    training set (for RL: a batch of prompts) together with the model being trained, and trains
+    on the micro-batches it returns, `train.grad_accum` of them per optimizer step. The loop
+    still does not know which algorithm runs: sampling, scoring and advantages all happen
+    here, under the loop's autocast and without gradients.
+    """
+
+    def make_batches(self, model: torch.nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Turn one batch of the training set into training micro-batches."""

@@ -274,17 +274,30 @@ class Trainer:
                 if old.name not in written:
                     old.unlink()
         for p in tmp.iterdir():
-            os.replace(p, self.out_dir / p.name)
+            target = self.out_dir / p.name
+            if p.is_dir() and target.is_dir():  # a sub-model saved beside the main one (PPO's critic)
+                shutil.rmtree(target)
+            os.replace(p, target)
         tmp.rmdir()
 
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Micro-batches forever, drawn from the resumable sampler; fires on_epoch_end."""
+        """Micro-batches forever, drawn from the resumable sampler; fires on_epoch_end.
+
+        An objective with `make_batches` (online RL, see `objectives.base.BatchProducer`)
+        turns each drawn batch into its own micro-batches, with the current model."""
         it = iter(self.sampler)
+        produce = getattr(self.objective, "make_batches", None)
         while True:
             epoch = self.sampler.epoch
             idx = [next(it) for _ in range(self.config.batch_size)]
-            yield self.collate_fn([self.train_dataset[i] for i in idx])
+            batch = self.collate_fn([self.train_dataset[i] for i in idx])
+            if produce is None:
+                yield batch
+            else:
+                with torch.no_grad(), self._autocast():
+                    produced = produce(_unwrap(self.model), _to_device(batch, self.device))
+                yield from produced
             if self.sampler.epoch != epoch:
                 self.callbacks.fire("on_epoch_end", self, epoch)
 
@@ -387,7 +400,7 @@ class Trainer:
             units = all_reduce_sum([float(sum(self.objective.num_units(b) for b in micro))], self.device)[0]
             if units <= 0:
                 raise UserError("a training batch has no supervised tokens (all targets are -100)")
-            loss_sum, n_tokens, sums, local_units = 0.0, 0, {}, 0.0
+            loss_sum, n_tokens, sums, local_units, means = 0.0, 0, {}, 0.0, {}
             for i, batch in enumerate(micro):
                 batch = _to_device(batch, self.device)
                 sync = self.world_size == 1 or i == len(micro) - 1
@@ -403,6 +416,8 @@ class Trainer:
                 n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
                 for k, v in out.sums.items():
                     sums[k] = sums.get(k, 0.0) + v
+                for k, v in out.metrics.items():
+                    means.setdefault(k, []).append(float(v))
                 self.callbacks.fire("on_batch_end", self, {"loss": float(out.loss_sum.detach()) / max(out.num_units, 1)})
             step_loss = all_reduce_sum([loss_sum], self.device)[0] / units
             if not math.isfinite(step_loss):
@@ -429,6 +444,8 @@ class Trainer:
             for k, v in sums.items():  # the objective's other sums (DPO accuracy, margins …), per unit
                 if k not in ("nats", "bytes"):
                     metrics[k] = v / max(local_units, 1)
+            for k, vs in means.items():  # already means (an RL rollout's reward …)
+                metrics[k] = sum(vs) / len(vs)
             self.history.append(metrics)
             if calibrating and len(step_times) == 6:
                 self._calibrate(step_times)
