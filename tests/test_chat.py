@@ -287,9 +287,12 @@ def test_streamed_pieces_concatenate_to_the_reply(tok):
     engine: the pieces concatenate to `text`, which is the decode of the ids (specials other
     than the tags never appear as text; the stopping EOS is not in the ids)."""
     model = tiny_model(len(tok), initializer_range=0.3)
-    session = ChatSession(model, tok, max_new_tokens=60, temperature=1.0, top_k=0, top_p=1.0, seed=3)
-    pieces: list[str] = []
-    r = session.reply("你好，世界", on_token=pieces.append)
+    for seed in range(3, 13):  # a random model may stop at once; take the first seed that talks
+        session = ChatSession(model, tok, max_new_tokens=60, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
+        pieces: list[str] = []
+        r = session.reply("你好，世界", on_token=pieces.append)
+        if len(r.token_ids) > 5:
+            break
     assert len(r.token_ids) > 5
     assert "".join(pieces) == r.text
     visible = [i for i in r.token_ids if i not in (1, 2)]  # pad / im_start are skipped in text
