@@ -8,7 +8,7 @@ Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `tra
 from minigpt.errors import UserError
 from minigpt.data.sft import SFTDataset
 from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, MiniGPTRewardModel, apply_lora, count_parameters
-from minigpt.rl import DPOConfig, RewardModelTrainer, create_dpo_trainer, create_reward_model
+from minigpt.rl import DPOConfig, GRPOConfig, RewardModelTrainer, create_dpo_trainer, create_grpo_trainer, create_reward_model
 from minigpt.train.callbacks import Callback
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer, TrainingDivergedError
@@ -18,9 +18,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Callback",
     "DPOConfig",
+    "GRPOConfig",
     "MiniGPTRewardModel",
     "RewardModelTrainer",
     "create_dpo_trainer",
+    "create_grpo_trainer",
     "create_reward_model",
     "SFTDataset",
     "apply_lora",

@@ -22,6 +22,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.distill import distill
     from minigpt.recipes.dpo import dpo
     from minigpt.recipes.generate import generate
+    from minigpt.recipes.grpo import grpo
     from minigpt.recipes.merge import merge
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
@@ -38,6 +39,7 @@ def _commands() -> dict[str, Callable]:
         "dpo": dpo,
         "reward": reward,
         "score": score,
+        "grpo": grpo,
         "merge": merge,
         "generate": generate,
         "chat": chat,

@@ -1,11 +1,31 @@
-"""Reinforcement learning from preferences: the reward model (SPEC §5) and the DPO family
-(SPEC §7); RLHF with PPO and the GRPO family land here too."""
+"""Reinforcement learning for language models: the reward model (SPEC §5), the DPO family
+(SPEC §7), the GRPO family (SPEC §8) with its rollout engine and reward functions, and RLHF with
+PPO (SPEC §6)."""
 
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.rl.dpo import DPOConfig, DPOTrainer, create_dpo_trainer
+from minigpt.rl.grpo import GRPOConfig, GRPOTrainer, create_grpo_trainer
+from minigpt.rl.rewards import CombinedReward, RewardModelScorer, make_reward
+from minigpt.rl.rollout import Rollout, RolloutEngine
 from minigpt.rl.reward_model import RewardModelTrainer, create_reward_model
 
 #: The name users of the original design know.
 RewardModel = MiniGPTRewardModel
 
-__all__ = ["DPOConfig", "DPOTrainer", "MiniGPTRewardModel", "RewardModel", "RewardModelTrainer", "create_dpo_trainer", "create_reward_model"]
+__all__ = [
+    "CombinedReward",
+    "DPOConfig",
+    "DPOTrainer",
+    "GRPOConfig",
+    "GRPOTrainer",
+    "MiniGPTRewardModel",
+    "RewardModel",
+    "RewardModelScorer",
+    "RewardModelTrainer",
+    "Rollout",
+    "RolloutEngine",
+    "create_dpo_trainer",
+    "create_grpo_trainer",
+    "create_reward_model",
+    "make_reward",
+]

@@ -1,0 +1,225 @@
+"""The GRPO / GSPO objective: group-relative policy optimisation on sampled completions.
+
+Producer side (`make_batches`, run by the loop without gradients): sample `group_size`
+completions per prompt with the rollout engine, score them with the reward functions, turn the
+rewards into group advantages, and compute the log-probs the loss needs from the reference
+policy (KL term) and, when the policy will have moved before a micro-batch is used, from the
+sampling policy (importance ratio). Consumer side (`compute_loss`): the clipped surrogate of
+`minigpt.losses.policy` plus β·KL, aggregated per token or per sequence.
+
+GRPO: Shao et al. 2024 (DeepSeekMath, arXiv:2402.03300) eq. 3; GSPO: Zheng et al. 2025
+(arXiv:2507.18071) eq. 5-7.
+
+Micro-batch keys (B rows, L = P + N columns, N completion positions):
+`input_ids (B, L)`, `attention_mask (B, L)`, `completion_mask (B, N)`, `advantages (B,)`,
+optional `old_logprobs (B, N)` (absent: the policy has not moved since sampling, so the ratio
+is exactly 1 and `logprobs.detach()` stands in), optional `ref_logprobs (B, N)` (β > 0), and on
+the first micro-batch of a rollout `rollout_metrics` (floats).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.losses.advantages import group_advantages, group_stats
+from minigpt.losses.kl import kl_estimate
+from minigpt.losses.policy import aggregate, clipped_policy_loss
+from minigpt.objectives.base import LossOutput
+from minigpt.objectives.preference import adapters_disabled, has_adapters
+from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run `model` in eval mode (no dropout) and restore its mode afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+class GRPOObjective:
+    """GRPO/GSPO for the one training loop (see the module docstring).
+
+    Args:
+        config: a `minigpt.rl.grpo.GRPOConfig` (resolved: `clip_epsilon` etc. set).
+        reward_fn: a `minigpt.rl.rewards.CombinedReward` (or any callable with its contract:
+            `(prompts, completions, **columns) -> (totals, per_function)`); needed by
+            `make_batches`.
+        tokenizer: decodes completions for the reward functions.
+        ref_model: frozen reference policy for the KL term; None with `beta > 0` uses the
+            policy with its adapters disabled (LoRA) and is an error otherwise.
+        engine_dtype: compute dtype of sampling (None = the model's).
+        eos_token_id / pad_token_id: stop ids and pad id for sampling.
+        grad_accum: micro-batches per optimizer step (decides whether a micro-batch can still
+            be on-policy).
+    """
+
+    def __init__(
+        self,
+        config,
+        reward_fn: Callable | None = None,
+        tokenizer=None,
+        ref_model: torch.nn.Module | None = None,
+        engine_dtype: torch.dtype | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        grad_accum: int = 1,
+    ) -> None:
+        self.config = config
+        self.reward_fn = reward_fn
+        self.tokenizer = tokenizer
+        self.ref_model = ref_model
+        self.engine_dtype = engine_dtype
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.grad_accum = grad_accum
+        self._engine: RolloutEngine | None = None
+        self._engine_model: torch.nn.Module | None = None
+
+    # ------------------------------------------------------------------ consumer
+    def num_units(self, batch: dict[str, Any]) -> int:
+        mask = batch["completion_mask"]
+        if self.config.aggregation == "sequence":
+            return int((mask.sum(dim=1) > 0).sum())
+        return int(mask.sum())
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        c = self.config
+        mask = batch["completion_mask"]
+        logprobs = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], mask, c.temperature)
+        old = batch.get("old_logprobs")
+        old = logprobs.detach() if old is None else old
+        per_token, stats = clipped_policy_loss(
+            logprobs, old, batch["advantages"], mask, c.clip_epsilon, c.clip_epsilon_high, c.importance_sampling_level
+        )
+        maskf = mask.float()
+        n_tok = float(maskf.sum())
+        metrics = {k: float(v) for k, v in stats.items()}
+        if c.beta > 0:
+            kl = kl_estimate(logprobs, batch["ref_logprobs"], c.kl_estimator) * maskf
+            per_token = per_token + c.beta * kl
+            metrics["kl"] = float(kl.detach().sum()) / max(n_tok, 1.0)
+        loss_sum, units = aggregate(per_token, mask, c.aggregation)
+        metrics.update(batch.get("rollout_metrics", {}))
+        return LossOutput(loss_sum, units, metrics=metrics)
+
+    # ------------------------------------------------------------------ producer
+    def engine(self, model: torch.nn.Module) -> RolloutEngine:
+        if self._engine is None or self._engine_model is not model:
+            self._engine = RolloutEngine(model, self.eos_token_id, self.pad_token_id, self.engine_dtype)
+            self._engine_model = model
+        return self._engine
+
+    def make_batches(self, model: torch.nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Prompt batch (`collate_prompts`) -> training micro-batches (see the module docstring)."""
+        c = self.config
+        if self.reward_fn is None or self.tokenizer is None:
+            raise UserError("GRPO needs reward functions and a tokenizer to score sampled completions")
+        rollout = self.engine(model).sample(
+            batch["prompt_ids"], c.group_size, c.max_new_tokens, c.temperature, c.top_k, c.top_p
+        )
+        g = c.group_size
+        prompts = [p for p in batch["prompt"] for _ in range(g)]
+        columns = {k: [v for v in vals for _ in range(g)] for k, vals in batch.get("columns", {}).items()}
+        texts, ids = decode_completions(self.tokenizer, rollout)
+        prompt_ids = [p for p in batch["prompt_ids"] for _ in range(g)]
+        totals, per_function = self.reward_fn(prompts, texts, completion_ids=ids, prompt_ids=prompt_ids, **columns)
+        rewards = torch.tensor(totals, dtype=torch.float32, device=rollout.prompt_ids.device)
+        metrics = rollout_metrics(rollout, rewards, per_function)
+        return self.experience(model, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, rewards, rollout.truncated, metrics)
+
+    def experience(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor,
+        rewards: torch.Tensor,
+        truncated: torch.Tensor | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Scored completions -> micro-batches for `num_iterations` passes.
+
+        Args: `input_ids (B, L)`, `attention_mask (B, L)`, `completion_mask (B, N)`,
+        `rewards (B,)` with rows grouped by prompt, `truncated (B,)` bool (masked out of the
+        loss when `mask_truncated_completions`).
+        """
+        c = self.config
+        advantages = group_advantages(rewards, c.group_size, c.advantage_type, c.scale_rewards)
+        completion_mask = completion_mask.long()
+        if c.mask_truncated_completions and truncated is not None:
+            completion_mask = completion_mask * (~truncated.bool()).long()[:, None]
+        rows = input_ids.shape[0]
+        size = c.mini_batch_size or rows
+        if rows % size:
+            raise UserError(f"mini_batch_size {size} must divide the rollout's {rows} completions (prompts × group_size)")
+        n_micro = rows // size
+        on_policy = c.num_iterations == 1 and self.grad_accum % n_micro == 0
+        with eval_mode(model):
+            old = None if on_policy else completion_logprobs(model, input_ids, attention_mask, completion_mask, c.temperature)
+            ref = None
+            if c.beta > 0:
+                ref = self.reference_logprobs(model, input_ids, attention_mask, completion_mask)
+        out = []
+        for it in range(c.num_iterations):
+            order = torch.arange(rows) if it == 0 or n_micro == 1 else torch.randperm(rows)
+            for s in range(0, rows, size):
+                idx = order[s : s + size].to(input_ids.device)
+                mb = {
+                    "input_ids": input_ids[idx],
+                    "attention_mask": attention_mask[idx],
+                    "completion_mask": completion_mask[idx],
+                    "advantages": advantages[idx],
+                }
+                if old is not None:
+                    mb["old_logprobs"] = old[idx]
+                if ref is not None:
+                    mb["ref_logprobs"] = ref[idx]
+                out.append(mb)
+        if metrics is not None:
+            out[0]["rollout_metrics"] = metrics
+        return out
+
+    def reference_logprobs(self, model, input_ids, attention_mask, completion_mask) -> torch.Tensor:
+        """Log-probs of the completions under the reference policy (no grad)."""
+        c = self.config
+        if self.ref_model is not None:
+            with eval_mode(self.ref_model):
+                return completion_logprobs(self.ref_model, input_ids, attention_mask, completion_mask, c.temperature)
+        if not has_adapters(model):
+            raise UserError("beta > 0 needs a reference model (or LoRA adapters to disable); pass beta=0 to train without KL")
+        with adapters_disabled(model):
+            return completion_logprobs(model, input_ids, attention_mask, completion_mask, c.temperature)
+
+
+def decode_completions(tokenizer, rollout: Rollout) -> tuple[list[str], list[list[int]]]:
+    """Completion texts for reward functions: special tags kept, the stop token and padding
+    dropped. Returns `(texts, ids)` with `ids` the token ids of each text."""
+    texts, ids = [], []
+    for row, mask, cut in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist(), rollout.truncated.tolist()):
+        n = sum(mask)
+        toks = row[: n if cut else max(n - 1, 0)]
+        ids.append(toks)
+        texts.append(tokenizer.decode(toks, skip_special_tokens=False))
+    return texts, ids
+
+
+def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, per_function: dict[str, list] | None = None) -> dict[str, float]:
+    """Floats logged per rollout: `mean_reward`, `group_variance`, `frac_zero_std`, mean
+    `completion_length`, `truncated_fraction`, and `reward/<name>` per reward function."""
+    m = {k: float(v) for k, v in group_stats(rewards, rollout.group_size).items()}
+    m["completion_length"] = float(rollout.completion_lengths.float().mean())
+    m["truncated_fraction"] = float(rollout.truncated.float().mean())
+    for name, values in (per_function or {}).items():
+        real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if real:
+            m[f"reward/{name}"] = sum(real) / len(real)
+    return m

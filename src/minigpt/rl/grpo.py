@@ -1,0 +1,324 @@
+"""The GRPO family as a Python API (SPEC §8): `GRPOConfig`, `create_grpo_trainer`, `train_step`.
+
+`GRPOTrainer.train_step(responses, response_masks)` takes sampled sequences as token-id
+tensors, as the original design does; `GRPOTrainer.step(prompts)` samples them itself. Both
+run `minigpt.objectives.grpo.GRPOObjective`, the objective `minigpt grpo` trains with through
+the one training loop; only the optimizer step lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.losses.advantages import ADVANTAGE_TYPES, group_stats
+from minigpt.losses.kl import KL_ESTIMATORS
+from minigpt.losses.policy import AGGREGATIONS
+from minigpt.objectives.grpo import GRPOObjective, decode_completions, eval_mode, rollout_metrics
+from minigpt.objectives.preference import has_adapters
+from minigpt.rl.rollout import Rollout
+
+ALGORITHMS = ("grpo", "gspo")
+
+
+@dataclass
+class GRPOConfig:
+    """Settings of GRPO / GSPO (names as in TRL's `GRPOConfig` where they exist).
+
+    `algorithm="gspo"` switches the defaults left as None to GSPO's: sequence-level importance
+    ratio, sequence-mean aggregation, clip range 3e-4 / 4e-4 (Zheng et al. 2025 §5.1).
+    """
+
+    algorithm: str = "grpo"
+    """grpo (token-level ratio) or gspo (sequence-level ratio and clipping)."""
+    group_size: int = 4
+    """G: completions sampled per prompt; advantages compare samples of one prompt."""
+    advantage_type: str = "normalized"
+    """normalized ((r - mean)/std), relative (leave-one-out baseline, RLOO) or rank."""
+    scale_rewards: bool = True
+    """Divide normalized advantages by the group std; False is Dr. GRPO (Liu et al. 2025)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate of `train_step` (constant; the CLI uses the loop's schedule)."""
+    beta: float = 0.04
+    """Weight of the KL penalty to the reference policy; 0 loads no reference at all."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator: k1, k2 or k3 (Schulman 2020; k3 is unbiased and >= 0)."""
+    clip_epsilon: float | None = None
+    """Lower clip range ε of the importance ratio (None: 0.2, GSPO 3e-4)."""
+    clip_epsilon_high: float | None = None
+    """Upper clip range (DAPO's clip-higher; None: as clip_epsilon, GSPO 4e-4)."""
+    importance_sampling_level: str | None = None
+    """token or sequence (None: token for grpo, sequence for gspo)."""
+    aggregation: str | None = None
+    """token (mean over all completion tokens of the step, DAPO) or sequence (mean of each
+    completion's token mean, original GRPO); None: token for grpo, sequence for gspo."""
+    num_iterations: int = 1
+    """μ: optimisation passes over each rollout batch (ratio != 1 from the second on)."""
+    mini_batch_size: int = 0
+    """Completions per micro-batch (0: the whole rollout batch in one)."""
+    max_new_tokens: int = 128
+    """Longest completion sampled."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are taken at this temperature too)."""
+    top_k: int = 0
+    """Top-k filter of sampling (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus filter of sampling (1.0 = off)."""
+    mask_truncated_completions: bool = False
+    """Leave completions that hit max_new_tokens out of the loss (DAPO)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    precision: str = "fp32"
+    """fp32, or bf16 (autocast for training forwards and sampling)."""
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise UserError(f"GRPOConfig.algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
+        gspo = self.algorithm == "gspo"
+        if self.clip_epsilon is None:
+            self.clip_epsilon = 3e-4 if gspo else 0.2
+        if self.clip_epsilon_high is None:
+            self.clip_epsilon_high = 4e-4 if gspo else self.clip_epsilon
+        if self.importance_sampling_level is None:
+            self.importance_sampling_level = "sequence" if gspo else "token"
+        if self.aggregation is None:
+            self.aggregation = "sequence" if gspo else "token"
+        checks = [
+            (isinstance(self.group_size, int) and self.group_size >= 1, "group_size must be an integer >= 1"),
+            (self.advantage_type in ADVANTAGE_TYPES, f"advantage_type must be one of {', '.join(ADVANTAGE_TYPES)}"),
+            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}"),
+            (self.importance_sampling_level in ("token", "sequence"), "importance_sampling_level must be token or sequence"),
+            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {', '.join(AGGREGATIONS)}"),
+            (self.beta >= 0, "beta must be >= 0"),
+            (self.clip_epsilon > 0 and self.clip_epsilon_high > 0, "clip_epsilon and clip_epsilon_high must be > 0"),
+            (isinstance(self.num_iterations, int) and self.num_iterations >= 1, "num_iterations must be an integer >= 1"),
+            (isinstance(self.mini_batch_size, int) and self.mini_batch_size >= 0, "mini_batch_size must be an integer >= 0"),
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1"),
+            (self.temperature > 0, "temperature must be > 0 (RL samples)"),
+            (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
+            (self.advantage_type != "relative" or self.group_size >= 2, "advantage_type relative needs group_size >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"GRPOConfig.{message}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "GRPOConfig":
+        """Build from a dict; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown GRPOConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+
+class GRPOTrainer:
+    """Optimise a policy with GRPO / GSPO, one `train_step` per batch of sampled groups.
+
+    Args:
+        policy_model: the causal LM to train (e.g. the SFT model), optionally with LoRA.
+        reward_model: a `MiniGPTRewardModel` scoring whole sequences, used when
+            `train_step` gets no `rewards` and no reward functions are given.
+        config: `GRPOConfig` or a dict of its fields.
+        reward_funcs: a `minigpt.rl.rewards.CombinedReward`, a reward spec string such as
+            `"format,answer"`, or a list of `(name, fn, weight)`; needs `tokenizer`.
+        tokenizer: decodes completions for reward functions.
+        ref_model: frozen reference for the KL term; None with `beta > 0`: the policy with its
+            adapters disabled (LoRA) or a frozen copy of the policy as it is now.
+
+    Raises:
+        UserError: bad config values or inputs.
+    """
+
+    def __init__(
+        self,
+        policy_model: torch.nn.Module,
+        reward_model: torch.nn.Module | None = None,
+        config: GRPOConfig | Mapping[str, Any] | None = None,
+        reward_funcs: Any = None,
+        tokenizer=None,
+        ref_model: torch.nn.Module | None = None,
+    ) -> None:
+        config = GRPOConfig() if config is None else config
+        self.config = c = config if isinstance(config, GRPOConfig) else GRPOConfig.from_dict(config)
+        self.policy = policy_model
+        self.reward_model = reward_model
+        self.tokenizer = tokenizer
+        if c.beta > 0 and ref_model is None and not has_adapters(policy_model):
+            ref_model = copy.deepcopy(policy_model).eval()
+            ref_model.requires_grad_(False)
+        self.ref_model = ref_model if c.beta > 0 else None
+        self.reward_fn = _reward_fn(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
+        pcfg = getattr(policy_model, "config", None)
+        eos = getattr(pcfg, "eos_token_id", None)
+        if tokenizer is not None:
+            from minigpt.recipes.sft import chat_eos_ids
+
+            eos = chat_eos_ids(tokenizer)
+        pad = getattr(pcfg, "pad_token_id", None)
+        self.pad_token_id = 0 if pad is None else int(pad)
+        dtype = torch.bfloat16 if c.precision == "bf16" else None
+        self.objective = GRPOObjective(c, self.reward_fn, tokenizer, self.ref_model, dtype, eos, self.pad_token_id)
+        params = [p for p in policy_model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError("the policy has no trainable parameter")
+        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.step_count = 0
+
+    def _device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self._device().type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]] | Sequence[str]) -> Rollout:
+        """Sample `group_size` completions per prompt (token-id lists, or strings rendered as one
+        user turn through the tokenizer's chat template)."""
+        ids = self._prompt_ids(prompts)
+        c = self.config
+        with self._autocast():
+            return self.objective.engine(self.policy).sample(ids, c.group_size, c.max_new_tokens, c.temperature, c.top_k, c.top_p)
+
+    def _prompt_ids(self, prompts) -> list[list[int]]:
+        if prompts and isinstance(prompts[0], str):
+            if self.tokenizer is None:
+                raise UserError("string prompts need a tokenizer")
+            from minigpt.tokenizer import render_prompt
+
+            return [render_prompt(self.tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+        return [list(map(int, p)) for p in prompts]
+
+    def step(self, prompts: Sequence[Sequence[int]] | Sequence[str], **columns: list) -> dict[str, float]:
+        """Sample, score with the reward functions (extra dataset columns such as `answer=[…]`,
+        one per prompt, go to them as keyword arguments) and run `train_step`."""
+        if self.reward_fn is None or self.tokenizer is None:
+            raise UserError("step() needs reward functions and a tokenizer")
+        ids = self._prompt_ids(prompts)
+        rollout = self.generate(ids)
+        g = self.config.group_size
+        texts, comp_ids = decode_completions(self.tokenizer, rollout)
+        prompt_texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in ids for _ in range(g)]
+        cols = {k: [v for v in vals for _ in range(g)] for k, vals in columns.items()}
+        totals, per_function = self.reward_fn(prompt_texts, texts, completion_ids=comp_ids, prompt_ids=[p for p in ids for _ in range(g)], **cols)
+        rewards = torch.tensor(totals, dtype=torch.float32)
+        metrics = rollout_metrics(rollout, rewards.to(rollout.prompt_ids.device), per_function)
+        out = self._train(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, rewards, rollout.truncated)
+        return {**metrics, **out}
+
+    # ------------------------------------------------------------------ training
+    def train_step(
+        self,
+        responses: torch.Tensor,
+        response_masks: torch.Tensor,
+        rewards: torch.Tensor | Sequence[float] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """One GRPO update on sampled groups.
+
+        Args:
+            responses: `(B, T)` token ids, prompt then response in each row, rows grouped by
+                prompt (`B` a multiple of `group_size`).
+            response_masks: `(B, T)` 1 on the response tokens (the ones that get the loss).
+            rewards: `(B,)` scalar rewards; None scores the rows with the reward model.
+            attention_mask: `(B, T)` 1 on real tokens; None: every position up to the row's
+                last response token.
+
+        Returns floats: `mean_reward`, `group_variance`, `policy_loss` (the objective, mean
+        over the update's micro-batches), `kl` (β > 0), `clip_fraction`, `ratio_mean`.
+
+        Raises:
+            UserError: shapes that disagree, no response token, `B` not a multiple of
+                `group_size`, no rewards and no reward model.
+        """
+        if not isinstance(responses, torch.Tensor) or responses.ndim != 2:
+            raise UserError("responses must be a (batch, length) tensor of token ids")
+        dev = self._device()
+        responses = responses.to(dev).long()
+        masks = torch.as_tensor(response_masks).to(dev).long()
+        if masks.shape != responses.shape:
+            raise UserError(f"response_masks {tuple(masks.shape)} must match responses {tuple(responses.shape)}")
+        if responses.shape[0] % self.config.group_size:
+            raise UserError(f"{responses.shape[0]} rows is not a multiple of group_size {self.config.group_size}")
+        cols = masks.any(dim=0).nonzero()
+        if cols.numel() == 0:
+            raise UserError("response_masks has no response token")
+        start = max(int(cols[0]), 1)  # the first response column; position 0 has no predictor
+        if attention_mask is None:
+            last = torch.where(masks.bool(), torch.arange(masks.shape[1], device=dev), -1).max(dim=1).values
+            attention_mask = (torch.arange(masks.shape[1], device=dev)[None] <= last[:, None]).long()
+        attention_mask = attention_mask.to(dev).long()
+        if rewards is None:
+            if self.reward_model is None:
+                raise UserError("train_step needs rewards, or a reward model to score the responses")
+            with torch.no_grad(), eval_mode(self.reward_model), self._autocast():
+                rewards = self.reward_model(input_ids=responses, attention_mask=attention_mask).rewards.float()
+        rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
+        if rewards.numel() != responses.shape[0]:
+            raise UserError(f"{rewards.numel()} rewards for {responses.shape[0]} responses")
+        stats = {k: float(v) for k, v in group_stats(rewards, self.config.group_size).items()}
+        out = self._train(responses, attention_mask, masks[:, start:], rewards, None)
+        return {**stats, **out}
+
+    def _train(self, input_ids, attention_mask, completion_mask, rewards, truncated) -> dict[str, float]:
+        c = self.config
+        dev = self._device()
+        with torch.no_grad(), self._autocast():
+            batches = self.objective.experience(self.policy, input_ids.to(dev), attention_mask.to(dev), completion_mask.to(dev), rewards.to(dev), truncated)
+        self.policy.train()
+        losses, seen = [], {}
+        for mb in batches:
+            with self._autocast():
+                out = self.objective.compute_loss(self.policy, mb)
+            units = self.objective.num_units(mb)
+            (out.loss_sum / max(units, 1)).backward()
+            if c.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], c.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(float(out.loss_sum.detach()) / max(units, 1))
+            for k, v in out.metrics.items():
+                seen.setdefault(k, []).append(v)
+        self.step_count += 1
+        result = {k: sum(v) / len(v) for k, v in seen.items()}
+        result["policy_loss"] = sum(losses) / len(losses)
+        return result
+
+
+def _reward_fn(reward_funcs, reward_model, tokenizer, max_new_tokens):
+    """Normalise the reward argument to a `CombinedReward` (or None)."""
+    from minigpt.rl.rewards import CombinedReward, make_reward
+
+    if reward_funcs is None:
+        return None
+    if isinstance(reward_funcs, CombinedReward):
+        return reward_funcs
+    if isinstance(reward_funcs, (str, list)) and all(isinstance(x, str) for x in ([reward_funcs] if isinstance(reward_funcs, str) else reward_funcs)):
+        return make_reward(reward_funcs, reward_model=reward_model, tokenizer=tokenizer, max_completion_length=max_new_tokens)
+    if isinstance(reward_funcs, list):
+        return CombinedReward(list(reward_funcs))
+    if callable(reward_funcs):
+        return CombinedReward([(getattr(reward_funcs, "__name__", "reward"), reward_funcs, 1.0)])
+    raise UserError("reward_funcs must be a CombinedReward, a spec string like 'format,answer', a list or a callable")
+
+
+def create_grpo_trainer(
+    policy_model: torch.nn.Module,
+    reward_model: torch.nn.Module | None = None,
+    config: GRPOConfig | Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> GRPOTrainer:
+    """Build a `GRPOTrainer` (SPEC §8); `config` may be a dict. Keyword arguments go to
+    `GRPOTrainer` (`reward_funcs`, `tokenizer`, `ref_model`)."""
+    return GRPOTrainer(policy_model, reward_model, config, **kwargs)
