@@ -198,3 +198,22 @@ def test_gspo_step_uses_the_sequence_ratio():
     r, ids, masks = _sampled(trainer)
     out = trainer.train_step(ids, masks, rewards=[1.0, 0.0, 0.0] * 3, attention_mask=r.attention_mask)
     assert out["clip_fraction"] > 0.0
+
+
+def test_rollouts_follow_fused_optimizer_updates():
+    """Fused AdamW (the loop's optimizer) changes weights without moving `_version`; the
+    rollout engine must still sample from the updated policy: after a large update its bf16
+    log-probs equal those of a brand-new engine on the same weights, not the old ones."""
+    policy = tiny_policy(5)
+    engine = RolloutEngine(policy, pad_token_id=PAD, dtype=torch.bfloat16)
+    before = engine.sample(PROMPTS, max_new_tokens=6, temperature=0.0)
+    opt = torch.optim.AdamW(policy.parameters(), lr=0.5, fused=True)
+    versions = [p._version for p in policy.parameters()]
+    policy(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]])).loss.backward()
+    opt.step()
+    assert [p._version for p in policy.parameters()] == versions  # the trap this guards against
+    after = engine.sample(PROMPTS, max_new_tokens=6, temperature=0.0)
+    fresh = RolloutEngine(policy, pad_token_id=PAD, dtype=torch.bfloat16).sample(PROMPTS, max_new_tokens=6, temperature=0.0)
+    assert torch.equal(after.completion_ids, fresh.completion_ids)
+    assert torch.equal(after.logprobs, fresh.logprobs)
+    assert not torch.equal(after.logprobs, before.logprobs)

@@ -595,10 +595,19 @@ class GenerationEngine:
         while RL, which updates the weights between rollouts, gets fresh ones each time.
         """
         key = (compute_dtype, self.dtype, tuple((id(p), p._version) for p in self.model.parameters()))
+        # Fused optimizers (AdamW(fused=True), the loop's default on CPU and CUDA) update the
+        # weights without moving `_version`: code that trains between calls must `refresh()`.
         cached = getattr(self, "_prepared", None)
         if cached is None or cached[0] != key:
             self._prepared = (key, self._low_precision_linears(compute_dtype))
         return self._prepared[1]
+
+    def refresh(self) -> None:
+        """Forget the weights cast at an earlier call, so the next call reads the model anew.
+
+        Needed after the weights changed in a way `_version` does not record (fused optimizer
+        steps); RL rollouts call it before every sampling round."""
+        self._prepared = None
 
     def _low_precision_linears(self, compute_dtype: torch.dtype) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
         """Weights of the plain `nn.Linear` layers cast once to `compute_dtype`, keyed by module id.

@@ -203,6 +203,7 @@ class RolloutEngine:
                     f"model's context of {limit} tokens (shorten the prompt or lower max_new_tokens)"
                 )
         rows = [p for p in prompts for _ in range(group_size)]
+        self.engine.refresh()  # the policy trained since the last call (fused AdamW leaves no trace)
         step = self.max_batch_size or len(rows)
         lp_temp = temperature if temperature > 0 else 1.0
         parts = []
