@@ -232,6 +232,35 @@ class MiniGPTRewardModel(MiniGPTPreTrainedModel):
         logits = self.score(pooled)[:, None]  # (B, 1)
         return RewardModelOutput(logits=logits, rewards=logits[:, 0].float(), pooled_hidden_state=pooled)
 
+    def token_values(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """The score head applied to every position's hidden state: a value per token.
+
+        Used as PPO's critic (Ouyang et al. 2022, arXiv:2203.02155 §3.5; TRL's value model):
+        `values[b, t]` estimates the return from the state "prefix up to and including token t".
+        With `"last"` pooling, `token_values(ids, mask)` at a row's last real token equals
+        `forward(ids, mask).rewards` of that row.
+
+        Args:
+            input_ids: `(B, T)` token ids, padded on either side.
+            attention_mask: `(B, T)` 1 = real token; default from `config.pad_token_id`.
+            position_ids: `(B, T)`; by default counted over real tokens (as in `forward`).
+
+        Returns:
+            `(B, T)` fp32 values, differentiable; 0 at padding positions.
+        """
+        if attention_mask is None:
+            attention_mask = self.default_attention_mask(input_ids)
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (B, T, C)
+        values = self.score(hidden).float()  # (B, T)
+        return torch.where(attention_mask.bool(), values, torch.zeros_like(values))
+
     @torch.no_grad()
     def compare_responses(
         self,

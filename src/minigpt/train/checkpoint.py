@@ -136,6 +136,12 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read `(trainer_state, model_state_dict)` from a checkpoint directory.
 
+    The state dict holds the tensors of every `*.safetensors` file at the top of `path` under
+    their own names, and those of each immediate subdirectory's `*.safetensors` files with
+    keys prefixed `<subdir>.`: a model saved with a sub-model beside it (PPO's
+    `ActorCritic` writes the policy at the top and the critic in `value_model/`) comes back as
+    one state dict with `value_model.*` keys.
+
     Raises:
         UserError: if the directory is missing or a file in it cannot be read (corrupt or
             truncated), naming the file.
@@ -154,9 +160,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     except Exception as e:  # noqa: BLE001 — any unpickling failure means a corrupt file
         raise UserError(f"checkpoint file {state_file} is corrupt or unreadable: {e}") from None
     tensors: dict[str, torch.Tensor] = {}
-    for w in weights:
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+    for prefix, w in [("", w) for w in weights] + [(f"{d.name}.", w) for d in subdirs for w in sorted(d.glob("*.safetensors"))]:
         try:
-            tensors.update(load_file(w))
+            part = load_file(w)
         except Exception as e:  # noqa: BLE001
             raise UserError(f"checkpoint file {w} is corrupt or unreadable: {e}") from None
+        tensors.update({prefix + k: v for k, v in part.items()})
     return state, tensors

@@ -127,7 +127,7 @@ class Trainer:
             raise UserError("train.precision=fp16 needs CUDA; use bf16 on CPU/MPS")
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, config.weight_decay, config.decay_embeddings),
+            param_groups(model, config.weight_decay, config.decay_embeddings, lr=config.lr),
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             fused=self.device.type in ("cuda", "cpu"),
@@ -201,6 +201,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
+            # An objective with state of its own (PPO's adaptive KL coefficient) rides along.
+            **({"objective": self.objective.state_dict()} if hasattr(self.objective, "state_dict") else {}),
         }
 
     def _resume(self) -> None:
@@ -235,6 +237,8 @@ class Trainer:
             if self.config.max_steps <= 0 and self.config.epochs is None:
                 self.total_steps = state["total_steps"]
             ckpt.set_rng_state(state["rng"])
+            if "objective" in state and hasattr(self.objective, "load_state_dict"):
+                self.objective.load_state_dict(state["objective"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None
         self.last_checkpoint = path

@@ -8,27 +8,59 @@ from typing import Callable
 import torch
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False, lr: float | None = None
+) -> list[dict]:
     """Split trainable parameters into decayed and not decayed groups.
 
     Matrices of linear layers decay; biases and norm gains (1-D) never do; the token
     embedding (and a tied LM head, the same tensor) decays only if `decay_embeddings`.
     Each parameter appears once even when tied.
+
+    A submodule with a float attribute `lr_scale` (e.g. PPO's critic inside
+    `minigpt.rl.ppo.ActorCritic`) learns at `lr_scale` times the base rate: its parameters
+    (those of the innermost such submodule) go to their own pair of groups carrying the key
+    `lr_scale`, and `"lr": lr * lr_scale` when `lr` is given (the base groups then get no `lr`
+    key, so the optimizer's default applies; a `LambdaLR` schedule scales every group's own
+    initial rate). Without any `lr_scale` the result is the two groups above, unchanged.
+
+    Returns:
+        `[{"params", "weight_decay"[, "lr_scale", "lr"]}, ...]`: the base decayed and
+        not-decayed groups first (always present, possibly empty), then per distinct scale its
+        decayed and not-decayed groups (only non-empty ones).
+
+    Raises:
+        ValueError: an `lr_scale` that is not a positive number.
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
+    scale_of: dict[int, float] = {}
+    for name, module in model.named_modules():  # parents come before children: the innermost wins
+        scale = getattr(module, "lr_scale", None)
+        if scale is None:
+            continue
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"lr_scale of submodule {name or '<root>'!r} must be a positive number, got {scale!r}")
+        for p in module.parameters():
+            scale_of[id(p)] = float(scale)
+    groups: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
+    seen: set[int] = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p.ndim < 2 or (id(p) in embeddings and not decay_embeddings):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        decays = not (p.ndim < 2 or (id(p) in embeddings and not decay_embeddings))
+        groups.setdefault((scale_of.get(id(p), 1.0), decays), []).append(p)
+    out = []
+    for (scale, decays), params in groups.items():
+        if scale != 1.0 and not params:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if scale != 1.0:
+            group["lr_scale"] = scale
+            if lr is not None:
+                group["lr"] = lr * scale
+        out.append(group)
+    return out
 
 
 def warmup_cosine(warmup_steps: int, total_steps: Callable[[], int], min_lr_ratio: float) -> Callable[[int], float]:

@@ -1,0 +1,412 @@
+"""The PPO-RLHF objective: an actor-critic trained on sampled completions with a KL-penalised
+reward (Ziegler et al. 2019, arXiv:1909.08593; Stiennon et al. 2020; Ouyang et al. 2022,
+InstructGPT, arXiv:2203.02155 eq. 2).
+
+Producer side (`make_batches`, run by the loop without gradients): sample one completion per
+prompt with the rollout engine, score it (a reward model and/or rule rewards: a scalar `s` per
+completion), build the per-token reward
+
+    r_t = −kl_coef · KL_t  (+ s on the completion's last token),   KL_t = log π(y_t) − log π_ref(y_t)
+
+read the critic's values `V_t`, and turn `(r, V)` into advantages and returns with GAE
+(`minigpt.losses.advantages.gae`), the advantages whitened over the rollout's tokens. The
+rollout then becomes `ppo_epochs` passes of shuffled micro-batches of `mini_batch_size` rows,
+handed out lazily so that an approximate-KL early stop can drop the rest.
+
+Consumer side (`compute_loss`): PPO's clipped surrogate (Schulman et al. 2017,
+arXiv:1707.06347 eq. 7) plus `vf_coef` × the clipped value loss minus `entropy_coef` × the
+entropy, per completion token, averaged over the tokens of the optimizer step by the loop.
+
+The model is a `minigpt.rl.ppo.ActorCritic` (policy + critic in one module, so one optimizer
+and one checkpoint hold both); its `forward(input_ids, attention_mask, completion_mask,
+temperature)` returns `(logprobs, entropy, values)`, each `(B, N)`.
+
+Micro-batch keys (B rows, L = P + N columns, N completion positions):
+`input_ids (B, L)`, `attention_mask (B, L)`, `completion_mask (B, N)`, `advantages (B, N)`,
+`returns (B, N)`, `values (B, N)` (the critic's at sampling, for value clipping),
+optional `old_logprobs (B, N)` (absent while the policy has not been updated since sampling:
+the ratio is then exactly 1 and `logprobs.detach()` stands in), `rollout` (the rollout's
+number, for the early stop) and `rollout_metrics` (floats).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.losses.advantages import gae, whiten
+from minigpt.losses.kl import kl_estimate
+from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
+from minigpt.objectives.base import LossOutput
+from minigpt.objectives.grpo import decode_completions, eval_mode
+from minigpt.objectives.preference import adapters_disabled, has_adapters
+from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
+from minigpt.train.distributed import all_reduce_sum
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    completion_mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token RLHF reward: a KL penalty on every token plus the score on the last one.
+
+        KL_t = kl_estimate(logprobs_t, ref_logprobs_t)      (k1: log π(y_t) − log π_ref(y_t))
+        r_t  = −kl_coef · KL_t + [t = last completion token of the row] · s
+
+    (Ziegler et al. 2019, arXiv:1909.08593 §2.2, eq. 2; InstructGPT's objective, Ouyang et al.
+    2022, arXiv:2203.02155 eq. 2, spread over tokens as in TRL's PPOTrainer.) Summed over a
+    completion the reward is `s − kl_coef · Σ_t KL_t`, whose expectation is
+    `s − kl_coef · KL(π ‖ π_ref)` of the sequence.
+
+    Args:
+        scores: `(B,)` scalar score of each completion (reward-model output and/or rule
+            rewards), in reward units.
+        logprobs: `(B, N)` log π of the sampled tokens under the policy that sampled them (nats).
+        ref_logprobs: `(B, N)` the same under the reference policy.
+        completion_mask: `(B, N)` 0/1, right-padded per row (ones then zeros).
+        kl_coef: β ≥ 0, reward units per nat.
+        kl_estimator: `"k1"` (the plain log-ratio, TRL's default) or `"k3"` (≥ 0), see
+            `minigpt.losses.kl`.
+
+    Returns:
+        `(rewards, kl)`, each `(B, N)` fp32, 0 where the mask is 0; rows without any completion
+        token get no score.
+
+    Raises:
+        ValueError: shapes that disagree.
+    """
+    if logprobs.shape != ref_logprobs.shape or logprobs.shape != completion_mask.shape or logprobs.dim() != 2:
+        raise ValueError(
+            f"token_rewards: logprobs {tuple(logprobs.shape)}, ref_logprobs {tuple(ref_logprobs.shape)} and "
+            f"completion_mask {tuple(completion_mask.shape)} must share one (B, N) shape"
+        )
+    if scores.shape != (logprobs.shape[0],):
+        raise ValueError(f"token_rewards: scores must be (B,) = ({logprobs.shape[0]},), got {tuple(scores.shape)}")
+    keep = completion_mask != 0
+    kl = kl_estimate(logprobs.float(), ref_logprobs.float(), kl_estimator)
+    kl = torch.where(keep, kl, torch.zeros_like(kl))  # (B, N)
+    rewards = -kl_coef * kl
+    lengths = keep.sum(dim=1)  # (B,)
+    rows = torch.nonzero(lengths > 0).squeeze(1)
+    last = lengths[rows] - 1  # index of each row's last completion token (the mask is right-padded)
+    rewards[rows, last] += scores.float()[rows]
+    return rewards, kl
+
+
+class AdaptiveKLController:
+    """The KL coefficient β, fixed or adapted towards a target KL (Ziegler et al. 2019,
+    arXiv:1909.08593 §2.2):
+
+        e = clip(KL / target − 1, −0.2, 0.2);   β ← β · (1 + e · n / horizon)
+
+    after each rollout of `n` completions whose mean KL per sequence (summed over tokens) is
+    `KL`. `target=None` keeps β fixed.
+
+    Args:
+        kl_coef: the starting β (≥ 0).
+        target: the KL per sequence (nats) to steer towards, or None (fixed β).
+        horizon: completions over which a persistent relative error of 20 % changes β by
+            about a factor e^0.2.
+
+    Raises:
+        UserError: negative `kl_coef`, `target <= 0`, `horizon <= 0`.
+    """
+
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000) -> None:
+        if not kl_coef >= 0:
+            raise UserError(f"kl_coef must be >= 0, got {kl_coef}")
+        if target is not None and not target > 0:
+            raise UserError(f"the adaptive KL target must be > 0, got {target}")
+        if not horizon > 0:
+            raise UserError(f"the adaptive KL horizon must be > 0, got {horizon}")
+        self.value = float(kl_coef)
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        """Adapt β after a rollout of `n_steps` completions with mean KL `current_kl`; returns
+        the new β (unchanged when fixed)."""
+        if self.target is not None:
+            error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"kl_coef": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["kl_coef"])
+
+
+class PPOObjective:
+    """PPO-RLHF for the one training loop (see the module docstring).
+
+    Args:
+        config: a `minigpt.rl.ppo.RLHFConfig` (or anything with its fields).
+        reward_fn: a `minigpt.rl.rewards.CombinedReward` (`(prompts, completions, **columns)
+            -> (totals, per_function)`); needs `tokenizer`. Takes precedence over
+            `reward_model`.
+        tokenizer: decodes prompts and completions for `reward_fn`.
+        reward_model: a `MiniGPTRewardModel` scoring `prompt + completion` ids directly (the
+            completion ends with the stop token the policy emitted); used without `reward_fn`.
+        ref_model: frozen reference policy; None: the policy with its adapters disabled
+            (LoRA), an error otherwise (unless `kl_coef` is 0 and fixed).
+        engine_dtype: compute dtype of sampling (None = the model's).
+        eos_token_id / pad_token_id: stop id(s) and pad id for sampling.
+        grad_accum: micro-batches per optimizer step (decides which micro-batches still see
+            the sampling policy).
+    """
+
+    def __init__(
+        self,
+        config,
+        reward_fn: Callable | None = None,
+        tokenizer=None,
+        reward_model: torch.nn.Module | None = None,
+        ref_model: torch.nn.Module | None = None,
+        engine_dtype: torch.dtype | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        grad_accum: int = 1,
+    ) -> None:
+        self.config = config
+        self.reward_fn = reward_fn
+        self.tokenizer = tokenizer
+        self.reward_model = reward_model
+        self.ref_model = ref_model
+        self.engine_dtype = engine_dtype
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.grad_accum = grad_accum
+        self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target if config.adaptive_kl else None, config.kl_horizon)
+        self._engine: RolloutEngine | None = None
+        self._engine_model: torch.nn.Module | None = None
+        self._yielded = 0  # micro-batches handed out so far (their position in an optimizer step)
+        self._rollouts = 0  # rollouts made so far (their number tags their micro-batches)
+        self._stopped: int | None = None  # the rollout whose remaining micro-batches are dropped
+        self.early_stops = 0  # rollouts cut short by target_kl
+
+    # ------------------------------------------------------------------ state (resume)
+    def state_dict(self) -> dict[str, float]:
+        """What an exact resume needs besides the weights: the (adaptive) KL coefficient."""
+        return self.kl_ctl.state_dict()
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.kl_ctl.load_state_dict(state)
+
+    # ------------------------------------------------------------------ consumer
+    def num_units(self, batch: dict[str, Any]) -> int:
+        return int(batch["completion_mask"].sum())
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """Clipped policy loss + vf_coef · clipped value loss − entropy_coef · entropy, summed
+        over the micro-batch's completion tokens (the loop divides by the step's tokens)."""
+        c = self.config
+        mask = batch["completion_mask"]
+        logprobs, entropy, values = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], completion_mask=mask, temperature=c.temperature
+        )
+        old = batch.get("old_logprobs")
+        old = logprobs.detach() if old is None else old
+        pg, stats = clipped_policy_loss(logprobs, old, batch["advantages"], mask, c.clip_epsilon)
+        vf, vstats = clipped_value_loss(values, batch["values"], batch["returns"], mask, c.clip_range_value)
+        per_token = pg + c.vf_coef * vf
+        if c.entropy_coef:
+            per_token = per_token - c.entropy_coef * entropy
+        loss_sum, units = aggregate(per_token, mask, "token")
+        n = max(units, 1)
+        keep = mask != 0
+        with torch.no_grad():
+            sums = torch.stack([pg.sum(), vf.sum(), torch.where(keep, entropy.detach(), torch.zeros_like(entropy)).sum()])
+            ppo_loss, value_loss, ent = (float(x) / n for x in sums.tolist())
+        metrics = {"ppo_loss": ppo_loss, "value_loss": value_loss, "entropy": ent, **stats, **vstats}
+        if c.target_kl is not None and "rollout" in batch:
+            # One decision for every rank (their mean), so data-parallel ranks stop together.
+            total, count = all_reduce_sum([stats["approx_kl"], 1.0], mask.device)
+            if total / count > c.target_kl:
+                self._stopped = batch["rollout"]
+        metrics.update(batch.get("rollout_metrics", {}))
+        return LossOutput(loss_sum, units, metrics=metrics)
+
+    # ------------------------------------------------------------------ producer
+    def engine(self, policy: torch.nn.Module) -> RolloutEngine:
+        if self._engine is None or self._engine_model is not policy:
+            self._engine = RolloutEngine(policy, self.eos_token_id, self.pad_token_id, self.engine_dtype)
+            self._engine_model = policy
+        return self._engine
+
+    def make_batches(self, model: torch.nn.Module, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Prompt batch (`minigpt.data.prompts.collate_prompts`) -> training micro-batches.
+
+        Sampling, scoring and GAE run now; the returned iterator only slices the results
+        (lazily, so the early stop can drop what is left)."""
+        return self.rollout(model, batch["prompt_ids"], batch.get("prompt"), batch.get("columns"))
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        model: torch.nn.Module,
+        prompt_ids: Sequence[Sequence[int]],
+        prompts: Sequence[str] | None = None,
+        columns: dict[str, list] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Sample one completion per prompt (token-id lists) with `model.policy`, score them, and
+        return the micro-batch iterator of `experience`. `prompts` (texts) and `columns` go to
+        the reward functions (texts default to the decoded prompt ids)."""
+        c = self.config
+        policy = model.policy
+        with eval_mode(policy):
+            sample = self.engine(policy).sample(prompt_ids, 1, c.max_new_tokens, c.temperature, c.top_k, c.top_p)
+        scores, per_function = self.score(sample, prompt_ids, prompts, columns or {})
+        metrics = {
+            "completion_length": float(sample.completion_lengths.float().mean()),
+            "truncated_fraction": float(sample.truncated.float().mean()),
+        }
+        for name, values in per_function.items():
+            real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+            if real:
+                metrics[f"reward/{name}"] = sum(real) / len(real)
+        return self.experience(model, sample.input_ids, sample.attention_mask, sample.completion_mask, scores, sample.truncated, metrics)
+
+    def score(
+        self, sample: Rollout, prompt_ids: Sequence[Sequence[int]], prompts: Sequence[str] | None, columns: dict[str, list]
+    ) -> tuple[torch.Tensor, dict[str, list]]:
+        """`(scores (B,) fp32, per-function values)` of the sampled completions.
+
+        Raises:
+            UserError: neither reward functions (with a tokenizer) nor a reward model.
+        """
+        device = sample.prompt_ids.device
+        if self.reward_fn is not None:
+            if self.tokenizer is None:
+                raise UserError("PPO's reward functions need a tokenizer to decode the sampled completions")
+            texts, ids = decode_completions(self.tokenizer, sample)
+            if prompts is None:
+                prompts = [self.tokenizer.decode(list(p), skip_special_tokens=False) for p in prompt_ids]
+            totals, per_function = self.reward_fn(list(prompts), texts, completion_ids=ids, prompt_ids=[list(p) for p in prompt_ids], **columns)
+            return torch.tensor(totals, dtype=torch.float32, device=device), per_function
+        if self.reward_model is not None:
+            rm = self.reward_model
+            with eval_mode(rm):
+                rm_device = next(rm.parameters()).device
+                out = rm(input_ids=sample.input_ids.to(rm_device), attention_mask=sample.attention_mask.to(rm_device))
+            return out.rewards.float().to(device), {}
+        raise UserError("PPO needs a reward model or reward functions (with a tokenizer) to score completions")
+
+    @torch.no_grad()
+    def experience(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor,
+        scores: torch.Tensor,
+        truncated: torch.Tensor | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Scored completions -> an iterator over `ppo_epochs` shuffled passes of micro-batches.
+
+        Args: `input_ids (B, L)`, `attention_mask (B, L)`, `completion_mask (B, N)`
+        (right-padded), `scores (B,)`, `truncated (B,)` bool (rows without a stop token; they
+        lose `missing_eos_penalty`), `metrics` logged with every micro-batch.
+
+        Computes, without gradients and in eval mode: the policy's log-probs and the critic's
+        values on the rollout, the reference log-probs, the per-token rewards
+        (`token_rewards`), GAE advantages and returns, and updates the adaptive KL coefficient
+        (the rewards use the coefficient from before the update). The shuffles of every pass
+        are drawn now, so the random stream does not depend on how far the iterator is read.
+
+        Raises:
+            UserError: no reference model and no adapters with a KL penalty.
+        """
+        c = self.config
+        mask = completion_mask.long()
+        rows = input_ids.shape[0]
+        kl_coef = self.kl_ctl.value
+        with eval_mode(model):
+            logprobs, _, values = model(
+                input_ids=input_ids, attention_mask=attention_mask, completion_mask=mask, temperature=c.temperature, return_entropy=False
+            )
+            ref = self.reference_logprobs(model.policy, input_ids, attention_mask, mask, logprobs)
+        scores = scores.float().to(logprobs.device)
+        if c.missing_eos_penalty is not None and truncated is not None:
+            scores = scores - c.missing_eos_penalty * truncated.to(scores.device).float()
+        rewards, kl = token_rewards(scores, logprobs, ref, mask, kl_coef, c.kl_estimator)
+        advantages, returns = gae(rewards, values, mask, c.gamma, c.gae_lambda)
+        if c.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        kl_sum, score_sum, n_rows = all_reduce_sum([float(kl.sum()), float(scores.sum()), float(rows)], scores.device)
+        mean_kl = kl_sum / max(n_rows, 1.0)
+        mean_score = score_sum / max(n_rows, 1.0)
+        self.kl_ctl.update(mean_kl, int(n_rows))
+        keep = mask != 0
+        n_tok = max(int(keep.sum()), 1)
+        m = dict(metrics or {})
+        m.update(
+            {
+                "mean_reward": mean_score,
+                "mean_kl": mean_kl,
+                "rlhf_reward": mean_score - kl_coef * mean_kl,
+                "kl_coef": kl_coef,
+                "mean_value": float(torch.where(keep, values, torch.zeros_like(values)).sum()) / n_tok,
+                "mean_return": float(returns.sum()) / n_tok,
+            }
+        )
+        size = c.mini_batch_size or rows
+        orders = [torch.arange(rows) if e == 0 else torch.randperm(rows) for e in range(c.ppo_epochs)]
+        data = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "completion_mask": mask,
+            "advantages": advantages,
+            "returns": returns,
+            "values": values,
+            "old_logprobs": logprobs,
+        }
+        rollout_id = self._rollouts
+        self._rollouts += 1
+        # Micro-batches until the end of the current optimizer step still see the policy that
+        # sampled: their ratio is exactly 1 (old_logprobs left out, logprobs.detach() used).
+        on_policy = self.grad_accum - self._yielded % self.grad_accum
+        return self._micro_batches(rollout_id, data, orders, size, on_policy, m)
+
+    def _micro_batches(self, rollout_id, data, orders, size, on_policy, metrics) -> Iterator[dict[str, Any]]:
+        k = 0
+        rows = data["input_ids"].shape[0]
+        for order in orders:
+            for s in range(0, rows, size):
+                if self._stopped == rollout_id:  # a micro-batch of this rollout passed target_kl
+                    self.early_stops += 1
+                    return
+                idx = order[s : s + size].to(data["input_ids"].device)
+                mb = {key: value[idx] for key, value in data.items() if key != "old_logprobs" or k >= on_policy}
+                mb["rollout"] = rollout_id
+                mb["rollout_metrics"] = metrics
+                self._yielded += 1
+                k += 1
+                yield mb
+
+    def reference_logprobs(self, policy, input_ids, attention_mask, completion_mask, logprobs) -> torch.Tensor:
+        """Log-probs of the completions under the reference policy (no grad). With a fixed
+        zero KL coefficient there is no penalty and no reference: the policy's own log-probs
+        stand in (KL 0)."""
+        c = self.config
+        if self.ref_model is not None:
+            with eval_mode(self.ref_model):
+                return completion_logprobs(self.ref_model, input_ids, attention_mask, completion_mask, c.temperature)
+        if has_adapters(policy):
+            with adapters_disabled(policy):
+                return completion_logprobs(policy, input_ids, attention_mask, completion_mask, c.temperature)
+        if c.kl_coef == 0 and not c.adaptive_kl:
+            return logprobs
+        raise UserError("PPO's KL penalty needs a reference model (or LoRA adapters to disable); pass kl_coef=0 to train without it")
+
+
+__all__ = ["AdaptiveKLController", "PPOObjective", "token_rewards"]

@@ -1,0 +1,264 @@
+"""RLHF with PPO: `minigpt ppo --model SFT_DIR --reward_model RM_DIR --data prompts.jsonl`.
+
+The one training loop trains an `ActorCritic` (the policy and its critic): the loop draws a
+batch of prompts, the objective (`minigpt.objectives.ppo.PPOObjective`) samples a completion
+for each, scores it with the reward model and/or rule rewards, subtracts a per-token KL
+penalty to the starting policy, computes GAE advantages with the critic's values, and hands
+out `ppo_epochs` passes of micro-batches. Every micro-batch group of `train.grad_accum` is one
+optimizer update, so `train.max_steps` counts updates: a rollout gives
+`ppo_epochs × ceil(batch_size / mini_batch_size) / grad_accum` of them (fewer after a
+`target_kl` early stop). A checkpoint taken in the middle of a rollout resumes at the next
+rollout (the rest of the current one is skipped); with the defaults every 4th step ends a
+rollout and `save_interval` is a multiple of 4.
+
+OUT holds the policy (loadable with `AutoModelForCausalLM`, or an adapter with LoRA), its
+tokenizer, and the trained critic in `OUT/value_model/`. Held-out prompts are decoded greedily
+before training, every `--train.eval_interval` steps and at the end, and scored with the same
+reward.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from minigpt.errors import UserError
+from minigpt.recipes.common import refuse_existing_run
+from minigpt.recipes.grpo import _ENGINE_DTYPE, PolicyEvaluation, describe, evaluate_policy, load_prompt_data
+from minigpt.train.config import TrainConfig
+
+PPO_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=200,
+    batch_size=8,
+    lr=1e-5,
+    min_lr_ratio=1.0,
+    warmup_steps=0,
+    weight_decay=0.0,
+    eval_interval=40,
+    save_interval=40,
+    log_interval=1,
+)
+
+
+def ppo(
+    model: str,
+    data: str | list[str] | None = None,
+    out: str = "runs/ppo",
+    reward_model: str | None = None,
+    reward: str = "model",
+    value_model: str | None = None,
+    ppo_epochs: int = 4,
+    clip_epsilon: float = 0.2,
+    kl_coef: float = 0.1,
+    kl_estimator: str = "k1",
+    adaptive_kl: bool = False,
+    kl_target: float = 6.0,
+    kl_horizon: int = 10000,
+    gamma: float = 0.99,
+    gae_lambda: float = 0.95,
+    vf_coef: float = 0.1,
+    clip_range_value: float | None = 0.2,
+    entropy_coef: float = 0.0,
+    value_lr: float | None = None,
+    mini_batch_size: int = 0,
+    whiten_advantages: bool = True,
+    target_kl: float | None = None,
+    missing_eos_penalty: float | None = None,
+    max_new_tokens: int = 64,
+    max_prompt_length: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    system: str | None = None,
+    val_fraction: float = 0.1,
+    max_val: int | None = 200,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    lora_targets: list[str] | None = None,
+    train: TrainConfig = PPO_TRAIN_DEFAULTS,
+    resume: bool = False,
+    overwrite: bool = False,
+    save_dir: str | None = None,
+) -> dict[str, Any]:
+    """RLHF with PPO: a policy and a critic trained on a reward model's (or rule rewards') scores.
+
+    Args:
+        model: the starting policy directory (usually an SFT model); also the KL reference.
+        data: prompt files: `{"prompt": text or messages, ...columns}`, preference records
+            (their prompts, e.g. the reward model's training data), GSM8K or Alpaca records.
+        out: run directory (policy, tokenizer, value_model/, checkpoints, metrics).
+        reward_model: a reward model directory (`minigpt reward`) with the policy's tokenizer.
+        reward: reward functions and weights, e.g. `model`, `model,format:0.5` or
+            `format,answer`; names: model (needs --reward_model), format, answer, length,
+            repetition.
+        value_model: a reward model directory to start the critic from (default: a copy of
+            --reward_model, or without one a new score head on the policy's decoder).
+        ppo_epochs: optimisation passes over each rollout.
+        clip_epsilon: clip range of the policy ratio.
+        kl_coef: KL penalty per token, reward units per nat (the start value with adaptive_kl).
+        kl_estimator: k1 (log-ratio) or k3 (always >= 0) per-token KL in the reward.
+        adaptive_kl: steer kl_coef towards kl_target after every rollout.
+        kl_target: KL per completion (nats) for adaptive_kl.
+        kl_horizon: completions over which adaptive_kl moves kl_coef by about ±20 %.
+        gamma: GAE discount.
+        gae_lambda: GAE λ.
+        vf_coef: weight of the value loss.
+        clip_range_value: clip range of the value update (0 disables).
+        entropy_coef: weight of the entropy bonus.
+        value_lr: learning rate of the critic (default: train.lr); follows the same schedule.
+        mini_batch_size: completions per micro-batch (0 = a whole rollout of train.batch_size).
+        whiten_advantages: standardise advantages over each rollout's tokens.
+        target_kl: drop a rollout's remaining micro-batches once one's approximate KL to the
+            sampling policy exceeds this.
+        missing_eos_penalty: subtracted from the score of completions cut at max_new_tokens.
+        max_new_tokens: longest completion.
+        max_prompt_length: prompts with more tokens are skipped (counted).
+        temperature: sampling temperature.
+        top_p: nucleus sampling (1.0 = off).
+        top_k: top-k sampling (0 = off).
+        system: a system message for prompts that have none.
+        val_fraction: share of prompts held out for evaluation.
+        max_val: at most this many held-out prompts.
+        lora_rank: > 0 trains LoRA adapters on the policy only (the reference is then the
+            policy with its adapters disabled); the critic is trained in full.
+        lora_alpha: LoRA scaling numerator.
+        lora_targets: module names to adapt (default: every linear layer of the blocks).
+        train: optimisation settings (`batch_size` = prompts per rollout, `max_steps` =
+            optimizer updates, `lr` = the policy's learning rate).
+        resume: continue from the newest checkpoint in `out` (at the next rollout).
+        overwrite: discard a run already in `out`.
+        save_dir: shorthand for `--out`.
+
+    Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
+    and `val_..._before` for the starting policy.
+
+    Raises:
+        UserError: the reward model or value model uses another tokenizer (both directories
+            named), `model` reward without --reward_model, bad settings or data.
+    """
+    from minigpt.data.prompts import collate_prompts
+    from minigpt.model import count_parameters
+    from minigpt.objectives.ppo import PPOObjective
+    from minigpt.recipes.reward import check_same_tokenizer, load_reward_model
+    from minigpt.recipes.sft import chat_eos_ids, load_base_model
+    from minigpt.rl.ppo import ActorCritic, RLHFConfig
+    from minigpt.rl.reward_model import create_reward_model
+    from minigpt.rl.rewards import make_reward, parse_reward_spec
+    from minigpt.train.distributed import init_distributed, pick_device
+    from minigpt.train.loop import Trainer, seed_everything
+
+    config = RLHFConfig(
+        ppo_epochs=ppo_epochs, clip_epsilon=clip_epsilon, kl_coef=kl_coef, learning_rate=train.lr,
+        value_learning_rate=value_lr, gamma=gamma, gae_lambda=gae_lambda, vf_coef=vf_coef,
+        clip_range_value=clip_range_value, entropy_coef=entropy_coef, kl_estimator=kl_estimator,
+        mini_batch_size=mini_batch_size, whiten_advantages=whiten_advantages, target_kl=target_kl,
+        adaptive_kl=adaptive_kl, kl_target=kl_target, kl_horizon=kl_horizon, missing_eos_penalty=missing_eos_penalty,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        max_grad_norm=train.grad_clip, weight_decay=train.weight_decay,
+        precision="bf16" if train.precision == "bf16" else "fp32",
+    )
+    data = [data] if isinstance(data, str) else list(data or [])
+    out_dir = Path(save_dir or out)
+    rank, _, device = init_distributed(pick_device(train.device))
+    say = print if rank == 0 else (lambda *a, **k: None)
+    refuse_existing_run(out_dir, resume, overwrite)
+    names = [name for name, _ in parse_reward_spec(reward)]
+    if "model" in names and reward_model is None:
+        raise UserError("--reward model needs --reward_model DIR (a reward model trained with `minigpt reward`)")
+    for other, role in ((reward_model, "the reward model"), (value_model, "the value model")):
+        if other is not None:
+            check_same_tokenizer(model, other, role=role)
+    seed_everything(train.seed)
+    net, tok = load_base_model(model)
+    net.config.dropout = 0.0  # ratio == 1 on the first pass needs the same forward as sampling
+    if max_prompt_length + max_new_tokens > net.config.max_position_embeddings:
+        raise UserError(
+            f"max_prompt_length {max_prompt_length} + max_new_tokens {max_new_tokens} exceeds the model's context "
+            f"({net.config.max_position_embeddings} tokens)"
+        )
+    rm = None
+    if reward_model is not None:
+        rm, _ = load_reward_model(reward_model)
+        rm = rm.to(device).eval()
+        rm.requires_grad_(False)
+    if value_model is not None:
+        critic, _ = load_reward_model(value_model)
+    elif rm is not None:
+        critic = copy.deepcopy(rm)
+    else:
+        critic = create_reward_model(net, hidden_size=net.config.hidden_size)  # before LoRA: a plain decoder copy
+    critic.config.dropout = 0.0
+    critic.requires_grad_(True)
+    critic.train()
+    reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=max_new_tokens)
+    train_ds, val_ds = load_prompt_data(data, tok, max_prompt_length, val_fraction, max_val, train.seed, system, say)
+    ref = None
+    if (kl_coef > 0 or adaptive_kl) and lora_rank <= 0:
+        ref, _ = load_base_model(model)
+        ref = ref.to(device).eval()
+        ref.requires_grad_(False)
+    if lora_rank > 0:
+        from minigpt.model.lora import apply_lora
+
+        apply_lora(net, rank=lora_rank, alpha=lora_alpha, target_modules=lora_targets, verbose=rank == 0)
+    eos = chat_eos_ids(tok)
+    net.generation_config.eos_token_id = eos[0]
+    net.generation_config.pad_token_id = tok.pad_token_id
+    objective = PPOObjective(config, reward_fn, tok, None, ref, _ENGINE_DTYPE.get(train.precision), eos, tok.pad_token_id, train.grad_accum)
+    actor_critic = ActorCritic(net, critic, value_lr_scale=(value_lr or train.lr) / train.lr)
+    trainable = sum(p.numel() for p in actor_critic.parameters() if p.requires_grad)
+    say(
+        f"policy: {count_parameters(net) / 1e6:.2f} M parameters, critic {count_parameters(critic) / 1e6:.2f} M; "
+        f"{trainable / 1e6:.3f} M trainable; {train.batch_size} prompts per rollout × {ppo_epochs} epochs, "
+        f"reward {reward}, kl_coef {kl_coef}{' (adaptive)' if adaptive_kl else ''}"
+    )
+    run_info = {
+        "stage": "ppo",
+        "model": str(Path(model).resolve()),
+        "data": [d if isinstance(d, str) else "records" for d in data],
+        "reward": reward,
+        "reward_model": None if reward_model is None else str(Path(reward_model).resolve()),
+        "value_model": None if value_model is None else str(Path(value_model).resolve()),
+        "config": dataclasses.asdict(config),
+        "max_prompt_length": max_prompt_length,
+        "system": system,
+        "val_fraction": val_fraction,
+        "max_val": max_val,
+        "lora": {"rank": lora_rank, "alpha": lora_alpha, "targets": lora_targets},
+        "train": dataclasses.asdict(train),
+    }
+
+    def evaluate(m):
+        return evaluate_policy(m.policy, tok, val_ds, reward_fn, max_new_tokens, train.precision)
+
+    callbacks = [PolicyEvaluation(evaluate, train.eval_interval, say)] if val_ds else []
+    quiet_train = dataclasses.replace(train, eval_interval=0)  # evaluation is the callback's
+    trainer = Trainer(
+        actor_critic, objective, train_ds, quiet_train, out_dir, collate_fn=collate_prompts, callbacks=callbacks,
+        save_with_model=tok, run_info=run_info,
+    )
+    before = {}
+    if val_ds and not resume:
+        before = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
+        say(f"held-out before training ({len(val_ds)} prompts, greedy): {describe(before)}")
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    if val_ds:
+        after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
+        trainer._log(after)
+        metrics.update(after)
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
+    metrics.update({f"{k}_before": v for k, v in before.items()})
+    say(
+        f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir} (critic in {out_dir / 'value_model'}); "
+        f"chat with it: minigpt chat --model {out_dir}"
+    )
+    return metrics
+
+
+__all__ = ["PPO_TRAIN_DEFAULTS", "ppo"]
