@@ -8,7 +8,18 @@ Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `tra
 from minigpt.errors import UserError
 from minigpt.data.sft import SFTDataset
 from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, MiniGPTRewardModel, apply_lora, count_parameters
-from minigpt.rl import DPOConfig, GRPOConfig, RewardModelTrainer, create_dpo_trainer, create_grpo_trainer, create_reward_model
+from minigpt.rl import (
+    DPOConfig,
+    GRPOConfig,
+    RewardModelTrainer,
+    RLHFConfig,
+    RLHFPipeline,
+    create_dpo_trainer,
+    create_grpo_trainer,
+    create_reward_model,
+    create_rlhf_pipeline,
+    create_rlhf_trainer,
+)
 from minigpt.train.callbacks import Callback
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer, TrainingDivergedError
@@ -20,9 +31,13 @@ __all__ = [
     "DPOConfig",
     "GRPOConfig",
     "MiniGPTRewardModel",
+    "RLHFConfig",
+    "RLHFPipeline",
     "RewardModelTrainer",
     "create_dpo_trainer",
     "create_grpo_trainer",
+    "create_rlhf_pipeline",
+    "create_rlhf_trainer",
     "create_reward_model",
     "SFTDataset",
     "apply_lora",

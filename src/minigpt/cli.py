@@ -24,10 +24,12 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.generate import generate
     from minigpt.recipes.grpo import grpo
     from minigpt.recipes.merge import merge
+    from minigpt.recipes.ppo import ppo
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
     from minigpt.recipes.reward import reward, score
     from minigpt.recipes.sft import sft
+    from minigpt.rl.pipeline import pipeline_command
     from minigpt.tokenizer import tokenizer_command
 
     return {
@@ -40,6 +42,8 @@ def _commands() -> dict[str, Callable]:
         "reward": reward,
         "score": score,
         "grpo": grpo,
+        "ppo": ppo,
+        "pipeline": pipeline_command,
         "merge": merge,
         "generate": generate,
         "chat": chat,
@@ -75,7 +79,8 @@ def build_parser():
         params = inspect.signature(fn).parameters
         # Plain booleans read better as switches (--resume / --no_resume) than `--resume true`.
         flags = [n for n, prm in params.items() if prm.annotation in (bool, "bool")]
-        p.add_function_arguments(fn, skip=set(flags), as_group=False)
+        # `cli_positional` on a command makes its required parameters positional (`minigpt pipeline CONFIG.json`).
+        p.add_function_arguments(fn, skip=set(flags), as_group=False, as_positional=getattr(fn, "cli_positional", False))
         arg_help = _arg_help(doc)
         for f in flags:
             p.add_argument(f"--{f}", action=ActionYesNo, default=params[f].default, help=arg_help.get(f, ""))

@@ -241,7 +241,8 @@ def grpo(
         from minigpt.recipes.reward import check_same_tokenizer, load_reward_model
 
         check_same_tokenizer(model, reward_model, role="the reward model")
-        rm = load_reward_model(reward_model).to(device).eval()
+        rm, _ = load_reward_model(reward_model)
+        rm = rm.to(device).eval()
         rm.requires_grad_(False)
     reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=max_new_tokens)
     if eval_data:

@@ -5,6 +5,8 @@ PPO (SPEC §6)."""
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.rl.dpo import DPOConfig, DPOTrainer, create_dpo_trainer
 from minigpt.rl.grpo import GRPOConfig, GRPOTrainer, create_grpo_trainer
+from minigpt.rl.pipeline import RLHFPipeline, RLHFPipelineConfig, create_rlhf_pipeline
+from minigpt.rl.ppo import ActorCritic, RLHFConfig, RLHFTrainer, create_rlhf_trainer
 from minigpt.rl.rewards import CombinedReward, RewardModelScorer, make_reward
 from minigpt.rl.rollout import Rollout, RolloutEngine
 from minigpt.rl.reward_model import RewardModelTrainer, create_reward_model
@@ -13,12 +15,17 @@ from minigpt.rl.reward_model import RewardModelTrainer, create_reward_model
 RewardModel = MiniGPTRewardModel
 
 __all__ = [
+    "ActorCritic",
     "CombinedReward",
     "DPOConfig",
     "DPOTrainer",
     "GRPOConfig",
     "GRPOTrainer",
     "MiniGPTRewardModel",
+    "RLHFConfig",
+    "RLHFPipeline",
+    "RLHFPipelineConfig",
+    "RLHFTrainer",
     "RewardModel",
     "RewardModelScorer",
     "RewardModelTrainer",
@@ -27,5 +34,7 @@ __all__ = [
     "create_dpo_trainer",
     "create_grpo_trainer",
     "create_reward_model",
+    "create_rlhf_pipeline",
+    "create_rlhf_trainer",
     "make_reward",
 ]
