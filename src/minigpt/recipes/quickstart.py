@@ -3,7 +3,8 @@
 CPython's own documentation (pydoc topics plus the standard library's docstrings, read from
 source with `ast`) -> a byte-level BPE tokenizer -> a pretrained `tiny` model -> supervised
 fine-tuning on conversations generated from that documentation plus arithmetic problems worked
-in `<think>` steps -> a scripted chat. Sized to finish in under 10 minutes on 2 CPU cores.
+in `<think>` steps -> a short GRPO stage rewarded by the answer check -> a scripted chat. Sized to
+finish in under 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -57,20 +58,25 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
 def quickstart(
     out: str = "runs/quickstart",
     preset: str = "tiny",
-    pretrain_seconds: float = 240.0,
+    pretrain_seconds: float = 210.0,
     sft_seconds: float = 150.0,
+    grpo_seconds: float = 120.0,
     vocab_size: int = 6400,
     block_size: int = 256,
     batch_size: int = 16,
     lr: float = 3e-3,
     sft_lr: float = 1e-3,
+    grpo_lr: float = 2e-5,
+    grpo_prompts: int = 8,
+    group_size: int = 8,
     num_docs_conversations: int = 3000,
     num_arithmetic: int = 3000,
     num_heldout: int = 200,
     device: str = "auto",
     seed: int = 1337,
 ) -> dict:
-    """Tokenizer -> pretraining -> SFT (docs Q&A + arithmetic with `<think>`) -> scripted chat.
+    """Tokenizer -> pretraining -> SFT (docs Q&A + arithmetic with `<think>`) -> GRPO on the
+    arithmetic task (reward: the answer check) -> scripted chat.
 
     Args:
         out: run directory (replaced if it exists): `pretrain/` (base model), `data/` (the
@@ -79,18 +85,23 @@ def quickstart(
         pretrain_seconds: wall-clock budget of the pretraining steps; the step count and
             learning-rate schedule are fitted to it after the first steps.
         sft_seconds: wall-clock budget of the SFT steps.
+        grpo_seconds: wall-clock budget of the GRPO steps (0 skips the stage).
         vocab_size: tokenizer vocabulary.
         block_size: tokens per pretraining sequence and per packed SFT block.
         batch_size: sequences per step.
         lr: peak pretraining learning rate.
         sft_lr: peak SFT learning rate.
+        grpo_lr: GRPO learning rate (constant).
+        grpo_prompts: arithmetic prompts per GRPO step.
+        group_size: completions sampled per prompt (GRPO's G).
         num_docs_conversations: documentation Q&A conversations generated for SFT.
         num_arithmetic: arithmetic conversations (with `<think>` steps) generated for SFT.
         num_heldout: held-out arithmetic problems for the accuracy figure.
         device: auto, cpu, cuda or mps.
         seed: random seed.
 
-    Returns the SFT metrics plus `pretrain_val_bpb`, `arithmetic_accuracy` and `wall_seconds`.
+    Returns the SFT metrics plus `pretrain_val_bpb`, `arithmetic_accuracy` (after SFT),
+    `grpo_accuracy` (after GRPO) and `wall_seconds`.
     """
     from minigpt.data.corpus import python_docs_corpus
     from minigpt.data.synthetic import arithmetic_conversations, docs_conversations, make_arithmetic_prompts
@@ -101,8 +112,8 @@ def quickstart(
     root = Path(out)
     docs = python_docs_corpus()
     chars = sum(len(d) for d in docs)
-    print(f"[1/5] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation")
-    print("[2/5] tokenizer + pretraining")
+    print(f"[1/6] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation")
+    print("[2/6] tokenizer + pretraining")
     pre = pretrain(
         data=None,
         out=str(root / "pretrain"),
@@ -128,7 +139,7 @@ def quickstart(
     for prompt, text in zip(SAMPLE_PROMPTS, sample_texts(net, tok, SAMPLE_PROMPTS, max_new_tokens=40, temperature=0.8, top_k=50, seed=seed)):
         print(f"--- {prompt!r}\n{prompt}{text}")
 
-    print("[3/5] SFT data: documentation Q&A + arithmetic worked in <think> steps")
+    print("[3/6] SFT data: documentation Q&A + arithmetic worked in <think> steps")
     heldout = make_arithmetic_prompts(num_heldout, seed=seed + 1)
     conversations = docs_conversations(num_docs_conversations, seed=seed, docs=docs)
     arithmetic = arithmetic_conversations(num_arithmetic, seed=seed, exclude={p["prompt"] for p in heldout})
@@ -137,7 +148,7 @@ def quickstart(
     _write_jsonl(root / "data" / "arithmetic_heldout.jsonl", heldout)
     print(f"      {len(conversations)} documentation conversations, {len(arithmetic)} arithmetic ones -> {root / 'data'}")
 
-    print("[4/5] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×10)")
+    print("[4/6] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×10)")
     metrics = sft(
         model=str(root / "pretrain"),
         data=[str(root / "data" / "docs_conversations.jsonl"), str(root / "data" / "arithmetic_reasoning.jsonl")],
@@ -162,11 +173,51 @@ def quickstart(
         overwrite=True,
     )
 
-    print("[5/5] chat (scripted; try it yourself with the command at the end)")
+    final = root / "sft"
+    accuracy = grpo_accuracy = None
+    if grpo_seconds > 0:
+        print(f"[5/6] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
+        from minigpt.recipes.grpo import grpo
+
+        rl_prompts = make_arithmetic_prompts(4000, seed=seed + 2, exclude=heldout)
+        _write_jsonl(root / "data" / "arithmetic_rl_prompts.jsonl", rl_prompts)
+        rl = grpo(
+            model=str(root / "sft"),
+            data=str(root / "data" / "arithmetic_rl_prompts.jsonl"),
+            eval_data=str(root / "data" / "arithmetic_heldout.jsonl"),
+            out=str(root / "grpo"),
+            reward="answer",
+            group_size=group_size,
+            temperature=0.7,
+            max_new_tokens=96,
+            max_val=None,
+            train=TrainConfig(
+                max_steps=0,
+                max_time=grpo_seconds,
+                batch_size=grpo_prompts,
+                lr=grpo_lr,
+                min_lr_ratio=1.0,
+                warmup_steps=0,
+                weight_decay=0.0,
+                beta2=0.99,
+                eval_interval=0,
+                save_interval=0,
+                log_interval=1,
+                keep_last=1,
+                device=device,
+                seed=seed,
+            ),
+            overwrite=True,
+        )
+        accuracy, grpo_accuracy = rl["val_reward/answer_before"], rl["val_reward/answer"]
+        final = root / "grpo"
+
+    print("[6/6] chat (scripted; try it yourself with the command at the end)")
     from minigpt.inference.chat import ChatSession
 
-    chat_model, chat_tok = load_model_and_tokenizer(root / "sft", device=device)
-    accuracy = arithmetic_accuracy(chat_model, chat_tok, heldout)
+    chat_model, chat_tok = load_model_and_tokenizer(final, device=device)
+    if accuracy is None:
+        accuracy = arithmetic_accuracy(chat_model, chat_tok, heldout, max_new_tokens=96)
     session = ChatSession(chat_model, chat_tok, max_new_tokens=96, temperature=0.0, repetition_penalty=1.1)
     for turn in CHAT_SCRIPT:
         session.reset()
@@ -177,11 +228,13 @@ def quickstart(
         print(f"assistant: {reply.answer.strip()}\n")
     metrics["pretrain_val_bpb"] = pre.get("val_bpb", float("nan"))
     metrics["arithmetic_accuracy"] = accuracy
+    metrics["grpo_accuracy"] = grpo_accuracy
     metrics["wall_seconds"] = time.time() - t0
+    rl_part = "" if grpo_accuracy is None else f" -> {grpo_accuracy:.1%} after GRPO"
     print(
         f"quickstart finished in {metrics['wall_seconds']:.0f} s: pretraining val {metrics['pretrain_val_bpb']:.3f} bits per byte; "
         f"SFT held-out assistant-token loss {metrics.get('val_loss_before', float('nan')):.3f} -> {metrics.get('val_loss', float('nan')):.3f} nats; "
-        f"held-out arithmetic accuracy {accuracy:.1%} ({num_heldout} problems)"
+        f"held-out arithmetic accuracy (greedy, {num_heldout} problems) {accuracy:.1%} after SFT{rl_part}"
     )
-    print(f"next: minigpt chat --model {root / 'sft'}")
+    print(f"next: minigpt chat --model {final}")
     return metrics
