@@ -32,6 +32,12 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def _budgeted(seconds: float, batch_size: int, lr: float, device: str, seed: int, **settings) -> TrainConfig:
+    """A stage's `TrainConfig` fitted to a wall-clock budget (the step count is fixed from the
+    speed of the first steps), keeping one checkpoint."""
+    return TrainConfig(max_steps=0, max_time=seconds, batch_size=batch_size, lr=lr, keep_last=1, device=device, seed=seed, **settings)
+
+
 def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 64, dtype: str = "bf16") -> float:
     """Share of `{"prompt", "answer"}` problems whose greedy reply has the right `<answer>`.
 
@@ -119,20 +125,7 @@ def quickstart(
         out=str(root / "pretrain"),
         model=ModelConfig(preset=preset, vocab_size=vocab_size),
         block_size=block_size,
-        train=TrainConfig(
-            max_steps=0,
-            max_time=pretrain_seconds,
-            batch_size=batch_size,
-            lr=lr,
-            warmup_steps=50,
-            weight_decay=0.1,
-            eval_interval=250,
-            eval_batches=20,
-            save_interval=500,
-            keep_last=1,
-            device=device,
-            seed=seed,
-        ),
+        train=_budgeted(pretrain_seconds, batch_size, lr, device, seed, warmup_steps=50, weight_decay=0.1, eval_interval=250, eval_batches=20, save_interval=500),
         overwrite=True,
     )
     net, tok = load_model_and_tokenizer(root / "pretrain", device=device)
@@ -156,20 +149,7 @@ def quickstart(
         max_length=block_size,
         val_fraction=0.02,
         max_val=100,
-        train=TrainConfig(
-            max_steps=0,
-            max_time=sft_seconds,
-            batch_size=batch_size,
-            lr=sft_lr,
-            warmup_steps=20,
-            weight_decay=0.0,
-            eval_interval=0,
-            eval_batches=0,
-            save_interval=0,
-            keep_last=1,
-            device=device,
-            seed=seed,
-        ),
+        train=_budgeted(sft_seconds, batch_size, sft_lr, device, seed, warmup_steps=20, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
         overwrite=True,
     )
 
@@ -191,21 +171,9 @@ def quickstart(
             temperature=0.7,
             max_new_tokens=96,
             max_val=None,
-            train=TrainConfig(
-                max_steps=0,
-                max_time=grpo_seconds,
-                batch_size=grpo_prompts,
-                lr=grpo_lr,
-                min_lr_ratio=1.0,
-                warmup_steps=0,
-                weight_decay=0.0,
-                beta2=0.99,
-                eval_interval=0,
-                save_interval=0,
-                log_interval=1,
-                keep_last=1,
-                device=device,
-                seed=seed,
+            train=_budgeted(
+                grpo_seconds, grpo_prompts, grpo_lr, device, seed, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                beta2=0.99, eval_interval=0, save_interval=0, log_interval=1,
             ),
             overwrite=True,
         )
