@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 
 from minigpt.errors import UserError
+from minigpt.rl.config import DictConfig
 from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.objectives.preference import KTOObjective, PreferenceObjective, has_adapters
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(DictConfig):
     """Settings of `DPOTrainer` (names as in TRL's `DPOConfig` where they exist)."""
 
     beta: float = 0.1
@@ -59,14 +59,6 @@ class DPOConfig:
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"DPOConfig.precision must be fp32 or bf16, not {self.precision!r}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DPOConfig":
-        """Build from a dict; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown DPOConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
 
     @property
     def needs_reference(self) -> bool:

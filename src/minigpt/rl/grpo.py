@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from minigpt.errors import UserError
+from minigpt.rl.config import DictConfig
 from minigpt.losses.advantages import ADVANTAGE_TYPES, group_stats
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.losses.policy import AGGREGATIONS
@@ -28,7 +28,7 @@ ALGORITHMS = ("grpo", "gspo")
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(DictConfig):
     """Settings of GRPO / GSPO (names as in TRL's `GRPOConfig` where they exist).
 
     `algorithm="gspo"` switches the defaults left as None to GSPO's: sequence-level importance
@@ -110,14 +110,6 @@ class GRPOConfig:
             if not ok:
                 raise UserError(f"GRPOConfig.{message}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "GRPOConfig":
-        """Build from a dict; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown GRPOConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
 
 
 class GRPOTrainer:

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from minigpt.errors import UserError
+from minigpt.rl.config import DictConfig
 from minigpt.train.config import TrainConfig
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass
-class RLHFPipelineConfig:
+class RLHFPipelineConfig(DictConfig):
     """Every field of SPEC §10, with the stage each one drives."""
 
     model_name: str = "tiny"
@@ -105,19 +106,6 @@ class RLHFPipelineConfig:
         if self.ppo_max_new_tokens >= self.max_length:
             raise UserError(f"ppo_max_new_tokens {self.ppo_max_new_tokens} must be below max_length {self.max_length}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "pipeline config") -> "RLHFPipelineConfig":
-        """Build from a dict; unknown keys are an error that names them and lists the known ones."""
-        if not isinstance(values, Mapping):
-            raise UserError(f"{where}: expected a JSON object of pipeline fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**dict(values))
-        except TypeError as e:
-            raise UserError(f"{where}: {e}") from None
 
 
 class RLHFPipeline:
@@ -132,7 +120,7 @@ class RLHFPipeline:
     """
 
     def __init__(self, config: RLHFPipelineConfig | Mapping[str, Any]) -> None:
-        self.config = config if isinstance(config, RLHFPipelineConfig) else RLHFPipelineConfig.from_dict(config)
+        self.config = config if isinstance(config, RLHFPipelineConfig) else RLHFPipelineConfig.from_dict(config, where="pipeline config")
         self.save_dir = Path(self.config.save_dir)
         self.sft_dir = self.save_dir / "sft"
         self.reward_dir = self.save_dir / "reward_model"

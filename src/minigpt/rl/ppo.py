@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from minigpt.errors import UserError
+from minigpt.rl.config import DictConfig
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.objectives.ppo import PPOObjective
 from minigpt.objectives.preference import has_adapters
@@ -32,7 +32,7 @@ VALUE_MODEL_DIR = "value_model"
 
 
 @dataclass
-class RLHFConfig:
+class RLHFConfig(DictConfig):
     """Settings of PPO-RLHF (names as in TRL's `PPOConfig` where they exist)."""
 
     ppo_epochs: int = 4
@@ -117,14 +117,6 @@ class RLHFConfig:
             if not ok:
                 raise UserError(f"RLHFConfig.{message}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "RLHFConfig":
-        """Build from a dict; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown RLHFConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
 
 
 class ActorCritic(nn.Module):
