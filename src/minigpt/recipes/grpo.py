@@ -128,6 +128,37 @@ def load_prompt_data(data: Sequence[str] | Sequence[dict], tok, max_prompt_lengt
     return train, (val or None)
 
 
+def fit_policy(model, objective, train_ds, train: TrainConfig, out_dir: Path, evaluate, val_ds, tok, run_info: dict, resume: bool, overwrite: bool, say) -> dict[str, Any]:
+    """The online-RL recipes' shared tail: build the loop's `Trainer` over prompt batches, run
+    `evaluate(model)` (greedy held-out rewards) before training, every `train.eval_interval`
+    steps (as a callback) and after, and train.
+
+    Returns the final training metrics plus `val_*` after training, `val_*_before` for the
+    starting policy, `train_seconds` and `steps`.
+    """
+    from minigpt.data.prompts import collate_prompts
+    from minigpt.train.loop import Trainer
+
+    callbacks = [PolicyEvaluation(evaluate, train.eval_interval, say)] if val_ds else []
+    quiet_train = dataclasses.replace(train, eval_interval=0)  # evaluation is the callback's
+    trainer = Trainer(model, objective, train_ds, quiet_train, out_dir, collate_fn=collate_prompts, callbacks=callbacks, save_with_model=tok, run_info=run_info)
+    before = {}
+    if val_ds and not resume:
+        before = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
+        say(f"held-out before training ({len(val_ds)} prompts, greedy): {describe(before)}")
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    if val_ds:
+        after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
+        trainer._log(after)
+        metrics.update(after)
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
+    metrics.update({f"{k}_before": v for k, v in before.items()})
+    return metrics
+
+
 def grpo(
     model: str,
     data: str | list[str] | None = None,
@@ -208,13 +239,12 @@ def grpo(
     and `val_..._before` for the starting policy.
     """
     from minigpt.model import count_parameters
-    from minigpt.data.prompts import collate_prompts
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.recipes.sft import chat_eos_ids, load_base_model
     from minigpt.rl.grpo import GRPOConfig
     from minigpt.rl.rewards import make_reward
     from minigpt.train.distributed import init_distributed, pick_device
-    from minigpt.train.loop import Trainer, seed_everything
+    from minigpt.train.loop import seed_everything
 
     config = GRPOConfig(
         algorithm=algorithm, group_size=group_size, advantage_type=advantage_type, scale_rewards=scale_rewards,
@@ -289,22 +319,6 @@ def grpo(
     def evaluate(m):
         return evaluate_policy(m, tok, val_ds, reward_fn, max_new_tokens, train.precision)
 
-    callbacks = [PolicyEvaluation(evaluate, train.eval_interval, say)] if val_ds else []
-    quiet_train = dataclasses.replace(train, eval_interval=0)  # evaluation is the callback's
-    trainer = Trainer(net, objective, train_ds, quiet_train, out_dir, collate_fn=collate_prompts, callbacks=callbacks, save_with_model=tok, run_info=run_info)
-    before = {}
-    if val_ds and not resume:
-        before = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        say(f"held-out before training ({len(val_ds)} prompts, greedy): {describe(before)}")
-    t0 = time.time()
-    metrics = trainer.fit(resume=resume, overwrite=overwrite)
-    metrics["train_seconds"] = time.time() - t0
-    metrics["steps"] = trainer.step
-    if val_ds:
-        after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        trainer._log(after)
-        metrics.update(after)
-        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
-    metrics.update({f"{k}_before": v for k, v in before.items()})
+    metrics = fit_policy(net, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
     say(f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics

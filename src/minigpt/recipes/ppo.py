@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.recipes.common import refuse_existing_run
-from minigpt.recipes.grpo import _ENGINE_DTYPE, PolicyEvaluation, describe, evaluate_policy, load_prompt_data
+from minigpt.recipes.grpo import _ENGINE_DTYPE, evaluate_policy, fit_policy, load_prompt_data
 from minigpt.train.config import TrainConfig
 
 PPO_TRAIN_DEFAULTS = TrainConfig(
@@ -139,7 +138,6 @@ def ppo(
         UserError: the reward model or value model uses another tokenizer (both directories
             named), `model` reward without --reward_model, bad settings or data.
     """
-    from minigpt.data.prompts import collate_prompts
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
     from minigpt.recipes.reward import check_same_tokenizer, load_reward_model
@@ -148,7 +146,7 @@ def ppo(
     from minigpt.rl.reward_model import create_reward_model
     from minigpt.rl.rewards import make_reward, parse_reward_spec
     from minigpt.train.distributed import init_distributed, pick_device
-    from minigpt.train.loop import Trainer, seed_everything
+    from minigpt.train.loop import seed_everything
 
     config = RLHFConfig(
         ppo_epochs=ppo_epochs, clip_epsilon=clip_epsilon, kl_coef=kl_coef, learning_rate=train.lr,
@@ -234,26 +232,7 @@ def ppo(
     def evaluate(m):
         return evaluate_policy(m.policy, tok, val_ds, reward_fn, max_new_tokens, train.precision)
 
-    callbacks = [PolicyEvaluation(evaluate, train.eval_interval, say)] if val_ds else []
-    quiet_train = dataclasses.replace(train, eval_interval=0)  # evaluation is the callback's
-    trainer = Trainer(
-        actor_critic, objective, train_ds, quiet_train, out_dir, collate_fn=collate_prompts, callbacks=callbacks,
-        save_with_model=tok, run_info=run_info,
-    )
-    before = {}
-    if val_ds and not resume:
-        before = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        say(f"held-out before training ({len(val_ds)} prompts, greedy): {describe(before)}")
-    t0 = time.time()
-    metrics = trainer.fit(resume=resume, overwrite=overwrite)
-    metrics["train_seconds"] = time.time() - t0
-    metrics["steps"] = trainer.step
-    if val_ds:
-        after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        trainer._log(after)
-        metrics.update(after)
-        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
-    metrics.update({f"{k}_before": v for k, v in before.items()})
+    metrics = fit_policy(actor_critic, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
     say(
         f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir} (critic in {out_dir / 'value_model'}); "
         f"chat with it: minigpt chat --model {out_dir}"
