@@ -19,33 +19,22 @@ the first micro-batch of a rollout `rollout_metrics` (floats).
 
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from minigpt.errors import UserError
-from minigpt.losses.advantages import group_advantages, group_stats
+from minigpt.losses.advantages import group_advantages
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss
 from minigpt.objectives.base import LossOutput
-from minigpt.objectives.preference import adapters_disabled, has_adapters
-from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
+from minigpt.objectives.rollout import RolloutObjective, decode_completions, eval_mode, rollout_metrics
+from minigpt.rl.rollout import completion_logprobs
+
+__all__ = ["GRPOObjective", "decode_completions", "eval_mode", "rollout_metrics"]
 
 
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Run `model` in eval mode (no dropout) and restore its mode afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
-class GRPOObjective:
+class GRPOObjective(RolloutObjective):
     """GRPO/GSPO for the one training loop (see the module docstring).
 
     Args:
@@ -61,28 +50,6 @@ class GRPOObjective:
         grad_accum: micro-batches per optimizer step (decides whether a micro-batch can still
             be on-policy).
     """
-
-    def __init__(
-        self,
-        config,
-        reward_fn: Callable | None = None,
-        tokenizer=None,
-        ref_model: torch.nn.Module | None = None,
-        engine_dtype: torch.dtype | None = None,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        grad_accum: int = 1,
-    ) -> None:
-        self.config = config
-        self.reward_fn = reward_fn
-        self.tokenizer = tokenizer
-        self.ref_model = ref_model
-        self.engine_dtype = engine_dtype
-        self.eos_token_id = eos_token_id
-        self.pad_token_id = pad_token_id
-        self.grad_accum = grad_accum
-        self._engine: RolloutEngine | None = None
-        self._engine_model: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ consumer
     def num_units(self, batch: dict[str, Any]) -> int:
@@ -112,12 +79,6 @@ class GRPOObjective:
         return LossOutput(loss_sum, units, metrics=metrics)
 
     # ------------------------------------------------------------------ producer
-    def engine(self, model: torch.nn.Module) -> RolloutEngine:
-        if self._engine is None or self._engine_model is not model:
-            self._engine = RolloutEngine(model, self.eos_token_id, self.pad_token_id, self.engine_dtype)
-            self._engine_model = model
-        return self._engine
-
     def make_batches(self, model: torch.nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Prompt batch (`collate_prompts`) -> training micro-batches (see the module docstring)."""
         c = self.config
@@ -189,37 +150,12 @@ class GRPOObjective:
         return out
 
     def reference_logprobs(self, model, input_ids, attention_mask, completion_mask) -> torch.Tensor:
-        """Log-probs of the completions under the reference policy (no grad)."""
-        c = self.config
-        if self.ref_model is not None:
-            with eval_mode(self.ref_model):
-                return completion_logprobs(self.ref_model, input_ids, attention_mask, completion_mask, c.temperature)
-        if not has_adapters(model):
+        """Log-probs of the completions under the reference policy (no grad).
+
+        Raises:
+            UserError: `beta > 0` with neither a reference model nor LoRA adapters to disable.
+        """
+        ref = self.reference_or_none(model, input_ids, attention_mask, completion_mask)
+        if ref is None:
             raise UserError("beta > 0 needs a reference model (or LoRA adapters to disable); pass beta=0 to train without KL")
-        with adapters_disabled(model):
-            return completion_logprobs(model, input_ids, attention_mask, completion_mask, c.temperature)
-
-
-def decode_completions(tokenizer, rollout: Rollout) -> tuple[list[str], list[list[int]]]:
-    """Completion texts for reward functions: special tags kept, the stop token and padding
-    dropped. Returns `(texts, ids)` with `ids` the token ids of each text."""
-    texts, ids = [], []
-    for row, mask, cut in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist(), rollout.truncated.tolist()):
-        n = sum(mask)
-        toks = row[: n if cut else max(n - 1, 0)]
-        ids.append(toks)
-        texts.append(tokenizer.decode(toks, skip_special_tokens=False))
-    return texts, ids
-
-
-def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, per_function: dict[str, list] | None = None) -> dict[str, float]:
-    """Floats logged per rollout: `mean_reward`, `group_variance`, `frac_zero_std`, mean
-    `completion_length`, `truncated_fraction`, and `reward/<name>` per reward function."""
-    m = {k: float(v) for k, v in group_stats(rewards, rollout.group_size).items()}
-    m["completion_length"] = float(rollout.completion_lengths.float().mean())
-    m["truncated_fraction"] = float(rollout.truncated.float().mean())
-    for name, values in (per_function or {}).items():
-        real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-        if real:
-            m[f"reward/{name}"] = sum(real) / len(real)
-    return m
+        return ref

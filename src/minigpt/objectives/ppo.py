@@ -41,9 +41,8 @@ from minigpt.losses.advantages import gae, whiten
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
 from minigpt.objectives.base import LossOutput
-from minigpt.objectives.grpo import decode_completions, eval_mode
-from minigpt.objectives.preference import adapters_disabled, has_adapters
-from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
+from minigpt.objectives.rollout import RolloutObjective, decode_completions, eval_mode
+from minigpt.rl.rollout import Rollout
 from minigpt.train.distributed import all_reduce_sum
 
 
@@ -145,7 +144,7 @@ class AdaptiveKLController:
         self.value = float(state["kl_coef"])
 
 
-class PPOObjective:
+class PPOObjective(RolloutObjective):
     """PPO-RLHF for the one training loop (see the module docstring).
 
     Args:
@@ -176,18 +175,9 @@ class PPOObjective:
         pad_token_id: int | None = None,
         grad_accum: int = 1,
     ) -> None:
-        self.config = config
-        self.reward_fn = reward_fn
-        self.tokenizer = tokenizer
+        super().__init__(config, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
         self.reward_model = reward_model
-        self.ref_model = ref_model
-        self.engine_dtype = engine_dtype
-        self.eos_token_id = eos_token_id
-        self.pad_token_id = pad_token_id
-        self.grad_accum = grad_accum
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target if config.adaptive_kl else None, config.kl_horizon)
-        self._engine: RolloutEngine | None = None
-        self._engine_model: torch.nn.Module | None = None
         self._yielded = 0  # micro-batches handed out so far (their position in an optimizer step)
         self._rollouts = 0  # rollouts made so far (their number tags their micro-batches)
         self._stopped: int | None = None  # the rollout whose remaining micro-batches are dropped
@@ -236,12 +226,6 @@ class PPOObjective:
         return LossOutput(loss_sum, units, metrics=metrics)
 
     # ------------------------------------------------------------------ producer
-    def engine(self, policy: torch.nn.Module) -> RolloutEngine:
-        if self._engine is None or self._engine_model is not policy:
-            self._engine = RolloutEngine(policy, self.eos_token_id, self.pad_token_id, self.engine_dtype)
-            self._engine_model = policy
-        return self._engine
-
     def make_batches(self, model: torch.nn.Module, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Prompt batch (`minigpt.data.prompts.collate_prompts`) -> training micro-batches.
 
@@ -398,12 +382,9 @@ class PPOObjective:
         zero KL coefficient there is no penalty and no reference: the policy's own log-probs
         stand in (KL 0)."""
         c = self.config
-        if self.ref_model is not None:
-            with eval_mode(self.ref_model):
-                return completion_logprobs(self.ref_model, input_ids, attention_mask, completion_mask, c.temperature)
-        if has_adapters(policy):
-            with adapters_disabled(policy):
-                return completion_logprobs(policy, input_ids, attention_mask, completion_mask, c.temperature)
+        ref = self.reference_or_none(policy, input_ids, attention_mask, completion_mask)
+        if ref is not None:
+            return ref
         if c.kl_coef == 0 and not c.adaptive_kl:
             return logprobs
         raise UserError("PPO's KL penalty needs a reference model (or LoRA adapters to disable); pass kl_coef=0 to train without it")

@@ -53,7 +53,7 @@ def evaluate_policy(
     Returns `{"reward": mean total reward, "reward/<name>": mean of each reward function,
     "completion_length": mean tokens}`; the answer reward's mean is the accuracy.
     """
-    from minigpt.objectives.grpo import decode_completions, eval_mode
+    from minigpt.objectives.rollout import decode_completions, eval_mode
     from minigpt.recipes.sft import chat_eos_ids
     from minigpt.rl.rollout import RolloutEngine
 

@@ -20,7 +20,8 @@ from minigpt.rl.config import DictConfig
 from minigpt.losses.advantages import ADVANTAGE_TYPES, group_stats
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.losses.policy import AGGREGATIONS
-from minigpt.objectives.grpo import GRPOObjective, decode_completions, eval_mode, rollout_metrics
+from minigpt.objectives.grpo import GRPOObjective
+from minigpt.objectives.rollout import decode_completions, eval_mode, rollout_metrics
 from minigpt.objectives.preference import has_adapters
 from minigpt.rl.rollout import Rollout
 

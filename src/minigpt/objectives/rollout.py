@@ -1,0 +1,109 @@
+"""What the online-RL objectives (GRPO/GSPO, PPO) share on their producer side: the
+rollout engine that follows the policy, the reference policy's log-probs (a frozen model, or
+the policy with its LoRA adapters disabled), completions decoded for reward functions, and the
+floats logged per rollout."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable
+
+import torch
+
+from minigpt.losses.advantages import group_stats
+from minigpt.objectives.preference import adapters_disabled, has_adapters
+from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run `model` in eval mode (no dropout) and restore its mode afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+class RolloutObjective:
+    """Base of the objectives that sample their own training data.
+
+    Args:
+        config: the algorithm's config (needs `temperature`).
+        reward_fn: a `minigpt.rl.rewards.CombinedReward` (`(prompts, completions, **columns)
+            -> (totals, per_function)`).
+        tokenizer: decodes prompts and completions for `reward_fn`.
+        ref_model: frozen reference policy, or None (see `reference_or_none`).
+        engine_dtype: compute dtype of sampling (None = the model's).
+        eos_token_id / pad_token_id: stop id(s) and pad id for sampling.
+        grad_accum: micro-batches per optimizer step (decides which micro-batches still see
+            the sampling policy).
+    """
+
+    def __init__(
+        self,
+        config,
+        reward_fn: Callable | None = None,
+        tokenizer=None,
+        ref_model: torch.nn.Module | None = None,
+        engine_dtype: torch.dtype | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        grad_accum: int = 1,
+    ) -> None:
+        self.config = config
+        self.reward_fn = reward_fn
+        self.tokenizer = tokenizer
+        self.ref_model = ref_model
+        self.engine_dtype = engine_dtype
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.grad_accum = grad_accum
+        self._engine: RolloutEngine | None = None
+        self._engine_model: torch.nn.Module | None = None
+
+    def engine(self, policy: torch.nn.Module) -> RolloutEngine:
+        """The rollout engine over `policy` (made once, re-reading the weights every call)."""
+        if self._engine is None or self._engine_model is not policy:
+            self._engine = RolloutEngine(policy, self.eos_token_id, self.pad_token_id, self.engine_dtype)
+            self._engine_model = policy
+        return self._engine
+
+    def reference_or_none(self, policy, input_ids, attention_mask, completion_mask) -> torch.Tensor | None:
+        """`(B, N)` log-probs of the completions under the reference policy (no grad): the
+        frozen `ref_model`, else `policy` with its adapters disabled; None when there is neither."""
+        t = self.config.temperature
+        if self.ref_model is not None:
+            with eval_mode(self.ref_model):
+                return completion_logprobs(self.ref_model, input_ids, attention_mask, completion_mask, t)
+        if has_adapters(policy):
+            with adapters_disabled(policy):
+                return completion_logprobs(policy, input_ids, attention_mask, completion_mask, t)
+        return None
+
+
+def decode_completions(tokenizer, rollout: Rollout) -> tuple[list[str], list[list[int]]]:
+    """Completion texts for reward functions: special tags kept, the stop token and padding
+    dropped. Returns `(texts, ids)` with `ids` the token ids of each text."""
+    texts, ids = [], []
+    for row, mask, cut in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist(), rollout.truncated.tolist()):
+        n = sum(mask)
+        toks = row[: n if cut else max(n - 1, 0)]
+        ids.append(toks)
+        texts.append(tokenizer.decode(toks, skip_special_tokens=False))
+    return texts, ids
+
+
+def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, per_function: dict[str, list] | None = None) -> dict[str, float]:
+    """Floats logged per rollout: `mean_reward`, `group_variance`, `frac_zero_std`, mean
+    `completion_length`, `truncated_fraction`, and `reward/<name>` per reward function."""
+    m = {k: float(v) for k, v in group_stats(rewards, rollout.group_size).items()}
+    m["completion_length"] = float(rollout.completion_lengths.float().mean())
+    m["truncated_fraction"] = float(rollout.truncated.float().mean())
+    for name, values in (per_function or {}).items():
+        real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if real:
+            m[f"reward/{name}"] = sum(real) / len(real)
+    return m
