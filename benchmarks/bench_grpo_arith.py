@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--ops", default="+-*", help="operations of the RL prompts")
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--eval-samples", type=int, default=4, help="sampled completions per held-out problem (mean@k at the training temperature)")
     args = ap.parse_args()
 
     from minigpt.recipes.grpo import grpo
@@ -69,7 +70,7 @@ def main() -> None:
             m = grpo(
                 model=args.sft, data=str(prompts), eval_data=str(heldout), out=str(out / f"{algo}_s{seed}"), reward="answer",
                 algorithm=algo, group_size=args.group, beta=args.beta, temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens, max_val=None,
+                max_new_tokens=args.max_new_tokens, max_val=None, eval_samples=args.eval_samples,
                 train=TrainConfig(
                     max_steps=args.steps, batch_size=args.prompts, lr=args.lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                     beta2=0.99, eval_interval=0, save_interval=args.steps, log_interval=1, seed=seed, progress=False, tensorboard=False,
@@ -77,17 +78,30 @@ def main() -> None:
                 overwrite=True,
             )
             start_acc = m["val_reward/answer_before"]
-            results["runs"].append({"algorithm": algo, "seed": seed, "before": start_acc, "after": m["val_reward/answer"], "seconds": time.time() - t0})
-            print(f"{algo} seed {seed}: held-out accuracy {start_acc:.3f} -> {m['val_reward/answer']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+            start_sampled = m.get("val_sampled_reward/answer_before", float("nan"))
+            results["runs"].append({
+                "algorithm": algo, "seed": seed, "before": start_acc, "after": m["val_reward/answer"],
+                "sampled_before": start_sampled, "sampled_after": m.get("val_sampled_reward/answer", float("nan")),
+                "seconds": time.time() - t0,
+            })
+            print(
+                f"{algo} seed {seed}: held-out greedy accuracy {start_acc:.3f} -> {m['val_reward/answer']:.3f}; "
+                f"sampled mean@{args.eval_samples} {start_sampled:.3f} -> {m.get('val_sampled_reward/answer', float('nan')):.3f} ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
     n_held = sum(1 for line in heldout.read_text().splitlines() if line.strip())
     print(f"\nheld-out: {n_held} problems, greedy; {args.steps} steps × {args.prompts} prompts × group {args.group}, lr {args.lr}, beta {args.beta}, T {args.temperature}\n")
-    print("| model | held-out accuracy (mean ± sd over seeds) | per seed |")
-    print("| --- | --- | --- |")
-    print(f"| SFT (start) | {start_acc:.3f} | |")
+    print(f"| model | greedy accuracy (mean ± sd over seeds) | per seed | sampled mean@{args.eval_samples}, T {args.temperature} | per seed |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| SFT (start) | {start_acc:.3f} | | {start_sampled:.3f} | |")
     for algo in ("grpo", "gspo"):
-        accs = [r["after"] for r in results["runs"] if r["algorithm"] == algo]
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"| after {algo.upper()} | {statistics.mean(accs):.3f} ± {sd:.3f} | {', '.join(f'{a:.3f}' for a in accs)} |")
+        rows = [r for r in results["runs"] if r["algorithm"] == algo]
+        cells = []
+        for key in ("after", "sampled_after"):
+            vals = [r[key] for r in rows]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells += [f"{statistics.mean(vals):.3f} ± {sd:.3f}", ", ".join(f"{v:.3f}" for v in vals)]
+        print(f"| after {algo.upper()} | " + " | ".join(cells) + " |")
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
 

@@ -171,3 +171,27 @@ def test_reward_model_with_another_tokenizer_is_refused(env, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(other) in err and str(env[1]) in err
     assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_sampled_evaluation_is_seeded_and_separate_from_greedy(env):
+    """`evaluate_policy(samples=k)` adds mean@k rewards at the given temperature: the same call
+    twice gives the same figures (seeded draws), the greedy figures are those of a greedy-only
+    call, and a length reward's sampled mean differs from its greedy value on a random model."""
+    from minigpt.recipes.grpo import evaluate_policy
+    from minigpt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(env[1])
+    model = MiniGPTForCausalLM.from_pretrained(env[1])
+    ds = PromptDataset(env[2], tok, max_prompt_length=40)
+    items = [ds[i] for i in range(6)]
+
+    def tokens(prompts, completions, completion_ids, **kw):
+        return [float(len(c)) for c in completion_ids]
+
+    reward = CombinedReward([("tokens", tokens, 1.0)])
+    greedy = evaluate_policy(model, tok, items, reward, 12, "fp32")
+    a = evaluate_policy(model, tok, items, reward, 12, "fp32", samples=4, temperature=1.0)
+    b = evaluate_policy(model, tok, items, reward, 12, "fp32", samples=4, temperature=1.0)
+    assert "sampled_reward" not in greedy and a == b
+    assert a["reward"] == greedy["reward"] and a["reward/tokens"] == greedy["reward/tokens"]
+    assert a["sampled_reward/tokens"] != greedy["reward/tokens"]

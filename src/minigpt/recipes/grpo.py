@@ -47,12 +47,27 @@ def evaluate_policy(
     max_new_tokens: int,
     precision: str = "bf16",
     batch_size: int = 64,
+    samples: int = 0,
+    temperature: float = 0.7,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Greedy completions of every held-out prompt, scored by `reward_fn`.
 
     Returns `{"reward": mean total reward, "reward/<name>": mean of each reward function,
-    "completion_length": mean tokens}`; the answer reward's mean is the accuracy.
+    "completion_length": mean tokens}`; the answer reward's mean is the accuracy. With
+    `samples > 0` it also samples that many completions per prompt at `temperature` (seeded,
+    so two evaluations draw alike) and adds `sampled_reward` and `sampled_reward/<name>`, the
+    means over all samples (mean@k: what RL optimises directly, and less noisy than greedy).
     """
+    out = _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, 1, 0.0, None)
+    if samples > 0:
+        sampled = _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, samples, temperature, seed)
+        out.update({f"sampled_{k}": v for k, v in sampled.items() if k.startswith("reward")})
+    return out
+
+
+def _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, group, temperature, seed) -> dict[str, float]:
+    """Mean rewards of `group` completions per held-out prompt (temperature 0 = greedy)."""
     from minigpt.objectives.rollout import decode_completions, eval_mode
     from minigpt.recipes.sft import chat_eos_ids
     from minigpt.rl.rollout import RolloutEngine
@@ -62,9 +77,13 @@ def evaluate_policy(
     per: dict[str, list[float]] = {}
     lengths: list[float] = []
     with eval_mode(model):
-        for s in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-            rollout = engine.sample([it["prompt_ids"] for it in items], 1, max_new_tokens, temperature=0.0)
+        step = max(1, batch_size // group)
+        for s in range(0, len(dataset), step):
+            items = [dataset[i] for i in range(s, min(s + step, len(dataset))) for _ in range(group)]
+            rollout = engine.sample(
+                [it["prompt_ids"] for it in items[::group]], group, max_new_tokens, temperature=temperature,
+                seed=None if seed is None else seed + s,
+            )
             texts, ids = decode_completions(tok, rollout)
             names = sorted({k for it in items for k in it["columns"]})
             columns = {k: [it["columns"].get(k) for it in items] for k in names}
@@ -97,6 +116,7 @@ class PolicyEvaluation(Callback):
 def describe(ev: dict[str, float]) -> str:
     """One line of held-out figures (`val_reward`, each `val_reward/<name>`)."""
     keys = ["val_reward"] + sorted(k for k in ev if k.startswith("val_reward/")) + ["val_completion_length"]
+    keys += ["val_sampled_reward"] + sorted(k for k in ev if k.startswith("val_sampled_reward/"))
     return ", ".join(f"{k[4:]} {ev[k]:.3f}" for k in keys if k in ev)
 
 
@@ -184,6 +204,7 @@ def grpo(
     mask_truncated_completions: bool = False,
     system: str | None = None,
     eval_data: str | list[str] | None = None,
+    eval_samples: int = 0,
     val_fraction: float = 0.1,
     max_val: int | None = 200,
     lora_rank: int = 0,
@@ -224,6 +245,8 @@ def grpo(
         mask_truncated_completions: leave completions cut at max_new_tokens out of the loss.
         system: a system message for prompts that have none.
         eval_data: prompt files to evaluate on instead of a held-out share of `data`.
+        eval_samples: also sample this many completions per held-out prompt at the training
+            temperature and report their mean rewards (`val_sampled_reward…`); 0 = greedy only.
         val_fraction: share of prompts held out for evaluation (when no `eval_data`).
         max_val: at most this many held-out prompts.
         lora_rank: > 0 trains LoRA adapters only (the KL reference is then the model with its
@@ -310,6 +333,7 @@ def grpo(
         "max_prompt_length": max_prompt_length,
         "system": system,
         "eval_data": eval_data,
+        "eval_samples": eval_samples,
         "val_fraction": val_fraction,
         "max_val": max_val,
         "lora": {"rank": lora_rank, "alpha": lora_alpha, "targets": lora_targets},
@@ -317,7 +341,7 @@ def grpo(
     }
 
     def evaluate(m):
-        return evaluate_policy(m, tok, val_ds, reward_fn, max_new_tokens, train.precision)
+        return evaluate_policy(m, tok, val_ds, reward_fn, max_new_tokens, train.precision, samples=eval_samples, temperature=temperature)
 
     metrics = fit_policy(net, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
     say(f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
