@@ -28,7 +28,7 @@ from minigpt.losses.advantages import group_advantages
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss
 from minigpt.objectives.base import LossOutput
-from minigpt.objectives.rollout import RolloutObjective, decode_completions, eval_mode, rollout_metrics
+from minigpt.objectives.rollout import RolloutObjective, decode_completions, eval_mode, rollout_metrics, score_rollout
 from minigpt.rl.rollout import completion_logprobs
 
 __all__ = ["GRPOObjective", "decode_completions", "eval_mode", "rollout_metrics"]
@@ -87,13 +87,7 @@ class GRPOObjective(RolloutObjective):
         rollout = self.engine(model).sample(
             batch["prompt_ids"], c.group_size, c.max_new_tokens, c.temperature, c.top_k, c.top_p
         )
-        g = c.group_size
-        prompts = [p for p in batch["prompt"] for _ in range(g)]
-        columns = {k: [v for v in vals for _ in range(g)] for k, vals in batch.get("columns", {}).items()}
-        texts, ids = decode_completions(self.tokenizer, rollout)
-        prompt_ids = [p for p in batch["prompt_ids"] for _ in range(g)]
-        totals, per_function = self.reward_fn(prompts, texts, completion_ids=ids, prompt_ids=prompt_ids, **columns)
-        rewards = torch.tensor(totals, dtype=torch.float32, device=rollout.prompt_ids.device)
+        rewards, per_function = score_rollout(self.reward_fn, self.tokenizer, rollout, batch["prompt_ids"], batch["prompt"], batch.get("columns"))
         metrics = rollout_metrics(rollout, rewards, per_function)
         return self.experience(model, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, rewards, rollout.truncated, metrics)
 

@@ -31,7 +31,6 @@ number, for the early stop) and `rollout_metrics` (floats).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -41,7 +40,7 @@ from minigpt.losses.advantages import gae, whiten
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
 from minigpt.objectives.base import LossOutput
-from minigpt.objectives.rollout import RolloutObjective, decode_completions, eval_mode
+from minigpt.objectives.rollout import RolloutObjective, eval_mode, reward_means, score_rollout
 from minigpt.rl.rollout import Rollout
 from minigpt.train.distributed import all_reduce_sum
 
@@ -252,11 +251,8 @@ class PPOObjective(RolloutObjective):
         metrics = {
             "completion_length": float(sample.completion_lengths.float().mean()),
             "truncated_fraction": float(sample.truncated.float().mean()),
+            **reward_means(per_function),
         }
-        for name, values in per_function.items():
-            real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-            if real:
-                metrics[f"reward/{name}"] = sum(real) / len(real)
         return self.experience(model, sample.input_ids, sample.attention_mask, sample.completion_mask, scores, sample.truncated, metrics)
 
     def score(
@@ -271,11 +267,7 @@ class PPOObjective(RolloutObjective):
         if self.reward_fn is not None:
             if self.tokenizer is None:
                 raise UserError("PPO's reward functions need a tokenizer to decode the sampled completions")
-            texts, ids = decode_completions(self.tokenizer, sample)
-            if prompts is None:
-                prompts = [self.tokenizer.decode(list(p), skip_special_tokens=False) for p in prompt_ids]
-            totals, per_function = self.reward_fn(list(prompts), texts, completion_ids=ids, prompt_ids=[list(p) for p in prompt_ids], **columns)
-            return torch.tensor(totals, dtype=torch.float32, device=device), per_function
+            return score_rollout(self.reward_fn, self.tokenizer, sample, prompt_ids, prompts, columns)
         if self.reward_model is not None:
             rm = self.reward_model
             with eval_mode(rm):

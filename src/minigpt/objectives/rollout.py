@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -96,14 +96,56 @@ def decode_completions(tokenizer, rollout: Rollout) -> tuple[list[str], list[lis
     return texts, ids
 
 
+def score_rollout(
+    reward_fn: Callable,
+    tokenizer,
+    rollout: Rollout,
+    prompt_ids: Sequence[Sequence[int]],
+    prompts: Sequence[str] | None = None,
+    columns: Mapping[str, Sequence] | None = None,
+) -> tuple[torch.Tensor, dict[str, list]]:
+    """Score every completion of `rollout` with `reward_fn`.
+
+    Args:
+        reward_fn: `(prompts, completions, **columns) -> (totals, per_function)` (a
+            `minigpt.rl.rewards.CombinedReward`).
+        tokenizer: decodes the completions (and the prompts when `prompts` is None).
+        rollout: `group_size` rows per prompt.
+        prompt_ids / prompts / columns: one entry per *prompt* (each column a list); they are
+            repeated `group_size` times to line up with the rows.
+
+    Returns `rewards (B,)` float32 on the rollout's device and the per-function values.
+
+    Raises:
+        UserError: from `reward_fn` (a failing function, naming it and the sample).
+    """
+    g = rollout.group_size
+    texts, ids = decode_completions(tokenizer, rollout)
+    if prompts is None:
+        prompts = [tokenizer.decode(list(p), skip_special_tokens=False) for p in prompt_ids]
+    cols = {k: [v for v in vals for _ in range(g)] for k, vals in (columns or {}).items()}
+    totals, per_function = reward_fn(
+        [p for p in prompts for _ in range(g)], texts, completion_ids=ids, prompt_ids=[list(p) for p in prompt_ids for _ in range(g)], **cols
+    )
+    return torch.tensor(totals, dtype=torch.float32, device=rollout.prompt_ids.device), per_function
+
+
+def reward_means(per_function: Mapping[str, Sequence] | None) -> dict[str, float]:
+    """`{"reward/<name>": mean}` of each reward function over the samples it applied to
+    (None, NaN and inf values left out)."""
+    out = {}
+    for name, values in (per_function or {}).items():
+        real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if real:
+            out[f"reward/{name}"] = sum(real) / len(real)
+    return out
+
+
 def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, per_function: dict[str, list] | None = None) -> dict[str, float]:
     """Floats logged per rollout: `mean_reward`, `group_variance`, `frac_zero_std`, mean
     `completion_length`, `truncated_fraction`, and `reward/<name>` per reward function."""
     m = {k: float(v) for k, v in group_stats(rewards, rollout.group_size).items()}
     m["completion_length"] = float(rollout.completion_lengths.float().mean())
     m["truncated_fraction"] = float(rollout.truncated.float().mean())
-    for name, values in (per_function or {}).items():
-        real = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-        if real:
-            m[f"reward/{name}"] = sum(real) / len(real)
+    m.update(reward_means(per_function))
     return m

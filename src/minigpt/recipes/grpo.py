@@ -68,7 +68,8 @@ def evaluate_policy(
 
 def _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, group, temperature, seed) -> dict[str, float]:
     """Mean rewards of `group` completions per held-out prompt (temperature 0 = greedy)."""
-    from minigpt.objectives.rollout import decode_completions, eval_mode
+    from minigpt.data.prompts import collate_prompts
+    from minigpt.objectives.rollout import eval_mode, score_rollout
     from minigpt.recipes.sft import chat_eos_ids
     from minigpt.rl.rollout import RolloutEngine
 
@@ -79,16 +80,12 @@ def _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, bat
     with eval_mode(model):
         step = max(1, batch_size // group)
         for s in range(0, len(dataset), step):
-            items = [dataset[i] for i in range(s, min(s + step, len(dataset))) for _ in range(group)]
+            batch = collate_prompts([dataset[i] for i in range(s, min(s + step, len(dataset)))])
             rollout = engine.sample(
-                [it["prompt_ids"] for it in items[::group]], group, max_new_tokens, temperature=temperature,
-                seed=None if seed is None else seed + s,
+                batch["prompt_ids"], group, max_new_tokens, temperature=temperature, seed=None if seed is None else seed + s
             )
-            texts, ids = decode_completions(tok, rollout)
-            names = sorted({k for it in items for k in it["columns"]})
-            columns = {k: [it["columns"].get(k) for it in items] for k in names}
-            t, p = reward_fn([it["prompt"] for it in items], texts, completion_ids=ids, prompt_ids=[it["prompt_ids"] for it in items], **columns)
-            totals += list(t)
+            t, p = score_rollout(reward_fn, tok, rollout, batch["prompt_ids"], batch["prompt"], batch["columns"])
+            totals += t.tolist()
             for k, v in p.items():
                 per.setdefault(k, []).extend(0.0 if x is None else float(x) for x in v)
             lengths += rollout.completion_lengths.float().tolist()

@@ -21,7 +21,7 @@ from minigpt.losses.advantages import ADVANTAGE_TYPES, group_stats
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.losses.policy import AGGREGATIONS
 from minigpt.objectives.grpo import GRPOObjective
-from minigpt.objectives.rollout import decode_completions, eval_mode, rollout_metrics
+from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
 from minigpt.objectives.preference import has_adapters
 from minigpt.rl.rollout import Rollout
 
@@ -200,13 +200,8 @@ class GRPOTrainer:
             raise UserError("step() needs reward functions and a tokenizer")
         ids = self._prompt_ids(prompts)
         rollout = self.generate(ids)
-        g = self.config.group_size
-        texts, comp_ids = decode_completions(self.tokenizer, rollout)
-        prompt_texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in ids for _ in range(g)]
-        cols = {k: [v for v in vals for _ in range(g)] for k, vals in columns.items()}
-        totals, per_function = self.reward_fn(prompt_texts, texts, completion_ids=comp_ids, prompt_ids=[p for p in ids for _ in range(g)], **cols)
-        rewards = torch.tensor(totals, dtype=torch.float32)
-        metrics = rollout_metrics(rollout, rewards.to(rollout.prompt_ids.device), per_function)
+        rewards, per_function = score_rollout(self.reward_fn, self.tokenizer, rollout, ids, columns=columns)
+        metrics = rollout_metrics(rollout, rewards, per_function)
         out = self._train(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, rewards, rollout.truncated)
         return {**metrics, **out}
 
