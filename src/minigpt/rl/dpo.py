@@ -7,7 +7,6 @@ command trains with through the one training loop; only the optimizer step lives
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -16,6 +15,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.rl.config import DictConfig
+from minigpt.rl.trainer import PolicyTrainer
 from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.objectives.preference import KTOObjective, PreferenceObjective, has_adapters
@@ -78,7 +78,7 @@ def _as_rows(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int, name: st
     return rows
 
 
-class DPOTrainer:
+class DPOTrainer(PolicyTrainer):
     """Optimise a policy on preference pairs, one `train_step` per batch.
 
     Args:
@@ -113,14 +113,6 @@ class DPOTrainer:
             raise UserError("the policy has no trainable parameter")
         self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
         self.step = 0
-
-    def _device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-    def _autocast(self):
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self._device().type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def make_batch(
         self,

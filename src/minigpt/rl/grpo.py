@@ -8,7 +8,6 @@ the one training loop; only the optimizer step lives here.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -17,6 +16,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.rl.config import DictConfig
+from minigpt.rl.trainer import PolicyTrainer, sampling_ids
 from minigpt.losses.advantages import ADVANTAGE_TYPES, group_stats
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.losses.policy import AGGREGATIONS
@@ -113,7 +113,7 @@ class GRPOConfig(DictConfig):
 
 
 
-class GRPOTrainer:
+class GRPOTrainer(PolicyTrainer):
     """Optimise a policy with GRPO / GSPO, one `train_step` per batch of sampled groups.
 
     Args:
@@ -150,14 +150,7 @@ class GRPOTrainer:
             ref_model.requires_grad_(False)
         self.ref_model = ref_model if c.beta > 0 else None
         self.reward_fn = _reward_fn(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
-        pcfg = getattr(policy_model, "config", None)
-        eos = getattr(pcfg, "eos_token_id", None)
-        if tokenizer is not None:
-            from minigpt.recipes.sft import chat_eos_ids
-
-            eos = chat_eos_ids(tokenizer)
-        pad = getattr(pcfg, "pad_token_id", None)
-        self.pad_token_id = 0 if pad is None else int(pad)
+        eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
         dtype = torch.bfloat16 if c.precision == "bf16" else None
         self.objective = GRPOObjective(c, self.reward_fn, tokenizer, self.ref_model, dtype, eos, self.pad_token_id)
         params = [p for p in policy_model.parameters() if p.requires_grad]
@@ -165,14 +158,6 @@ class GRPOTrainer:
             raise UserError("the policy has no trainable parameter")
         self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
         self.step_count = 0
-
-    def _device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-    def _autocast(self):
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self._device().type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

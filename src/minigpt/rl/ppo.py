@@ -12,7 +12,6 @@ lives here.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from minigpt.errors import UserError
 from minigpt.rl.config import DictConfig
+from minigpt.rl.trainer import PolicyTrainer, sampling_ids
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.objectives.ppo import PPOObjective
 from minigpt.objectives.preference import has_adapters
@@ -245,7 +245,7 @@ def _default_critic(policy: nn.Module, reward_model: nn.Module | None) -> nn.Mod
     return critic.train()
 
 
-class RLHFTrainer:
+class RLHFTrainer(PolicyTrainer):
     """Optimise a policy with PPO-RLHF, one `train_step` per batch of prompts.
 
     Args:
@@ -299,14 +299,7 @@ class RLHFTrainer:
         value_lr = c.value_learning_rate or c.learning_rate
         self.model = ActorCritic(policy_model, value_model, value_lr / c.learning_rate)
         self.reward_fn = _reward_fn(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
-        pcfg = getattr(policy_model, "config", None)
-        eos = getattr(pcfg, "eos_token_id", None)
-        if tokenizer is not None:
-            from minigpt.recipes.sft import chat_eos_ids
-
-            eos = chat_eos_ids(tokenizer)
-        pad = getattr(pcfg, "pad_token_id", None)
-        self.pad_token_id = 0 if pad is None else int(pad)
+        eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
         dtype = torch.bfloat16 if c.precision == "bf16" else None
         self.objective = PPOObjective(
             c, self.reward_fn, tokenizer, reward_model if self.reward_fn is None else None, ref_model, dtype, eos, self.pad_token_id
@@ -317,14 +310,6 @@ class RLHFTrainer:
         self.optimizer = torch.optim.AdamW(groups, lr=c.learning_rate)
         self.step_count = 0
         self.history: list[dict[str, float]] = []  # the last train_step's metrics per micro-batch
-
-    def _device(self) -> torch.device:
-        return next(self.policy.parameters()).device
-
-    def _autocast(self):
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self._device().type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _prompt_ids(self, prompts, prompt_masks) -> list[list[int]]:
         if isinstance(prompts, torch.Tensor):
