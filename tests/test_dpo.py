@@ -26,12 +26,7 @@ VOCAB = 48
 PAD = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def tiny_model(seed: int = 0) -> MiniGPTForCausalLM:

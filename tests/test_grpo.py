@@ -22,12 +22,7 @@ from minigpt.rl.rollout import RolloutEngine, completion_logprobs
 EOS, PAD = 0, 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def tiny_config(**kw) -> MiniGPTConfig:

@@ -26,12 +26,7 @@ from minigpt.tokenizer import train_tokenizer
 COLOURS = ["red", "blue", "green", "pink", "black", "white", "grey", "gold"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def _write_jsonl(path: Path, records: list) -> Path:

@@ -75,13 +75,7 @@ def logits(model) -> torch.Tensor:
     return model(input_ids=probe(), use_cache=False).logits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These matrices are tiny: one thread is as fast and does not fight other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 @pytest.fixture(scope="module")

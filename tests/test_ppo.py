@@ -30,12 +30,7 @@ PAD, STOP = 1, 3
 PROMPTS = torch.tensor([[PAD, PAD, 10, 11], [PAD, 12, 13, 14], [20, 21, 22, 23], [PAD, PAD, PAD, 30]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def tiny_policy(seed: int = 0) -> MiniGPTForCausalLM:

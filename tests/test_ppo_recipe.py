@@ -31,12 +31,7 @@ WORDS = "good great nice bad awful sad it is very so the day was and".split()
 LOGGED = ("mean_reward", "mean_kl", "kl_coef", "ppo_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def _model_dir(root: Path, name: str, texts: list[str], seed: int) -> tuple[Path, Path]:

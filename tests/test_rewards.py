@@ -35,13 +35,7 @@ VOCAB = 300
 IM_END_ID = 3  # contract: <|im_end|> is id 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is as fast and leaves the other core to other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def _prompts(n: int) -> list[str]:
