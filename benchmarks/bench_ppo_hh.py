@@ -118,55 +118,33 @@ def curve(metrics_file: Path, every: int) -> list[dict]:
     return [{"step": r["step"], **{k: r.get(f"train/{k}") for k in CURVE_KEYS}} for r in keep]
 
 
-@torch.no_grad()
 def win_rate(args, policy_dir: Path, val_examples) -> dict:
     """Reward-model win rate of the PPO policy's replies over the SFT model's on the held-out
-    prompts (same prompts, sampling settings and per-batch seeds for both)."""
-    from minigpt.data.preference import pad_rows
-    from minigpt.inference.engine import GenerationEngine
+    prompts (same prompts, sampling settings and per-batch seeds for both;
+    `minigpt.rl.evaluation`)."""
     from minigpt.recipes.generate import load_model_and_tokenizer
     from minigpt.recipes.reward import load_reward_model
-    from minigpt.recipes.sft import chat_eos_ids
+    from minigpt.rl.evaluation import sample_replies, win_rate as rm_win_rate
 
     rm, _ = load_reward_model(args.rm)
-    rm.eval()
     _, tok = load_model_and_tokenizer(args.sft)
     examples = val_examples[: args.prompts] if args.prompts > 0 else val_examples
     prompts = [list(ex.prompt_ids) for ex in examples]
-    eos = chat_eos_ids(tok)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
     def replies(model_dir) -> list[list[int]]:
         model, _ = load_model_and_tokenizer(str(model_dir))
-        engine = GenerationEngine(model.eval(), eos_token_id=eos, pad_token_id=tok.pad_token_id, dtype=dtype)
-        outs = []
-        for s in range(0, len(prompts), 16):
-            g = engine.generate(prompts[s : s + 16], max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, seed=args.seed + s)
-            for ids, mask in zip(g.completion_ids.tolist(), g.completion_mask.tolist()):
-                reply = [t for t, m in zip(ids, mask) if m]
-                outs.append([t for t in reply if t not in eos])  # the stop token is added back once below
-        return outs
-
-    def scores(completions) -> torch.Tensor:
-        rows = [p + c + [eos[0]] for p, c in zip(prompts, completions)]  # as RewardModelScorer scores them
-        vals = []
-        for s in range(0, len(rows), 16):
-            chunk = [torch.tensor(r) for r in rows[s : s + 16]]
-            batch = pad_rows(chunk, [1] * len(chunk), tok.pad_token_id)
-            vals.append(rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).rewards.float())
-        return torch.cat(vals)
+        return sample_replies(model, tok, prompts, args.max_new_tokens, seed=args.seed, dtype=dtype)
 
     t0 = time.time()
-    sft_replies, ppo_replies = replies(args.sft), replies(policy_dir)
-    base, new = scores(sft_replies), scores(ppo_replies)
-    wins = (new > base).float() + 0.5 * (new == base).float()
+    w = rm_win_rate(rm, tok, prompts, replies(policy_dir), replies(args.sft))
     return {
         "prompts": len(prompts),
-        "win_rate": float(wins.mean()),
-        "sft_mean_reward": float(base.mean()),
-        "ppo_mean_reward": float(new.mean()),
-        "sft_mean_reply_tokens": sum(map(len, sft_replies)) / len(sft_replies),
-        "ppo_mean_reply_tokens": sum(map(len, ppo_replies)) / len(ppo_replies),
+        "win_rate": w["win_rate"],
+        "sft_mean_reward": w["baseline_mean_reward"],
+        "ppo_mean_reward": w["mean_reward"],
+        "sft_mean_reply_tokens": w["baseline_mean_reply_tokens"],
+        "ppo_mean_reply_tokens": w["mean_reply_tokens"],
         "seconds": time.time() - t0,
     }
 

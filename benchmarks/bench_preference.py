@@ -25,7 +25,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH = DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
@@ -83,60 +82,36 @@ def run(args) -> dict:
     return results
 
 
-@torch.no_grad()
 def win_rates(args, out: Path) -> dict:
     """Reward-model win rate of each aligned policy's replies over the SFT model's replies on
-    held-out prompts (same prompts, sampling settings and seed for every model)."""
-    from minigpt.data.preference import PreferenceDataset, pad_rows, split_preference
-    from minigpt.inference.engine import GenerationEngine
+    held-out prompts (same prompts, sampling settings and seed for every model;
+    `minigpt.rl.evaluation`)."""
+    from minigpt.data.preference import PreferenceDataset, split_preference
     from minigpt.recipes.generate import load_model_and_tokenizer
     from minigpt.recipes.reward import load_reward_model
-    from minigpt.recipes.sft import chat_eos_ids
+    from minigpt.rl.evaluation import sample_replies, win_rate
 
     rm, rm_tok = load_reward_model(out / "rm")
-    rm.eval()
     _, sft_tok = load_model_and_tokenizer(args.sft)
     if rm_tok.get_vocab() != sft_tok.get_vocab():
         raise SystemExit("the reward model's tokenizer differs from the policy's")
     ds = PreferenceDataset(str(HH), sft_tok, max_length=args.max_length)
     _, val = split_preference(ds.examples, 0.1, seed=args.seed, max_val=500)
-    prompts = [ex.prompt_ids for ex in val[: args.prompts]]
-    eos = chat_eos_ids(sft_tok)
+    prompts = [list(ex.prompt_ids) for ex in val[: args.prompts]]
 
     def replies(model_dir) -> list[list[int]]:
         model, _ = load_model_and_tokenizer(str(model_dir))
-        engine = GenerationEngine(model.eval(), eos_token_id=eos, pad_token_id=sft_tok.pad_token_id, dtype=torch.bfloat16)
-        outs = []
-        for s in range(0, len(prompts), 16):
-            g = engine.generate(prompts[s : s + 16], max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, seed=args.seed + s)
-            for ids, mask in zip(g.completion_ids.tolist(), g.completion_mask.tolist()):
-                reply = [t for t, m in zip(ids, mask) if m]
-                outs.append([t for t in reply if t not in eos])  # the EOS that ended it is added back once below
-        return outs
-
-    def scores(completions) -> torch.Tensor:
-        rows = [p + c + [eos[0]] for p, c in zip(prompts, completions)]
-        vals = []
-        for s in range(0, len(rows), 16):
-            chunk = [torch.tensor(r) for r in rows[s : s + 16]]
-            batch = pad_rows(chunk, [1] * len(chunk), sft_tok.pad_token_id)
-            vals.append(rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).rewards.float())
-        return torch.cat(vals)
+        return sample_replies(model, sft_tok, prompts, args.max_new_tokens, seed=args.seed)
 
     t0 = time.time()
-    base = scores(replies(args.sft))
-    table = {"prompts": len(prompts), "sft_mean_reward": float(base.mean())}
+    base = replies(args.sft)
+    table = {"prompts": len(prompts)}
     for name in ("dpo", "simpo", "orpo"):
         if not _done(out / name):
             continue
-        comp = replies(out / name)
-        s = scores(comp)
-        wins = (s > base).float() + 0.5 * (s == base).float()
-        table[name] = {
-            "win_rate": float(wins.mean()),
-            "mean_reward": float(s.mean()),
-            "mean_reply_tokens": sum(len(c) for c in comp) / len(comp),
-        }
+        w = win_rate(rm, sft_tok, prompts, replies(out / name), base)
+        table["sft_mean_reward"] = w["baseline_mean_reward"]
+        table[name] = {"win_rate": w["win_rate"], "mean_reward": w["mean_reward"], "mean_reply_tokens": w["mean_reply_tokens"]}
         print(f"[winrate] {name}: {table[name]}", flush=True)
     table["seconds"] = time.time() - t0
     return table
