@@ -69,15 +69,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _harness import run_sides, story_documents  # benchmarks/_harness.py (scripts run from benchmarks/)
+
 SIDES = ("minigpt", "trl_live", "trl_precomputed")
 LLAMA = "trl_llama_precomputed"
 LABELS = {
@@ -90,25 +89,6 @@ PROMPT_PREFIX = "Continue the story:\n\n"
 
 
 # ----------------------------------------------------------------------------------- set-up
-def _documents(min_chars: int, seed: int) -> tuple[list[str], str]:
-    """Real text (TinyStories stories) when ../shared/data has it, else generated sentences."""
-    path = DATA / "tinystories" / "tinystories_first2MiB.txt"
-    if path.is_file():
-        docs = [s.strip() for s in path.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
-        return docs, str(path)
-    rng = random.Random(seed)
-    words = (
-        "the a little girl boy dog cat sun tree house garden friend mom dad ball park happy sad big small red blue "
-        "ran jumped looked found played said saw wanted liked went came smiled laughed and but so then with to in on"
-    ).split()
-    docs, total = [], 0
-    while total < min_chars:
-        sents = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))).capitalize() + "." for _ in range(rng.randint(5, 15))]
-        docs.append(" ".join(sents))
-        total += len(docs[-1])
-    return docs, "generated"
-
-
 def build_records(tok, docs: list[str], n: int, seq_len: int) -> list[dict]:
     """`n` records {"prompt": [user msg], "chosen": str, "rejected": str}: the rendered prompt
     is about seq_len // 2 tokens, each reply (with its closing <|im_end|> and TRL's trailing
@@ -155,10 +135,10 @@ def prepare(args, work: Path) -> dict:
         from minigpt.recipes.sft import load_base_model
 
         net, tok = load_base_model(args.model)
-        docs, source = _documents(n_chars, args.seed)
+        docs, source = story_documents(args.seed, n_chars)
     else:
         cfg = MiniGPTConfig.from_preset(args.preset)
-        docs, source = _documents(n_chars, args.seed)
+        docs, source = story_documents(args.seed, n_chars)
         t = time.perf_counter()
         tok = train_tokenizer(docs, vocab_size=cfg.vocab_size, out_dir=work / "tokenizer")
         print(f"tokenizer: {len(tok)} tokens trained on {source} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -401,19 +381,7 @@ def main() -> None:
 
             export_to_llama(work / "init", work / "llama")
             sides = (*SIDES, LLAMA)
-        rows = {}
-        for kind in sides:  # one after another, each in a fresh process
-            cmd = [sys.executable, __file__, "--worker", kind, "--work", str(work)]
-            for k in ("seq_len", "batch", "steps", "warmup", "lr", "beta", "seed", "threads"):
-                cmd += [f"--{k}", str(getattr(a, k))]
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-                raise SystemExit(f"{kind} worker failed (exit {proc.returncode})")
-            rows[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows[kind]["wall_s"] = time.perf_counter() - t
-            print(f"{kind}: median step {rows[kind]['step_s']:.3f} s ({rows[kind]['wall_s']:.0f} s in all)", file=sys.stderr)
+        rows = run_sides(__file__, sides, work, a, ("seq_len", "batch", "steps", "warmup", "lr", "beta", "seed", "threads"))  # one after another, each in a fresh process
 
     what = a.model or f"preset {a.preset} (random init, seed {a.seed})"
     header = (

@@ -84,15 +84,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _harness import run_sides, story_documents  # benchmarks/_harness.py (scripts run from benchmarks/)
+
 SIDES = ("minigpt", "trl")
 LLAMA = "trl_llama"
 LABELS = {
@@ -116,24 +115,6 @@ def vowel_share(prompts, completions, **kwargs) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------- set-up
-def _documents(seed: int) -> tuple[list[str], str]:
-    """TinyStories stories when ../shared/data has them, else generated sentences."""
-    path = DATA / "tinystories" / "tinystories_first2MiB.txt"
-    if path.is_file():
-        docs = [s.strip() for s in path.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
-        return docs, str(path)
-    rng = random.Random(seed)
-    words = (
-        "the a little girl boy dog cat sun tree house garden friend mom dad ball park happy sad big small red blue "
-        "ran jumped looked found played said saw wanted liked went came smiled laughed and but so then with to in on"
-    ).split()
-    docs = []
-    for _ in range(4000):
-        sents = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))).capitalize() + "." for _ in range(rng.randint(5, 15))]
-        docs.append(" ".join(sents))
-    return docs, "generated"
-
-
 def build_prompts(tok, docs: list[str], n: int, prompt_len: int) -> list[str]:
     """`n` user messages whose rendered prompt (template and generation prompt included) is
     about `prompt_len` tokens: consecutive windows of the tokenized documents."""
@@ -163,7 +144,7 @@ def prepare(args, work: Path) -> dict:
     from minigpt.tokenizer import load_tokenizer, render_prompt, train_tokenizer
 
     init = work / "init"
-    docs, source = _documents(args.seed)
+    docs, source = story_documents(args.seed)
     if args.model:
         from minigpt.recipes.sft import load_base_model
 
@@ -436,19 +417,7 @@ def main() -> None:
 
             export_to_llama(work / "init", work / "llama")
             sides = (*SIDES, LLAMA)
-        rows = {}
-        for kind in sides:  # one after another, each in a fresh process
-            cmd = [sys.executable, __file__, "--worker", kind, "--work", str(work)]
-            for k in ("prompts", "group", "new_tokens", "prompt_len", "steps", "warmup", "lr", "seed", "threads"):
-                cmd += [f"--{k}", str(getattr(a, k))]
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-                raise SystemExit(f"{kind} worker failed (exit {proc.returncode})")
-            rows[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows[kind]["wall_s"] = time.perf_counter() - t
-            print(f"{kind}: median step {rows[kind]['step_s']:.3f} s ({rows[kind]['wall_s']:.0f} s in all)", file=sys.stderr)
+        rows = run_sides(__file__, sides, work, a, ("prompts", "group", "new_tokens", "prompt_len", "steps", "warmup", "lr", "seed", "threads"))  # one after another, each in a fresh process
 
     what = a.model or f"preset {a.preset} (random init, seed {a.seed})"
     header = (
