@@ -16,10 +16,11 @@ import torch
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.cli import main
 from minigpt.errors import UserError
-from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
+from minigpt.model import MiniGPTForCausalLM
 from minigpt.recipes.dpo import dpo
 from minigpt.tokenizer import train_tokenizer
 from minigpt.train.config import TrainConfig
+from tiny_models import save_tiny_chat_model
 
 VOCAB = 300
 MAX_LENGTH = 48
@@ -60,14 +61,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo_recipe")
     recs = _records()
     base = root / "base"
-    tok = train_tokenizer([json.dumps(r) for r in recs] * 3, vocab_size=VOCAB, out_dir=base)
-    torch.manual_seed(0)
-    cfg = MiniGPTConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=None, initializer_range=0.1,
-    )
-    MiniGPTForCausalLM(cfg).save_pretrained(base)
+    save_tiny_chat_model(base, [json.dumps(r) for r in recs] * 3, vocab_size=VOCAB, max_position_embeddings=64)
     return root, base, _write_jsonl(root / "pairs.jsonl", recs)
 
 

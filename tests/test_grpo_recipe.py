@@ -22,6 +22,7 @@ from minigpt.objectives.grpo import GRPOObjective
 from minigpt.rl.grpo import GRPOConfig
 from minigpt.rl.rewards import CombinedReward
 from minigpt.tokenizer import train_tokenizer
+from tiny_models import save_tiny_chat_model
 
 COLOURS = ["red", "blue", "green", "pink", "black", "white", "grey", "gold"]
 
@@ -54,14 +55,7 @@ def env(tmp_path_factory):
     recs = _prompts()
     base = root / "base"
     texts = [json.dumps(r) for r in recs] + [f"<think>{c}</think><answer>{c}</answer>" for c in COLOURS]
-    tok = train_tokenizer(texts * 3, vocab_size=300, out_dir=base)
-    torch.manual_seed(0)
-    cfg = MiniGPTConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=96, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=None, initializer_range=0.1,
-    )
-    MiniGPTForCausalLM(cfg).save_pretrained(base)
+    save_tiny_chat_model(base, texts * 3)
     return root, base, _write_jsonl(root / "prompts.jsonl", recs)
 
 

@@ -16,9 +16,9 @@ import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import RLHFPipeline, create_rlhf_pipeline
 from minigpt.cli import main
 from minigpt.errors import UserError
-from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
+from minigpt.model import MiniGPTForCausalLM
 from minigpt.model.reward import MiniGPTRewardModel
-from minigpt.tokenizer import train_tokenizer
+from tiny_models import save_tiny_chat_model
 
 COLOURS = ["red", "blue", "green", "pink", "black", "white", "grey", "gold"]
 
@@ -39,14 +39,7 @@ def env(tmp_path_factory):
     pairs = [{"prompt": f"Is it {c}?", "chosen": f"yes, {c}.", "rejected": "no."} for c in COLOURS * 2]
     prompts = [{"prompt": f"Say {c}."} for c in COLOURS * 2]
     base = root / "base"
-    tok = train_tokenizer([json.dumps(r) for r in sft + pairs + prompts] * 3, vocab_size=300, out_dir=base)
-    torch.manual_seed(0)
-    cfg = MiniGPTConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=96, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=None, initializer_range=0.1,
-    )
-    MiniGPTForCausalLM(cfg).save_pretrained(base)
+    save_tiny_chat_model(base, [json.dumps(r) for r in sft + pairs + prompts] * 3)
     return {
         "root": root,
         "base": base,

@@ -20,12 +20,11 @@ from safetensors.torch import load_file
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
 from minigpt.errors import UserError
-from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.recipes.ppo import ppo
 from minigpt.rl.reward_model import create_reward_model
-from minigpt.tokenizer import train_tokenizer
 from minigpt.train.config import TrainConfig
+from tiny_models import save_tiny_chat_model
 
 WORDS = "good great nice bad awful sad it is very so the day was and".split()
 LOGGED = ("mean_reward", "mean_kl", "kl_coef", "ppo_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
@@ -38,14 +37,7 @@ def _model_dir(root: Path, name: str, texts: list[str], seed: int) -> tuple[Path
     """`(policy_dir, reward_model_dir)`: a random causal LM and a reward model built from it,
     each saved with a tokenizer trained on `texts`."""
     base = root / name
-    tok = train_tokenizer(texts, vocab_size=300, out_dir=base)
-    torch.manual_seed(seed)
-    cfg = MiniGPTConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-                        initializer_range=0.1)
-    policy = MiniGPTForCausalLM(cfg)
-    policy.save_pretrained(base)
+    tok, policy = save_tiny_chat_model(base, texts, seed=seed)
     rm = create_reward_model(policy, hidden_size=32)
     for p in rm.score.parameters():
         torch.nn.init.normal_(p, std=0.5)

@@ -22,11 +22,11 @@ import torch
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
 from minigpt.errors import UserError
-from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.recipes.reward import check_same_tokenizer, load_reward_model, reward, score
 from minigpt.tokenizer import load_tokenizer, train_tokenizer
 from minigpt.train.config import TrainConfig
+from tiny_models import save_tiny_chat_model
 
 VOCAB = 320
 CONTEXT = 128
@@ -75,13 +75,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
 def _model_dir(root: Path, name: str, texts: list[str], seed: int) -> Path:
     """A saved causal LM directory (random weights) with a tokenizer trained on `texts`."""
     out = root / name
-    tok = train_tokenizer(texts, vocab_size=VOCAB, out_dir=out)
-    torch.manual_seed(seed)
-    cfg = MiniGPTConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
-                        initializer_range=0.1)
-    MiniGPTForCausalLM(cfg).save_pretrained(out)
+    save_tiny_chat_model(out, texts, vocab_size=VOCAB, max_position_embeddings=CONTEXT, seed=seed)
     return out
 
 
