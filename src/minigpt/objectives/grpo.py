@@ -53,12 +53,22 @@ class GRPOObjective(RolloutObjective):
 
     # ------------------------------------------------------------------ consumer
     def num_units(self, batch: dict[str, Any]) -> int:
+        """Completion tokens of the micro-batch (token aggregation), or its completions with at
+        least one token (sequence aggregation): what the loop divides the summed loss by."""
         mask = batch["completion_mask"]
         if self.config.aggregation == "sequence":
             return int((mask.sum(dim=1) > 0).sum())
         return int(mask.sum())
 
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """Summed GRPO/GSPO loss of a micro-batch (keys in the module docstring).
+
+        Per completion token t of row i (DeepSeekMath eq. 3; GSPO eq. 5 with the sequence
+        ratio): `−min(r·A_i, clip(r, 1−ε_low, 1+ε_high)·A_i) + β·k3(π, π_ref)`, with
+        `r = π/π_old` per token (grpo) or `exp(mean_t log π/π_old)` per row (gspo), summed per
+        token or as each row's token mean (`aggregation`). Metrics: `clip_fraction`,
+        `ratio_mean`, `ratio_max`, `approx_kl`, `kl` (β > 0) and the rollout's floats.
+        """
         c = self.config
         mask = batch["completion_mask"]
         logprobs = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], mask, c.temperature)

@@ -192,6 +192,7 @@ class PPOObjective(RolloutObjective):
 
     # ------------------------------------------------------------------ consumer
     def num_units(self, batch: dict[str, Any]) -> int:
+        """Completion tokens of the micro-batch (the loss is a token mean over the step)."""
         return int(batch["completion_mask"].sum())
 
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
