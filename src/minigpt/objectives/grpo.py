@@ -28,10 +28,10 @@ from minigpt.losses.advantages import group_advantages
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss
 from minigpt.objectives.base import LossOutput
-from minigpt.objectives.rollout import RolloutObjective, decode_completions, eval_mode, rollout_metrics, score_rollout
+from minigpt.objectives.rollout import RolloutObjective, eval_mode, rollout_metrics, score_rollout
 from minigpt.rl.rollout import completion_logprobs
 
-__all__ = ["GRPOObjective", "decode_completions", "eval_mode", "rollout_metrics"]
+__all__ = ["GRPOObjective"]
 
 
 class GRPOObjective(RolloutObjective):
