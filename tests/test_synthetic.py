@@ -184,6 +184,30 @@ def test_exclude_removes_given_problems():
         arithmetic_conversations(5, exclude=["1 + 1", "no numbers here"])
 
 
+def test_direct_share_mixes_bare_answers_into_the_same_problems():
+    worked = arithmetic_conversations(2000, seed=3)
+    mixed = arithmetic_conversations(2000, seed=3, direct=0.5)
+    # Same problems and phrasings; only some assistant turns change.
+    assert [r["messages"][0] for r in worked] == [r["messages"][0] for r in mixed]
+    bare = 0
+    for w, m in zip(worked, mixed):
+        question, reply = m["messages"][0]["content"], m["messages"][1]["content"]
+        a, op, b = QUESTION_EXPR.search(question).groups()
+        if reply == w["messages"][1]["content"]:
+            continue
+        bare += 1
+        assert reply == f"<think></think><answer>{_evaluate(int(a), op, int(b))}</answer>"
+        assert "step by step" not in question  # asked-for working is never dropped
+    # 1/8 of the phrasings ask for the steps, so about 0.5 × 7/8 of the replies are bare.
+    assert abs(bare / 2000 - 0.5 * 7 / 8) < 0.04
+    assert all("<think></think>" not in r["messages"][1]["content"] for r in worked)
+    assert all("<think></think>" in r["messages"][1]["content"]
+               for r in arithmetic_conversations(200, seed=3, direct=1.0)
+               if "step by step" not in r["messages"][0]["content"])
+    with pytest.raises(UserError, match="direct"):
+        arithmetic_conversations(5, direct=1.5)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -448,12 +448,27 @@ class ArithmeticProblem:
     def completion(self) -> str:
         return f"<think>{self.think}</think><answer>{self.answer}</answer>"
 
-    def conversation(self) -> dict:
-        """``{"messages": [user question, assistant completion]}``."""
+    @property
+    def direct_completion(self) -> str:
+        """The answer without working: ``<think></think><answer>{answer}</answer>``.
+
+        The empty think block is how hybrid-reasoning chat data marks a reply given without
+        thinking (Qwen3's non-thinking mode), so one tag format covers both kinds of reply.
+        """
+        return f"<think></think><answer>{self.answer}</answer>"
+
+    @property
+    def asks_for_steps(self) -> bool:
+        """Whether the question itself asks for the working ("… step by step")."""
+        return "step by step" in self.question
+
+    def conversation(self, direct: bool = False) -> dict:
+        """``{"messages": [user question, assistant completion]}``; ``direct=True`` answers
+        with :attr:`direct_completion` instead of the worked :attr:`completion`."""
         return {
             "messages": [
                 {"role": "user", "content": self.question},
-                {"role": "assistant", "content": self.completion},
+                {"role": "assistant", "content": self.direct_completion if direct else self.completion},
             ]
         }
 
@@ -667,6 +682,7 @@ def arithmetic_conversations(
     *,
     split: str | None = "train",
     exclude: Iterable | None = None,
+    direct: float = 0.0,
 ) -> list[dict]:
     """``n`` distinct arithmetic problems as reasoning SFT conversations.
 
@@ -684,12 +700,22 @@ def arithmetic_conversations(
             (:func:`arithmetic_split`); None keeps all.
         exclude: problems to leave out, given as questions, ``{"prompt"}`` records,
             conversations or :class:`ArithmeticProblem` objects.
+        direct: share in [0, 1] of the conversations answered without working,
+            ``<think></think><answer>85</answer>``, as in chat data that mixes thinking and
+            non-thinking replies. Questions that ask for the steps ("Work out … step by step.")
+            always get them. The choice has its own random stream, so the problems and
+            phrasings for a seed are the same whatever ``direct`` is. A model fine-tuned on
+            such a mix has both behaviours, and outcome-rewarded RL can learn which one pays
+            (the quickstart's GRPO stage does).
 
     Raises:
         UserError: bad arguments, an ``exclude`` entry without an ``a op b`` expression, or more
             distinct problems asked for than the digits/ops allow.
     """
-    return [p.conversation() for p in _arithmetic_set(n, seed, digits, ops, split, exclude)]
+    direct = _check_prob(direct, "direct")
+    problems = _arithmetic_set(n, seed, digits, ops, split, exclude)
+    rng = random.Random(f"direct-{seed}")
+    return [p.conversation(direct=rng.random() < direct and not p.asks_for_steps) for p in problems]
 
 
 def make_arithmetic_prompts(

@@ -77,6 +77,8 @@ def quickstart(
     group_size: int = 8,
     num_docs_conversations: int = 3000,
     num_arithmetic: int = 3000,
+    arithmetic_digits: int = 2,
+    direct_share: float = 0.5,
     num_heldout: int = 200,
     device: str = "auto",
     seed: int = 1337,
@@ -102,12 +104,18 @@ def quickstart(
         group_size: completions sampled per prompt (GRPO's G).
         num_docs_conversations: documentation Q&A conversations generated for SFT.
         num_arithmetic: arithmetic conversations (with `<think>` steps) generated for SFT.
+        arithmetic_digits: operands have 1 to this many digits (SFT, RL and held-out problems).
+        direct_share: share of the SFT arithmetic answers given without working
+            (`<think></think><answer>N</answer>`, a non-thinking reply). The SFT model then
+            mostly answers without thinking, and the GRPO stage shows what outcome-rewarded RL
+            does: it learns from the answer reward alone that working the steps pays.
         num_heldout: held-out arithmetic problems for the accuracy figure.
         device: auto, cpu, cuda or mps.
         seed: random seed.
 
     Returns the SFT metrics plus `pretrain_val_bpb`, `arithmetic_accuracy` (after SFT),
-    `grpo_accuracy` (after GRPO) and `wall_seconds`.
+    `grpo_accuracy` (after GRPO), `reply_tokens` (mean held-out greedy reply length before and
+    after GRPO) and `wall_seconds`.
     """
     from minigpt.data.corpus import python_docs_corpus
     from minigpt.data.synthetic import arithmetic_conversations, docs_conversations, make_arithmetic_prompts
@@ -133,13 +141,20 @@ def quickstart(
         print(f"--- {prompt!r}\n{prompt}{text}")
 
     print("[3/6] SFT data: documentation Q&A + arithmetic worked in <think> steps")
-    heldout = make_arithmetic_prompts(num_heldout, seed=seed + 1)
+    digits = (1, arithmetic_digits)
+    heldout = make_arithmetic_prompts(num_heldout, seed=seed + 1, digits=digits)
     conversations = docs_conversations(num_docs_conversations, seed=seed, docs=docs)
-    arithmetic = arithmetic_conversations(num_arithmetic, seed=seed, exclude={p["prompt"] for p in heldout})
+    arithmetic = arithmetic_conversations(
+        num_arithmetic, seed=seed, digits=digits, exclude={p["prompt"] for p in heldout}, direct=direct_share
+    )
     _write_jsonl(root / "data" / "docs_conversations.jsonl", conversations)
     _write_jsonl(root / "data" / "arithmetic_reasoning.jsonl", arithmetic)
     _write_jsonl(root / "data" / "arithmetic_heldout.jsonl", heldout)
-    print(f"      {len(conversations)} documentation conversations, {len(arithmetic)} arithmetic ones -> {root / 'data'}")
+    bare = sum("<think></think>" in c["messages"][-1]["content"] for c in arithmetic)
+    print(
+        f"      {len(conversations)} documentation conversations, {len(arithmetic)} arithmetic ones "
+        f"({bare} answered without working) -> {root / 'data'}"
+    )
 
     print("[4/6] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×10)")
     metrics = sft(
@@ -154,12 +169,14 @@ def quickstart(
     )
 
     final = root / "sft"
-    accuracy = grpo_accuracy = None
+    accuracy = grpo_accuracy = reply_tokens = None
     if grpo_seconds > 0:
         print(f"[5/6] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
         from minigpt.recipes.grpo import grpo
 
-        rl_prompts = make_arithmetic_prompts(4000, seed=seed + 2, exclude=heldout)
+        # Fresh problems of the training split (the held-out ones excluded): RL prompts may
+        # repeat SFT problems, never held-out ones.
+        rl_prompts = make_arithmetic_prompts(3000, seed=seed + 2, digits=digits, split="train", exclude=heldout)
         _write_jsonl(root / "data" / "arithmetic_rl_prompts.jsonl", rl_prompts)
         rl = grpo(
             model=str(root / "sft"),
@@ -178,6 +195,7 @@ def quickstart(
             overwrite=True,
         )
         accuracy, grpo_accuracy = rl["val_reward/answer_before"], rl["val_reward/answer"]
+        reply_tokens = (rl["val_completion_length_before"], rl["val_completion_length"])
         final = root / "grpo"
 
     print("[6/6] chat (scripted; try it yourself with the command at the end)")
@@ -197,8 +215,11 @@ def quickstart(
     metrics["pretrain_val_bpb"] = pre.get("val_bpb", float("nan"))
     metrics["arithmetic_accuracy"] = accuracy
     metrics["grpo_accuracy"] = grpo_accuracy
+    metrics["reply_tokens"] = reply_tokens
     metrics["wall_seconds"] = time.time() - t0
-    rl_part = "" if grpo_accuracy is None else f" -> {grpo_accuracy:.1%} after GRPO"
+    rl_part = "" if grpo_accuracy is None else (
+        f" -> {grpo_accuracy:.1%} after GRPO (mean reply {reply_tokens[0]:.0f} -> {reply_tokens[1]:.0f} tokens)"
+    )
     print(
         f"quickstart finished in {metrics['wall_seconds']:.0f} s: pretraining val {metrics['pretrain_val_bpb']:.3f} bits per byte; "
         f"SFT held-out assistant-token loss {metrics.get('val_loss_before', float('nan')):.3f} -> {metrics.get('val_loss', float('nan')):.3f} nats; "
