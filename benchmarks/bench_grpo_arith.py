@@ -1,22 +1,24 @@
 """GRPO vs GSPO on a verifiable task the project generates (issue 5 §6, first bullet).
 
-Task: multi-digit arithmetic worked in `<think>` column steps (`minigpt.data.synthetic`), the
-task the quickstart's SFT stage teaches. Start model: an SFT model that learned it: by default
-the quickstart's `runs/quickstart/sft` given `--extra-sft-seconds` (240) more SFT on 20,000 fresh
-arithmetic conversations (the held-out problems excluded), so that RL starts from a model that
-gets a fair share of problems right; `--extra-sft-seconds 0` starts from `--sft` as it is. Held-out: the quickstart's 200 held-out problems
-(`runs/quickstart/data/arithmetic_heldout.jsonl`, hash-disjoint from the SFT problems); RL
-prompts are fresh problems of the same generator that exclude the held-out ones.
+Task: the quickstart's arithmetic (`minigpt quickstart`): integer +, -, × with 1-2 digit operands,
+answered as `<think>column steps</think><answer>N</answer>`. Half of the quickstart's SFT answers
+are given without working (`<think></think><answer>N</answer>`), so its SFT model has two
+behaviours and, decoding greedily, mostly answers without thinking. Start model, held-out
+problems and RL prompts are the quickstart's: `RUN/sft`, `RUN/data/arithmetic_heldout.jsonl`
+(200 problems, hash-disjoint from the SFT problems) and `RUN/data/arithmetic_rl_prompts.jsonl`
+(fresh problems, the held-out ones excluded). Run the quickstart first.
 
 For each seed, two runs of equal steps from the same start: GRPO (token-level ratio, token-mean
 loss) and GSPO (sequence-level ratio and clipping, sequence-mean loss). Everything else is
 shared: reward = the answer check (1 if the last `<answer>` equals the reference), group size,
-prompts per step, temperature, learning rate, β (KL to the start model). The table gives greedy
-held-out accuracy of the start model and after each run, mean ± standard deviation over seeds
-(the seed changes the RL prompt order and the sampling), and the per-seed figures.
+prompts per step, temperature, learning rate, β. The seed changes the RL prompt order and the
+sampling. The table gives, for the start model and after each run (mean ± standard deviation
+over seeds, and per seed): greedy held-out accuracy, sampled mean@k at the training temperature,
+and the mean greedy reply length in tokens (bare answers are about 11 tokens, worked ones 30+).
 
-    python benchmarks/bench_grpo_arith.py                      # 3 seeds × (GRPO, GSPO), ~15 min
-    python benchmarks/bench_grpo_arith.py --steps 100 --seeds 1 2 3 --out /work/runs/grpo_arith
+    minigpt quickstart                                  # once: runs/quickstart
+    python benchmarks/bench_grpo_arith.py               # 3 seeds × (GRPO, GSPO), ~15 min
+    python benchmarks/bench_grpo_arith.py --steps 300 --seeds 1 2 3 --out /work/runs/grpo_arith
 
 Run it on a quiet machine (2 CPU cores: concurrent jobs slow every run several-fold).
 """
@@ -32,68 +34,36 @@ from pathlib import Path
 from minigpt.train.config import TrainConfig
 
 
-def make_prompts(heldout_file: Path, n: int, seed: int, ops: str, out: Path) -> Path:
-    from minigpt.data.synthetic import make_arithmetic_prompts
-
-    held = [json.loads(line) for line in heldout_file.read_text().splitlines() if line.strip()]
-    prompts = make_arithmetic_prompts(n, seed=seed, ops=ops, exclude=held)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    return out
-
-
-def extra_sft(model: str, heldout_file: Path, out: Path, seconds: float) -> None:
-    """SFT `model` on 20,000 fresh arithmetic conversations (held-out problems excluded) for
-    `seconds` into `out/sft`."""
-    from minigpt.data.synthetic import arithmetic_conversations
-    from minigpt.recipes.sft import sft
-
-    held = [json.loads(line) for line in heldout_file.read_text().splitlines() if line.strip()]
-    convs = arithmetic_conversations(20000, seed=11, exclude={p["prompt"] for p in held})
-    data = out / "arith_sft.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    sft(
-        model=model, data=str(data), out=str(out / "sft"), max_length=256, overwrite=True,
-        train=TrainConfig(max_steps=0, max_time=seconds, batch_size=16, lr=5e-4, warmup_steps=20, eval_interval=0, save_interval=0, keep_last=1, progress=False, tensorboard=False),
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sft", default="runs/quickstart/sft", help="start model (an SFT model that learned the task)")
-    ap.add_argument("--heldout", default="runs/quickstart/data/arithmetic_heldout.jsonl", help="held-out problems (>= 200)")
+    ap.add_argument("--run", default="runs/quickstart", help="a quickstart run directory (sft/ and data/)")
     ap.add_argument("--out", default="runs/grpo_arith")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--beta", type=float, default=0.0)
     ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--ops", default="+-*", help="operations of the RL prompts")
     ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--extra-sft-seconds", type=float, default=240.0, help="arithmetic-only SFT of --sft before RL (0 = none)")
     ap.add_argument("--eval-samples", type=int, default=4, help="sampled completions per held-out problem (mean@k at the training temperature)")
     args = ap.parse_args()
 
     from minigpt.recipes.grpo import grpo
 
     out = Path(args.out)
-    heldout = Path(args.heldout)
-    start = args.sft
-    if args.extra_sft_seconds > 0:
-        start = str(out / "sft")
-        if not (out / "sft" / "config.json").is_file():
-            extra_sft(args.sft, heldout, out, args.extra_sft_seconds)
-    prompts = make_prompts(heldout, 4000, 7, args.ops, out / "rl_prompts.jsonl")
+    run = Path(args.run)
+    start, heldout, prompts = run / "sft", run / "data" / "arithmetic_heldout.jsonl", run / "data" / "arithmetic_rl_prompts.jsonl"
+    for path in (start / "config.json", heldout, prompts):
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: run `minigpt quickstart --out {run}` first")
     results: dict = {"settings": vars(args), "runs": []}
     start_acc = None
     for seed in args.seeds:
         for algo in ("grpo", "gspo"):
             t0 = time.time()
             m = grpo(
-                model=start, data=str(prompts), eval_data=str(heldout), out=str(out / f"{algo}_s{seed}"), reward="answer",
+                model=str(start), data=str(prompts), eval_data=str(heldout), out=str(out / f"{algo}_s{seed}"), reward="answer",
                 algorithm=algo, group_size=args.group, beta=args.beta, temperature=args.temperature,
                 max_new_tokens=args.max_new_tokens, max_val=None, eval_samples=args.eval_samples,
                 train=TrainConfig(
@@ -104,28 +74,33 @@ def main() -> None:
             )
             start_acc = m["val_reward/answer_before"]
             start_sampled = m.get("val_sampled_reward/answer_before", float("nan"))
+            start_len = m["val_completion_length_before"]
             results["runs"].append({
                 "algorithm": algo, "seed": seed, "before": start_acc, "after": m["val_reward/answer"],
                 "sampled_before": start_sampled, "sampled_after": m.get("val_sampled_reward/answer", float("nan")),
-                "seconds": time.time() - t0,
+                "length_before": start_len, "length_after": m["val_completion_length"], "seconds": time.time() - t0,
             })
             print(
                 f"{algo} seed {seed}: held-out greedy accuracy {start_acc:.3f} -> {m['val_reward/answer']:.3f}; "
-                f"sampled mean@{args.eval_samples} {start_sampled:.3f} -> {m.get('val_sampled_reward/answer', float('nan')):.3f} ({time.time() - t0:.0f} s)",
+                f"sampled mean@{args.eval_samples} {start_sampled:.3f} -> {m.get('val_sampled_reward/answer', float('nan')):.3f}; "
+                f"greedy reply {start_len:.1f} -> {m['val_completion_length']:.1f} tokens ({time.time() - t0:.0f} s)",
                 flush=True,
             )
     n_held = sum(1 for line in heldout.read_text().splitlines() if line.strip())
     print(f"\nheld-out: {n_held} problems, greedy; {args.steps} steps × {args.prompts} prompts × group {args.group}, lr {args.lr}, beta {args.beta}, T {args.temperature}\n")
-    print(f"| model | greedy accuracy (mean ± sd over seeds) | per seed | sampled mean@{args.eval_samples}, T {args.temperature} | per seed |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| SFT (start) | {start_acc:.3f} | | {start_sampled:.3f} | |")
+    print(
+        f"| model | greedy accuracy (mean ± sd over seeds) | per seed | sampled mean@{args.eval_samples}, T {args.temperature} | per seed "
+        "| greedy reply tokens | per seed |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| SFT (start) | {start_acc:.3f} | | {start_sampled:.3f} | | {start_len:.1f} | |")
     for algo in ("grpo", "gspo"):
         rows = [r for r in results["runs"] if r["algorithm"] == algo]
         cells = []
-        for key in ("after", "sampled_after"):
+        for key, digits in (("after", 3), ("sampled_after", 3), ("length_after", 1)):
             vals = [r[key] for r in rows]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells += [f"{statistics.mean(vals):.3f} ± {sd:.3f}", ", ".join(f"{v:.3f}" for v in vals)]
+            cells += [f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}", ", ".join(f"{v:.{digits}f}" for v in vals)]
         print(f"| after {algo.upper()} | " + " | ".join(cells) + " |")
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
