@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -160,6 +161,28 @@ class NaNAfter:
         if self.calls > self.after:
             out = LossOutput(out.loss_sum * float("nan"), out.num_units)
         return out
+
+
+class SlowStart(NaNAfter):
+    """LM objective whose first `slow` calls each take `delay` seconds longer."""
+
+    def __init__(self, slow: int, delay: float) -> None:
+        super().__init__(after=10**9)
+        self.slow, self.delay = slow, delay
+
+    def compute_loss(self, model, batch):
+        if self.calls < self.slow:
+            time.sleep(self.delay)
+        return super().compute_loss(model, batch)
+
+
+def test_time_budget_is_refitted_after_slow_first_steps(tmp_path):
+    """max_steps=0 + max_time: the step count fitted on slow first steps is refitted later, so
+    the run uses its budget (fitting once at step 6 would stop after ~29 steps, about 1 s in)."""
+    t = Trainer(tiny_model(), SlowStart(5, 0.1), Blocks(64), config(max_steps=0, max_time=3.0), tmp_path / "slow")
+    t.fit()
+    assert t.step > 40
+    assert 0.6 * 3.0 < t.elapsed <= 3.0 + 0.5
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

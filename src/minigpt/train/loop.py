@@ -360,9 +360,17 @@ class Trainer:
 
     def _calibrate(self, step_times: list[float]) -> None:
         """For `max_steps=0, max_time=T`: fix the step count from measured step times so the
-        cosine schedule ends when the budget does (5 % kept back for evaluation)."""
-        per_step = sorted(step_times[1:])[len(step_times[1:]) // 2]  # median, first step excluded
-        remaining = 0.95 * self.config.max_time - self.elapsed
+        cosine schedule ends when the budget does (5 % kept back for evaluation).
+
+        Called after 6 timed steps and again each time their number doubles (12, 24, …) while
+        steps remain, from the median of the latest half of the step times (the first step
+        excluded): the first steps of a stage are often slower (warm caches, allocator), and RL
+        steps change speed as completions grow. Ranks average their figures, so all agree."""
+        recent = step_times[1:][-max(len(step_times) // 2, 5):]
+        per_step, elapsed = sorted(recent)[len(recent) // 2], self.elapsed
+        if self.world_size > 1:  # every rank must settle on the same step count
+            per_step, elapsed = (v / self.world_size for v in all_reduce_sum([per_step, elapsed], self.device))
+        remaining = 0.95 * self.config.max_time - elapsed
         self.total_steps = max(self.step + 1, self.step + int(remaining / per_step))
 
     # ------------------------------------------------------------------ the loop
@@ -387,6 +395,7 @@ class Trainer:
         self.callbacks.fire("on_train_start", self)
         calibrating = c.max_steps <= 0 and c.epochs is None and c.max_time
         step_times: list[float] = []
+        next_calibration = 6  # timed steps before the step count is (re)fixed; see _calibrate
         batches = self._batches()
         from tqdm.auto import tqdm
 
@@ -451,10 +460,10 @@ class Trainer:
             for k, vs in means.items():  # already means (an RL rollout's reward …)
                 metrics[k] = sum(vs) / len(vs)
             self.history.append(metrics)
-            if calibrating and len(step_times) == 6:
+            if calibrating and len(step_times) == next_calibration:
                 self._calibrate(step_times)
                 bar.total = self.total_steps
-                calibrating = False
+                next_calibration *= 2
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
             if self.step % c.log_interval == 0 or self.step == self.total_steps:
