@@ -239,6 +239,20 @@ def test_top_p_never_samples_outside_the_nucleus():
     assert set(sample_next_token(logits, top_k=2, generator=gen).tolist()) == {0, 1}
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.97])
+def test_top_p_keeps_the_same_tokens_as_transformers(top_p):
+    """The sort-free nucleus (numpy value sort + threshold) keeps exactly the tokens that
+    `transformers`' TopPLogitsWarper keeps, on peaked and on flat random rows."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    gen = torch.Generator().manual_seed(int(top_p * 100))
+    logits = torch.randn(64, 500, generator=gen) * torch.linspace(0.05, 6.0, 64)[:, None]
+    ours = torch.isfinite(filter_logits(logits, top_p=top_p))
+    theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+    assert torch.equal(ours, theirs)
+    assert ours.sum(-1).min() >= 1 and ours.sum(-1).max() > 1
+
+
 def test_filter_logits_temperature_and_top_k_values():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     out = filter_logits(logits, temperature=2.0, top_k=2)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import UserError
-from minigpt.model.modeling import MiniGPTMLP, apply_rotary
+from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, apply_rotary
 
 
 @dataclass
@@ -107,7 +107,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         top_k: keep the k highest logits per row (ties with the k-th are kept too); 0 = off.
         top_p: keep the smallest set of highest-probability tokens whose mass reaches `top_p`
             (Holtzman et al. 2019, arXiv:1904.09751): a token is kept iff the mass of the
-            tokens ranked strictly above it is < top_p, so the top token is always kept.
+            tokens ranked strictly above it is < top_p, so the top token is always kept
+            (tokens tied with the last one kept are kept too; see `nucleus_threshold`).
             1.0 = off.
 
     Returns `(B, V)` float logits with removed tokens set to -inf.
@@ -119,14 +120,31 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_above = probs.cumsum(dim=-1) - probs  # (B, V) mass of strictly higher-ranked tokens
-        drop_sorted = mass_above >= top_p
-        drop_sorted[:, 0] = False  # never empty the distribution, even for tiny top_p
-        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        probs = logits.float().softmax(dim=-1)  # (B, V)
+        logits = logits.masked_fill(probs < nucleus_threshold(probs, top_p), float("-inf"))
     return logits
+
+
+def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The smallest probability inside each row's top-p nucleus: `(B, V) -> (B, 1)`.
+
+    Ranked by probability, a token is in the nucleus iff the mass of the tokens ranked above it
+    is < `top_p` (the top token always is); the nucleus is then every token whose probability is
+    at least the returned value, so tokens tied with the last one kept are kept too.
+
+    Only sorted values are needed, not the order: on CPU they come from numpy's SIMD sort,
+    about 18× faster than `torch.sort` for 16 × 6,400 (0.17 vs 3.1 ms here, which made top-p
+    the largest single cost of a decoding step).
+    """
+    if probs.device.type == "cpu":
+        import numpy as np
+
+        ranked = torch.from_numpy(np.sort(probs.float().numpy(), axis=-1)).flip(-1)  # (B, V) descending
+    else:
+        ranked = torch.sort(probs.float(), dim=-1, descending=True).values
+    mass_above = ranked.cumsum(dim=-1) - ranked  # (B, V) mass of strictly higher-ranked tokens
+    count = (mass_above < top_p).sum(dim=-1, keepdim=True).clamp_(min=1)  # (B, 1) nucleus size
+    return ranked.gather(-1, count - 1).to(probs.dtype)
 
 
 def sample_next_token(
@@ -662,6 +680,15 @@ class GenerationEngine:
             weights = linears.get(id(module))
             return module(inp) if weights is None else _linear(inp, weights)
 
+        low = self._compute_dtype() if linears else None
+
+        def norm(module: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
+            # In low precision, the model's RMSNorm as one fused fp32 op and one cast (the
+            # module spends ~8 small ops per call, 2 norms per layer, each decode step).
+            if low is None or type(module) is not MiniGPTRMSNorm:
+                return module(inp)
+            return F.rms_norm(inp.float(), (inp.shape[-1],), module.weight.float(), module.variance_epsilon).to(low)
+
         model = self.model
         b, t, _ = x.shape
         h_, k_, d_ = self.num_heads, self.num_kv_heads, self.head_dim
@@ -669,7 +696,7 @@ class GenerationEngine:
         end = start + t
         for li, layer in enumerate(model.model.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = norm(layer.input_layernorm, x)
             fused = linears.get(("qkv", id(attn)))
             if fused is not None:
                 # One rotary call for q and k together: (B, H+K, T, D) -> split.
@@ -698,10 +725,10 @@ class GenerationEngine:
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None)
                 y = y.transpose(1, 2).reshape(b, t, h_ * d_)
             x = x + lin(attn.o_proj, y)
-            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x), lin, linears.get(("gate_up", id(layer.mlp))))
+            x = x + self._mlp(layer.mlp, norm(layer.post_attention_layernorm, x), lin, linears.get(("gate_up", id(layer.mlp))))
         if last_only:
             x = x[:, -1:]
-        return lin(model.lm_head, model.model.norm(x))[:, -1]  # (B, V)
+        return lin(model.lm_head, norm(model.model.norm, x))[:, -1]  # (B, V)
 
     @staticmethod
     def _mlp(mlp: torch.nn.Module, x: torch.Tensor, lin, gate_up=None) -> torch.Tensor:
