@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minigpt.errors import UserError
 from minigpt.inference import (
@@ -251,6 +252,26 @@ def test_top_p_keeps_the_same_tokens_as_transformers(top_p):
     theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
     assert torch.equal(ours, theirs)
     assert ours.sum(-1).min() >= 1 and ours.sum(-1).max() > 1
+
+
+def test_prepacked_bf16_linear_is_bit_identical_and_used(model):
+    """oneDNN-prepacked bf16 weights give exactly F.linear's result for any leading shape, and
+    the bf16 engine on CPU actually runs its matmuls through them."""
+    from minigpt.inference.engine import _can_prepack, _linear, _Prepacked, _prepack
+
+    if not _can_prepack():
+        pytest.skip("this torch build has no oneDNN weight prepacking")
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 40, generator=gen).bfloat16()
+    b = torch.randn(48, generator=gen).bfloat16()
+    packed = _prepack(w, b)
+    assert isinstance(packed, _Prepacked)
+    for shape in [(1, 40), (16, 1, 40), (3, 7, 40)]:
+        x = torch.randn(*shape, generator=gen).bfloat16()
+        assert torch.equal(_linear(x, packed), F.linear(x, w, b))
+    engine = GenerationEngine(model, dtype=torch.bfloat16)
+    kinds = {type(v) for v in engine._prepared_linears(torch.bfloat16).values()}
+    assert _Prepacked in kinds
 
 
 def test_filter_logits_temperature_and_top_k_values():
