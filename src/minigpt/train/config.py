@@ -11,7 +11,8 @@ class TrainConfig:
 
     max_steps: int = 1000
     """Optimizer steps to run. 0 with `max_time` set: pick the count that fits the time budget
-    from the speed of the first steps (the schedule then decays over that many steps)."""
+    from the measured step speed, refitted as the run goes (the schedule decays over that
+    count)."""
     max_time: float | None = None
     """Wall-clock budget in seconds for the optimisation steps (evaluation included); training
     stops at the first step that ends past it. None: no limit."""
