@@ -66,16 +66,13 @@ the tokens per step of each side.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _harness import run_sides, story_documents  # benchmarks/_harness.py (scripts run from benchmarks/)
+from _harness import compare_sides, side_parser, story_documents, write_report  # benchmarks/_harness.py (scripts run from benchmarks/)
 
 SIDES = ("minigpt", "trl_live", "trl_precomputed")
 LLAMA = "trl_llama_precomputed"
@@ -352,36 +349,16 @@ def table(rows: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="small", help="model preset when --model is not given")
-    p.add_argument("--model", default=None, help="a saved model directory (with its tokenizer) instead of a random init")
+    p = side_parser(__doc__, (*SIDES, LLAMA), out="runs/bench_dpo.json", steps=10, lr=1e-5)
     p.add_argument("--seq_len", type=int, default=512, help="tokens of prompt + reply (max_length on both sides)")
     p.add_argument("--batch", type=int, default=8, help="preference pairs per step")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up steps)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
-    p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    p.add_argument("--out", default="runs/bench_dpo.json")
-    p.add_argument("--llama", action="store_true", help="also time TRL on the same weights exported as a transformers Llama")
-    p.add_argument("--worker", choices=(*SIDES, LLAMA), help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker, a)))
         return
-
-    with tempfile.TemporaryDirectory(prefix="bench_dpo_") as tmp:
-        work = Path(tmp)
-        info = prepare(a, work)
-        sides = SIDES
-        if a.llama:
-            from minigpt.model.export import export_to_llama
-
-            export_to_llama(work / "init", work / "llama")
-            sides = (*SIDES, LLAMA)
-        rows = run_sides(__file__, sides, work, a, ("seq_len", "batch", "steps", "warmup", "lr", "beta", "seed", "threads"))  # one after another, each in a fresh process
+    keys = ("seq_len", "batch", "steps", "warmup", "lr", "beta", "seed", "threads")
+    info, rows = compare_sides(__file__, a, prepare, SIDES, LLAMA, keys)  # one after another, each in a fresh process
 
     what = a.model or f"preset {a.preset} (random init, seed {a.seed})"
     header = (
@@ -389,32 +366,17 @@ def main() -> None:
         f"batch {a.batch} pairs, max_length {a.seq_len}, bf16 autocast on CPU, {rows['minigpt']['threads']} threads; "
         f"median of {a.steps} steps after {a.warmup} warm-up; text: {info['text']}"
     )
-    md = table(rows)
     pre_ratio = rows["minigpt"]["step_s"] / rows["trl_precomputed"]["step_s"]
     live_ratio = rows["minigpt"]["step_s"] / rows["trl_live"]["step_s"]
     verdict = (
         f"target minigpt <= 0.70x TRL: {pre_ratio:.2f}x vs TRL precomputed ({'met' if pre_ratio <= 0.7 else 'NOT met'}), "
         f"{live_ratio:.2f}x vs TRL live ref ({'met' if live_ratio <= 0.7 else 'NOT met'})"
     )
-    print(header)
-    print()
-    print(md)
-    print()
-    print(verdict)
-    print(f"minigpt data: {rows['minigpt']['dataset']}")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "header": header,
-        "table": md,
-        "verdict": verdict,
-        "ratio_vs_trl_precomputed": pre_ratio,
-        "ratio_vs_trl_live": live_ratio,
-        "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "work")},
-        "model": info,
-        "sides": rows,
-    }, indent=2))
-    print(f"wrote {out}")
+    write_report(
+        a, header, table(rows), verdict, info, rows,
+        {"ratio_vs_trl_precomputed": pre_ratio, "ratio_vs_trl_live": live_ratio},
+        notes=[f"minigpt data: {rows['minigpt']['dataset']}"],
+    )
 
 
 if __name__ == "__main__":

@@ -81,16 +81,13 @@ neither changes what is computed.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _harness import run_sides, story_documents  # benchmarks/_harness.py (scripts run from benchmarks/)
+from _harness import compare_sides, side_parser, story_documents, write_report  # benchmarks/_harness.py (scripts run from benchmarks/)
 
 SIDES = ("minigpt", "trl")
 LLAMA = "trl_llama"
@@ -387,37 +384,17 @@ def table(rows: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="small", help="model preset when --model is not given")
-    p.add_argument("--model", default=None, help="a saved model directory (with its tokenizer) instead of a random init")
+    p = side_parser(__doc__, (*SIDES, LLAMA), out="runs/bench_grpo.json", steps=5, lr=1e-6)
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--group", type=int, default=4, help="completions per prompt (group_size / num_generations)")
     p.add_argument("--new_tokens", type=int, default=64, help="max new tokens per completion")
     p.add_argument("--prompt_len", type=int, default=64, help="tokens of a rendered prompt (about)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up steps)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
-    p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    p.add_argument("--out", default="runs/bench_grpo.json")
-    p.add_argument("--llama", action="store_true", help="also time TRL on the same weights exported as a transformers Llama")
-    p.add_argument("--worker", choices=(*SIDES, LLAMA), help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker, a)))
         return
-
-    with tempfile.TemporaryDirectory(prefix="bench_grpo_") as tmp:
-        work = Path(tmp)
-        info = prepare(a, work)
-        sides = SIDES
-        if a.llama:
-            from minigpt.model.export import export_to_llama
-
-            export_to_llama(work / "init", work / "llama")
-            sides = (*SIDES, LLAMA)
-        rows = run_sides(__file__, sides, work, a, ("prompts", "group", "new_tokens", "prompt_len", "steps", "warmup", "lr", "seed", "threads"))  # one after another, each in a fresh process
+    keys = ("prompts", "group", "new_tokens", "prompt_len", "steps", "warmup", "lr", "seed", "threads")
+    info, rows = compare_sides(__file__, a, prepare, SIDES, LLAMA, keys)  # one after another, each in a fresh process
 
     what = a.model or f"preset {a.preset} (random init, seed {a.seed})"
     header = (
@@ -426,27 +403,10 @@ def main() -> None:
         f"(chat template), bf16 on CPU, {rows['minigpt']['threads']} threads; median of {a.steps} steps after {a.warmup} warm-up; "
         f"text: {info['text']}"
     )
-    md = table(rows)
     ratio = rows["minigpt"]["step_s"] / rows["trl"]["step_s"]
     verdict = f"target minigpt <= 0.50x TRL: {ratio:.2f}x ({'met' if ratio <= 0.5 else 'NOT met'})"
-    print(header)
-    print()
-    print(md)
-    print()
-    print(verdict)
-    print("rewards (mean over steps): " + ", ".join(f"{k} {rows[k]['mean_reward']:.3f}" for k in rows if rows[k].get("mean_reward") is not None))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "header": header,
-        "table": md,
-        "verdict": verdict,
-        "ratio_vs_trl": ratio,
-        "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "work")},
-        "model": info,
-        "sides": rows,
-    }, indent=2))
-    print(f"wrote {out}")
+    rewards = "rewards (mean over steps): " + ", ".join(f"{k} {rows[k]['mean_reward']:.3f}" for k in rows if rows[k].get("mean_reward") is not None)
+    write_report(a, header, table(rows), verdict, info, rows, {"ratio_vs_trl": ratio}, notes=[rewards])
 
 
 if __name__ == "__main__":
