@@ -793,8 +793,9 @@ def _prepack(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
     `F.linear` on plain bf16 weights lets oneDNN reorder the weight into its blocked (AMX)
     layout on every call, which re-reads and re-writes it; reordering once when the weights are
     cast (with the fused RMSNorm) moved `benchmarks/bench_decode.py`'s bf16 engine from 2.5× /
-    2.8× to 4.0× / 4.0× fp32 `generate` at batch 1 / 16, with results bit-identical to `F.linear` (tested). These are the ops PyTorch's
-    own CPU inductor freezing uses; being private, any failure falls back to the plain weights.
+    2.8× to 4.0× / 4.0× fp32 `generate` at batch 1 / 16, with results bit-identical to
+    `F.linear` (tested). These are the ops PyTorch's own CPU inductor freezing uses; being
+    private, any failure falls back to the plain weights.
     """
     try:
         return _Prepacked(torch.ops.mkldnn._reorder_linear_weight(weight, 16), bias)
