@@ -176,13 +176,14 @@ class SlowStart(NaNAfter):
         return super().compute_loss(model, batch)
 
 
+@pytest.mark.usefixtures("one_thread")  # less contention with a parallel test worker: steady step times
 def test_time_budget_is_refitted_after_slow_first_steps(tmp_path):
     """max_steps=0 + max_time: the step count fitted on slow first steps is refitted later, so
     the run uses its budget (fitting once at step 6 would stop after ~29 steps, about 1 s in)."""
     t = Trainer(tiny_model(), SlowStart(5, 0.1), Blocks(64), config(max_steps=0, max_time=3.0), tmp_path / "slow")
     t.fit()
     assert t.step > 40
-    assert 0.6 * 3.0 < t.elapsed <= 3.0 + 0.5
+    assert 0.5 * 3.0 < t.elapsed <= 3.0 + 0.5  # the old fit stopped about 1 s in
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
