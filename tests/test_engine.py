@@ -260,7 +260,7 @@ def test_prepacked_bf16_linear_is_bit_identical_and_used(model):
     from minigpt.inference.engine import _can_prepack, _linear, _Prepacked, _prepack
 
     if not _can_prepack():
-        pytest.skip("this torch build has no oneDNN weight prepacking")
+        pytest.skip("this torch build or CPU cannot prepack bf16 weights for oneDNN (needs avx512bw/vl/dq or avx_ne_convert)")
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(48, 40, generator=gen).bfloat16()
     b = torch.randn(48, generator=gen).bfloat16()

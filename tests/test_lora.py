@@ -16,7 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, count_parameters
-from minigpt.model.lora import apply_lora, apply_prefix_tuning, load_adapter, merge_lora
+from minigpt.model.lora import adapters_disabled, apply_lora, apply_prefix_tuning, load_adapter, merge_lora
 from minigpt.objectives.lm import CausalLMObjective
 from minigpt.recipes.generate import load_model_and_tokenizer
 from minigpt.recipes.merge import merge
@@ -140,9 +140,9 @@ def test_merged_logits_equal_adapted_logits(trained):
     with alpha / r = 8 / 4 = 2."""
     model = copy.deepcopy(trained.model)
     adapted = logits(model)
-    model.disable_adapters()
-    assert (logits(model) - adapted).abs().max() > 1e-3  # the adapter matters
-    model.enable_adapters()
+    with adapters_disabled(model):
+        assert (logits(model) - adapted).abs().max() > 1e-3  # the adapter matters
+    assert torch.equal(logits(model), adapted)  # and is back on
     q = model.model.layers[0].self_attn.q_proj
     expected_w = q.base_layer.weight + 2.0 * q.lora_B["default"].weight @ q.lora_A["default"].weight
     merged = merge_lora(model)
@@ -323,7 +323,12 @@ def test_merge_after_transformers_load_adapter_saves_plain_keys(trained, tmp_pat
     from safetensors import safe_open
 
     model = MiniGPTForCausalLM.from_pretrained(str(trained.base_dir))
-    model.load_adapter(str(trained.adapter_dir))
+    try:
+        model.load_adapter(str(trained.adapter_dir))
+    except ValueError as e:  # transformers' integration gates the peft release it accepts
+        if "peft" not in str(e).lower():
+            raise
+        pytest.skip(f"transformers' own adapter loading refuses this peft release: {e}")
     merge_lora(model).save_pretrained(tmp_path / "m")
     with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(tiny_model().state_dict()) - {"lm_head.weight"}  # tied head not stored

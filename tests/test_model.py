@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 import minigpt
 from minigpt.errors import UserError
 from minigpt.model import PRESETS, MiniGPTConfig, MiniGPTForCausalLM, count_parameters
+from minigpt.model.modeling import model_cache
 from minigpt.model.export import EXPORT_MARKER, export_command, export_to_llama
 
 ATOL = 1e-5
@@ -224,7 +225,10 @@ def test_every_parameter_gets_a_gradient(tied):
 # --------------------------------------------------------------------------- KV cache
 
 
-def test_kv_cache_decoding_equals_full_recompute():
+@pytest.mark.parametrize("cache_arg", ["past_key_values", "cache"])
+def test_kv_cache_decoding_equals_full_recompute(cache_arg):
+    """Under either name of the cache argument: `past_key_values`, or `cache` (the name
+    transformers 5.24's `generate` passes)."""
     model = make_model(num_key_value_heads=1)
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(0, model.config.vocab_size, (2, 14), generator=gen)
@@ -232,13 +236,13 @@ def test_kv_cache_decoding_equals_full_recompute():
         full = model(ids, use_cache=False).logits  # (B, T, V)
         out = model(ids[:, :6], use_cache=True)
         torch.testing.assert_close(out.logits, full[:, :6], atol=ATOL, rtol=RTOL)
-        cache = out.past_key_values
+        cache = model_cache(out)
         assert cache is not None and cache.get_seq_length() == 6
         for t in range(6, 10):  # one token at a time
-            step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            step = model(ids[:, t : t + 1], use_cache=True, **{cache_arg: cache})
             torch.testing.assert_close(step.logits[:, 0], full[:, t], atol=ATOL, rtol=RTOL)
         # a chunk of several tokens on top of the cache needs the causal mask within the chunk
-        chunk = model(ids[:, 10:14], past_key_values=cache, use_cache=True)
+        chunk = model(ids[:, 10:14], use_cache=True, **{cache_arg: cache})
         torch.testing.assert_close(chunk.logits, full[:, 10:14], atol=ATOL, rtol=RTOL)
         assert cache.get_seq_length() == 14
 
@@ -250,7 +254,7 @@ def test_kv_cache_with_left_padding_equals_unpadded_full_forward():
     prompts = [s[:-4] for s in seqs]
     ids, mask = left_pad(prompts, pad_id=1)
     with torch.no_grad():
-        cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
+        cache = model_cache(model(ids, attention_mask=mask, use_cache=True))
         for k in range(4):
             tok = torch.stack([s[len(s) - 4 + k] for s in seqs])[:, None]  # (B, 1)
             mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)

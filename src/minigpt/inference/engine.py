@@ -27,6 +27,7 @@ H = query heads, K = key/value heads, D = head_dim, C = hidden_size, V = vocab_s
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -783,8 +784,18 @@ class _Prepacked(NamedTuple):
     bias: torch.Tensor | None  # (out,)
 
 
+@functools.cache
 def _can_prepack() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """True when this torch build and this CPU can reorder bf16 weights for oneDNN: the build has
+    the op, and the CPU has the instructions its bf16 path needs (avx512bw/vl/dq or
+    avx_ne_convert; a plain AVX2 CPU refuses), which a tiny probe reorder tells."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 16)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _prepack(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:

@@ -9,13 +9,17 @@ so training starts from the base model's function exactly. DoRA (Liu et al. 2024
 arXiv:2402.09353) also learns a per-output-row magnitude of the merged weight. QLoRA (Dettmers
 et al. 2023, arXiv:2305.14314) keeps the frozen base in 4-bit NF4 (or 8-bit) on the GPU.
 
-We write none of that math: `peft` supplies the layers, the merge and the file format. The
-adapters are injected into the `MiniGPTForCausalLM` *in place* through `transformers`'
-`PeftAdapterMixin` (`model.add_adapter`), so the model keeps its class and everything built
-on it (the training loop, `generate`, the fast engine) works unchanged; afterwards
-`model.save_pretrained(dir)` writes the adapter alone (`adapter_model.safetensors` +
-`adapter_config.json`, PEFT's format), and `model.disable_adapters()` gives the base model back
-(the reference policy of DPO/RL, DESIGN principle 4).
+We write none of that math: `peft` supplies the layers, the merge and the file format, through
+its own integration API (`inject_adapter_in_model`, `get_peft_model_state_dict`,
+`set_peft_model_state_dict`, `get_peft_model`), never through `transformers`' `PeftAdapterMixin`
+(`model.add_adapter` / `load_adapter`): that mixin refuses peft releases older than the one it
+was built for (transformers 5.24 needs peft >= 0.22.0, which was not yet published when 5.24 came
+out), and it would switch every LoRA path off. The adapters are injected into the
+`MiniGPTForCausalLM` *in place*, so the model keeps its class and everything built on it (the
+training loop, `generate`, the fast engine) works unchanged; `model.save_pretrained(dir)` writes
+the adapter alone (`adapter_model.safetensors` + `adapter_config.json`, PEFT's format, which
+`peft.PeftModel.from_pretrained(base, dir)` loads), and `adapters_disabled(model)` gives the base
+model back for a while (the reference policy of DPO/RL, DESIGN principle 4).
 
 Prefix tuning / P-tuning v2 (Li & Liang 2021, arXiv:2101.00190; Liu et al. 2021,
 arXiv:2110.07602) learns key/value vectors prepended to every layer's attention; `peft`
@@ -25,9 +29,12 @@ implements it by wrapping the model in a `PeftModelForCausalLM` that feeds the p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -54,8 +61,54 @@ def _report(model: nn.Module) -> str:
 
 
 def has_lora(model: nn.Module) -> bool:
-    """True when `model` carries adapters injected by `apply_lora` / `load_adapter`."""
-    return bool(getattr(model, "_hf_peft_config_loaded", False))
+    """True when `model` carries adapters injected in place (`apply_lora` / `load_adapter`, or
+    `transformers`' own `add_adapter` / `load_adapter`); False for a `peft.PeftModel` wrapper."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return False
+    return bool(getattr(model, "_hf_peft_config_loaded", False)) or isinstance(getattr(model, "peft_config", None), dict)
+
+
+def _tuner_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the body with `model`'s PEFT adapters switched off: the base model (the reference
+    policy of DPO and RL with LoRA, so no second copy is kept).
+
+    Works for adapters injected in place and for a `peft.PeftModel` wrapper (prefix tuning).
+    peft's switch also flips the adapters' `requires_grad`; every parameter's flag is restored
+    on exit, so frozen adapters stay frozen and trained ones stay trainable.
+
+    Raises:
+        UserError: the model carries no adapters.
+    """
+    from peft import PeftModel
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if isinstance(model, PeftModel):
+            with model.disable_adapter():
+                yield
+            return
+        layers = _tuner_layers(model)
+        if not layers:
+            raise UserError("the model carries no adapters to disable")
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _linear_names(model: nn.Module) -> dict[str, nn.Linear]:
@@ -164,7 +217,9 @@ def apply_lora(
     the LM head and every base weight are frozen. The update of a target layer is
     `(alpha / rank) · B A` (Hu et al. 2021, eq. 3); B starts at zero, so the model computes
     exactly the base function until trained. `model.save_pretrained(dir)` then writes only the
-    adapter (PEFT format); `model.disable_adapters()` / `enable_adapters()` toggle it.
+    adapter (PEFT format, see `save_adapter`); `with adapters_disabled(model):` runs the base.
+    The injection is peft's `inject_adapter_in_model`, so it works whatever peft release
+    `transformers`' own adapter integration expects.
 
     The adapter config records the base's absolute directory as `base_model_name_or_path`
     when `model` was loaded from a local directory (`model.name_or_path`), so
@@ -194,7 +249,7 @@ def apply_lora(
             a model that already has adapters; `quantize` without bitsandbytes or CUDA (the
             message says which is missing).
     """
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     if rank < 1:
         raise UserError(f"lora rank must be >= 1, not {rank}")
@@ -212,7 +267,7 @@ def apply_lora(
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, use_dora=use_dora, bias="none", task_type="CAUSAL_LM"
     )
-    model.add_adapter(config)
+    inject_adapter_in_model(config, model)  # peft sets model.peft_config = {"default": config}
     _set_base_path(model)
     wrong = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
     if wrong:  # peft's contract; checked because the whole point is a frozen base
@@ -220,6 +275,54 @@ def apply_lora(
     if verbose:
         print(f"LoRA r={rank} alpha={alpha}{' DoRA' if use_dora else ''}{f' {quantize}' if quantize else ''}: {_report(model)}")
     return model
+
+
+def save_adapter(model: nn.Module, out_dir: str | Path) -> None:
+    """Write the adapters of `model` alone, in PEFT's format, to `out_dir`.
+
+    `adapter_config.json` (the `LoraConfig`, with the base's directory) and
+    `adapter_model.safetensors` (peft's `get_peft_model_state_dict`, keys prefixed
+    `base_model.model.` as `PeftModel.save_pretrained` writes them, so
+    `peft.PeftModel.from_pretrained(base, dir)` and `load_adapter` both read it). The files are
+    written to a temporary name and renamed into place.
+
+    Raises:
+        UserError: the model carries no adapters.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if not has_lora(model):
+        raise UserError("the model carries no adapters to save")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model)  # "model.layers.0…q_proj.lora_A.weight" -> tensor
+    state = {"base_model.model." + k: v.detach().contiguous().cpu() for k, v in state.items()}
+    config = model.peft_config["default"]
+    tmp = out / f".tmp-adapter-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    config.save_pretrained(str(tmp))
+    save_file(state, str(tmp / _ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    for name in (_ADAPTER_CONFIG, _ADAPTER_WEIGHTS):
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _strip_peft_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("base_model.model."): v for k, v in state.items()}
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy adapter tensors (PEFT key names, with or without the `base_model.model.` prefix)
+    into `model`'s injected adapters through peft's `set_peft_model_state_dict`.
+
+    Returns:
+        the keys of `state` that matched no adapter of `model` (empty when all fit).
+    """
+    from peft import set_peft_model_state_dict
+
+    return list(set_peft_model_state_dict(model, _strip_peft_prefix(state)).unexpected_keys)
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:
@@ -321,22 +424,17 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     if has_lora(model):
         raise UserError("the model already has LoRA adapters; load the adapter into a fresh base model")
     _check_adapter_fits(model, path, cfg)
-    # Injected with add_adapter and filled by peft's own loader, not transformers'
-    # `model.load_adapter`: in transformers 5.23 the latter renames DoRA's
-    # `lora_magnitude_vector` to a key the model does not have and silently leaves the
-    # magnitudes at their initial values (it also leaves peft's key renaming on the model,
-    # which a later full save would apply).
-    from peft import PeftConfig, set_peft_model_state_dict
+    from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     config = PeftConfig.from_pretrained(str(path))
     config.inference_mode = not trainable
-    model.add_adapter(config)
-    config.base_model_name_or_path = cfg.get("base_model_name_or_path")  # add_adapter overwrote it
-    result = set_peft_model_state_dict(model, load_file(str(path / _ADAPTER_WEIGHTS)))
+    inject_adapter_in_model(config, model)
+    config.base_model_name_or_path = cfg.get("base_model_name_or_path")
+    result = set_peft_model_state_dict(model, _strip_peft_prefix(load_file(str(path / _ADAPTER_WEIGHTS))))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:
-        model.delete_adapter("default")
+        _remove_adapters(model, merge=False)  # the base stays as it was
         raise UserError(f"{path}: adapter weights do not match its config (unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
     for name, p in model.named_parameters():
         p.requires_grad_(trainable and "lora_" in name)
@@ -363,27 +461,35 @@ def merge_lora(model: nn.Module) -> nn.Module:
         UserError: the model has no adapters, or its base is quantized (merge into a
             full-precision copy of the base instead: `load_adapter` then `merge_lora`).
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     if not has_lora(model):
         raise UserError("the model has no LoRA adapters to merge")
-    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
-    if any(type(m.get_base_layer()) is not nn.Linear for _, m in wrapped):
+    if any(type(m.get_base_layer()) is not nn.Linear for m in _tuner_layers(model)):
         raise UserError("cannot merge adapters into a quantized (QLoRA) base; load the adapter into a full-precision base and merge that")
-    model.enable_adapters()
-    for name, module in wrapped:
-        module.merge(safe_merge=True)  # raises if the merged weight is not finite
+    _remove_adapters(model, merge=True)
+    model.requires_grad_(True)
+    return model
+
+
+def _remove_adapters(model: nn.Module, merge: bool) -> None:
+    """Replace every peft layer by its base `nn.Linear`, first folding the adapter into the
+    base weight when `merge` (peft's `merge(safe_merge=True)`, which raises on a non-finite
+    result), and forget the adapter config."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]:
+        if merge:
+            module.enable_adapters(True)
+            module.merge(safe_merge=True)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, module.get_base_layer())
-    del model.peft_config
+    if "peft_config" in model.__dict__:
+        del model.peft_config
     model._hf_peft_config_loaded = False
     # Drop the adapter key renamings transformers' `model.load_adapter` leaves on the model, so
     # save_pretrained writes the plain model's key names.
     conversions = getattr(model, "_weight_conversions", None)
     if conversions:
         model._weight_conversions = [c for c in conversions if not _is_adapter_renaming(c)]
-    model.requires_grad_(True)
-    return model
 
 
 def apply_prefix_tuning(

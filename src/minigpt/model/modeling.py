@@ -16,6 +16,8 @@ K = key/value heads, D = head_dim, C = hidden_size, V = vocab_size.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from typing import Any
 
@@ -25,6 +27,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
@@ -194,6 +197,21 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
 
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, except that a model carrying LoRA/DoRA adapters
+        injected in place by peft (`minigpt.model.lora.apply_lora` / `load_adapter`) writes the
+        adapter alone in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`)
+        and its `generation_config.json`, as `transformers`' own adapter integration would, but
+        without depending on which peft release that integration accepts."""
+        from minigpt.model.lora import has_lora, save_adapter
+
+        if has_lora(self) and not getattr(self, "_hf_peft_config_loaded", False):
+            save_adapter(self, save_directory)
+            if self.can_generate() and self.generation_config is not None:
+                self.generation_config.save_pretrained(save_directory)
+            return
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         """Normal(0, initializer_range) everywhere; the two projections that write into the
         residual stream (`o_proj`, `down_proj`) are scaled by 1/sqrt(2·layers) (GPT-2, Radford
@@ -206,41 +224,44 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
 
 
 def _position_ids(attention_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor:
-    """Positions `(B|1, T)` of the new tokens: counted over real tokens only when a padding mask is
-    given, so a left-padded sequence gets the same positions as the unpadded one."""
-    if attention_mask is None:
+    """Positions `(B|1, T)` of the new tokens.
+
+    As transformers' Llama does, `past + arange(T)` by default. When a 2-D padding mask covering
+    the cached and the new tokens is given, positions are counted over real tokens only, so a
+    left-padded row gets the same positions as the unpadded sequence (what `generate` computes
+    itself and passes as `position_ids`).
+    """
+    if attention_mask is None or attention_mask.ndim != 2 or attention_mask.shape[-1] != past + t:
         return torch.arange(past, past + t, device=device)[None]
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.clamp_(min=0)[:, -t:]
 
 
-def _attention_mask_4d(attention_mask: torch.Tensor | None, past: int, t: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask `(B|1, 1, T, S)`, True where query i may attend key j: causal and not padding.
+# transformers 5.24 renamed the cache argument of models, of `generate`'s model inputs, of the
+# model outputs and of `create_causal_mask` from `past_key_values` to `cache` (the old name is
+# deprecated until 5.40). MiniGPT accepts both names and speaks the installed library's own.
+_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
-    `S = kv_len` is the key length attention will see: `past + T` for a growing cache, the full
-    buffer for a preallocated (static) one, whose unwritten slots are masked. A 4-D mask (as
-    `generate` builds for static caches) is used as given (float additive masks are turned into
-    booleans). Returns None when plain causal attention suffices (no padding, nothing beyond the
-    written keys), which lets SDPA take its `is_causal` fast path. A padded query row keeps its
-    own diagonal so softmax never sees an all-masked row (those outputs are never used).
+
+def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The KV cache to use when it may come under either name.
+
+    `cache` (transformers ≥ 5.24's name) wins; the older `past_key_values` is used when `cache`
+    is missing or still empty. Both arrive at once with peft's prefix tuning (releases up to
+    0.21) under `generate` of transformers ≥ 5.24: peft passes its prefix as `past_key_values`
+    at every step, while `generate` passes its own cache as `cache`, empty at the first step
+    (so the prefix is taken, and written into the cache `generate` then carries on with) and
+    holding prefix and tokens afterwards.
     """
-    if attention_mask is not None and attention_mask.ndim == 4:
-        return attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-    s = past + t
-    no_padding = attention_mask is None or bool(attention_mask.all())
-    if no_padding and kv_len == s and (past == 0 or t == 1):
-        return None  # plain causal (prefill) or one new token seeing every written key
-    if attention_mask is not None and attention_mask.shape[-1] != s:
-        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens, expected past + new = {s}")
-    q_pos = torch.arange(past, s, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(kv_len, device=device)[None]  # (1, S)
-    keep = (k_pos <= q_pos)[None]  # (1, T, S): causal, and never a slot not yet written
-    if not no_padding:
-        real = torch.zeros(attention_mask.shape[0], kv_len, dtype=torch.bool, device=device)
-        real[:, :s] = attention_mask.bool()
-        keep = keep & real[:, None, :]  # (B, T, S)
-        keep |= (k_pos == q_pos)[None]
-    return keep[:, None]
+    if cache is None or (past_key_values is not None and cache.get_seq_length() == 0):
+        return past_key_values
+    return cache
+
+
+def model_cache(output: Any) -> Cache | None:
+    """The KV cache a MiniGPT forward returned, whatever the installed transformers calls it."""
+    return getattr(output, _OUTPUT_CACHE_FIELD)
 
 
 class MiniGPTModel(MiniGPTPreTrainedModel):
@@ -263,35 +284,56 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Run the stack.
 
+        Masks and positions are built as transformers' own Llama builds them: the mask by
+        `transformers.masking_utils.create_causal_mask` from the padding mask, the cache's own
+        sizes (`get_mask_sizes`, which also covers a preallocated `StaticCache`) and the
+        positions (position ids that restart inside a row, with no padding mask, mean packed
+        sequences and give a block-diagonal mask). `None` is returned by it when plain causal
+        attention suffices, which lets SDPA take its `is_causal` fast path.
+
         Args:
             input_ids: `(B, T)` token ids (or `inputs_embeds` `(B, T, C)`).
             attention_mask: `(B, S)` with 1 for real tokens and 0 for padding, covering the
-                cached tokens too; None means no padding.
-            position_ids: `(B, T)`; by default counted over real tokens.
-            past_key_values: a `transformers` `Cache` (e.g. `DynamicCache`) updated in place.
-            use_cache: create a `DynamicCache` when none is given.
+                cached tokens too (`S = past + T`); or a prepared `(B, 1, T, S)` mask (bool,
+                True = may attend, or additive float), used as given; None means no padding.
+            position_ids: `(B, T)`; by default `past + arange(T)`, counted over real tokens
+                when a 2-D padding mask is given.
+            past_key_values / cache: a `transformers` `Cache` (e.g. `DynamicCache`,
+                `StaticCache`) updated in place; transformers ≥ 5.24 passes it as `cache`.
+            use_cache: create a `DynamicCache` when none is given (not in training mode).
+
+        Raises:
+            ValueError: both or neither of `input_ids` / `inputs_embeds`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        cache = _pick_cache(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        t = x.shape[1]
-        kv_len = past_key_values.get_mask_sizes(t, 0)[0] if past_key_values is not None else t
+        if use_cache and cache is None and not self.training:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = _position_ids(attention_mask if attention_mask is None or attention_mask.ndim == 2 else None, past, t, x.device)
-        mask = _attention_mask_4d(attention_mask, past, t, kv_len, x.device)
+            position_ids = _position_ids(attention_mask, past, x.shape[1], x.device)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=x,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{_MASK_CACHE_ARG: cache},
+        )  # (B, 1, T, S) bool (sdpa) or additive float (eager), or None = plain causal
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask == 0 if torch.is_floating_point(mask) else mask.bool()  # additive -> keep/drop
         rope = self.rotary_emb(x, position_ids)
         x = self.dropout(x)
         for layer in self.layers:
-            x = layer(x, rope, mask, past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=past_key_values)
+            x = layer(x, rope, mask, cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), **{_OUTPUT_CACHE_FIELD: cache})
 
 
 class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
@@ -322,6 +364,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits `(B, T, V)` (or of the last `logits_to_keep` positions) and, given targets, the
@@ -344,6 +387,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            cache=cache,
         )
         h = out.last_hidden_state  # (B, T, C)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -358,7 +402,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             loss = token_cross_entropy(logits[:, -shift_labels.shape[1] :], shift_labels, reduction="sum")
             denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
             loss = loss / denom
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_OUTPUT_CACHE_FIELD: model_cache(out)})
 
 
 #: The name users of the original design know.

@@ -28,6 +28,7 @@ from minigpt.losses.preference import (
     sequence_log_probs,
     simpo_loss,
 )
+from minigpt.model.lora import adapters_disabled, has_lora
 from minigpt.objectives.base import LossOutput
 
 
@@ -72,22 +73,11 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 
 def has_adapters(model: torch.nn.Module) -> bool:
-    """True when `model` carries PEFT adapters that `disable_adapters()` can switch off."""
-    return bool(getattr(model, "_hf_peft_config_loaded", False)) or hasattr(model, "disable_adapter")
+    """True when `model` carries PEFT adapters (in place, or a `peft.PeftModel` wrapper) that
+    `adapters_disabled` can switch off."""
+    from peft import PeftModel
 
-
-@contextlib.contextmanager
-def adapters_disabled(model: torch.nn.Module):
-    """Run the body with `model`'s PEFT adapters switched off (the base model = the reference)."""
-    if hasattr(model, "disable_adapter") and not getattr(model, "_hf_peft_config_loaded", False):
-        with model.disable_adapter():  # a peft.PeftModel wrapper
-            yield
-        return
-    model.disable_adapters()
-    try:
-        yield
-    finally:
-        model.enable_adapters()
+    return has_lora(model) or isinstance(model, PeftModel)
 
 
 class _ReferenceMixin:

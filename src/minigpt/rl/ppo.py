@@ -25,6 +25,7 @@ from minigpt.rl.config import DictConfig
 from minigpt.rl.trainer import PolicyTrainer, sampling_ids
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.objectives.ppo import PPOObjective
+from minigpt.model.lora import has_lora, load_adapter_state
 from minigpt.objectives.preference import has_adapters
 from minigpt.rl.rollout import completion_logprobs
 
@@ -212,11 +213,8 @@ class ActorCritic(nn.Module):
         policy = {k[len("policy.") :] if k.startswith("policy.") else k: v for k, v in rest.items()}
         missing: list[str] = []
         unexpected: list[str] = []
-        if getattr(self.policy, "_hf_peft_config_loaded", False) and not prefixed:
-            from peft import set_peft_model_state_dict
-
-            result = set_peft_model_state_dict(self.policy, policy)
-            unexpected += list(result.unexpected_keys)
+        if has_lora(self.policy) and not prefixed:
+            unexpected += load_adapter_state(self.policy, policy)
         else:
             result = self.policy.load_state_dict(policy, strict=False, assign=assign)
             missing += list(result.missing_keys)

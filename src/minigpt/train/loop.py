@@ -211,12 +211,14 @@ class Trainer:
             raise UserError(f"--resume: no checkpoint found under {self.out_dir / 'checkpoints'}")
         state, weights = ckpt.load_checkpoint(path)
         model = _unwrap(self.model)
-        if getattr(model, "_hf_peft_config_loaded", False):
-            # Adapter training (LoRA …): checkpoints hold the adapter only (PEFT key names);
-            # the frozen base was rebuilt from its own directory by the recipe.
+        if hasattr(model, "peft_config"):
+            # Adapter training (LoRA …; peft marks a model it injected adapters into with
+            # `peft_config`): checkpoints hold the adapter only (PEFT key names, prefixed
+            # `base_model.model.`); the frozen base was rebuilt from its own directory.
             from peft import set_peft_model_state_dict
 
-            result = set_peft_model_state_dict(model, weights)
+            adapter = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
+            result = set_peft_model_state_dict(model, adapter)
             if result.unexpected_keys:
                 raise UserError(f"checkpoint {path} does not match the adapters (unexpected {result.unexpected_keys[:5]})")
         else:
