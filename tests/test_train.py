@@ -186,6 +186,38 @@ def test_time_budget_is_refitted_after_slow_first_steps(tmp_path):
     assert 0.5 * 3.0 < t.elapsed <= 3.0 + 0.5  # the old fit stopped about 1 s in
 
 
+def test_fixed_steps_give_the_same_model_on_a_slower_machine(tmp_path):
+    """A run with `max_steps` and a generous `max_time` safety cap ends with bit-identical
+    weights whether its steps are fast or slowed down (a slower machine): the wall clock
+    decides nothing."""
+    fast = run(tmp_path, "fast", max_steps=8, max_time=600.0)
+    slow = Trainer(tiny_model(), SlowStart(8, 0.05), Blocks(64), config(max_steps=8, max_time=600.0), tmp_path / "slow")
+    slow.fit()
+    assert fast.step == slow.step == 8
+    for (name, a), (_, b) in zip(fast.model.named_parameters(), slow.model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_safety_cap_that_bites_warns_with_the_steps_done(tmp_path):
+    """A `max_time` cap reached before `max_steps` stops the run and says so."""
+    t = Trainer(tiny_model(), SlowStart(100, 0.1), Blocks(64), config(max_steps=50, max_time=0.3), tmp_path / "cap")
+    with pytest.warns(RuntimeWarning, match=r"stopped the run at step \d+ of 50"):
+        t.fit()
+    assert 1 <= t.step < 50
+
+
+def test_auto_precision_follows_the_device():
+    """`auto` picks a precision the CPU can train in (never fp16, which needs CUDA); explicit
+    names pass through; anything else is refused."""
+    from minigpt.train.distributed import pick_precision
+
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu) in ("bf16", "fp32")
+    assert [pick_precision(n, cpu) for n in ("bf16", "fp16", "fp32")] == ["bf16", "fp16", "fp32"]
+    with pytest.raises(ValueError, match="auto, bf16, fp16 or fp32"):
+        pick_precision("fp8", cpu)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     t = Trainer(tiny_model(), NaNAfter(3), Blocks(64), config(max_steps=10, save_interval=2), tmp_path / "n")
     with pytest.raises(TrainingDivergedError, match="step 4"):

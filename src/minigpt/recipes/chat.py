@@ -15,6 +15,7 @@ from typing import TextIO
 from minigpt.errors import UserError
 from minigpt.inference.chat import THINKING, ChatReply, ChatSession
 from minigpt.recipes.generate import ENGINE_DTYPES, load_model_and_tokenizer
+from minigpt.train.distributed import pick_precision
 
 HELP = """commands:
   /reset          forget the conversation (the system message stays)
@@ -183,7 +184,7 @@ def chat(
     top_k: int = 50,
     top_p: float = 0.95,
     repetition_penalty: float = 1.1,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     hide_thinking: bool = False,
     seed: int | None = None,
     device: str = "auto",
@@ -205,7 +206,8 @@ def chat(
         top_k: sample among the k most likely tokens (0 = all).
         top_p: nucleus sampling: the smallest set of tokens with this total probability.
         repetition_penalty: >1 discourages tokens already present (CTRL, Keskar et al. 2019).
-        dtype: decoding precision of the fast engine: fp32, bf16 or int8 (weight-only).
+        dtype: decoding precision of the fast engine: auto (bf16 where it is the fast path,
+            else fp32), fp32, bf16 or int8 (weight-only).
         hide_thinking: do not print the <think> part of replies.
         seed: random seed for sampling (reply n uses seed + n).
         device: auto, cpu, cuda or mps.
@@ -217,9 +219,11 @@ def chat(
         UserError: unknown dtype, a bad model directory, or a message that does not fit the
             model's context.
     """
-    if dtype not in ENGINE_DTYPES:
-        raise UserError(f"dtype must be one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
+    if dtype not in ENGINE_DTYPES and dtype != "auto":
+        raise UserError(f"dtype must be auto or one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
     net, tok = load_model_and_tokenizer(model, device)
+    if dtype == "auto":
+        dtype = pick_precision("auto", net.device)
     session = ChatSession(
         net,
         tok,

@@ -263,15 +263,16 @@ def grpo(
     from minigpt.recipes.sft import chat_eos_ids, load_base_model
     from minigpt.rl.grpo import GRPOConfig
     from minigpt.rl.rewards import make_reward
-    from minigpt.train.distributed import init_distributed, pick_device
+    from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
+    precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
     config = GRPOConfig(
         algorithm=algorithm, group_size=group_size, advantage_type=advantage_type, scale_rewards=scale_rewards,
         learning_rate=train.lr, beta=beta, kl_estimator=kl_estimator, clip_epsilon=clip_epsilon,
         clip_epsilon_high=clip_epsilon_high, num_iterations=num_iterations, mini_batch_size=mini_batch_size,
         aggregation=aggregation, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        mask_truncated_completions=mask_truncated_completions, precision="bf16" if train.precision == "bf16" else "fp32",
+        mask_truncated_completions=mask_truncated_completions, precision=precision,
     )
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
@@ -314,7 +315,7 @@ def grpo(
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
-    objective = GRPOObjective(config, reward_fn, tok, ref, _ENGINE_DTYPE.get(train.precision), eos, tok.pad_token_id, train.grad_accum)
+    objective = GRPOObjective(config, reward_fn, tok, ref, _ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     say(
         f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; {algorithm}, "
@@ -338,7 +339,7 @@ def grpo(
     }
 
     def evaluate(m):
-        return evaluate_policy(m, tok, val_ds, reward_fn, max_new_tokens, train.precision, samples=eval_samples, temperature=temperature)
+        return evaluate_policy(m, tok, val_ds, reward_fn, max_new_tokens, precision, samples=eval_samples, temperature=temperature)
 
     metrics = fit_policy(net, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
     say(f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")

@@ -145,9 +145,10 @@ def ppo(
     from minigpt.rl.ppo import ActorCritic, RLHFConfig
     from minigpt.rl.reward_model import create_reward_model
     from minigpt.rl.rewards import make_reward, parse_reward_spec
-    from minigpt.train.distributed import init_distributed, pick_device
+    from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
+    precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
     config = RLHFConfig(
         ppo_epochs=ppo_epochs, clip_epsilon=clip_epsilon, kl_coef=kl_coef, learning_rate=train.lr,
         value_learning_rate=value_lr, gamma=gamma, gae_lambda=gae_lambda, vf_coef=vf_coef,
@@ -156,7 +157,7 @@ def ppo(
         adaptive_kl=adaptive_kl, kl_target=kl_target, kl_horizon=kl_horizon, missing_eos_penalty=missing_eos_penalty,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         max_grad_norm=train.grad_clip, weight_decay=train.weight_decay,
-        precision="bf16" if train.precision == "bf16" else "fp32",
+        precision=precision,
     )
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
@@ -205,7 +206,7 @@ def ppo(
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
-    objective = PPOObjective(config, reward_fn, tok, None, ref, _ENGINE_DTYPE.get(train.precision), eos, tok.pad_token_id, train.grad_accum)
+    objective = PPOObjective(config, reward_fn, tok, None, ref, _ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
     actor_critic = ActorCritic(net, critic, value_lr_scale=(value_lr or train.lr) / train.lr)
     trainable = sum(p.numel() for p in actor_critic.parameters() if p.requires_grad)
     say(
@@ -230,7 +231,7 @@ def ppo(
     }
 
     def evaluate(m):
-        return evaluate_policy(m.policy, tok, val_ds, reward_fn, max_new_tokens, train.precision)
+        return evaluate_policy(m.policy, tok, val_ds, reward_fn, max_new_tokens, precision)
 
     metrics = fit_policy(actor_critic, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
     say(

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -26,7 +27,7 @@ from minigpt.train import checkpoint as ckpt
 from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
-from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device
+from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
 from minigpt.train.optim import param_groups, warmup_cosine
 from minigpt.data.pretrain import BlockSampler
 
@@ -105,8 +106,8 @@ class Trainer:
     ) -> None:
         if config.batch_size < 1 or config.grad_accum < 1:
             raise UserError("train.batch_size and train.grad_accum must be >= 1")
-        if config.precision not in ("bf16", "fp16", "fp32"):
-            raise UserError(f"train.precision must be bf16, fp16 or fp32, not {config.precision!r}")
+        if config.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise UserError(f"train.precision must be auto, bf16, fp16 or fp32, not {config.precision!r}")
         if len(train_dataset) == 0:
             raise UserError("the training set is empty")
         self.config = config
@@ -123,7 +124,8 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.is_main = self.rank == 0
-        if config.precision == "fp16" and self.device.type != "cuda":
+        self.precision = pick_precision(config.precision, self.device)  # "auto" resolved
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise UserError("train.precision=fp16 needs CUDA; use bf16 on CPU/MPS")
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
@@ -136,7 +138,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, lambda: self.total_steps, config.min_lr_ratio)
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.sampler = BlockSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)
         self.step = 0
         self.elapsed = 0.0  # training seconds across resumes (for max_time)
@@ -160,9 +162,9 @@ class Trainer:
         return c.max_steps
 
     def _autocast(self):
-        if self.config.precision == "fp32":
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
@@ -484,6 +486,14 @@ class Trainer:
             if c.save_interval > 0 and self.step % c.save_interval == 0 and not done:
                 self.save()
             if c.max_time and self.elapsed >= c.max_time:
+                if not calibrating and self.step < self.total_steps and self.is_main:
+                    # A fixed step count is the run's contract; the wall-clock cap is a safety net.
+                    warnings.warn(
+                        f"train.max_time ({c.max_time:.0f} s) stopped the run at step {self.step} of "
+                        f"{self.total_steps}: results are those of a shorter run than asked for",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 break
         bar.close()
         ev = self.evaluate()
