@@ -3,8 +3,9 @@
 CPython's own documentation (pydoc topics plus the standard library's docstrings, read from
 source with `ast`) -> a byte-level BPE tokenizer -> a pretrained `tiny` model -> supervised
 fine-tuning on conversations generated from that documentation plus arithmetic problems worked
-in `<think>` steps -> a short GRPO stage rewarded by the answer check -> a scripted chat. Sized to
-finish in under 10 minutes on 2 CPU cores.
+in `<think>` steps -> a short GRPO stage rewarded by the answer check -> a scripted chat. Every
+stage runs a fixed number of steps, so the figures depend on the seed, not on the machine's
+speed; the counts are sized for about 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def _budgeted(seconds: float, batch_size: int, lr: float, device: str, seed: int, **settings) -> TrainConfig:
-    """A stage's `TrainConfig` fitted to a wall-clock budget (the step count is fixed from the
-    speed of the first steps), keeping one checkpoint."""
-    return TrainConfig(max_steps=0, max_time=seconds, batch_size=batch_size, lr=lr, keep_last=1, device=device, seed=seed, **settings)
+def _fixed(steps: int, cap_minutes: float, batch_size: int, lr: float, device: str, seed: int, **settings) -> TrainConfig:
+    """A stage's `TrainConfig`: a fixed step count, so the result does not depend on the
+    machine's speed, with `cap_minutes` of wall clock only as a safety cap (the loop warns if it
+    bites), keeping one checkpoint."""
+    return TrainConfig(
+        max_steps=steps, max_time=cap_minutes * 60 if cap_minutes else None, batch_size=batch_size, lr=lr,
+        keep_last=1, device=device, seed=seed, **settings,
+    )
 
 
-def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 64, dtype: str = "bf16") -> float:
+def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 64, dtype: str = "auto") -> float:
     """Share of `{"prompt", "answer"}` problems whose greedy reply has the right `<answer>`.
 
     The prompts are rendered as one user turn through the chat template and decoded in one
@@ -50,6 +55,9 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
     from minigpt.recipes.sft import chat_eos_ids
     from minigpt.tokenizer import render_prompt
 
+    from minigpt.train.distributed import pick_precision
+
+    dtype = pick_precision("auto", model.device) if dtype == "auto" else dtype
     engine = GenerationEngine(model, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id, dtype=ENGINE_DTYPES[dtype])
     prompts = [render_prompt(tok, [{"role": "user", "content": p["prompt"]}]) for p in problems]
     correct = 0
@@ -64,9 +72,10 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
 def quickstart(
     out: str = "runs/quickstart",
     preset: str = "tiny",
-    pretrain_seconds: float = 210.0,
-    sft_seconds: float = 150.0,
-    grpo_seconds: float = 120.0,
+    pretrain_steps: int = 300,
+    sft_steps: int = 300,
+    grpo_steps: int = 80,
+    cap_minutes: float = 30.0,
     vocab_size: int = 6400,
     block_size: int = 256,
     batch_size: int = 16,
@@ -90,10 +99,14 @@ def quickstart(
         out: run directory (replaced if it exists): `pretrain/` (base model), `data/` (the
             generated SFT sets as JSONL), `sft/` (the chat model).
         preset: model size (tiny fits the 10-minute CPU budget).
-        pretrain_seconds: wall-clock budget of the pretraining steps; the step count and
-            learning-rate schedule are fitted to it after the first steps.
-        sft_seconds: wall-clock budget of the SFT steps.
-        grpo_seconds: wall-clock budget of the GRPO steps (0 skips the stage).
+        pretrain_steps: optimizer steps of pretraining (`batch_size` blocks of `block_size`
+            tokens each).
+        sft_steps: optimizer steps of SFT (`batch_size` packed blocks each).
+        grpo_steps: optimizer steps of GRPO (`grpo_prompts` problems × `group_size` samples
+            each; 0 skips the stage).
+        cap_minutes: wall-clock safety cap per stage; it stops a stage early (with a warning)
+            only on a machine far slower than the 2-core CPUs the step counts were sized for.
+            0 disables it.
         vocab_size: tokenizer vocabulary.
         block_size: tokens per pretraining sequence and per packed SFT block.
         batch_size: sequences per step.
@@ -122,8 +135,17 @@ def quickstart(
     from minigpt.recipes.generate import load_model_and_tokenizer, sample_texts
     from minigpt.recipes.sft import sft
 
+    from minigpt.train.distributed import pick_device, pick_precision
+
     t0 = time.time()
     root = Path(out)
+    precision = pick_precision("auto", pick_device(device))
+    print(
+        f"quickstart: seed {seed}; fixed steps: pretraining {pretrain_steps} × {batch_size} blocks of {block_size} tokens, "
+        f"SFT {sft_steps} × {batch_size} packed blocks, GRPO {grpo_steps} × {grpo_prompts} problems × {group_size} samples; "
+        f"precision {precision} (auto); reproduce with: minigpt quickstart --seed {seed} --pretrain_steps {pretrain_steps} "
+        f"--sft_steps {sft_steps} --grpo_steps {grpo_steps}"
+    )
     docs = python_docs_corpus()
     chars = sum(len(d) for d in docs)
     print(f"[1/6] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation")
@@ -133,7 +155,7 @@ def quickstart(
         out=str(root / "pretrain"),
         model=ModelConfig(preset=preset, vocab_size=vocab_size),
         block_size=block_size,
-        train=_budgeted(pretrain_seconds, batch_size, lr, device, seed, warmup_steps=50, weight_decay=0.1, eval_interval=250, eval_batches=20, save_interval=500),
+        train=_fixed(pretrain_steps, cap_minutes, batch_size, lr, device, seed, warmup_steps=50, weight_decay=0.1, eval_interval=250, eval_batches=20, save_interval=500),
         overwrite=True,
     )
     net, tok = load_model_and_tokenizer(root / "pretrain", device=device)
@@ -164,13 +186,13 @@ def quickstart(
         max_length=block_size,
         val_fraction=0.02,
         max_val=100,
-        train=_budgeted(sft_seconds, batch_size, sft_lr, device, seed, warmup_steps=20, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
+        train=_fixed(sft_steps, cap_minutes, batch_size, sft_lr, device, seed, warmup_steps=20, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
         overwrite=True,
     )
 
     final = root / "sft"
     accuracy = grpo_accuracy = reply_tokens = None
-    if grpo_seconds > 0:
+    if grpo_steps > 0:
         print(f"[5/6] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
         from minigpt.recipes.grpo import grpo
 
@@ -188,8 +210,8 @@ def quickstart(
             temperature=0.7,
             max_new_tokens=96,
             max_val=None,
-            train=_budgeted(
-                grpo_seconds, grpo_prompts, grpo_lr, device, seed, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+            train=_fixed(
+                grpo_steps, cap_minutes, grpo_prompts, grpo_lr, device, seed, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                 beta2=0.99, eval_interval=0, save_interval=0, log_interval=1,
             ),
             overwrite=True,
