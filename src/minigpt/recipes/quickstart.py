@@ -72,9 +72,9 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
 def quickstart(
     out: str = "runs/quickstart",
     preset: str = "tiny",
-    pretrain_steps: int = 300,
-    sft_steps: int = 300,
-    grpo_steps: int = 80,
+    pretrain_steps: int = 250,
+    sft_steps: int = 200,
+    grpo_steps: int = 40,
     cap_minutes: float = 30.0,
     vocab_size: int = 6400,
     block_size: int = 256,
