@@ -166,6 +166,23 @@ def test_adapter_save_load_round_trip(trained):
         load_adapter(fresh, trained.adapter_dir)
 
 
+@pytest.mark.parametrize("trainable", [False, True])
+def test_adapters_disabled_gives_the_base_and_keeps_what_trains(trained, trainable):
+    """Inside `adapters_disabled` the model is the base; after it, the adapters are back and
+    every parameter's requires_grad is what it was (peft's switch flips the adapters' flags)."""
+    model = load_adapter(MiniGPTForCausalLM.from_pretrained(str(trained.base_dir)), trained.adapter_dir, trainable=trainable)
+    base = MiniGPTForCausalLM.from_pretrained(str(trained.base_dir))
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert any(flags.values()) == trainable
+    with adapters_disabled(model):
+        assert torch.equal(logits(model), logits(base))
+    assert torch.equal(logits(model), logits(trained.model))
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    with pytest.raises(UserError, match="no adapters"):
+        with adapters_disabled(base):
+            pass
+
+
 def test_load_adapter_rejects_other_bases_and_non_adapters(trained, tmp_path):
     wider = tiny_model(hidden_size=64)
     with pytest.raises(UserError, match=r"has shape \(32, 4\) but this base's model.layers.0.mlp.down_proj is Linear\(in=64, out=64\)"):
