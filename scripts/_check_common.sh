@@ -53,7 +53,7 @@ PY
 run_tests_and_exit() {
   [ "$run_tests" -eq 1 ] || exit 0
   set +e
-  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "$py" -m pytest -q
+  PATH="$(dirname "$py"):$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "$py" -m pytest -q  # torchrun from the venv
   status=$?
   set -e
   [ "$status" -ne 5 ] || echo "$(basename "$0"): pytest collected no tests: failing" >&2
