@@ -28,7 +28,6 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 import minigpt
 from minigpt.errors import UserError
 from minigpt.model import PRESETS, MiniGPTConfig, MiniGPTForCausalLM, count_parameters
-from minigpt.model.modeling import model_cache
 from minigpt.model.export import EXPORT_MARKER, export_command, export_to_llama
 
 ATOL = 1e-5
@@ -236,7 +235,7 @@ def test_kv_cache_decoding_equals_full_recompute(cache_arg):
         full = model(ids, use_cache=False).logits  # (B, T, V)
         out = model(ids[:, :6], use_cache=True)
         torch.testing.assert_close(out.logits, full[:, :6], atol=ATOL, rtol=RTOL)
-        cache = model_cache(out)
+        cache = out.cache
         assert cache is not None and cache.get_seq_length() == 6
         for t in range(6, 10):  # one token at a time
             step = model(ids[:, t : t + 1], use_cache=True, **{cache_arg: cache})
@@ -254,7 +253,7 @@ def test_kv_cache_with_left_padding_equals_unpadded_full_forward():
     prompts = [s[:-4] for s in seqs]
     ids, mask = left_pad(prompts, pad_id=1)
     with torch.no_grad():
-        cache = model_cache(model(ids, attention_mask=mask, use_cache=True))
+        cache = model(ids, attention_mask=mask, use_cache=True).cache
         for k in range(4):
             tok = torch.stack([s[len(s) - 4 + k] for s in seqs])[:, None]  # (B, 1)
             mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)

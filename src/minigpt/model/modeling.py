@@ -16,8 +16,6 @@ K = key/value heads, D = head_dim, C = hidden_size, V = vocab_size.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 from typing import Any
 
@@ -237,11 +235,9 @@ def _position_ids(attention_mask: torch.Tensor | None, past: int, t: int, device
     return pos.clamp_(min=0)[:, -t:]
 
 
-# transformers 5.24 renamed the cache argument of models, of `generate`'s model inputs, of the
-# model outputs and of `create_causal_mask` from `past_key_values` to `cache` (the old name is
-# deprecated until 5.40). MiniGPT accepts both names and speaks the installed library's own.
-_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-_OUTPUT_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+# transformers 5.24 (the floor) renamed the cache of models, of `generate`'s model inputs, of the
+# model outputs and of `create_causal_mask` from `past_key_values` to `cache`; the old name stays
+# accepted here, since peft's prefix tuning and older user code still pass it.
 
 
 def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -257,11 +253,6 @@ def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | N
     if cache is None or (past_key_values is not None and cache.get_seq_length() == 0):
         return past_key_values
     return cache
-
-
-def model_cache(output: Any) -> Cache | None:
-    """The KV cache a MiniGPT forward returned, whatever the installed transformers calls it."""
-    return getattr(output, _OUTPUT_CACHE_FIELD)
 
 
 class MiniGPTModel(MiniGPTPreTrainedModel):
@@ -325,7 +316,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             inputs_embeds=x,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **{_MASK_CACHE_ARG: cache},
+            cache=cache,
         )  # (B, 1, T, S) bool (sdpa) or additive float (eager), or None = plain causal
         if mask is not None and mask.dtype != torch.bool:
             mask = mask == 0 if torch.is_floating_point(mask) else mask.bool()  # additive -> keep/drop
@@ -333,7 +324,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         x = self.dropout(x)
         for layer in self.layers:
             x = layer(x, rope, mask, cache)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), **{_OUTPUT_CACHE_FIELD: cache})
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache)
 
 
 class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
@@ -402,7 +393,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             loss = token_cross_entropy(logits[:, -shift_labels.shape[1] :], shift_labels, reduction="sum")
             denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
             loss = loss / denom
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_OUTPUT_CACHE_FIELD: model_cache(out)})
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
 
 
 #: The name users of the original design know.
