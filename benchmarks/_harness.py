@@ -18,6 +18,20 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def matmul_peak(dtype_name: str = "bfloat16", n: int = 2048, reps: int = 20) -> float:
+    """Measured dense matmul FLOP/s of this machine in `dtype_name`."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
 def story_documents(seed: int, min_chars: int = 2_000_000) -> tuple[list[str], str]:
     """`(documents, source)`: TinyStories stories when ../shared/data has them, else generated
     sentences from a small vocabulary, at least `min_chars` characters of them."""

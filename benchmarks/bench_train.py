@@ -18,19 +18,7 @@ import subprocess
 import sys
 import time
 
-
-def matmul_peak(dtype_name: str = "bfloat16", n: int = 2048, reps: int = 20) -> float:
-    """Measured dense matmul FLOP/s of this machine in `dtype_name`."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+from _harness import matmul_peak
 
 
 def worker(kind: str, preset: str, seq: int, batch: int, steps: int, precision: str, compile_: bool) -> dict:

@@ -40,9 +40,9 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 disables)."""
     precision: str = "auto"
     """auto (bf16 where it is the fast path: GPUs, MPS, x86 CPUs with AVX-512; fp32 elsewhere,
-    e.g. AVX2-only CPUs, where bf16 matmuls are emulated and about 10× slower), bf16 (autocast,
-    fp32 master weights), fp16 (CUDA only, with loss scaling) or fp32. The run prints and
-    records the precision it used."""
+    e.g. AVX2-only CPUs, where bf16 matmuls are emulated: 13× slower per training step,
+    benchmarks/bench_precision.py), bf16 (autocast, fp32 master weights), fp16 (CUDA only, with
+    loss scaling) or fp32."""
     compile: bool = False
     """Wrap the model in torch.compile (first steps are slower while it compiles)."""
     device: str = "auto"

@@ -20,8 +20,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 #: x86 CPU capabilities (`torch.backends.cpu.get_cpu_capability()`) whose oneDNN bf16 matmuls
-#: run natively. On AVX2-only CPUs bf16 is emulated: a 1024³ bf16 matmul measured 125× slower
-#: than fp32 on a 2-core AMD EPYC (0.0008 vs 0.096 TFLOP/s), and a `tiny` training step 10×.
+#: run natively. On AVX2-only CPUs bf16 is emulated: `benchmarks/bench_precision.py` on a 2-core
+#: AMD EPYC measured a 1024³ bf16 matmul at 0.008× fp32's speed and a `tiny` training step at
+#: 0.076× (11.4 s vs 0.86 s).
 _FAST_BF16_CPU = ("AVX512", "AMX")
 
 
