@@ -70,6 +70,14 @@ def has_lora(model: nn.Module) -> bool:
     return bool(getattr(model, "_hf_peft_config_loaded", False)) or isinstance(getattr(model, "peft_config", None), dict)
 
 
+def has_adapters(model: nn.Module) -> bool:
+    """True when `model` carries PEFT adapters that `adapters_disabled` can switch off: injected
+    in place (`has_lora`), or a `peft.PeftModel` wrapper (prefix tuning)."""
+    from peft import PeftModel
+
+    return has_lora(model) or isinstance(model, PeftModel)
+
+
 def _tuner_layers(model: nn.Module) -> list[nn.Module]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 

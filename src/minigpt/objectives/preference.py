@@ -28,7 +28,7 @@ from minigpt.losses.preference import (
     sequence_log_probs,
     simpo_loss,
 )
-from minigpt.model.lora import adapters_disabled, has_lora
+from minigpt.model.lora import adapters_disabled, has_adapters
 from minigpt.objectives.base import LossOutput
 
 
@@ -70,14 +70,6 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     rows = sel.nonzero()[:, 0]
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logps)
     return logps, sel.sum(dim=1)
-
-
-def has_adapters(model: torch.nn.Module) -> bool:
-    """True when `model` carries PEFT adapters (in place, or a `peft.PeftModel` wrapper) that
-    `adapters_disabled` can switch off."""
-    from peft import PeftModel
-
-    return has_lora(model) or isinstance(model, PeftModel)
 
 
 class _ReferenceMixin:

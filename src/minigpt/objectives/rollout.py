@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from minigpt.losses.advantages import group_stats
-from minigpt.objectives.preference import adapters_disabled, has_adapters
+from minigpt.model.lora import adapters_disabled, has_adapters
 from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
 
 

@@ -18,7 +18,8 @@ from minigpt.rl.config import DictConfig
 from minigpt.rl.trainer import PolicyTrainer
 from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
-from minigpt.objectives.preference import KTOObjective, PreferenceObjective, has_adapters
+from minigpt.model.lora import has_adapters
+from minigpt.objectives.preference import KTOObjective, PreferenceObjective
 
 
 @dataclass

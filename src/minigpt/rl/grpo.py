@@ -22,7 +22,7 @@ from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.losses.policy import AGGREGATIONS
 from minigpt.objectives.grpo import GRPOObjective
 from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
-from minigpt.objectives.preference import has_adapters
+from minigpt.model.lora import has_adapters
 from minigpt.rl.rollout import Rollout
 
 ALGORITHMS = ("grpo", "gspo")

@@ -25,8 +25,7 @@ from minigpt.rl.config import DictConfig
 from minigpt.rl.trainer import PolicyTrainer, sampling_ids
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.objectives.ppo import PPOObjective
-from minigpt.model.lora import has_lora, load_adapter_state
-from minigpt.objectives.preference import has_adapters
+from minigpt.model.lora import has_adapters, has_lora, load_adapter_state
 from minigpt.rl.rollout import completion_logprobs
 
 VALUE_MODEL_DIR = "value_model"
