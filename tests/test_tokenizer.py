@@ -83,6 +83,22 @@ def test_merges_compress_seen_text(tok):
     assert len(tok.encode(text)) < len(text.encode("utf-8")) / 2
 
 
+def test_digits_are_always_single_tokens():
+    # A corpus that repeats the same numbers would give BPE every reason to merge their digits;
+    # the digit pre-tokenizer must still keep one token per digit, wherever the digit stands.
+    texts = [f"{n} + {n} = {2 * n}; x{n}y, 0{n}.5 and  {n}" for n in (12, 415, 83, 2026, 7)] * 60
+    tok = train_tokenizer(texts, vocab_size=400)
+    digit_ids = {tok.convert_tokens_to_ids(d) for d in "0123456789"}
+    for text in ["415 + 83 = 498", "x2026y 12.5", " 7  7", "a1b22c333"]:
+        ids = tok.encode(text)
+        pieces = [tok.decode([i]) for i in ids]
+        assert all(not any(c.isdigit() for c in p) or p in "0123456789" for p in pieces), pieces
+        assert sum(i in digit_ids for i in ids) == sum(c.isdigit() for c in text)
+        assert tok.decode(ids) == text
+    # Merges are still learnt for the rest of the text.
+    assert len(tok.encode(" and")) == 1
+
+
 def test_special_token_ids(tok):
     assert SPECIAL_TOKENS == [
         EOS_TOKEN, PAD_TOKEN, IM_START, IM_END, THINK_START, THINK_END, ANSWER_START, ANSWER_END,

@@ -82,6 +82,22 @@ def _byte_level_alphabet() -> frozenset[str]:
     return frozenset(pre_tokenizers.ByteLevel.alphabet())
 
 
+def byte_level_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """The pre-tokenizer :func:`train_tokenizer` installs: every digit its own piece, then
+    GPT-2's byte-level split.
+
+    Splitting digits one by one is what Llama (Touvron et al. 2023, section 2.1), DeepSeek and
+    Qwen2 do: BPE would otherwise merge whatever digit pairs the corpus happens to repeat (``415``
+    became ``4`` + ``15`` and ``83`` became ``8`` + ``3``), so the same digit would get a
+    different token in each number and column-wise arithmetic could not be learned. Neither
+    step changes a character, so ``decode(encode(text)) == text`` still holds;
+    ``add_prefix_space=False`` means a leading space is never invented.
+    """
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 6400,
@@ -124,9 +140,7 @@ def train_tokenizer(
         raise UserError(f"min_frequency: must be an integer >= 1, got {min_frequency!r}")
 
     tokenizer = Tokenizer(models.BPE())
-    # add_prefix_space=False: a leading space is never invented, which is what makes
-    # decode(encode(text)) == text hold exactly.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     # Only fixes offsets; adds no tokens. Set so that transformers does not install its own
     # template post-processor (which would add bos/eos tokens).
