@@ -18,6 +18,7 @@ from minigpt.data.synthetic import (
     arithmetic_conversations,
     arithmetic_problem,
     arithmetic_split,
+    arithmetic_worksheets,
     check_answer,
     docs_conversations,
     extract_answer,
@@ -182,6 +183,26 @@ def test_exclude_removes_given_problems():
     assert all("3 × 4" not in r["messages"][0]["content"] for r in out)
     with pytest.raises(UserError, match=r"exclude\[1\]"):
         arithmetic_conversations(5, exclude=["1 + 1", "no numbers here"])
+
+
+def test_worksheets_hold_the_conversations_working_as_plain_text():
+    heldout = make_arithmetic_prompts(50, seed=0, digits=(1, 2))
+    sheets = arithmetic_worksheets(70, seed=5, digits=(1, 2), per_sheet=16, exclude=heldout)
+    convs = arithmetic_conversations(70, seed=5, digits=(1, 2), exclude=heldout)
+    assert [len(s.split("\n\n")) for s in sheets] == [16, 16, 16, 16, 6]
+    problems = [p for s in sheets for p in s.split("\n\n")]
+    held_keys = {QUESTION_EXPR.search(p["prompt"]).groups() for p in heldout}
+    for text, conv in zip(problems, convs):
+        question, working = text.strip("\n").split("\n", 1)
+        assert question == conv["messages"][0]["content"]
+        assert QUESTION_EXPR.search(question).groups() not in held_keys
+        think, answer = COMPLETION.fullmatch(conv["messages"][1]["content"]).groups()
+        assert working == think and not any(t in text for t in TAGS)
+        # The working ends by stating the result, and the result is right.
+        a, op, b = QUESTION_EXPR.search(question).groups()
+        assert working.endswith(f"= {_evaluate(int(a), op, int(b))}.") and answer == str(_evaluate(int(a), op, int(b)))
+    with pytest.raises(UserError, match="per_sheet"):
+        arithmetic_worksheets(5, per_sheet=0)
 
 
 def test_direct_share_mixes_bare_answers_into_the_same_problems():

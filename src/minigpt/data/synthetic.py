@@ -37,6 +37,7 @@ __all__ = [
     "arithmetic_conversations",
     "arithmetic_problem",
     "arithmetic_split",
+    "arithmetic_worksheets",
     "check_answer",
     "docs_conversations",
     "extract_answer",
@@ -716,6 +717,42 @@ def arithmetic_conversations(
     problems = _arithmetic_set(n, seed, digits, ops, split, exclude)
     rng = random.Random(f"direct-{seed}")
     return [p.conversation(direct=rng.random() < direct and not p.asks_for_steps) for p in problems]
+
+
+def arithmetic_worksheets(
+    n: int,
+    seed: int = 0,
+    digits: int | tuple[int, int] = (1, 3),
+    ops: str = "+-*",
+    *,
+    per_sheet: int = 16,
+    split: str | None = "train",
+    exclude: Iterable | None = None,
+) -> list[str]:
+    """``n`` distinct problems worked as plain text, ``per_sheet`` to a document: pretraining text.
+
+    Each problem is its question, a newline and the same column-by-column working that
+    :func:`arithmetic_conversations` puts in its ``<think>`` block (no chat template, no tags),
+    problems separated by a blank line. Mixed into a pretraining corpus, as synthetic worked
+    examples are in phi-1's "textbook" data (Gunasekar et al. 2023, "Textbooks Are All You Need"),
+    it gives the base model the digit skills that SFT then only has to put in chat form.
+
+    Args:
+        n: number of problems (distinct).
+        seed, digits, ops, split, exclude: as in :func:`arithmetic_conversations` (keep the
+            held-out problems out with ``exclude``).
+        per_sheet: problems per document (the last document may hold fewer).
+
+    Raises:
+        UserError: as :func:`arithmetic_conversations`, or ``per_sheet`` < 1.
+    """
+    if isinstance(per_sheet, bool) or not isinstance(per_sheet, int) or per_sheet < 1:
+        raise UserError(f"per_sheet: must be a positive integer, got {per_sheet!r}")
+    problems = _arithmetic_set(n, seed, digits, ops, split, exclude)
+    return [
+        "\n".join(f"{p.question}\n{p.think}\n" for p in problems[i : i + per_sheet])
+        for i in range(0, len(problems), per_sheet)
+    ]
 
 
 def make_arithmetic_prompts(
