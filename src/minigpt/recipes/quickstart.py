@@ -2,9 +2,9 @@
 
 CPython's own documentation (pydoc topics plus the standard library's docstrings, read from
 source with `ast`) plus arithmetic worked as text -> a byte-level BPE tokenizer (digits split) ->
-a pretrained `tiny` model -> supervised
-fine-tuning on conversations generated from that documentation plus arithmetic problems worked
-in `<think>` steps -> a short GRPO stage rewarded by the answer check -> a scripted chat. Every
+a pretrained `tiny` model -> supervised fine-tuning on conversations generated from that
+documentation plus arithmetic problems worked in `<think>` steps -> a short GRPO stage rewarded
+by the answer check -> a scripted chat. Every
 stage runs a fixed number of steps, so the figures depend on the seed, not on the machine's
 speed; the counts are sized for about 10 minutes on 2 CPU cores.
 """
