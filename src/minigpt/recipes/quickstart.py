@@ -3,10 +3,11 @@
 CPython's own documentation (pydoc topics plus the standard library's docstrings, read from
 source with `ast`) plus arithmetic worked as text -> a byte-level BPE tokenizer (digits split) ->
 a pretrained `tiny` model -> supervised fine-tuning on conversations generated from that
-documentation plus arithmetic problems worked in `<think>` steps -> a short GRPO stage rewarded
-by the answer check -> a scripted chat. Every
-stage runs a fixed number of steps, so the figures depend on the seed, not on the machine's
-speed; the counts are sized for about 10 minutes on 2 CPU cores.
+documentation plus arithmetic problems worked in `<think>` steps -> a short second SFT stage
+that makes the bare answer the default, as in hybrid-thinking chat models -> a short GRPO stage
+rewarded by the answer check, which learns when working pays -> a scripted chat. Every stage
+runs a fixed number of steps, so the figures depend on the seed, not on the machine's speed; the
+counts are sized for about 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def quickstart(
     preset: str = "tiny",
     pretrain_steps: int = 300,
     sft_steps: int = 1000,
+    hybrid_steps: int = 100,
     grpo_steps: int = 60,
     cap_minutes: float = 30.0,
     vocab_size: int = 2048,
@@ -83,7 +85,8 @@ def quickstart(
     batch_size: int = 8,
     lr: float = 3e-3,
     sft_lr: float = 2e-3,
-    grpo_lr: float = 3e-5,
+    hybrid_lr: float = 5e-4,
+    grpo_lr: float = 5e-5,
     grpo_prompts: int = 8,
     group_size: int = 8,
     num_pretrain_arithmetic: int = 12000,
@@ -91,21 +94,37 @@ def quickstart(
     num_arithmetic: int = 16000,
     arithmetic_digits: int = 2,
     direct_share: float = 0.5,
+    num_hybrid_arithmetic: int = 4000,
+    num_hybrid_docs: int = 250,
+    hybrid_direct_share: float = 0.75,
     reasoning_tag_weight: float = 1.0,
     num_heldout: int = 200,
     device: str = "auto",
     seed: int = 1337,
 ) -> dict:
     """Tokenizer -> pretraining (docs + worked arithmetic) -> SFT (docs Q&A + arithmetic with
-    `<think>`) -> GRPO on the arithmetic task (reward: the answer check) -> scripted chat.
+    `<think>`) -> hybrid SFT (bare answers by default) -> GRPO on the arithmetic task (reward:
+    the answer check) -> scripted chat.
+
+    The GRPO stage starts from a hybrid-thinking model, as Qwen3 is one: it can answer bare
+    (`<think></think><answer>N</answer>`) or work the steps first, and the short second SFT
+    stage makes the bare answer its default (the first SFT stage teaches the working; bare
+    answers in that stage's data beyond about half spoil the working itself, measured on a
+    2-core CPU). Greedy decoding then mostly answers bare, and samples sometimes work the
+    steps; rewarded only for the right answer, GRPO learns that working pays, as DeepSeek-R1's
+    RL stage learned to think longer (DeepSeek-AI, 2025, arXiv:2501.12948). The reply length
+    before and after GRPO shows the switch.
 
     Args:
         out: run directory (replaced if it exists): `pretrain/` (base model), `data/` (the
-            pretraining corpus and the generated SFT sets as JSONL), `sft/` (the chat model).
+            pretraining corpus and the generated SFT sets as JSONL), `sft/` (first SFT
+            stage), `hybrid/` (second SFT stage), `grpo/` (the final chat model).
         preset: model size (tiny fits the 10-minute CPU budget).
         pretrain_steps: optimizer steps of pretraining (`batch_size` blocks of `block_size`
             tokens each).
         sft_steps: optimizer steps of SFT (`batch_size` packed blocks each).
+        hybrid_steps: optimizer steps of the second SFT stage (0 skips it; GRPO then starts
+            from `sft/`).
         grpo_steps: optimizer steps of GRPO (`grpo_prompts` problems × `group_size` samples
             each; 0 skips the stage).
         cap_minutes: wall-clock safety cap per stage; it stops a stage early (with a warning)
@@ -118,6 +137,7 @@ def quickstart(
             per step learned the arithmetic faster than 16 on this model).
         lr: peak pretraining learning rate.
         sft_lr: peak SFT learning rate.
+        hybrid_lr: peak learning rate of the second SFT stage.
         grpo_lr: GRPO learning rate (constant).
         grpo_prompts: arithmetic prompts per GRPO step.
         group_size: completions sampled per prompt (GRPO's G).
@@ -126,21 +146,27 @@ def quickstart(
         num_docs_conversations: documentation Q&A conversations generated for SFT.
         num_arithmetic: arithmetic conversations (with `<think>` steps) generated for SFT.
         arithmetic_digits: operands have 1 to this many digits (SFT, RL and held-out problems).
-        direct_share: share of the SFT arithmetic answers given without working
-            (`<think></think><answer>N</answer>`, a non-thinking reply). The SFT model has
-            both behaviours, and the GRPO stage can learn from the answer reward alone which
-            one pays. Measured on a 2-core CPU at these step counts: the more bare answers, the
-            worse the worked ones get (forced to work the steps, held-out accuracy was 45 % at
-            0.5 but 15 % at 0.65), so a larger share gives RL more to switch but less to switch
-            to.
+        direct_share: share of the first SFT stage's arithmetic answers given without
+            working (`<think></think><answer>N</answer>`, a non-thinking reply). Measured on a
+            2-core CPU at these step counts: the more bare answers, the worse the worked ones
+            get (forced to work the steps, held-out accuracy was 35.5 % at 0.5 but 6.5 % at
+            0.6 and 11.5 % at 0.7).
+        num_hybrid_arithmetic: arithmetic conversations of the second SFT stage (fresh
+            problems, never held-out ones).
+        num_hybrid_docs: documentation conversations mixed into the second SFT stage (taken
+            from the first stage's), so the chat keeps its documentation answers.
+        hybrid_direct_share: share of the second stage's arithmetic answered bare ("step by
+            step" questions are always worked).
         reasoning_tag_weight: SFT loss weight of the four reasoning tags.
         num_heldout: held-out arithmetic problems for the accuracy figure.
         device: auto, cpu, cuda or mps.
         seed: random seed.
 
-    Returns the SFT metrics plus `pretrain_val_bpb`, `arithmetic_accuracy` (after SFT),
-    `grpo_accuracy` (after GRPO), `reply_tokens` (mean held-out greedy reply length before and
-    after GRPO) and `wall_seconds`.
+    Returns the first SFT stage's metrics plus `pretrain_val_bpb`, `sft_accuracy` (held-out
+    greedy accuracy after the first SFT stage; None when the hybrid stage is skipped),
+    `arithmetic_accuracy` (the model GRPO starts from), `grpo_accuracy` (after GRPO),
+    `reply_tokens` (mean held-out greedy reply length before and after GRPO) and
+    `wall_seconds`.
     """
     from minigpt.data.corpus import python_docs_corpus
     from minigpt.data.synthetic import arithmetic_conversations, arithmetic_worksheets, docs_conversations, make_arithmetic_prompts
@@ -154,9 +180,9 @@ def quickstart(
     precision = pick_precision("auto", pick_device(device))
     print(
         f"quickstart: seed {seed}; fixed steps: pretraining {pretrain_steps} × {batch_size} blocks of {block_size} tokens, "
-        f"SFT {sft_steps} × {batch_size} packed blocks, GRPO {grpo_steps} × {grpo_prompts} problems × {group_size} samples; "
+        f"SFT {sft_steps} × {batch_size} packed blocks, hybrid SFT {hybrid_steps} × {batch_size}, GRPO {grpo_steps} × {grpo_prompts} problems × {group_size} samples; "
         f"precision {precision} (auto); reproduce with: minigpt quickstart --seed {seed} --pretrain_steps {pretrain_steps} "
-        f"--sft_steps {sft_steps} --grpo_steps {grpo_steps}"
+        f"--sft_steps {sft_steps} --hybrid_steps {hybrid_steps} --grpo_steps {grpo_steps}"
     )
     docs = python_docs_corpus()
     chars = sum(len(d) for d in docs)
@@ -168,10 +194,10 @@ def quickstart(
     random.Random(seed).shuffle(corpus)
     _write_jsonl(root / "data" / "pretrain_corpus.jsonl", corpus)
     print(
-        f"[1/6] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation + "
+        f"[1/7] corpus: {len(docs)} documents, {chars / 1e6:.2f} M characters of CPython documentation + "
         f"{num_pretrain_arithmetic} arithmetic problems worked as text ({sum(map(len, sheets)) / 1e6:.2f} M characters)"
     )
-    print("[2/6] tokenizer + pretraining")
+    print("[2/7] tokenizer + pretraining")
     pre = pretrain(
         data=str(root / "data" / "pretrain_corpus.jsonl"),
         out=str(root / "pretrain"),
@@ -184,7 +210,7 @@ def quickstart(
     for prompt, text in zip(SAMPLE_PROMPTS, sample_texts(net, tok, SAMPLE_PROMPTS, max_new_tokens=40, temperature=0.8, top_k=50, seed=seed)):
         print(f"--- {prompt!r}\n{prompt}{text}")
 
-    print("[3/6] SFT data: documentation Q&A + arithmetic worked in <think> steps")
+    print("[3/7] SFT data: documentation Q&A + arithmetic worked in <think> steps")
     conversations = docs_conversations(num_docs_conversations, seed=seed, docs=docs)
     arithmetic = arithmetic_conversations(
         num_arithmetic, seed=seed, digits=digits, exclude={p["prompt"] for p in heldout}, direct=direct_share
@@ -198,7 +224,7 @@ def quickstart(
         f"({bare} answered without working) -> {root / 'data'}"
     )
 
-    print(f"[4/6] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×{reasoning_tag_weight:g})")
+    print(f"[4/7] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×{reasoning_tag_weight:g})")
     metrics = sft(
         model=str(root / "pretrain"),
         data=[str(root / "data" / "docs_conversations.jsonl"), str(root / "data" / "arithmetic_reasoning.jsonl")],
@@ -212,9 +238,36 @@ def quickstart(
     )
 
     final = root / "sft"
-    accuracy = grpo_accuracy = reply_tokens = None
+    sft_accuracy = accuracy = grpo_accuracy = reply_tokens = None
+    if hybrid_steps > 0:
+        sft_model, sft_tok = load_model_and_tokenizer(final, device=device)
+        sft_accuracy = arithmetic_accuracy(sft_model, sft_tok, heldout, max_new_tokens=96)
+        del sft_model
+        hybrid = arithmetic_conversations(
+            num_hybrid_arithmetic, seed=seed + 4, digits=digits, exclude={p["prompt"] for p in heldout}, direct=hybrid_direct_share
+        )
+        hybrid_bare = sum("<think></think>" in c["messages"][-1]["content"] for c in hybrid)
+        _write_jsonl(root / "data" / "hybrid_arithmetic.jsonl", hybrid)
+        _write_jsonl(root / "data" / "hybrid_docs_conversations.jsonl", conversations[:num_hybrid_docs])
+        print(
+            f"[5/7] hybrid SFT: {len(hybrid)} arithmetic conversations ({hybrid_bare} answered bare) + "
+            f"{min(num_hybrid_docs, len(conversations))} documentation ones, so the bare answer becomes the default "
+            f"(held-out accuracy after the first SFT stage, greedy: {sft_accuracy:.1%})"
+        )
+        sft(
+            model=str(final),
+            data=[str(root / "data" / "hybrid_docs_conversations.jsonl"), str(root / "data" / "hybrid_arithmetic.jsonl")],
+            out=str(root / "hybrid"),
+            max_length=block_size,
+            val_fraction=0.02,
+            max_val=100,
+            reasoning_tag_weight=reasoning_tag_weight,
+            train=_fixed(hybrid_steps, cap_minutes, batch_size, hybrid_lr, device, seed, warmup_steps=10, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
+            overwrite=True,
+        )
+        final = root / "hybrid"
     if grpo_steps > 0:
-        print(f"[5/6] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
+        print(f"[6/7] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
         from minigpt.recipes.grpo import grpo
 
         # Fresh problems of the training split (the held-out ones excluded): RL prompts may
@@ -222,7 +275,7 @@ def quickstart(
         rl_prompts = make_arithmetic_prompts(3000, seed=seed + 2, digits=digits, split="train", exclude=heldout)
         _write_jsonl(root / "data" / "arithmetic_rl_prompts.jsonl", rl_prompts)
         rl = grpo(
-            model=str(root / "sft"),
+            model=str(final),
             data=str(root / "data" / "arithmetic_rl_prompts.jsonl"),
             eval_data=str(root / "data" / "arithmetic_heldout.jsonl"),
             out=str(root / "grpo"),
@@ -241,7 +294,7 @@ def quickstart(
         reply_tokens = (rl["val_completion_length_before"], rl["val_completion_length"])
         final = root / "grpo"
 
-    print("[6/6] chat (scripted; try it yourself with the command at the end)")
+    print("[7/7] chat (scripted; try it yourself with the command at the end)")
     from minigpt.inference.chat import ChatSession
 
     chat_model, chat_tok = load_model_and_tokenizer(final, device=device)
@@ -256,17 +309,22 @@ def quickstart(
             print(f"  [thinking] {reply.thinking.strip()}")
         print(f"assistant: {reply.answer.strip()}\n")
     metrics["pretrain_val_bpb"] = pre.get("val_bpb", float("nan"))
+    metrics["sft_accuracy"] = sft_accuracy
     metrics["arithmetic_accuracy"] = accuracy
     metrics["grpo_accuracy"] = grpo_accuracy
     metrics["reply_tokens"] = reply_tokens
     metrics["wall_seconds"] = time.time() - t0
+    stages = f"{accuracy:.1%} after SFT" if sft_accuracy is None else (
+        f"{sft_accuracy:.1%} after the first SFT stage, {accuracy:.1%} after the hybrid stage"
+    )
     rl_part = "" if grpo_accuracy is None else (
-        f" -> {grpo_accuracy:.1%} after GRPO (mean reply {reply_tokens[0]:.0f} -> {reply_tokens[1]:.0f} tokens)"
+        f" -> {grpo_accuracy:.1%} after GRPO ({100 * (grpo_accuracy - accuracy):+.1f} points; "
+        f"mean reply {reply_tokens[0]:.0f} -> {reply_tokens[1]:.0f} tokens)"
     )
     print(
         f"quickstart finished in {metrics['wall_seconds']:.0f} s: pretraining val {metrics['pretrain_val_bpb']:.3f} bits per byte; "
         f"SFT held-out assistant-token loss {metrics.get('val_loss_before', float('nan')):.3f} -> {metrics.get('val_loss', float('nan')):.3f} nats; "
-        f"held-out arithmetic accuracy (greedy, {num_heldout} problems) {accuracy:.1%} after SFT{rl_part}"
+        f"held-out arithmetic accuracy (greedy, {num_heldout} problems) {stages}{rl_part}"
     )
     print(f"next: minigpt chat --model {final}")
     return metrics
