@@ -1,10 +1,11 @@
 """GRPO vs GSPO on a verifiable task the project generates (issue 5 §6, first bullet).
 
 Task: the quickstart's arithmetic (`minigpt quickstart`): integer +, -, × with 1-2 digit operands,
-answered as `<think>column steps</think><answer>N</answer>`. Half of the quickstart's SFT answers
-are given without working (`<think></think><answer>N</answer>`), so its SFT model has two
-behaviours and, decoding greedily, mostly answers without thinking. Start model, held-out
-problems and RL prompts are the quickstart's: `RUN/sft`, `RUN/data/arithmetic_heldout.jsonl`
+answered as `<think>column steps</think><answer>N</answer>`. The quickstart's second (hybrid) SFT
+stage answers three in four problems without working (`<think></think><answer>N</answer>`), so
+its model has two behaviours and, decoding greedily, mostly answers without thinking. Start
+model, held-out problems and RL prompts are the quickstart's: `RUN/hybrid` (`RUN/sft` for a run
+made with `--hybrid_steps 0`), `RUN/data/arithmetic_heldout.jsonl`
 (200 problems, hash-disjoint from the SFT problems) and `RUN/data/arithmetic_rl_prompts.jsonl`
 (fresh problems, the held-out ones excluded). Run the quickstart first.
 
@@ -53,7 +54,8 @@ def main() -> None:
 
     out = Path(args.out)
     run = Path(args.run)
-    start, heldout, prompts = run / "sft", run / "data" / "arithmetic_heldout.jsonl", run / "data" / "arithmetic_rl_prompts.jsonl"
+    start = run / "hybrid" if (run / "hybrid" / "config.json").is_file() else run / "sft"
+    heldout, prompts = run / "data" / "arithmetic_heldout.jsonl", run / "data" / "arithmetic_rl_prompts.jsonl"
     for path in (start / "config.json", heldout, prompts):
         if not path.is_file():
             raise SystemExit(f"{path} is missing: run `minigpt quickstart --out {run}` first")
