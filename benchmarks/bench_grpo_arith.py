@@ -18,7 +18,7 @@ over seeds, and per seed): greedy held-out accuracy, sampled mean@k at the train
 and the mean greedy reply length in tokens (bare answers are about 11 tokens, worked ones 30+).
 
     minigpt quickstart                                  # once: runs/quickstart
-    python benchmarks/bench_grpo_arith.py               # 3 seeds × (GRPO, GSPO), ~15 min
+    python benchmarks/bench_grpo_arith.py               # 3 seeds × (GRPO, GSPO), ~15 min on 2 cores
     python benchmarks/bench_grpo_arith.py --steps 300 --seeds 1 2 3 --out /work/runs/grpo_arith
 
 Run it on a quiet machine (2 CPU cores: concurrent jobs slow every run several-fold).
@@ -40,10 +40,10 @@ def main() -> None:
     ap.add_argument("--run", default="runs/quickstart", help="a quickstart run directory (sft/ and data/)")
     ap.add_argument("--out", default="runs/grpo_arith")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per run (the quickstart's)")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--lr", type=float, default=5e-5, help="constant learning rate (the quickstart's)")
     ap.add_argument("--beta", type=float, default=0.0)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-new-tokens", type=int, default=96)
