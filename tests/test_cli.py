@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,16 +179,77 @@ def test_cli_divergence_is_reported_not_a_traceback(tiny_run, tmp_path, capsys):
 
 
 def test_cli_resume_from_corrupt_checkpoint(tiny_run, tmp_path, capsys):
+    """The newest checkpoint corrupt: resume from the one before, with a warning; every one
+    corrupt: one clear line, exit 2."""
     import shutil
 
     src, argv, root = tiny_run
     run = tmp_path / "copy"
     shutil.copytree(src, run)
     latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert len(list((run / "checkpoints").glob("step_*"))) >= 2
     (run / "checkpoints" / latest / "trainer_state.pt").write_bytes(b"\x00garbage")
     resumed = [a if a != str(src) else str(run) for a in argv] + ["--resume"]
-    assert main(resumed) == 2
-    assert "corrupt" in capsys.readouterr().err
+    resumed[resumed.index("--train.max_steps") + 1] = "10"
+    resumed += ["--train.log_interval", "1"]
+    previous = int(sorted(p.name for p in (run / "checkpoints").glob("step_*") if p.name != latest)[-1][5:])
+    with pytest.warns(RuntimeWarning, match=f"skipping checkpoint .*{latest}.*corrupt"):
+        assert main(resumed) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == sorted(set(steps))  # no step logged twice, though the steps after `previous` were redone
+    assert steps[-(10 - previous):] == list(range(previous + 1, 11))
+    for ckpt_dir in (run / "checkpoints").glob("step_*"):
+        (ckpt_dir / "trainer_state.pt").write_bytes(b"\x00garbage")
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning):
+        assert main(resumed) == 2
+    assert "no readable checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sft", "--out", "o"], ["sft", "--out", "o", "--resume"]),
+        (["sft", "--overwrite", "--out", "o"], ["sft", "--out", "o", "--resume"]),
+        (["sft", "--overwrite", "true", "--resume", "--out", "o"], ["sft", "--out", "o", "--resume"]),
+        (["sft", "--overwrite=true", "--resume=false"], ["sft", "--resume"]),
+    ],
+)
+def test_resume_command_drops_overwrite(argv, expected):
+    from minigpt.cli import _resume_argv
+
+    assert _resume_argv(argv) == expected
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_signal_saves_and_prints_the_resume_command(tiny_run, tmp_path, signum, code):
+    """A real `minigpt pretrain` process, signalled once training runs: it saves a checkpoint
+    at the step it names, exits 128 + signal, and the command it prints resumes the run."""
+    _, argv, root = tiny_run
+    out = tmp_path / "sig"
+    long = [a if a != str(root / "run") else str(out) for a in argv]
+    long = [("1000" if long[i - 1] == "--train.max_steps" else a) for i, a in enumerate(long)]
+    long += ["--train.log_interval", "1", "--cache_dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt.cli", *long], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("train/loss") >= 2):
+        assert proc.poll() is None and time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err
+    step = int(re.search(r"interrupted by SIG\w+ at step (\d+)", err).group(1))
+    assert 2 <= step < 1000
+    assert (out / "checkpoints" / f"step_{step:08d}").is_dir()
+    command = shlex.split(re.search(r"resume with: minigpt (.*)", err).group(1))
+    assert command[-1] == "--resume" and "--overwrite" not in command
+    i = command.index("--train.max_steps")
+    command[i + 1] = str(step + 2)
+    assert main(command) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, step + 3))
 
 
 def test_tokenizer_never_sees_the_validation_tail(tmp_path):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -15,7 +21,8 @@ from minigpt.objectives.lm import CausalLMObjective
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
-from minigpt.train.loop import Trainer, TrainingDivergedError
+from minigpt.train import rundir
+from minigpt.train.loop import Trainer, TrainingDivergedError, TrainingInterrupted
 from minigpt.train.optim import param_groups, warmup_cosine
 
 VOCAB = 48
@@ -128,14 +135,109 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     assert names == ["step_00000005", "step_00000006"]
 
 
-def test_resume_errors(tmp_path):
-    with pytest.raises(UserError, match="no checkpoint"):
-        run(tmp_path, "none", resume=True)
-    run(tmp_path, "c", max_steps=2)
-    state_file = ckpt.latest_checkpoint(tmp_path / "c") / ckpt.STATE_FILE
-    state_file.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="corrupt"):
-        run(tmp_path, "c", max_steps=4, resume=True)
+def test_resume_without_a_checkpoint_starts_from_step_0(tmp_path):
+    """A run stopped before its first checkpoint: `--resume` starts it over cleanly."""
+    fresh = run(tmp_path, "fresh", max_steps=4)
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "metrics.jsonl").write_text('{"step": 1, "train/loss": 9.0}\n')
+    with pytest.warns(RuntimeWarning, match="no checkpoint yet"):
+        resumed = run(tmp_path, "early", max_steps=4, resume=True)
+    assert resumed.step == 4
+    assert all(torch.equal(a, b) for a, b in zip(fresh.model.parameters(), resumed.model.parameters()))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(1) == 1  # the stale row of step 1 is gone
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    full = run(tmp_path, "full", max_steps=6)
+    run(tmp_path, "c", max_steps=6, save_interval=2, keep_last=3, callbacks=[StopAt(4)])
+    assert [p.name for p in ckpt.checkpoint_dirs(tmp_path / "c")] == ["step_00000002", "step_00000004"]
+    (ckpt.latest_checkpoint(tmp_path / "c") / ckpt.STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint .*step_00000004.*corrupt"):
+        resumed = run(tmp_path, "c", model=tiny_model(seed=99), max_steps=6, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+    for p in ckpt.checkpoint_dirs(tmp_path / "c"):
+        (p / ckpt.STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="skipping"), pytest.raises(UserError, match="no readable checkpoint"):
+        run(tmp_path, "c", max_steps=8, resume=True)
+
+
+def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
+    """Killed after logging steps 5-6 but before checkpointing them: the resumed run logs those
+    steps again, and each step keeps one row."""
+    run(tmp_path, "m", max_steps=6, save_interval=4, keep_last=3)
+    for name in ("step_00000006",):
+        shutil.rmtree(tmp_path / "m" / "checkpoints" / name)
+    run(tmp_path, "m", max_steps=7, resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "train/loss" in r]
+    assert train_steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_partial_writes_are_removed_at_start(tmp_path):
+    run(tmp_path, "p", max_steps=2)
+    junk = [tmp_path / "p" / "checkpoints" / ".tmp-step_00000004-12345", tmp_path / "p" / "checkpoints" / ".old-step_00000002-12345", tmp_path / "p" / ".final-tmp"]
+    for d in junk:
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half")
+    with pytest.warns(RuntimeWarning, match="interrupted write"):
+        run(tmp_path, "p", max_steps=3, resume=True)
+    assert not any(d.exists() for d in junk)
+
+
+class SignalAt(Callback):
+    """Sends `signum` to this process `times` times at the end of step `at`."""
+
+    def __init__(self, at: int, signum: int, times: int = 1) -> None:
+        self.at, self.signum, self.times = at, signum, times
+
+    def on_step_end(self, trainer, metrics) -> None:
+        if trainer.step == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path, signum):
+    full = run(tmp_path, "full", max_steps=8)
+    before = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(tmp_path, "sig", max_steps=8, callbacks=[SignalAt(3, signum)])
+    assert (info.value.signum, info.value.step) == (signum, 3)
+    assert info.value.checkpoint == ckpt.latest_checkpoint(tmp_path / "sig") and info.value.checkpoint.name == "step_00000003"
+    assert signal.getsignal(signum) is before  # the handler is put back
+    assert not (tmp_path / "sig" / "model.safetensors").exists()  # an interrupted run is not a finished model
+    resumed = run(tmp_path, "sig", model=tiny_model(seed=99), max_steps=8, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+
+
+def test_second_signal_stops_at_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "twice", max_steps=8, save_interval=2, callbacks=[SignalAt(3, signal.SIGINT, times=2)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert ckpt.latest_checkpoint(tmp_path / "twice").name == "step_00000002"  # the last good one, untouched
+    resumed = run(tmp_path, "twice", max_steps=8, resume=True)
+    assert resumed.step == 8
+
+
+def test_a_second_process_on_the_same_out_is_refused(tmp_path):
+    """The lock names the holder's PID, and a holder killed with SIGKILL leaves no stale lock."""
+    out = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time; from minigpt.train.rundir import lock_run_dir; lock_run_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"in use by another minigpt process \\(PID {holder.pid}\\)"):
+            run(tmp_path, "busy", max_steps=2)
+        assert not (out / "run.json").exists()  # refused before touching anything
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / rundir.LOCK_FILE).exists()  # left behind by the killed holder ...
+    assert run(tmp_path, "busy", max_steps=2).step == 2  # ... and no obstacle
+    assert not (out / rundir.LOCK_FILE).exists()  # released when fit returns
 
 
 def test_out_dir_with_other_run_is_refused(tmp_path):

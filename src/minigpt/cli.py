@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
 import sys
 from typing import Callable
 
@@ -107,7 +108,7 @@ def _arg_help(doc: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `minigpt` console script; returns the exit status."""
     from minigpt.errors import UserError
-    from minigpt.train.loop import TrainingDivergedError
+    from minigpt.train.loop import TrainingDivergedError, TrainingInterrupted
 
     parser = build_parser()
     argv = _underscore_options(list(sys.argv[1:] if argv is None else argv))
@@ -127,10 +128,34 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDivergedError as e:
         print(f"minigpt {name}: training diverged: {e}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as e:
+        print(f"minigpt {name}: interrupted by {e}", file=sys.stderr)
+        if "resume" in inspect.signature(_commands()[name]).parameters:
+            print(f"resume with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"minigpt {name}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _resume_argv(argv: list[str]) -> list[str]:
+    """`argv` of an interrupted command made to continue it: `--overwrite` (in any of its
+    spellings) dropped, since it would discard the run, and `--resume` added once."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--overwrite" or arg.startswith("--overwrite="):
+            # A following true/false belongs to it (`--overwrite true`).
+            skip = arg == "--overwrite" and i + 1 < len(argv) and argv[i + 1].lower() in ("true", "false")
+            continue
+        if arg == "--resume" or arg.startswith("--resume="):
+            skip = arg == "--resume" and i + 1 < len(argv) and argv[i + 1].lower() in ("true", "false")
+            continue
+        out.append(arg)
+    return out + ["--resume"]
 
 
 if __name__ == "__main__":

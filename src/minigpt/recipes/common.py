@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from minigpt.errors import UserError
 from minigpt.train.config import TrainConfig
+from minigpt.train.rundir import lock_run_dir
 
 
 def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size: int | None = None) -> TrainConfig:
@@ -27,9 +28,14 @@ def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """Fail fast, before minutes of tokenization, when OUT already holds a run (the `Trainer`
     checks again when it starts).
 
+    It first takes OUT's lock (`train.rundir.lock_run_dir`) for the rest of the process, so a
+    second command on the same OUT is refused before either prepares any data.
+
     Raises:
-        UserError: OUT holds `run.json` and neither `resume` nor `overwrite` is set.
+        UserError: another process is using OUT, OUT cannot be created or written, or OUT
+            holds `run.json` and neither `resume` nor `overwrite` is set.
     """
+    lock_run_dir(out_dir)
     if not resume and not overwrite and (Path(out_dir) / "run.json").exists():
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
 

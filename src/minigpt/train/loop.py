@@ -13,6 +13,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +32,7 @@ from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
 from minigpt.train.optim import param_groups, warmup_cosine
+from minigpt.train.rundir import lock_run_dir, remove_partial_writes, unlock_run_dir
 from minigpt.data.pretrain import BlockSampler
 
 
@@ -46,6 +50,22 @@ MODEL_FILE_PATTERNS = (
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM stopped `Trainer.fit` between two steps, after it saved a
+    checkpoint. The CLI exits with 128 + `signum` (130 for SIGINT, 143 for SIGTERM).
+
+    Attributes:
+        signum: the signal's number.
+        step: the optimizer steps done, all of them in the checkpoint.
+        checkpoint: the checkpoint directory written (None on ranks other than 0).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}; checkpoint saved in {checkpoint}")
 
 
 def seed_everything(seed: int) -> None:
@@ -168,6 +188,11 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
+        if self.is_main:
+            # Held until `fit` ends if taken here, else by the recipe that took it (train.rundir).
+            self._own_lock = lock_run_dir(self.out_dir)
+            for p in remove_partial_writes(self.out_dir):
+                warnings.warn(f"removed {p}, left by an interrupted write", RuntimeWarning, stacklevel=3)
         run_file = self.out_dir / "run.json"
         has_run = run_file.is_file() or (self.out_dir / "checkpoints").is_dir()
         if has_run and not resume:
@@ -208,10 +233,26 @@ class Trainer:
         }
 
     def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.out_dir)
-        if path is None:
-            raise UserError(f"--resume: no checkpoint found under {self.out_dir / 'checkpoints'}")
-        state, weights = ckpt.load_checkpoint(path)
+        """Load the newest readable checkpoint; a corrupt one is skipped with a warning for the
+        one before it, and with none at all the run starts from step 0 (a run interrupted
+        before its first checkpoint)."""
+        candidates = ckpt.checkpoint_dirs(self.out_dir)[::-1]
+        latest = ckpt.latest_checkpoint(self.out_dir)
+        if latest is not None:
+            candidates = [latest] + [p for p in candidates if p != latest]
+        for path in candidates:
+            try:
+                state, weights = ckpt.load_checkpoint(path)
+                break
+            except UserError as e:
+                warnings.warn(f"--resume: skipping checkpoint {path}: {e}", RuntimeWarning, stacklevel=3)
+        else:
+            if candidates:
+                raise UserError(f"--resume: no readable checkpoint under {self.out_dir / 'checkpoints'}; pass --overwrite to start over")
+            if self.is_main:
+                warnings.warn(f"--resume: {self.out_dir} has no checkpoint yet; starting from step 0", RuntimeWarning, stacklevel=3)
+            self._truncate_metrics(0)
+            return
         model = _unwrap(self.model)
         if hasattr(model, "peft_config"):
             # Adapter training (LoRA …; peft marks a model it injected adapters into with
@@ -246,6 +287,22 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None
         self.last_checkpoint = path
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop `metrics.jsonl` rows logged after `step`: the resumed run logs those steps again."""
+        path = self.out_dir / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row_step = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a row cut short by a kill
+            if isinstance(row_step, (int, float)) and row_step <= step:
+                kept.append(line)
+        ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def save(self) -> Path | None:
         """Write a resumable checkpoint now (main rank only); returns its directory."""
@@ -381,8 +438,66 @@ class Trainer:
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         """Train until `total_steps`, `max_time` or a callback's `should_stop`.
 
+        SIGINT (Ctrl-C) or SIGTERM during training lets the current step finish, saves a
+        checkpoint and raises `TrainingInterrupted`; `fit(resume=True)` then continues exactly
+        where it stopped. A second signal stops at once (KeyboardInterrupt), which loses only
+        the steps since the last checkpoint. Handlers are installed only when `fit` runs in the
+        main thread, and the previous ones are restored when it returns.
+
         Returns the last step's training metrics merged with the last evaluation.
+
+        Raises:
+            TrainingInterrupted: after saving, on SIGINT or SIGTERM.
+            TrainingDivergedError: the loss became NaN or infinite.
+            UserError: OUT is in use by another process or holds another run, or a resumed
+                checkpoint does not match.
         """
+        self._stop_signal: int | None = None
+        self._own_lock = False
+        try:
+            if threading.current_thread() is not threading.main_thread():
+                return self._fit(resume, overwrite)
+            return self._fit_catching_signals(resume, overwrite)
+        finally:
+            if self._own_lock:
+                unlock_run_dir(self.out_dir)
+
+    def _fit_catching_signals(self, resume: bool, overwrite: bool) -> dict[str, float]:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            if self._stop_signal is not None:  # the second one: stop now
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            if self.is_main:
+                print(
+                    f"\n{signal.Signals(signum).name} received: finishing step {self.step + 1}, then saving a checkpoint "
+                    "(send it again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        try:
+            for sig in previous:
+                signal.signal(sig, on_signal)
+            return self._fit(resume, overwrite)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_requested(self) -> int | None:
+        """The stop signal's number if any rank received SIGINT/SIGTERM, else None (all ranks
+        agree, so they stop after the same step)."""
+        local = getattr(self, "_stop_signal", None)
+        if self.world_size == 1:
+            return local
+        if all_reduce_sum([float(local or 0)], self.device)[0] > 0:
+            return local or signal.SIGTERM
+        return None
+
+    def _fit(self, resume: bool, overwrite: bool) -> dict[str, float]:
         c = self.config
         self._prepare_out_dir(resume, overwrite)
         if resume:
@@ -411,7 +526,11 @@ class Trainer:
             dynamic_ncols=True,
         )
         metrics: dict[str, float] = {}
+        interrupted = None
         while self.step < self.total_steps and not self.should_stop:
+            interrupted = self._stop_requested()
+            if interrupted:
+                break
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(c.grad_accum)]
             units = all_reduce_sum([float(sum(self.objective.num_units(b) for b in micro))], self.device)[0]
@@ -496,6 +615,10 @@ class Trainer:
                     )
                 break
         bar.close()
+        if interrupted:
+            path = self.save()
+            barrier()
+            raise TrainingInterrupted(interrupted, self.step, path)
         ev = self.evaluate()
         if ev:
             self._log(ev)
