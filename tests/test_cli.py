@@ -292,3 +292,79 @@ def test_cli_original_design_flags(tiny_run, tmp_path, capsys):
     assert run["train"]["epochs"] == 1 and run["train"]["batch_size"] == 8
     steps = max(json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines())
     assert steps == math.ceil(n_train / 8)
+
+
+def _chat_file(path):
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w} {w}."}]} for w in ("fox", "dog", "box", "jug") * 6]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _files(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _sft(model, data, out, *extra):
+    return ["sft", "--model", str(model), "--data", str(data), "--out", str(out), "--max_length", "32", "--train.max_steps", "2",
+            "--train.batch_size", "2", "--train.progress", "false", "--val_fraction", "0", *extra]
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--lora_rank", "4", "--overwrite"]])
+def test_cli_out_that_is_the_input_model_is_refused(tiny_run, tmp_path, capsys, extra):
+    import shutil
+
+    src, _, _ = tiny_run
+    model = tmp_path / "model"
+    shutil.copytree(src, model)
+    before = _files(model)
+    assert main(_sft(model, _chat_file(tmp_path / "chat.jsonl"), model, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "is also the --model input" in err and "Traceback" not in err
+    assert _files(model) == before  # not one byte changed
+
+
+def test_cli_out_holding_someone_elses_model_is_kept(tiny_run, tmp_path, capsys):
+    """An exported or merged model has no run.json: refused without --overwrite; with it, the
+    LoRA run writes its adapter beside the model, replaces only files of the same names (the
+    tokenizer's) and deletes none."""
+    src, _, _ = tiny_run
+    other = tmp_path / "exported"
+    assert main(["export", "--model", str(src), "--to", "llama", "--out", str(other)]) == 0
+    before = _files(other)
+    data = _chat_file(tmp_path / "chat.jsonl")
+    assert main(_sft(src, data, other, "--lora_rank", "4")) == 2
+    assert "no minigpt run wrote" in capsys.readouterr().err
+    assert _files(other) == before
+    with pytest.warns(RuntimeWarning, match="did not write"):
+        assert main(_sft(src, data, other, "--lora_rank", "4", "--overwrite")) == 0
+    after = _files(other)
+    assert set(before) <= set(after)  # none of theirs deleted
+    assert (after["model.safetensors"], after["config.json"]) == (before["model.safetensors"], before["config.json"])  # their model, untouched
+    assert "adapter_model.safetensors" in after
+
+
+def test_cli_overwrite_never_deletes_a_users_checkpoints_folder(tiny_run, tmp_path, capsys):
+    src, _, _ = tiny_run
+    user = tmp_path / "mine"
+    (user / "checkpoints").mkdir(parents=True)
+    (user / "checkpoints" / "precious.pt").write_bytes(b"years of work")
+    (user / "metrics.jsonl").write_text("{}\n")
+    assert main(_sft(src, _chat_file(tmp_path / "chat.jsonl"), user, "--overwrite")) == 2
+    assert "no minigpt run recorded as its own" in capsys.readouterr().err
+    assert (user / "checkpoints" / "precious.pt").read_bytes() == b"years of work"
+    assert (user / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
+    import shutil
+
+    src, _, root = tiny_run
+    model = tmp_path / "model"
+    shutil.copytree(src, model)
+    before = _files(model)
+    argv = ["tokenizer", "--data", str(root / "corpus.txt"), "--vocab_size", "280", "--out", str(model)]
+    assert main(argv) == 2
+    assert "holds a model" in capsys.readouterr().err
+    assert _files(model) == before
+    assert main(argv + ["--overwrite"]) == 0
+    assert (model / "model.safetensors").read_bytes() == before["model.safetensors"]

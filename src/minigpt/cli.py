@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    from minigpt.train.rundir import release_all_locks
+
     try:
         _commands()[name](**kwargs)
     except UserError as e:
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"minigpt {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_all_locks()  # the command is over: its run directories are free again
     return 0
 
 

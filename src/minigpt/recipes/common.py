@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from minigpt.errors import UserError
 from minigpt.train.config import TrainConfig
-from minigpt.train.rundir import lock_run_dir
+from minigpt.train.rundir import LOCK_FILE, lock_run_dir, unlock_run_dir
 
 
 def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size: int | None = None) -> TrainConfig:
@@ -24,20 +24,52 @@ def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size
     )
 
 
-def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Fail fast, before minutes of tokenization, when OUT already holds a run (the `Trainer`
-    checks again when it starts).
+def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:
+    """Check OUT before minutes of data preparation (the `Trainer` checks again when it starts).
 
     It first takes OUT's lock (`train.rundir.lock_run_dir`) for the rest of the process, so a
-    second command on the same OUT is refused before either prepares any data.
+    second command on the same OUT is refused before either prepares any data. Then:
+    - OUT must not be one of the command's inputs (`inputs`: option name -> path or list of
+      paths, e.g. `{"model": "runs/sft"}`), not even with `overwrite`: training into the model
+      it starts from would replace or delete that model.
+    - OUT holding a run (`run.json`) needs `resume` or `overwrite`.
+    - OUT holding anything else (a model, a tokenizer, the user's files) needs `overwrite`,
+      and even then only files of the names the run writes are replaced; nothing is deleted
+      (see `Trainer`).
 
     Raises:
-        UserError: another process is using OUT, OUT cannot be created or written, or OUT
-            holds `run.json` and neither `resume` nor `overwrite` is set.
+        UserError: one of the above, another process is using OUT, or OUT cannot be created
+            or written.
     """
-    lock_run_dir(out_dir)
-    if not resume and not overwrite and (Path(out_dir) / "run.json").exists():
-        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory; choose another --out")
+    for name, value in (inputs or {}).items():
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if path and out.exists() and Path(path).exists() and Path(path).resolve() == out.resolve():
+                raise UserError(f"--out {out} is also the --{name} input; training into it would destroy it: choose another --out")
+    took = lock_run_dir(out)
+    try:
+        _check_out_contents(out, resume, overwrite)
+    except UserError:
+        if took:
+            unlock_run_dir(out)
+        raise
+
+
+def _check_out_contents(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        return
+    if (out / "run.json").exists():
+        if not overwrite:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if foreign and not overwrite:
+        raise UserError(
+            f"--out {out} already holds files that no minigpt run wrote ({', '.join(foreign[:4])}{', …' if len(foreign) > 4 else ''}); "
+            "choose another --out, or pass --overwrite to write into it (files of the same names are replaced, no other file is deleted)"
+        )
 
 
 def load_preference_data(

@@ -91,7 +91,7 @@ def distill(
     out_dir = Path(out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    refuse_existing_run(out_dir, resume, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite, inputs={"teacher": teacher, "student": student, "data": data})
     seed_everything(train.seed)
     teacher_net, tok = load_base_model(teacher)
     if student:

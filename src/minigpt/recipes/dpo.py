@@ -124,7 +124,7 @@ def dpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    refuse_existing_run(out_dir, resume, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reference": reference, "data": data})
     if lora_rank <= 0 and dora:
         raise UserError("--dora needs --lora_rank > 0")
     seed_everything(train.seed)

@@ -278,7 +278,7 @@ def grpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    refuse_existing_run(out_dir, resume, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "data": data, "eval_data": eval_data})
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     net.config.dropout = 0.0  # ratio == 1 on the first pass needs the same forward as sampling

@@ -163,7 +163,7 @@ def ppo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    refuse_existing_run(out_dir, resume, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "value_model": value_model, "data": data})
     names = [name for name, _ in parse_reward_spec(reward)]
     if "model" in names and reward_model is None:
         raise UserError("--reward model needs --reward_model DIR (a reward model trained with `minigpt reward`)")

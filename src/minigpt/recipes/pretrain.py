@@ -204,7 +204,7 @@ def pretrain(
         tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
     rank, _, _ = init_distributed(pick_device(train.device))
     if rank == 0:
-        refuse_existing_run(out_dir, resume, overwrite)  # before minutes on a tokenizer
+        refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})  # before minutes on a tokenizer
         out_dir.mkdir(parents=True, exist_ok=True)
         sources = resolve_sources(data)
         tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction)

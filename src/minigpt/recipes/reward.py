@@ -177,7 +177,7 @@ def reward(
     out_dir = Path(save_dir or out)
     rank, _, _ = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    refuse_existing_run(out_dir, resume, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
     if center_rewards_coef < 0:
         raise UserError(f"--center_rewards_coef must be >= 0, got {center_rewards_coef}")
     seed_everything(train.seed)

@@ -186,7 +186,7 @@ def sft(
     out_dir = Path(save_dir or out)
     rank, _, _ = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    refuse_existing_run(out_dir, resume, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
     if lora_rank <= 0 and (dora or qlora):
         raise UserError("--dora and --qlora need --lora_rank > 0")
     seed_everything(train.seed)

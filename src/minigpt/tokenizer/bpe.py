@@ -263,6 +263,7 @@ def tokenizer_command(
     out: str = "tokenizer",
     text_field: str = "text",
     max_chars: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train a tokenizer on documents read from files and save it to ``out``.
 
@@ -275,15 +276,27 @@ def tokenizer_command(
         text_field: field holding the text in JSONL/parquet records.
         max_chars: stop reading after this many characters (the document crossing the limit is
             cut); None reads everything.
+        overwrite: write into an ``out`` that already holds files (its tokenizer files are
+            replaced; nothing else is deleted).
 
     Returns:
         The output directory.
 
     Raises:
-        UserError: bad ``max_chars`` or ``vocab_size``, no text found, or errors of the loaders.
+        UserError: bad ``max_chars`` or ``vocab_size``, no text found, errors of the loaders,
+            or ``out`` is a file, or holds files (a model, another tokenizer) and ``overwrite``
+            is not set: checked before any text is read.
     """
     if max_chars is not None and max_chars <= 0:
         raise UserError(f"max_chars: must be positive or None, got {max_chars}")
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    held = sorted(p.name for p in out_path.iterdir()) if out_path.is_dir() else []
+    if held and not overwrite:
+        model = any(name in held for name in ("config.json", "adapter_config.json")) or any(n.endswith(".safetensors") for n in held)
+        what = "a model, whose outputs a new tokenizer would turn to garbage" if model else f"files ({', '.join(held[:4])})"
+        raise UserError(f"--out {out} already holds {what}; choose another --out, or pass --overwrite to replace the tokenizer files in it")
     if isinstance(data, (str, Path)):  # one path given where a list was expected
         data = [str(data)]
     data = list(data or [])

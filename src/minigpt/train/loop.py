@@ -194,7 +194,15 @@ class Trainer:
             for p in remove_partial_writes(self.out_dir):
                 warnings.warn(f"removed {p}, left by an interrupted write", RuntimeWarning, stacklevel=3)
         run_file = self.out_dir / "run.json"
-        has_run = run_file.is_file() or (self.out_dir / "checkpoints").is_dir()
+        has_run = run_file.is_file()
+        # Files in OUT that a minigpt run recorded as its own (its run.json is there) may be
+        # replaced or deleted; anything else in OUT is the user's, and stays.
+        self._out_is_ours = has_run or resume
+        if not has_run and not resume and (self.out_dir / "checkpoints").is_dir():
+            raise UserError(
+                f"{self.out_dir} holds a checkpoints/ folder that no minigpt run recorded as its own (no run.json); "
+                "move it or choose another --out"
+            )
         if has_run and not resume:
             if not overwrite:
                 previous = run_file.read_text(encoding="utf-8") if run_file.is_file() else "{}"
@@ -334,10 +342,17 @@ class Trainer:
         # Weights of another kind left by an earlier run in OUT (a full model where an adapter
         # is now saved, or the reverse) would be picked up by `from_pretrained`: remove them.
         written = {p.name for p in tmp.iterdir()}
-        for pattern in MODEL_FILE_PATTERNS:
-            for old in self.out_dir.glob(pattern):
-                if old.name not in written:
-                    old.unlink()
+        stale = [old for pattern in MODEL_FILE_PATTERNS for old in self.out_dir.glob(pattern) if old.name not in written]
+        if stale and getattr(self, "_out_is_ours", True):
+            for old in stale:
+                old.unlink()
+        elif stale:
+            warnings.warn(
+                f"{self.out_dir} also holds model files this run did not write ({', '.join(sorted(p.name for p in stale)[:4])}); "
+                "they were left in place, and loaders may pick them up",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         for p in tmp.iterdir():
             target = self.out_dir / p.name
             if p.is_dir() and target.is_dir():  # a sub-model saved beside the main one (PPO's critic)

@@ -102,7 +102,8 @@ def unlock_run_dir(out_dir: str | Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all_locks() -> None:
+    """Release every run-directory lock this process holds (also run at exit)."""
     for path in list(_held):
         unlock_run_dir(path)
 
