@@ -368,3 +368,33 @@ def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
     assert _files(model) == before
     assert main(argv + ["--overwrite"]) == 0
     assert (model / "model.safetensors").read_bytes() == before["model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sft", "--train.log_interval", "0"], "train.log_interval: must be an integer ≥ 1, got 0"),
+        (["sft", "--train.lr=-1e-3"], "train.lr: must be a number > 0"),
+        (["sft", "--train.beta2", "1.5"], "train.beta2: must be in [0, 1)"),
+        (["sft", "--train.max_time=-1"], "train.max_time: must be None or > 0"),
+        (["sft", "--train.epochs", "0"], "train.epochs: must be None or > 0"),
+        (["sft", "--train.warmup_steps=-3"], "train.warmup_steps: must be an integer ≥ 0"),
+        (["sft", "--train.weight_decay=-0.1"], "train.weight_decay: must be a number ≥ 0"),
+        (["sft", "--train.batch_size", "0"], "train.batch_size: must be an integer ≥ 1"),
+        (["sft", "--lora_rank=-4"], "--lora_rank: must be ≥ 0"),
+        (["sft", "--reasoning_tag_weight=-1"], "--reasoning_tag_weight: must be ≥ 0"),
+        (["dpo", "--lora_rank=-4"], "--lora_rank: must be ≥ 0"),
+        (["grpo", "--group_size", "1"], "--group_size: must be ≥ 2"),
+        (["distill", "--alpha", "2"], "--alpha: must be in [0, 1]"),
+    ],
+)
+def test_cli_nonsense_settings_are_one_clear_line(tiny_run, tmp_path, capsys, argv, message):
+    """Values that used to crash mid-run (log_interval 0) or silently train something else
+    (a negative LoRA rank became full fine-tuning): refused before anything is written."""
+    src, _, _ = tiny_run
+    model = ["--teacher", str(src)] if argv[0] == "distill" else ["--model", str(src)]
+    out = tmp_path / "out"
+    code = main([argv[0], *model, "--data", str(_chat_file(tmp_path / "chat.jsonl")), "--out", str(out), *argv[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = _underscore_options(list(sys.argv[1:] if argv is None else argv))
     cfg = parser.parse_args(argv)
     name = cfg.command
-    init = parser.instantiate(cfg)
+    try:
+        init = parser.instantiate(cfg)  # builds the config dataclasses, which validate themselves
+    except UserError as e:
+        print(f"minigpt {name}: error: {e}", file=sys.stderr)
+        return 2
     kwargs = {k: v for k, v in dict(init[name]).items() if k != "config"}
     import minigpt  # noqa: F401 — registers the model with transformers' Auto classes
     from transformers.utils import logging as hf_logging

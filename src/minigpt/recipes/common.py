@@ -24,6 +24,17 @@ def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size
     )
 
 
+def check_options(**rules: tuple[Any, bool, str]) -> None:
+    """Refuse option values that would crash later or silently train something else.
+
+    Each keyword is an option name mapped to `(value, ok, rule)`; the first with `ok` false
+    raises `UserError("--name: must be RULE, got VALUE")`.
+    """
+    for name, (value, ok, rule) in rules.items():
+        if not ok:
+            raise UserError(f"--{name}: must be {rule}, got {value!r}")
+
+
 def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:
     """Check OUT before minutes of data preparation (the `Trainer` checks again when it starts).
 

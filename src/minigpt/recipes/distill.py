@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import refuse_existing_run
+from minigpt.recipes.common import check_options, refuse_existing_run
 from minigpt.recipes.pretrain import ModelConfig
 from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, chat_eos_ids, load_base_model, load_sft_data
 from minigpt.train.config import TrainConfig
@@ -91,6 +91,7 @@ def distill(
     out_dir = Path(out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
+    check_options(alpha=(alpha, 0 <= alpha <= 1, "in [0, 1]"), temperature=(temperature, temperature > 0, "> 0"))
     refuse_existing_run(out_dir, resume, overwrite, inputs={"teacher": teacher, "student": student, "data": data})
     seed_everything(train.seed)
     teacher_net, tok = load_base_model(teacher)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 DPO_TRAIN_DEFAULTS = TrainConfig(
@@ -124,6 +124,7 @@ def dpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
+    check_options(lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = train every weight)"))
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reference": reference, "data": data})
     if lora_rank <= 0 and dora:
         raise UserError("--dora needs --lora_rank > 0")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import refuse_existing_run
+from minigpt.recipes.common import check_options, refuse_existing_run
 from minigpt.train.callbacks import Callback
 from minigpt.train.config import TrainConfig
 
@@ -278,6 +278,10 @@ def grpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
+    check_options(
+        lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = train every weight)"),
+        group_size=(group_size, group_size >= 2, "≥ 2 (with one sample per prompt every group-relative advantage is 0)"),
+    )
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "data": data, "eval_data": eval_data})
     seed_everything(train.seed)
     net, tok = load_base_model(model)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import refuse_existing_run
+from minigpt.recipes.common import check_options, refuse_existing_run
 from minigpt.recipes.grpo import _ENGINE_DTYPE, evaluate_policy, fit_policy, load_prompt_data
 from minigpt.train.config import TrainConfig
 
@@ -163,6 +163,7 @@ def ppo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
+    check_options(lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = train every weight)"))
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "value_model": value_model, "data": data})
     names = [name for name, _ in parse_reward_spec(reward)]
     if "model" in names and reward_model is None:

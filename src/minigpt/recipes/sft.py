@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, fit_from_start, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 SFT_TRAIN_DEFAULTS = TrainConfig(
@@ -186,6 +186,10 @@ def sft(
     out_dir = Path(save_dir or out)
     rank, _, _ = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
+    check_options(
+        lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = full fine-tuning)"),
+        reasoning_tag_weight=(reasoning_tag_weight, reasoning_tag_weight >= 0, "≥ 0"),
+    )
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
     if lora_rank <= 0 and (dora or qlora):
         raise UserError("--dora and --qlora need --lora_rank > 0")

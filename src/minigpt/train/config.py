@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from minigpt.errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -63,3 +68,37 @@ class TrainConfig:
     """Show a progress bar (loss, lr, tokens/s, ETA)."""
     tensorboard: bool = True
     """Also write metrics for TensorBoard under OUT/tensorboard."""
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would crash later or silently train something else.
+
+        Raises:
+            UserError: naming the first bad field (`train.<field>`) and its allowed range.
+        """
+
+        def need(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise UserError(f"train.{field}: must be {rule}, got {getattr(self, field)!r}")
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        need(integer(self.max_steps) and self.max_steps >= 0, "max_steps", "an integer ≥ 0")
+        need(self.max_time is None or (number(self.max_time) and self.max_time > 0), "max_time", "None or > 0 seconds")
+        need(self.epochs is None or (number(self.epochs) and self.epochs > 0), "epochs", "None or > 0")
+        need(integer(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer ≥ 1")
+        need(integer(self.grad_accum) and self.grad_accum >= 1, "grad_accum", "an integer ≥ 1")
+        need(number(self.lr) and self.lr > 0, "lr", "a number > 0")
+        need(number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
+        need(integer(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0")
+        need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number ≥ 0")
+        need(number(self.beta1) and 0 <= self.beta1 < 1, "beta1", "in [0, 1)")
+        need(number(self.beta2) and 0 <= self.beta2 < 1, "beta2", "in [0, 1)")
+        need(number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number ≥ 0 (0 disables clipping)")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        for field in ("eval_interval", "eval_batches", "save_interval", "keep_last"):
+            need(integer(getattr(self, field)) and getattr(self, field) >= 0, field, "an integer ≥ 0")
+        need(integer(self.log_interval) and self.log_interval >= 1, "log_interval", "an integer ≥ 1")
