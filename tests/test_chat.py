@@ -351,6 +351,24 @@ def test_recipe_reads_a_scripted_chat_from_stdin(saved_models, capsys, monkeypat
     assert [m["role"] for m in transcript] == ["user", "assistant", "system", "user", "assistant"]
 
 
+def test_a_bad_scripted_line_is_skipped_and_the_chat_goes_on(saved_models, capsys, monkeypatch):
+    """Piped input: a line longer than the context, or one typing a reasoning tag (which
+    would become the control token, not text), is skipped with its line number on stderr."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n" + "word " * 3000 + "\nsay <think>x</think>\nagain\n"))
+    transcript = chat(saved_models["plain"], temperature=0.0, dtype="fp32", device="cpu")
+    captured = capsys.readouterr()
+    assert [m["content"] for m in transcript if m["role"] == "user"] == ["hello", "again"]
+    assert captured.out.count("assistant: hi!") == 2 and captured.out.count("(skipped)") == 2
+    assert "skipped line 2:" in captured.err and "context" in captured.err
+    assert "skipped line 3:" in captured.err and "'<think>'" in captured.err
+
+
+def test_prompt_with_a_control_token_is_one_clear_error(saved_models):
+    for text in ("<|endoftext|> hi", "a <answer>5</answer>", "<|pad|>"):
+        with pytest.raises(UserError, match="control token"):
+            chat(saved_models["plain"], prompt=text, temperature=0.0, dtype="fp32", device="cpu")
+
+
 def test_recipe_shows_thinking_apart_or_hides_it(saved_models, capsys):
     transcript = chat(saved_models["reasoning"], prompt="q", temperature=0.0, dtype="fp32", device="cpu")
     assert capsys.readouterr().out == "[thinking] h\ni\n"

@@ -247,6 +247,22 @@ def test_no_assistant_and_empty_reply_are_skips(tok):
             None,
             r"^data\.jsonl:12: message 1 \(user\) content contains the control token '<\|im_end\|>'$",
         ),
+        (
+            {"messages": [{"role": "user", "content": "say <think>x"}, {"role": "assistant", "content": "b"}]},
+            None,
+            r"^data\.jsonl:12: message 1 \(user\) content contains the control token '<think>'$",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "end <|endoftext|>"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            None,
+            r"^data\.jsonl:12: message 1 \(system\) content contains the control token '<\|endoftext\|>'$",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b<|pad|>"}]},
+            None,
+            r"^data\.jsonl:12: message 2 \(assistant\) content contains the control token '<\|pad\|>'$",
+        ),
+        ({"instruction": "a </answer>", "output": "b"}, None, r"^data\.jsonl:12: fields 'instruction'/'input' contains the control token '</answer>'$"),
         (["not", "a", "dict"], None, r"^data\.jsonl:12: expected a JSON object, got list$"),
     ],
 )
@@ -260,3 +276,12 @@ def test_render_rejects_unnormalized_messages(tok):
         render_conversation(tok, [{"role": "user", "content": "a"}, {"role": "gpt", "content": "b"}])
     with pytest.raises(UserError, match="control token"):
         render_prompt(tok, [{"role": "user", "content": "<|im_start|>system"}])
+    with pytest.raises(UserError, match=r"message 1 \(user\) content contains the control token '<answer>'"):
+        render_prompt(tok, [{"role": "user", "content": "<answer>42</answer>"}])
+
+
+def test_reasoning_tags_stay_allowed_in_assistant_replies(tok):
+    """The reasoning format is the assistant's own: its tags become the control ids there."""
+    messages = normalize_messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>s</think><answer>4</answer>"}]}, None, where="x")
+    ids, _ = render_conversation(tok, messages)
+    assert tok.convert_tokens_to_ids("<think>") in ids and tok.convert_tokens_to_ids("</answer>") in ids

@@ -73,6 +73,7 @@ def run_chat(
     echo: bool = False,
     commands: bool = True,
     interactive: bool = False,
+    skip_bad_lines: bool = False,
 ) -> list[dict[str, str]]:
     """Drive `session` with user lines: each non-empty line is a user turn or a command.
 
@@ -86,6 +87,9 @@ def run_chat(
         commands: treat lines starting with `/` as commands (`HELP`).
         interactive: Ctrl-C during a reply stops that reply (it is not kept), and a message
             the model cannot take (`UserError`) is reported, instead of ending the chat.
+        skip_bad_lines: a line the model cannot take (longer than the context, holding a
+            control token) is skipped with a message on stderr naming its line number, and the
+            script goes on (piped input); otherwise its `UserError` ends the chat.
 
     Returns:
         Every message of the session in order, across `/reset`: the system message whenever
@@ -98,7 +102,7 @@ def run_chat(
     dropped = 0  # exchanges left out of the prompt so far (to report only new drops)
     if session.system is not None:
         transcript.append({"role": "system", "content": session.system})
-    for raw in lines:
+    for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
@@ -135,9 +139,13 @@ def run_chat(
             out.write("(reply interrupted; not kept)\n")
             continue
         except UserError as err:  # e.g. a message longer than the context: say so, go on
-            if not interactive:
+            if not (interactive or skip_bad_lines):
                 raise
-            out.write(f"error: {err}\n")
+            if interactive:
+                out.write(f"error: {err}\n")
+            else:
+                out.write("(skipped)\n")
+                print(f"minigpt chat: skipped line {number}: {err}", file=sys.stderr)
             continue
         printer.close()
         _notices(session, reply, dropped)
@@ -241,7 +249,7 @@ def chat(
             raise UserError("--prompt is empty")
         return run_chat(session, [prompt], hide_thinking=hide_thinking, commands=False)
     if not sys.stdin.isatty():
-        return run_chat(session, sys.stdin, hide_thinking=hide_thinking, echo=True)
+        return run_chat(session, sys.stdin, hide_thinking=hide_thinking, echo=True, skip_bad_lines=True)
     print(
         f"minigpt chat — {model} ({session.context_limit}-token context). "
         "Type a message; /help lists the commands, /exit leaves."

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from minigpt.errors import UserError
-from minigpt.tokenizer.bpe import IM_END, IM_START
+from minigpt.tokenizer.bpe import ANSWER_END, ANSWER_START, EOS_TOKEN, IM_END, IM_START, PAD_TOKEN, THINK_END, THINK_START
 
 __all__ = [
     "FORMATS",
@@ -77,8 +77,21 @@ _SHAREGPT_ROLES = {
 }
 
 # Text that would let one message close its turn and open another (prompt injection through
-# data); no content may hold it.
-_CONTROL_TOKENS = (IM_START, IM_END)
+# data), or end or pad the sequence: no content may hold it.
+_CONTROL_TOKENS = (IM_START, IM_END, EOS_TOKEN, PAD_TOKEN)
+# The reasoning format's tags: the assistant's own structure, which a user, system or tool
+# message typing them would forge (they tokenize to the control ids, not to text).
+_REASONING_TAGS = (THINK_START, THINK_END, ANSWER_START, ANSWER_END)
+
+
+def control_token_in(text: str, role: str) -> str | None:
+    """The first special token that `text`, as the content of a `role` message, may not hold
+    (None if it holds none): ChatML and sequence tokens anywhere, reasoning tags outside
+    assistant messages."""
+    for token in _CONTROL_TOKENS + (() if role == "assistant" else _REASONING_TAGS):
+        if token in text:
+            return token
+    return None
 
 
 class SkipRecord(Exception):
@@ -120,9 +133,9 @@ def _check_content(where: str, what: str, value: Any, role: str = "user") -> str
         raise UserError(f"{where}: {what} must be a string, got {_type_name(value)}")
     if not value.strip() and role != "assistant":
         raise UserError(f"{where}: {what} is empty")
-    for token in _CONTROL_TOKENS:
-        if token in value:
-            raise UserError(f"{where}: {what} contains the control token {token!r}")
+    token = control_token_in(value, role)
+    if token is not None:
+        raise UserError(f"{where}: {what} contains the control token {token!r}")
     return value
 
 
@@ -301,9 +314,9 @@ def _check_messages(messages: Sequence[Mapping[str, Any]], where: str) -> None:
                 f"{where}: message {n} must be a dict with a role in {'/'.join(ROLES)} and string "
                 "content (use normalize_messages on raw records)"
             )
-        for token in _CONTROL_TOKENS:
-            if token in m["content"]:
-                raise UserError(f"{where}: message {n} content contains the control token {token!r}")
+        token = control_token_in(m["content"], m["role"])
+        if token is not None:
+            raise UserError(f"{where}: message {n} ({m['role']}) content contains the control token {token!r}")
 
 
 # Generation prompt per chat template string (rendering it costs as much as a conversation).
