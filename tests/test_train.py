@@ -432,3 +432,18 @@ def test_compiled_model_trains_like_eager(tmp_path):
     assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in eager.history], rel=1e-4)
     assert ckpt.latest_checkpoint(tmp_path / "compiled").name == "step_00000003"
     assert compiled.last_eval["val_loss"] > 0
+
+
+def test_latest_pointer_never_leads_outside_the_run(tmp_path):
+    """`checkpoints/latest` naming `../../other/...` (or a link out of the run) is ignored:
+    the resume takes this run's own newest checkpoint."""
+    run(tmp_path, "other", max_steps=5)
+    run(tmp_path, "mine", max_steps=2)
+    pointer = tmp_path / "mine" / "checkpoints" / "latest"
+    pointer.write_text("../../other/checkpoints/step_00000005\n")
+    assert ckpt.latest_checkpoint(tmp_path / "mine") == tmp_path / "mine" / "checkpoints" / "step_00000002"
+    (tmp_path / "mine" / "checkpoints" / "step_00000009").symlink_to(tmp_path / "other" / "checkpoints" / "step_00000005")
+    pointer.write_text("step_00000009\n")
+    assert ckpt.latest_checkpoint(tmp_path / "mine") == tmp_path / "mine" / "checkpoints" / "step_00000002"
+    resumed = run(tmp_path, "mine", max_steps=3, resume=True)
+    assert resumed.step == 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and (p / STATE_FILE).is_file()]
+    found = [p for p in root.glob("step_*") if p.is_dir() and not p.is_symlink() and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -122,12 +123,23 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The checkpoint `latest` names if it is complete, else the newest complete one, else None."""
+    """The checkpoint `latest` names if it is complete, else the newest complete one, else None.
+
+    `latest` must name a `step_N` folder of this run's own `checkpoints/`: anything else (a
+    path, `../other/step_N`, a link out of the run) is ignored, so a resume never loads a
+    checkpoint from outside the run directory.
+    """
     root = Path(out_dir) / "checkpoints"
     pointer = root / LATEST
     if pointer.is_file():
-        cand = root / pointer.read_text(encoding="utf-8").strip()
-        if (cand / STATE_FILE).is_file():
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        cand = root / name
+        if (
+            re.fullmatch(r"step_\d+", name)
+            and not cand.is_symlink()
+            and cand.resolve().parent == root.resolve()
+            and (cand / STATE_FILE).is_file()
+        ):
             return cand
     dirs = checkpoint_dirs(out_dir)
     return dirs[-1] if dirs else None
