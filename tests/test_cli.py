@@ -398,3 +398,53 @@ def test_cli_nonsense_settings_are_one_clear_line(tiny_run, tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tiny_run, tmp_path_factory):
+    src, _, _ = tiny_run
+    root = tmp_path_factory.mktemp("adapter")
+    assert main(_sft(src, _chat_file(root / "chat.jsonl"), root / "adapter", "--lora_rank", "4")) == 0
+    return root / "adapter"
+
+
+LOADERS = {
+    "generate": ["generate", "--model", "{m}", "--prompt", "hi"],
+    "chat": ["chat", "--model", "{m}", "--prompt", "hi"],
+    "sft": ["sft", "--model", "{m}", "--data", "{chat}", "--out", "{out}"],
+    "distill": ["distill", "--teacher", "{m}", "--data", "{chat}", "--out", "{out}"],
+    "dpo": ["dpo", "--model", "{m}", "--data", "{chat}", "--out", "{out}"],
+    "reward": ["reward", "--model", "{m}", "--data", "{chat}", "--out", "{out}"],
+    "grpo": ["grpo", "--model", "{m}", "--data", "{chat}", "--out", "{out}"],
+    "ppo": ["ppo", "--model", "{m}", "--reward", "length", "--data", "{chat}", "--out", "{out}"],
+    "merge": ["merge", "--model", "{m}", "--adapter", "{adapter}", "--out", "{out}"],
+    "export": ["export", "--model", "{m}", "--to", "llama", "--out", "{out}"],
+    "pretrain": ["pretrain", "--data", "{corpus}", "--model.init_from", "{m}", "--out", "{out}", "--tokenizer", "{good}/tokenizer"],
+}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "pickle"])
+@pytest.mark.parametrize("command", sorted(LOADERS))
+def test_cli_damaged_weights_are_one_clear_line(tiny_run, lora_adapter, tmp_path, capsys, command, damage):
+    """Every command that loads a model: a truncated or missing model.safetensors, or a
+    pickle in its place, is one line naming the file, exit 2."""
+    import shutil
+
+    src, _, root = tiny_run
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    weights = bad / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:3000])
+    else:
+        weights.unlink()
+        if damage == "pickle":
+            torch.save({"w": torch.zeros(2)}, bad / "pytorch_model.bin")
+    values = {"m": str(bad), "adapter": str(lora_adapter), "chat": str(_chat_file(tmp_path / "chat.jsonl")), "out": str(tmp_path / "out"), "corpus": str(root / "corpus.txt"), "good": str(src)}
+    if command == "pretrain":
+        (bad / "tokenizer").mkdir(exist_ok=True)
+    code = main([a.format(**values) for a in LOADERS[command]])
+    err = capsys.readouterr().err
+    expected = {"truncated": "model.safetensors: truncated or corrupt", "missing": "missing weight file model.safetensors", "pickle": "weights are a pickle (pytorch_model.bin)"}[damage]
+    assert code == 2 and expected in err and "Traceback" not in err, err[-1500:]
+    assert len(err.strip().splitlines()) == 1

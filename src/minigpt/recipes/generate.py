@@ -30,6 +30,8 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
     from minigpt.tokenizer import load_tokenizer
     from minigpt.train.distributed import pick_device
 
+    from minigpt.model.checks import check_model_dir
+
     path = Path(model_dir)
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         from minigpt.model.lora import adapter_base_path, load_adapter
@@ -37,7 +39,8 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
         base = adapter_base_path(path)
         tok_src = tokenizer_dir or (path if (path / "tokenizer.json").is_file() else base)
         tok = load_tokenizer(tok_src)
-        model = AutoModelForCausalLM.from_pretrained(base)
+        check_model_dir(path)
+        model = AutoModelForCausalLM.from_pretrained(check_model_dir(base, "the adapter's base", adapter_ok=False))
         load_adapter(model, path)
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)
@@ -46,7 +49,7 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
             raise UserError(f"{path} is not a model directory (no config.json)")
         tok_src = tokenizer_dir or path
         tok = load_tokenizer(tok_src)
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(check_model_dir(path, adapter_ok=False))
     if len(tok) > model.config.vocab_size:
         raise UserError(
             f"tokenizer at {tok_src} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}"

@@ -77,7 +77,10 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False) -> str:
     if recorded and Path(recorded).is_dir() and Path(recorded).resolve() != base_dir.resolve():
         print(f"note: the adapter was trained on {recorded}; merging it into {base_dir}")
 
-    net = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
+    from minigpt.model.checks import check_model_dir
+
+    check_model_dir(adapter_dir, "--adapter")
+    net = AutoModelForCausalLM.from_pretrained(str(check_model_dir(base_dir, adapter_ok=False))).eval()
     tok_dir = _tokenizer_dir(adapter_dir, base_dir)
     tok = load_tokenizer(tok_dir) if tok_dir is not None else None
     if tok is not None and len(tok) > net.config.vocab_size:

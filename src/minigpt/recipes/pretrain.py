@@ -220,7 +220,9 @@ def pretrain(
     seed_everything(train.seed)
     special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
     if model.init_from:
-        net = MiniGPTForCausalLM.from_pretrained(model.init_from)
+        from minigpt.model.checks import check_model_dir
+
+        net = MiniGPTForCausalLM.from_pretrained(str(check_model_dir(model.init_from, "--model.init_from", adapter_ok=False)))
         if net.config.vocab_size < len(tok):
             raise UserError(f"model {model.init_from} has vocab_size {net.config.vocab_size} but the tokenizer has {len(tok)} tokens")
     else:

@@ -67,7 +67,9 @@ def load_reward_model(model_dir: str | Path, device: str = "cpu"):
     if not is_reward_model_dir(path):
         raise UserError(f"{path} holds a language model, not a reward model; train one with `minigpt reward --model {path}`")
     tok = load_tokenizer(path)
-    model = MiniGPTRewardModel.from_pretrained(str(path))
+    from minigpt.model.checks import check_model_dir
+
+    model = MiniGPTRewardModel.from_pretrained(str(check_model_dir(path, "--reward_model", adapter_ok=False)))
     if len(tok) > model.config.vocab_size:
         raise UserError(f"tokenizer at {path} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}")
     return model.to(pick_device(device)).eval(), tok
