@@ -474,3 +474,17 @@ def test_sampler_ranks_partition_epoch() -> None:
     assert not set(ea) & set(eb) and len(set(ea + eb)) == 10
     with pytest.raises(UserError):
         BlockSampler(1, rank=0, world_size=2)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    """Windows editors open UTF-8 files with a BOM; it is not part of the first record."""
+    from minigpt.data.loaders import iter_documents, iter_records
+
+    bom = "\ufeff".encode()
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"text": "first"}\r\n{"text": "second"}\r\n')
+    (tmp_path / "b.json").write_bytes(bom + b'[{"prompt": "p", "answer": "1"}]')
+    (tmp_path / "c.txt").write_bytes(bom + "héllo".encode())
+    assert list(iter_documents(str(tmp_path / "a.jsonl"))) == ["first", "second"]
+    assert [r for _, r in iter_records(tmp_path / "a.jsonl")] == [{"text": "first"}, {"text": "second"}]
+    assert [r for _, r in iter_records(tmp_path / "b.json")] == [{"prompt": "p", "answer": "1"}]
+    assert list(iter_documents(str(tmp_path / "c.txt"))) == ["héllo"]

@@ -177,6 +177,8 @@ def _decoded_lines(path: Path, gz: bool) -> Iterator[tuple[int, str]]:
                     except UnicodeDecodeError:
                         bad_lines += 1
                         line = raw.decode("utf-8", errors="replace")
+                    if lineno == 1 and line.startswith("\ufeff"):
+                        line = line[1:]  # a UTF-8 byte-order mark (Windows editors write one)
                     if line.endswith("\r\n"):
                         line = line[:-2] + "\n"
                     yield lineno, line
@@ -359,7 +361,7 @@ def _iter_json_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
     except (OSError, EOFError) as exc:
         raise UserError(f"{path}: cannot read file ({exc})") from exc
     try:
-        data = json.loads(raw.decode("utf-8", errors="replace"))
+        data = json.loads(raw.decode("utf-8", errors="replace").removeprefix("\ufeff"))
     except json.JSONDecodeError as exc:
         raise UserError(
             f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"

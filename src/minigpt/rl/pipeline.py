@@ -348,7 +348,7 @@ def create_rlhf_pipeline(config: str | Path | Mapping[str, Any] | RLHFPipelineCo
         if not path.is_file():
             raise UserError(f"pipeline config {path} does not exist")
         try:
-            values = json.loads(path.read_text(encoding="utf-8"))
+            values = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
         return RLHFPipeline(RLHFPipelineConfig.from_dict(values, where=str(path)))
