@@ -448,3 +448,26 @@ def test_cli_damaged_weights_are_one_clear_line(tiny_run, lora_adapter, tmp_path
     expected = {"truncated": "model.safetensors: truncated or corrupt", "missing": "missing weight file model.safetensors", "pickle": "weights are a pickle (pytorch_model.bin)"}[damage]
     assert code == 2 and expected in err and "Traceback" not in err, err[-1500:]
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("gpu", "unknown device 'gpu'"), ("cuda:7", "cuda:7"), ("mps", "'mps' asked for")],
+)
+def test_cli_unavailable_or_unknown_device_is_one_line(tiny_run, capsys, device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    src, _, _ = tiny_run
+    assert main(["generate", "--model", str(src), "--prompt", "hi", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_out_that_is_a_file_is_one_line(tiny_run, tmp_path, capsys):
+    src, _, _ = tiny_run
+    (tmp_path / "taken").write_text("not a folder")
+    assert main(_sft(src, _chat_file(tmp_path / "chat.jsonl"), tmp_path / "taken")) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "not a folder"

@@ -7,11 +7,31 @@ import os
 import torch
 import torch.distributed as dist
 
+from minigpt.errors import UserError
+
 
 def pick_device(name: str = "auto") -> torch.device:
-    """`auto` → CUDA if available, then Apple MPS, then CPU; anything else is passed to torch."""
+    """`auto` → CUDA if available, then Apple MPS, then CPU; `cpu`, `cuda`, `cuda:N` and `mps`
+    are checked against this machine.
+
+    Raises:
+        UserError: an unknown device name, or a device this machine does not have.
+    """
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise UserError(f"device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(f"device: {name!r} asked for, but this machine has no usable CUDA GPU (use auto or cpu)")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise UserError(f"device: {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        elif device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise UserError(f"device: {name!r} asked for, but Apple MPS is not available here (use auto or cpu)")
+        elif device.type not in ("cpu", "cuda", "mps"):
+            raise UserError(f"device: {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
