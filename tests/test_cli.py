@@ -374,7 +374,7 @@ def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
     "argv, message",
     [
         (["sft", "--train.log_interval", "0"], "train.log_interval: must be an integer ≥ 1, got 0"),
-        (["sft", "--train.lr=-1e-3"], "train.lr: must be a number > 0"),
+        (["sft", "--train.lr=-1e-3"], "train.lr: must be a number ≥ 0"),
         (["sft", "--train.beta2", "1.5"], "train.beta2: must be in [0, 1)"),
         (["sft", "--train.max_time=-1"], "train.max_time: must be None or > 0"),
         (["sft", "--train.epochs", "0"], "train.epochs: must be None or > 0"),
