@@ -471,3 +471,26 @@ def test_cli_out_that_is_a_file_is_one_line(tiny_run, tmp_path, capsys):
     assert main(_sft(src, _chat_file(tmp_path / "chat.jsonl"), tmp_path / "taken")) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model.vocab_size", "5"], "model.vocab_size: must be ≥ 264"),
+        (["--model.dropout", "2"], "model.dropout: must be in [0, 1)"),
+        (["--model.hidden_size", "0"], "model.hidden_size: must be an integer ≥ 1"),
+    ],
+)
+def test_cli_impossible_model_settings_are_one_line(tiny_run, tmp_path, capsys, extra, message):
+    _, _, root = tiny_run
+    code = main(["pretrain", "--data", str(root / "corpus.txt"), "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_score_bad_batch_size_and_out_directory(tiny_run, tmp_path, capsys):
+    src, _, _ = tiny_run
+    for extra, message in ((["--batch_size", "0"], "--batch_size: must be an integer ≥ 1"), (["--out", str(tmp_path)], "is a directory")):
+        assert main(["score", "--model", str(src), "--prompt", "p", "--response", "r", *extra]) == 2
+        assert message in capsys.readouterr().err

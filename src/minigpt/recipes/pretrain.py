@@ -43,6 +43,30 @@ class ModelConfig:
     init_from: str | None = None
     """Start from this saved model directory instead of a fresh initialisation."""
 
+    def __post_init__(self) -> None:
+        """Refuse sizes and rates that cannot build a model, naming the field.
+
+        Raises:
+            UserError: a non-positive size, a vocabulary smaller than the byte alphabet plus
+                the special tokens, or a dropout outside [0, 1).
+        """
+        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, field, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"model.{field}: must be an integer ≥ 1, got {value!r}")
+        from minigpt.tokenizer.bpe import SPECIAL_TOKENS
+
+        minimum = 256 + len(SPECIAL_TOKENS)
+        if self.vocab_size is not None and self.vocab_size < minimum:
+            raise UserError(
+                f"model.vocab_size: must be ≥ {minimum} (256 byte tokens + {len(SPECIAL_TOKENS)} special tokens), got {self.vocab_size}"
+            )
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout: must be in [0, 1), got {self.dropout!r}")
+        if self.rope_theta is not None and not self.rope_theta > 0:
+            raise UserError(f"model.rope_theta: must be > 0, got {self.rope_theta!r}")
+
     def build_config(self, vocab_size: int, special_ids: dict[str, int | None]):
         """The `MiniGPTConfig` this describes, for a tokenizer of `vocab_size` ids."""
         from minigpt.model import MiniGPTConfig

@@ -350,6 +350,10 @@ def score(
         raise UserError("give --data FILE (prompt/response records or preference pairs), or --prompt and --response")
     if prompt is not None and data:
         raise UserError("give either --data or --prompt/--response, not both")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch_size: must be an integer ≥ 1, got {batch_size!r}")
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name for the JSON lines")
     net, tok = load_reward_model(model, device=device)
     if max_length is None:
         max_length = net.config.max_position_embeddings
