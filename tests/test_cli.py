@@ -494,3 +494,18 @@ def test_cli_score_bad_batch_size_and_out_directory(tiny_run, tmp_path, capsys):
     for extra, message in ((["--batch_size", "0"], "--batch_size: must be an integer ≥ 1"), (["--out", str(tmp_path)], "is a directory")):
         assert main(["score", "--model", str(src), "--prompt", "p", "--response", "r", *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, key", [(["--block_size", "16"], "block_size: 32 -> 16"), (["--model.hidden_size", "48"], "model:")])
+def test_cli_resume_with_other_shape_settings_is_one_line(tiny_run, tmp_path, capsys, change, key):
+    import shutil
+
+    src, argv, _ = tiny_run
+    run = tmp_path / "copy"
+    shutil.copytree(src, run)
+    before = (run / "run.json").read_text()
+    resumed = [a if a != str(src) else str(run) for a in argv] + change + ["--resume"]
+    assert main(resumed) == 2
+    err = capsys.readouterr().err
+    assert "--resume with settings that differ" in err and key in err and len(err.strip().splitlines()) == 1
+    assert (run / "run.json").read_text() == before

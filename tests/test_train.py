@@ -447,3 +447,11 @@ def test_latest_pointer_never_leads_outside_the_run(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path / "mine") == tmp_path / "mine" / "checkpoints" / "step_00000002"
     resumed = run(tmp_path, "mine", max_steps=3, resume=True)
     assert resumed.step == 3
+
+
+def test_resume_with_another_model_shape_is_one_clear_error(tmp_path):
+    run(tmp_path, "shape", max_steps=2)
+    torch.manual_seed(0)
+    wider = MiniGPTForCausalLM(MiniGPTConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(UserError, match=r"written for a model of another shape \(size mismatch for .*run\.json"):
+        run(tmp_path, "shape", model=wider, max_steps=4, resume=True)

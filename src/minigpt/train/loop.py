@@ -212,6 +212,8 @@ class Trainer:
                     f"{self.out_dir} already holds {what}; pass --resume to continue it, "
                     "--overwrite to start over, or choose another --out"
                 )
+        if has_run and resume:
+            self._check_resume_settings(run_file)
         barrier()  # every rank has looked at OUT before rank 0 changes it
         if has_run and not resume:
             if self.is_main:
@@ -223,6 +225,28 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(run_file, json.dumps(self.run_info, indent=2, default=str) + "\n")
         barrier()
+
+    # Settings that decide the model's shape or the data's blocks: a resume must keep them.
+    _RESUME_FIXED = ("block_size", "max_length", "model")
+
+    def _check_resume_settings(self, run_file: Path) -> None:
+        """Refuse a resume whose shape-defining settings differ from those in OUT/run.json
+        (another block size reorders the data; another model cannot take the weights)."""
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return
+        now = json.loads(json.dumps(self.run_info, default=str))
+        changed = [
+            f"{key}: {previous[key]!r} -> {now[key]!r}"
+            for key in self._RESUME_FIXED
+            if key in previous and key in now and (key != "model" or isinstance(now[key], dict)) and previous[key] != now[key]
+        ]
+        if changed:
+            raise UserError(
+                f"--resume with settings that differ from the run in {self.out_dir} ({'; '.join(changed)}); "
+                "resume with the settings it started with, or start a new run"
+            )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -273,7 +297,14 @@ class Trainer:
             if result.unexpected_keys:
                 raise UserError(f"checkpoint {path} does not match the adapters (unexpected {result.unexpected_keys[:5]})")
         else:
-            missing, unexpected = model.load_state_dict(weights, strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(weights, strict=False)
+            except RuntimeError as e:  # size mismatch: another preset, vocabulary or width
+                first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+                raise UserError(
+                    f"checkpoint {path} was written for a model of another shape ({first}); resume with the "
+                    f"model settings the run started with (they are in {self.out_dir / 'run.json'})"
+                ) from None
             tied = set(getattr(model, "_tied_weights_keys", None) or {})
             if unexpected or set(missing) - tied:
                 raise UserError(f"checkpoint {path} does not match the model (missing {missing}, unexpected {unexpected})")
