@@ -213,8 +213,10 @@ def test_load_model_and_tokenizer_on_an_adapter_dir(trained, tmp_path):
     cfg = json.loads((own / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "someone/hub-model"
     (own / "adapter_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match="'someone/hub-model' is not a local model directory"):
+    with pytest.raises(UserError, match="'someone/hub-model' is not a local model directory") as info:
         load_model_and_tokenizer(own, device="cpu")
+    # chat and generate take no base option: the way out named is one they can take.
+    assert "--model)" not in str(info.value) and "minigpt merge" in str(info.value) and "adapter_config.json" in str(info.value)
 
 
 def test_merge_command_writes_a_plain_model(trained, tmp_path):

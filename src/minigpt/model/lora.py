@@ -354,6 +354,14 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     return cfg
 
 
+# What a user can do when an adapter's recorded base cannot be found: chat and generate take no
+# base option, so the way out is to record the right one or to merge.
+_BASE_HINT = (
+    "set base_model_name_or_path in adapter_config.json to the base model's folder, or merge the adapter "
+    "into its base with `minigpt merge --model BASE --adapter ADAPTER --out MERGED` and use MERGED"
+)
+
+
 def adapter_base_path(adapter_dir: str | Path) -> Path:
     """The base model directory an adapter was trained on (`base_model_name_or_path`).
 
@@ -365,11 +373,11 @@ def adapter_base_path(adapter_dir: str | Path) -> Path:
     base = cfg.get("base_model_name_or_path")
     where = Path(adapter_dir) / _ADAPTER_CONFIG
     if not base:
-        raise UserError(f"{where}: base_model_name_or_path is empty; pass the base model directory explicitly (--model)")
+        raise UserError(f"{where}: base_model_name_or_path is empty; {_BASE_HINT}")
     if not (Path(base) / "config.json").is_file():
         raise UserError(
             f"{where}: base_model_name_or_path {base!r} is not a local model directory (no config.json); "
-            "pass the base model directory explicitly (--model)"
+            f"{_BASE_HINT}"
         )
     return Path(base)
 
