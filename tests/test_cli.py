@@ -509,3 +509,18 @@ def test_cli_resume_with_other_shape_settings_is_one_line(tiny_run, tmp_path, ca
     err = capsys.readouterr().err
     assert "--resume with settings that differ" in err and key in err and len(err.strip().splitlines()) == 1
     assert (run / "run.json").read_text() == before
+
+
+def test_cli_a_run_stopped_before_training_can_be_started_again(tiny_run, tmp_path, capsys):
+    """A pretrain run that failed after writing its tokenizer (no run.json yet) left a folder
+    marked as a minigpt run's: the same command again is not refused as foreign."""
+    _, argv, root = tiny_run
+    out = tmp_path / "early"
+    again = [a if a != str(root / "run") else str(out) for a in argv] + ["--model.init_from", str(tmp_path / "nowhere")]
+    assert main(again) == 2
+    assert "--model.init_from" in capsys.readouterr().err and (out / "tokenizer").is_dir()
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert "--model.init_from" in err and "no minigpt run wrote" not in err
+    fixed = [a if a != str(root / "run") else str(out) for a in argv]
+    assert main(fixed) == 0

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from minigpt.errors import UserError
 from minigpt.train.config import TrainConfig
-from minigpt.train.rundir import LOCK_FILE, lock_run_dir, unlock_run_dir
+from minigpt.train.rundir import LOCK_FILE, RUN_MARKER, lock_run_dir, unlock_run_dir
 
 
 def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size: int | None = None) -> TrainConfig:
@@ -75,12 +75,18 @@ def _check_out_contents(out: Path, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start over, or choose another --out")
         return
+    if (out / RUN_MARKER).exists():
+        return  # a run of ours that stopped before training (e.g. during data preparation)
     foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     if foreign and not overwrite:
         raise UserError(
             f"--out {out} already holds files that no minigpt run wrote ({', '.join(foreign[:4])}{', …' if len(foreign) > 4 else ''}); "
             "choose another --out, or pass --overwrite to write into it (files of the same names are replaced, no other file is deleted)"
         )
+    if not foreign:
+        # An empty or new OUT is this run's: mark it, so that a run stopped before `run.json`
+        # exists (during data preparation) can simply be started again.
+        (out / RUN_MARKER).touch()
 
 
 def load_preference_data(

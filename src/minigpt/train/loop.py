@@ -32,7 +32,7 @@ from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
 from minigpt.train.optim import param_groups, warmup_cosine
-from minigpt.train.rundir import lock_run_dir, remove_partial_writes, unlock_run_dir
+from minigpt.train.rundir import RUN_MARKER, lock_run_dir, remove_partial_writes, unlock_run_dir
 from minigpt.data.pretrain import BlockSampler
 
 
@@ -197,7 +197,7 @@ class Trainer:
         has_run = run_file.is_file()
         # Files in OUT that a minigpt run recorded as its own (its run.json is there) may be
         # replaced or deleted; anything else in OUT is the user's, and stays.
-        self._out_is_ours = has_run or resume
+        self._out_is_ours = has_run or resume or (self.out_dir / RUN_MARKER).exists()
         if not has_run and not resume and (self.out_dir / "checkpoints").is_dir():
             raise UserError(
                 f"{self.out_dir} holds a checkpoints/ folder that no minigpt run recorded as its own (no run.json); "

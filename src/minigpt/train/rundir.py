@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover — Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".minigpt.lock"
+#: Written into an empty or new run directory when a training command claims it, before any data
+#: preparation: the folder is a minigpt run's even before its `run.json` exists.
+RUN_MARKER = ".minigpt-run"
 
 # Run directory (resolved) -> (open file descriptor holding its lock, whether we created it).
 _held: dict[Path, tuple[int, bool]] = {}
@@ -94,7 +97,9 @@ def unlock_run_dir(out_dir: str | Path) -> None:
         return
     try:
         (path / LOCK_FILE).unlink(missing_ok=True)
-        if created and not any(path.iterdir()):
+        left = [p for p in path.iterdir() if p.name != RUN_MARKER]
+        if created and not left:
+            (path / RUN_MARKER).unlink(missing_ok=True)
             path.rmdir()
     except OSError:
         pass
