@@ -113,3 +113,27 @@ def test_bad_configs_are_clear_errors(env, tmp_path, capsys):
     assert f"{broken}:3" in err and "invalid JSON" in err
     with pytest.raises(UserError, match="neither a model directory nor a preset"):
         RLHFPipeline(_config(env, tmp_path / "z", model_name="huge")).run_sft()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sft_lr", None, "field 'sft_lr': input should be a valid number, got None"),
+        ("sft_batch_size", "eight", "field 'sft_batch_size': input should be a valid integer"),
+        ("sft_data_path", ["a.jsonl", "b.jsonl"], "field 'sft_data_path': input should be a valid string"),
+        ("model_name", 5, "field 'model_name': input should be a valid string, got 5"),
+    ],
+)
+def test_null_or_wrongly_typed_fields_are_one_clear_line(tmp_path, capsys, field, value, message):
+    """Each used to surface later as a TypeError deep inside a stage (or train on a wrong value)."""
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps({field: value}))
+    with pytest.raises(UserError, match=f"^{config}: " + message.replace("(", r"\(").replace("[", r"\[")):
+        create_rlhf_pipeline(str(config))
+    assert main(["pipeline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_lossless_conversions_are_kept():
+    assert create_rlhf_pipeline({"sft_epochs": 2, "sft_lr": 1}).config.sft_epochs == 2
