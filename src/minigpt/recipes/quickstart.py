@@ -36,6 +36,11 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def _bare(conversations: list[dict]) -> int:
+    """How many conversations are answered without working (an empty think block)."""
+    return sum("<think></think>" in c["messages"][-1]["content"] for c in conversations)
+
+
 def _fixed(steps: int, cap_minutes: float, batch_size: int, lr: float, device: str, seed: int, **settings) -> TrainConfig:
     """A stage's `TrainConfig`: a fixed step count, so the result does not depend on the
     machine's speed, with `cap_minutes` of wall clock only as a safety cap (the loop warns if it
@@ -218,24 +223,29 @@ def quickstart(
     _write_jsonl(root / "data" / "docs_conversations.jsonl", conversations)
     _write_jsonl(root / "data" / "arithmetic_reasoning.jsonl", arithmetic)
     _write_jsonl(root / "data" / "arithmetic_heldout.jsonl", heldout)
-    bare = sum("<think></think>" in c["messages"][-1]["content"] for c in arithmetic)
+    bare = _bare(arithmetic)
     print(
         f"      {len(conversations)} documentation conversations, {len(arithmetic)} arithmetic ones "
         f"({bare} answered without working) -> {root / 'data'}"
     )
 
     print(f"[4/7] supervised fine-tuning (loss on assistant tokens; reasoning tags weighted ×{reasoning_tag_weight:g})")
-    metrics = sft(
-        model=str(root / "pretrain"),
-        data=[str(root / "data" / "docs_conversations.jsonl"), str(root / "data" / "arithmetic_reasoning.jsonl")],
-        out=str(root / "sft"),
-        max_length=block_size,
-        val_fraction=0.02,
-        max_val=100,
-        reasoning_tag_weight=reasoning_tag_weight,
-        train=_fixed(sft_steps, cap_minutes, batch_size, sft_lr, device, seed, warmup_steps=20, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
-        overwrite=True,
-    )
+
+    def sft_stage(start: str, files: list[str], name: str, steps: int, stage_lr: float, warmup: int) -> dict:
+        """One SFT stage from `start` on `root/data/<files>` into `root/<name>`."""
+        return sft(
+            model=str(root / start),
+            data=[str(root / "data" / f) for f in files],
+            out=str(root / name),
+            max_length=block_size,
+            val_fraction=0.02,
+            max_val=100,
+            reasoning_tag_weight=reasoning_tag_weight,
+            train=_fixed(steps, cap_minutes, batch_size, stage_lr, device, seed, warmup_steps=warmup, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
+            overwrite=True,
+        )
+
+    metrics = sft_stage("pretrain", ["docs_conversations.jsonl", "arithmetic_reasoning.jsonl"], "sft", sft_steps, sft_lr, 20)
 
     final = root / "sft"
     sft_accuracy = accuracy = grpo_accuracy = reply_tokens = None
@@ -246,7 +256,7 @@ def quickstart(
         hybrid = arithmetic_conversations(
             num_hybrid_arithmetic, seed=seed + 4, digits=digits, exclude={p["prompt"] for p in heldout}, direct=hybrid_direct_share
         )
-        hybrid_bare = sum("<think></think>" in c["messages"][-1]["content"] for c in hybrid)
+        hybrid_bare = _bare(hybrid)
         _write_jsonl(root / "data" / "hybrid_arithmetic.jsonl", hybrid)
         _write_jsonl(root / "data" / "hybrid_docs_conversations.jsonl", conversations[:num_hybrid_docs])
         print(
@@ -254,17 +264,7 @@ def quickstart(
             f"{min(num_hybrid_docs, len(conversations))} documentation ones, so the bare answer becomes the default "
             f"(held-out accuracy after the first SFT stage, greedy: {sft_accuracy:.1%})"
         )
-        sft(
-            model=str(final),
-            data=[str(root / "data" / "hybrid_docs_conversations.jsonl"), str(root / "data" / "hybrid_arithmetic.jsonl")],
-            out=str(root / "hybrid"),
-            max_length=block_size,
-            val_fraction=0.02,
-            max_val=100,
-            reasoning_tag_weight=reasoning_tag_weight,
-            train=_fixed(hybrid_steps, cap_minutes, batch_size, hybrid_lr, device, seed, warmup_steps=10, weight_decay=0.0, eval_interval=0, eval_batches=0, save_interval=0),
-            overwrite=True,
-        )
+        sft_stage("sft", ["hybrid_docs_conversations.jsonl", "hybrid_arithmetic.jsonl"], "hybrid", hybrid_steps, hybrid_lr, 10)
         final = root / "hybrid"
     if grpo_steps > 0:
         print(f"[6/7] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
