@@ -450,6 +450,43 @@ def test_cli_damaged_weights_are_one_clear_line(tiny_run, lora_adapter, tmp_path
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", sorted(LOADERS))
+def test_cli_another_tokenizer_for_the_model_is_one_line(tiny_run, lora_adapter, tmp_path, capsys, command):
+    """A smaller tokenizer than the model was trained with (300 ids) put beside it or named
+    with --tokenizer: every command that loads a model refuses it, naming both sizes, and
+    writes nothing."""
+    import shutil
+
+    from minigpt.tokenizer import train_tokenizer
+
+    src, _, root = tiny_run
+    bad, adapter, small = tmp_path / "bad", tmp_path / "adapter", tmp_path / "small"
+    shutil.copytree(src, bad, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "tokenizer"))
+    shutil.copytree(lora_adapter, adapter, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    for d in (bad, adapter, small / "tokenizer"):
+        assert len(train_tokenizer([TEXT * 50], vocab_size=280, out_dir=d)) == 280
+    values = {"m": str(bad), "adapter": str(adapter), "chat": str(_chat_file(tmp_path / "chat.jsonl")), "out": str(tmp_path / "out"), "corpus": str(root / "corpus.txt"), "good": str(small)}
+    code = main([a.format(**values) for a in LOADERS[command]])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 280 tokens but the model at" in err and "300-token tokenizer" in err, err[-1500:]
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_cli_tokenizer_with_other_special_ids_is_one_line(tiny_run, tmp_path, capsys):
+    """Same size, but its end-of-text token is another id than the model's eos_token_id."""
+    import shutil
+
+    src, _, _ = tiny_run
+    tok = tmp_path / "tok"
+    shutil.copytree(src / "tokenizer", tok)
+    cfg = json.loads((tok / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["eos_token"] = "<|im_end|>"
+    (tok / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    code = main(["generate", "--model", str(src), "--tokenizer", str(tok), "--prompt", "hi", "--max_new_tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(r"has eos_token_id \d+ but the model at .* was trained with 0", err), err[-800:]
+
+
 @pytest.mark.parametrize(
     "device, message",
     [("gpu", "unknown device 'gpu'"), ("cuda:7", "cuda:7"), ("mps", "'mps' asked for")],

@@ -20,11 +20,12 @@ from minigpt.model.lora import adapters_disabled, apply_lora, apply_prefix_tunin
 from minigpt.objectives.lm import CausalLMObjective
 from minigpt.recipes.generate import load_model_and_tokenizer
 from minigpt.recipes.merge import merge
-from minigpt.tokenizer import train_tokenizer
+from minigpt.model.checks import model_fingerprint
+from minigpt.tokenizer import load_tokenizer, train_tokenizer
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer
 
-VOCAB = 272  # >= the 264 ids of the smallest tokenizer (256 bytes + 8 specials)
+VOCAB = 272  # the 264 ids of the smallest tokenizer (256 bytes + 8 specials) and 8 merges
 C, F, LAYERS, HEADS, KV = 32, 64, 2, 4, 2  # head_dim D = C / HEADS = 8
 RANK = 4
 
@@ -84,7 +85,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     base_dir = root / "base"
     tiny_model(0).save_pretrained(base_dir)
-    train_tokenizer(["hello world, the cat sat"] * 5, vocab_size=264, out_dir=base_dir)
+    train_tokenizer(["hello world, the cat sat"] * 5, vocab_size=VOCAB, out_dir=base_dir)
     model = MiniGPTForCausalLM.from_pretrained(str(base_dir))
     apply_lora(model, rank=RANK, alpha=8, verbose=False)
     model.generation_config.eos_token_id = [3, 0]  # as SFT sets it: saved beside the adapter
@@ -132,7 +133,10 @@ def test_adapter_directory_holds_the_adapter_alone(trained):
     assert not any(f.startswith("model") for f in files)  # no full weights
     cfg = json.loads((trained.adapter_dir / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == RANK
-    assert cfg["base_model_name_or_path"] == str(trained.base_dir.resolve())
+    # Where the base is, relative to the adapter: the trainer's folder layout is not recorded.
+    assert cfg["base_model_name_or_path"] == "../base"
+    record = json.loads((trained.adapter_dir / "adapter_base.json").read_text())
+    assert record == {"base_model_sha256": model_fingerprint(trained.base_dir)}
 
 
 def test_merged_logits_equal_adapted_logits(trained):
@@ -203,13 +207,16 @@ def test_load_adapter_rejects_other_bases_and_non_adapters(trained, tmp_path):
 def test_load_model_and_tokenizer_on_an_adapter_dir(trained, tmp_path):
     model, tok = load_model_and_tokenizer(trained.adapter_dir, device="cpu")
     assert torch.equal(logits(model), logits(trained.model))
-    assert len(tok) == 264  # the base's tokenizer (the adapter dir has none)
+    base_vocab = load_tokenizer(trained.base_dir).get_vocab()
+    assert tok.get_vocab() == base_vocab  # the base's tokenizer (the adapter dir has none)
     assert model.generation_config.eos_token_id == [3, 0]  # the adapter dir's generation config
-    # A tokenizer inside the adapter directory wins over the base's.
+    # A tokenizer inside the adapter directory wins over the base's (same size, other merges).
     own = tmp_path / "own"
     shutil.copytree(trained.adapter_dir, own)
-    train_tokenizer(["hello world, the cat sat"] * 5, vocab_size=266, out_dir=own)
-    assert len(load_model_and_tokenizer(own, device="cpu")[1]) == 266
+    shutil.copytree(trained.base_dir, tmp_path / "base")  # "../base" from the copy
+    other_vocab = train_tokenizer(["zebra quokka jumps over fjords"] * 5, vocab_size=VOCAB, out_dir=own).get_vocab()
+    assert other_vocab != base_vocab
+    assert load_model_and_tokenizer(own, device="cpu")[1].get_vocab() == other_vocab
     cfg = json.loads((own / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "someone/hub-model"
     (own / "adapter_config.json").write_text(json.dumps(cfg))
@@ -217,6 +224,68 @@ def test_load_model_and_tokenizer_on_an_adapter_dir(trained, tmp_path):
         load_model_and_tokenizer(own, device="cpu")
     # chat and generate take no base option: the way out named is one they can take.
     assert "--model)" not in str(info.value) and "minigpt merge" in str(info.value) and "adapter_config.json" in str(info.value)
+
+
+def test_fingerprint_follows_the_weights_not_the_files(trained, tmp_path):
+    """The same weights saved again (another folder, sharded, another transformers release)
+    keep the fingerprint; one changed weight or one architecture field changes it."""
+    base = MiniGPTForCausalLM.from_pretrained(str(trained.base_dir))
+    want = model_fingerprint(trained.base_dir)
+    base.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    cfg = json.loads((tmp_path / "sharded" / "config.json").read_text())
+    cfg["transformers_version"] = "0.0.1"
+    (tmp_path / "sharded" / "config.json").write_text(json.dumps(cfg))
+    assert model_fingerprint(tmp_path / "sharded") == want
+    with torch.no_grad():
+        base.model.norm.weight[0] += 1e-3
+    base.save_pretrained(tmp_path / "nudged")
+    assert model_fingerprint(tmp_path / "nudged") != want
+    cfg = json.loads((trained.base_dir / "config.json").read_text())
+    shutil.copytree(trained.base_dir, tmp_path / "theta")
+    (tmp_path / "theta" / "config.json").write_text(json.dumps({**cfg, "rope_theta": 123.0}))
+    assert model_fingerprint(tmp_path / "theta") != want
+
+
+def test_adapter_refuses_a_base_with_other_weights(trained, tmp_path):
+    """Same shapes, other weights: the adapter's recorded fingerprint tells them apart in
+    load_adapter, generate/chat and merge; each can be told to go ahead."""
+    from minigpt.cli import main
+
+    root = tmp_path / "moved"
+    shutil.copytree(trained.root, root)  # base and adapter moved together: "../base" still finds the base
+    model, _ = load_model_and_tokenizer(root / "adapter", device="cpu")
+    assert model.name_or_path == str(root / "base") and torch.equal(logits(model), logits(trained.model))
+    impostor = tiny_model(seed=5)
+    impostor.save_pretrained(root / "base")  # replaces the weights, keeps the tokenizer
+    with pytest.raises(UserError, match=r"trained on another base model than .*base \(base fingerprint [0-9a-f]{12}…"):
+        load_adapter(MiniGPTForCausalLM.from_pretrained(str(root / "base")), root / "adapter")
+    with pytest.raises(UserError, match="--allow_base_mismatch"):
+        load_model_and_tokenizer(root / "adapter", device="cpu")
+    forced = load_adapter(MiniGPTForCausalLM.from_pretrained(str(root / "base")), root / "adapter", check_base=False)
+    assert not torch.equal(logits(forced), logits(trained.model))
+    assert main(["generate", "--model", str(root / "adapter"), "--prompt", "hi", "--max_new_tokens", "2"]) == 2
+    assert main(["generate", "--model", str(root / "adapter"), "--prompt", "hi", "--max_new_tokens", "2", "--allow_base_mismatch"]) == 0
+    with pytest.raises(UserError, match="another base model"):
+        merge(str(root / "base"), str(root / "adapter"), str(tmp_path / "merged"))
+    assert not (tmp_path / "merged").exists()
+    merge(str(root / "base"), str(root / "adapter"), str(tmp_path / "merged"), allow_base_mismatch=True)
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_older_adapters_without_a_record_still_load(trained, tmp_path):
+    """Adapters written before the fingerprint (absolute base path, no adapter_base.json), or
+    by peft (a path relative to the current directory) load as before."""
+    old = tmp_path / "old"
+    shutil.copytree(trained.adapter_dir, old)
+    (old / "adapter_base.json").unlink()
+    cfg = json.loads((old / "adapter_config.json").read_text())
+    (old / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(trained.base_dir.resolve())}))
+    assert torch.equal(logits(load_model_and_tokenizer(old, device="cpu")[0]), logits(trained.model))
+    (old / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "base"}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(trained.root)
+        assert torch.equal(logits(load_model_and_tokenizer(old, device="cpu")[0]), logits(trained.model))
 
 
 def test_merge_command_writes_a_plain_model(trained, tmp_path):

@@ -233,7 +233,13 @@ def test_lora_sft_saves_the_adapter_alone_and_leaves_the_base(env, lora_run):
     assert _digest(base) == before  # the frozen base on disk is untouched
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8
-    assert Path(cfg["base_model_name_or_path"]) == base.resolve()
+    # The base is recorded relative to the adapter, also in its checkpoints (one level deeper).
+    assert not Path(cfg["base_model_name_or_path"]).is_absolute()
+    assert (out / cfg["base_model_name_or_path"]).resolve() == base.resolve()
+    for step in (out / "checkpoints").glob("step_*"):
+        recorded = json.loads((step / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert (step / recorded).resolve() == base.resolve()
+        assert (step / "adapter_base.json").read_text() == (out / "adapter_base.json").read_text()
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
         keys = list(f.keys())
         # 7 block linears x 2 layers, an A and a B each; only LoRA tensors

@@ -218,7 +218,8 @@ def export_to_llama(
 
     Raises:
         UserError: on a missing or non-MiniGPT model, a bad dtype, a tokenizer directory
-            without tokenizer files, shapes Llama cannot express, or an `out_dir` that is
+            without tokenizer files or with a tokenizer that is not the model's
+            (`check_tokenizer_fits`), shapes Llama cannot express, or an `out_dir` that is
             non-empty and not a previous export.
         RuntimeError: if `verify` finds the exported model's logits differ from the source's.
     """
@@ -254,6 +255,12 @@ def export_to_llama(
     elif source_dir is not None:
         tok_files = [source_dir / n for n in TOKENIZER_FILES if (source_dir / n).is_file()]
     gen_config_file = source_dir / "generation_config.json" if source_dir is not None else None
+    tok_json = [f for f in tok_files if f.name == "tokenizer.json"]
+    if tok_json:  # the export must ship the model's own tokenizer
+        from minigpt.model.checks import check_tokenizer_fits
+        from minigpt.tokenizer import load_tokenizer
+
+        check_tokenizer_fits(load_tokenizer(tok_json[0].parent), model.config, tok_json[0].parent, source_dir or "(in memory)")
 
     old_files = _check_out_dir(out, [p for p in (source_dir, Path(tokenizer_dir) if tokenizer_dir else None) if p])
 

@@ -47,6 +47,9 @@ BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 _ADAPTER_CONFIG = "adapter_config.json"
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Beside an adapter: `{"base_model_sha256": …}`, the fingerprint of the base it was trained on
+#: (`minigpt.model.checks.model_fingerprint`), checked when the adapter is loaded.
+ADAPTER_BASE_FILE = "adapter_base.json"
 
 
 def _count(model: nn.Module, trainable_only: bool = False) -> int:
@@ -201,11 +204,15 @@ def _quantize_in_place(model: nn.Module, quantize: str) -> None:
 
 
 def _set_base_path(model: nn.Module) -> None:
-    """Record the base model's directory (absolute) in the adapter config, for loading later."""
+    """Record the base model's directory (absolute, in memory) in the adapter config and its
+    fingerprint on the model, for `save_adapter` to write beside the adapter."""
+    from minigpt.model.checks import model_fingerprint
+
     name = model.__dict__.get("name_or_path") or ""
     if name and (Path(name) / "config.json").is_file():
         for cfg in model.peft_config.values():
             cfg.base_model_name_or_path = str(Path(name).resolve())
+        model.__dict__["base_model_sha256"] = model_fingerprint(name)
 
 
 def apply_lora(
@@ -229,9 +236,10 @@ def apply_lora(
     The injection is peft's `inject_adapter_in_model`, so it works whatever peft release
     `transformers`' own adapter integration expects.
 
-    The adapter config records the base's absolute directory as `base_model_name_or_path`
-    when `model` was loaded from a local directory (`model.name_or_path`), so
-    `minigpt generate/chat/merge` can find the base from the adapter directory alone.
+    When `model` was loaded from a local directory (`model.name_or_path`), that directory is
+    remembered as the base: `save_adapter` records where it is (relative to the adapter) and
+    its fingerprint, so `minigpt generate/chat/merge` find the base from the adapter directory
+    alone and `load_adapter` refuses another base.
 
     Args:
         model: a `MiniGPTForCausalLM` (any `transformers` model with Llama-named linears works).
@@ -285,18 +293,40 @@ def apply_lora(
     return model
 
 
-def save_adapter(model: nn.Module, out_dir: str | Path) -> None:
+def _relative_base(base: str | None, adapter_dir: Path) -> str | None:
+    """`base` (a local directory) as a path relative to `adapter_dir`, so a run folder does not
+    record where it was trained; left as it is when it is no local directory (a hub id) or when
+    no relative path joins them (another drive)."""
+    if not base or not Path(base).is_dir():
+        return base
+    try:
+        return os.path.relpath(Path(base).resolve(), adapter_dir.resolve())
+    except ValueError:
+        return str(Path(base).resolve())
+
+
+def save_adapter(model: nn.Module, out_dir: str | Path, final_dir: str | Path | None = None) -> None:
     """Write the adapters of `model` alone, in PEFT's format, to `out_dir`.
 
-    `adapter_config.json` (the `LoraConfig`, with the base's directory) and
-    `adapter_model.safetensors` (peft's `get_peft_model_state_dict`, keys prefixed
-    `base_model.model.` as `PeftModel.save_pretrained` writes them, so
-    `peft.PeftModel.from_pretrained(base, dir)` and `load_adapter` both read it). The files are
-    written to a temporary name and renamed into place.
+    `adapter_config.json` (the `LoraConfig`) and `adapter_model.safetensors` (peft's
+    `get_peft_model_state_dict`, keys prefixed `base_model.model.` as
+    `PeftModel.save_pretrained` writes them, so `peft.PeftModel.from_pretrained(base, dir)` and
+    `load_adapter` both read it). The base's directory is recorded in `base_model_name_or_path`
+    relative to the adapter's folder, and the base's fingerprint in `adapter_base.json`, when
+    the base came from a local directory. The files are written to a temporary name and renamed
+    into place.
+
+    Args:
+        model: a model carrying LoRA/DoRA adapters.
+        out_dir: the folder to write to.
+        final_dir: the folder the files will end up in, when `out_dir` is a staging folder that
+            is moved there afterwards (the relative base path is computed from it).
 
     Raises:
         UserError: the model carries no adapters.
     """
+    import copy
+
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -306,13 +336,21 @@ def save_adapter(model: nn.Module, out_dir: str | Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(model)  # "model.layers.0…q_proj.lora_A.weight" -> tensor
     state = {"base_model.model." + k: v.detach().contiguous().cpu() for k, v in state.items()}
-    config = model.peft_config["default"]
+    config = copy.copy(model.peft_config["default"])
+    config.base_model_name_or_path = _relative_base(config.base_model_name_or_path, Path(final_dir or out))
     tmp = out / f".tmp-adapter-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     config.save_pretrained(str(tmp))
     save_file(state, str(tmp / _ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    for name in (_ADAPTER_CONFIG, _ADAPTER_WEIGHTS):
+    names = [_ADAPTER_CONFIG, _ADAPTER_WEIGHTS]
+    sha = model.__dict__.get("base_model_sha256")
+    if sha:
+        (tmp / ADAPTER_BASE_FILE).write_text(json.dumps({"base_model_sha256": sha}, indent=2) + "\n", encoding="utf-8")
+        names.append(ADAPTER_BASE_FILE)
+    elif (out / ADAPTER_BASE_FILE).exists():
+        (out / ADAPTER_BASE_FILE).unlink()  # an older adapter's record would not describe this one
+    for name in names:
         os.replace(tmp / name, out / name)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -362,8 +400,21 @@ _BASE_HINT = (
 )
 
 
+def _recorded_base(adapter_dir: Path, base: str) -> Path:
+    """Where a recorded `base_model_name_or_path` points: absolute as it is; relative first to
+    the adapter's folder (what `save_adapter` writes), then to the current directory (what
+    peft and older minigpt releases wrote)."""
+    if Path(base).is_absolute():
+        return Path(base)
+    beside = adapter_dir / base
+    if (beside / "config.json").is_file() or not (Path(base) / "config.json").is_file():
+        return Path(os.path.normpath(beside))
+    return Path(base)
+
+
 def adapter_base_path(adapter_dir: str | Path) -> Path:
-    """The base model directory an adapter was trained on (`base_model_name_or_path`).
+    """The base model directory an adapter was trained on (`base_model_name_or_path`, a path
+    absolute or relative to the adapter's folder).
 
     Raises:
         UserError: no adapter_config.json, no base recorded, or one that is not a local model
@@ -374,12 +425,44 @@ def adapter_base_path(adapter_dir: str | Path) -> Path:
     where = Path(adapter_dir) / _ADAPTER_CONFIG
     if not base:
         raise UserError(f"{where}: base_model_name_or_path is empty; {_BASE_HINT}")
-    if not (Path(base) / "config.json").is_file():
+    path = _recorded_base(Path(adapter_dir), base)
+    if not (path / "config.json").is_file():
         raise UserError(
-            f"{where}: base_model_name_or_path {base!r} is not a local model directory (no config.json); "
+            f"{where}: base_model_name_or_path {base!r} is not a local model directory (no {path / 'config.json'}); "
             f"{_BASE_HINT}"
         )
-    return Path(base)
+    return path
+
+
+def _check_base_identity(model: nn.Module, adapter_dir: Path) -> str | None:
+    """Compare the fingerprint recorded beside the adapter with the model's own directory.
+
+    Returns:
+        the recorded fingerprint (None when the adapter records none).
+
+    Raises:
+        UserError: the model was loaded from a directory whose fingerprint differs.
+    """
+    from minigpt.model.checks import model_fingerprint
+
+    record = adapter_dir / ADAPTER_BASE_FILE
+    if not record.is_file():
+        return None
+    try:
+        want = json.loads(record.read_text(encoding="utf-8"))["base_model_sha256"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{record}: not a readable base record ({e})") from None
+    name = model.__dict__.get("name_or_path") or ""
+    if not (name and (Path(name) / "config.json").is_file()):
+        return want  # an in-memory base: nothing on disk to compare with
+    have = model_fingerprint(name)
+    if have != want:
+        raise UserError(
+            f"{adapter_dir}: the adapter was trained on another base model than {name} (base fingerprint "
+            f"{want[:12]}…, this model {have[:12]}…); load it on its own base, or pass --allow_base_mismatch "
+            "(check_base=False in Python) to load it anyway"
+        )
+    return want
 
 
 def _check_adapter_fits(model: nn.Module, adapter_dir: Path, cfg: dict) -> None:
@@ -413,13 +496,16 @@ def _check_adapter_fits(model: nn.Module, adapter_dir: Path, cfg: dict) -> None:
                 )
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> nn.Module:
+def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False, check_base: bool = True) -> nn.Module:
     """Load a saved LoRA/DoRA adapter into `model` in place (its base must be the one trained on).
 
     Args:
         model: the base `MiniGPTForCausalLM`, without adapters.
         adapter_dir: a directory written by `save_pretrained` of an adapter-carrying model.
         trainable: keep the adapter weights trainable (to continue training); default frozen.
+        check_base: when the adapter records its base's fingerprint (`adapter_base.json`) and
+            `model` was loaded from a local directory, refuse a model whose fingerprint
+            differs (`minigpt.model.checks.model_fingerprint`).
 
     Returns:
         The same `model`, with the adapter active.
@@ -427,8 +513,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     Raises:
         UserError: no adapter_config.json / adapter_model.safetensors, a non-LoRA adapter
             (prefix tuning: use `peft.PeftModel.from_pretrained`), a model that already has
-            adapters, or an adapter whose layers or shapes do not exist in this base (trained
-            for different target modules or a different model size).
+            adapters, an adapter whose layers or shapes do not exist in this base (trained
+            for different target modules or a different model size), or (with `check_base`)
+            a base other than the one recorded.
     """
     path = Path(adapter_dir)
     cfg = read_adapter_config(path)
@@ -440,13 +527,19 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     if has_lora(model):
         raise UserError("the model already has LoRA adapters; load the adapter into a fresh base model")
     _check_adapter_fits(model, path, cfg)
+    sha = _check_base_identity(model, path) if check_base else None
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     config = PeftConfig.from_pretrained(str(path))
     config.inference_mode = not trainable
     inject_adapter_in_model(config, model)
-    config.base_model_name_or_path = cfg.get("base_model_name_or_path")
+    base = cfg.get("base_model_name_or_path")
+    if base and (_recorded_base(path, base) / "config.json").is_file():
+        base = str(_recorded_base(path, base).resolve())
+    config.base_model_name_or_path = base
+    if sha:
+        model.__dict__["base_model_sha256"] = sha
     result = set_peft_model_state_dict(model, _strip_peft_prefix(load_file(str(path / _ADAPTER_WEIGHTS))))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:

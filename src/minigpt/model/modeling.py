@@ -200,11 +200,15 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
         injected in place by peft (`minigpt.model.lora.apply_lora` / `load_adapter`) writes the
         adapter alone in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`)
         and its `generation_config.json`, as `transformers`' own adapter integration would, but
-        without depending on which peft release that integration accepts."""
+        without depending on which peft release that integration accepts.
+
+        `adapter_final_dir` (keyword): the folder an adapter written to a staging
+        `save_directory` will be moved to; its base path is recorded relative to that folder."""
         from minigpt.model.lora import has_lora, save_adapter
 
+        final_dir = kwargs.pop("adapter_final_dir", None)
         if has_lora(self) and not getattr(self, "_hf_peft_config_loaded", False):
-            save_adapter(self, save_directory)
+            save_adapter(self, save_directory, final_dir=final_dir)
             if self.can_generate() and self.generation_config is not None:
                 self.generation_config.save_pretrained(save_directory)
             return

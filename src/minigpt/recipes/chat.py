@@ -196,6 +196,7 @@ def chat(
     hide_thinking: bool = False,
     seed: int | None = None,
     device: str = "auto",
+    allow_base_mismatch: bool = False,
 ) -> list[dict[str, str]]:
     """Chat with a model: interactively, once with --prompt, or scripted from stdin.
 
@@ -219,6 +220,8 @@ def chat(
         hide_thinking: do not print the <think> part of replies.
         seed: random seed for sampling (reply n uses seed + n).
         device: auto, cpu, cuda or mps.
+        allow_base_mismatch: load an adapter on its recorded base even when that base's
+            weights are not the ones it was trained on.
 
     Returns:
         The transcript: every message in order (see `run_chat`).
@@ -229,7 +232,7 @@ def chat(
     """
     if dtype not in ENGINE_DTYPES and dtype != "auto":
         raise UserError(f"dtype must be auto or one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
-    net, tok = load_model_and_tokenizer(model, device)
+    net, tok = load_model_and_tokenizer(model, device, allow_base_mismatch=allow_base_mismatch)
     if dtype == "auto":
         dtype = pick_precision("auto", net.device)
     session = ChatSession(

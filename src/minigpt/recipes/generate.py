@@ -10,19 +10,23 @@ import torch
 from minigpt.errors import UserError
 
 
-def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokenizer_dir: str | None = None):
+def load_model_and_tokenizer(
+    model_dir: str | Path, device: str = "auto", tokenizer_dir: str | None = None, allow_base_mismatch: bool = False
+):
     """Load a saved model directory (and the tokenizer saved beside it) for inference.
 
     `model_dir` may also be a LoRA/DoRA adapter directory (adapter_config.json, no
     config.json, as `minigpt sft --lora_rank N` writes): its base is loaded from the
-    `base_model_name_or_path` recorded in adapter_config.json (a local model directory) and the
-    adapter is applied (not merged). The tokenizer and generation config then come from the
-    adapter directory when it has them, else from the base.
+    `base_model_name_or_path` recorded in adapter_config.json (a local model directory, absolute
+    or relative to the adapter) and the adapter is applied (not merged); a base whose
+    fingerprint differs from the one recorded in `adapter_base.json` is refused unless
+    `allow_base_mismatch`. The tokenizer and generation config then come from the adapter
+    directory when it has them, else from the base.
 
     Raises:
-        UserError: missing directory, no tokenizer, a tokenizer with more ids than the
-            model's vocabulary, or an adapter whose base is not a local model directory or
-            does not fit it.
+        UserError: missing directory, no tokenizer, a tokenizer that is not the model's
+            (`check_tokenizer_fits`), or an adapter whose base is not a local model directory,
+            is not the one it was trained on, or does not fit it.
     """
     import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -30,10 +34,11 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
     from minigpt.tokenizer import load_tokenizer
     from minigpt.train.distributed import pick_device
 
-    from minigpt.model.checks import check_model_dir
+    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
 
     path = Path(model_dir)
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+    adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    if adapter:
         from minigpt.model.lora import adapter_base_path, load_adapter
 
         base = adapter_base_path(path)
@@ -41,7 +46,7 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
         tok = load_tokenizer(tok_src)
         check_model_dir(path)
         model = AutoModelForCausalLM.from_pretrained(check_model_dir(base, "the adapter's base", adapter_ok=False))
-        load_adapter(model, path)
+        load_adapter(model, path, check_base=not allow_base_mismatch)
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)
     else:
@@ -50,10 +55,7 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str = "auto", tokeni
         tok_src = tokenizer_dir or path
         tok = load_tokenizer(tok_src)
         model = AutoModelForCausalLM.from_pretrained(check_model_dir(path, adapter_ok=False))
-    if len(tok) > model.config.vocab_size:
-        raise UserError(
-            f"tokenizer at {tok_src} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}"
-        )
+    check_tokenizer_fits(tok, model.config, tok_src, base if adapter else path)
     return model.to(pick_device(device)).eval(), tok
 
 
@@ -111,6 +113,7 @@ def generate(
     device: str = "auto",
     tokenizer: str | None = None,
     dtype: str = "fp32",
+    allow_base_mismatch: bool = False,
 ) -> list[str]:
     """Generate text from a trained model, streaming each completion as it is produced.
 
@@ -129,8 +132,10 @@ def generate(
         dtype: decoding precision of the fast engine: fp32 (exactly `model.generate`'s greedy
             tokens), bf16 (about 2.5x faster on CPU), int8 (weight-only quantized, about 5x
             faster at batch 1; approximate).
+        allow_base_mismatch: load an adapter on its recorded base even when that base's
+            weights are not the ones it was trained on.
     """
-    net, tok = load_model_and_tokenizer(model, device, tokenizer)
+    net, tok = load_model_and_tokenizer(model, device, tokenizer, allow_base_mismatch)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     sampling = dict(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
     outs = []

@@ -11,7 +11,7 @@ import torch
 from minigpt.errors import UserError
 
 # Files of a previous model in OUT that a new save might not overwrite (other shard counts).
-_STALE = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "adapter_model.safetensors", "adapter_config.json")
+_STALE = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "adapter_model.safetensors", "adapter_config.json", "adapter_base.json")
 
 
 def _tokenizer_dir(*dirs: Path) -> Path | None:
@@ -36,7 +36,7 @@ def _max_logit_gap(model, probe: torch.Tensor, reference: torch.Tensor) -> float
     return float((model(input_ids=probe, use_cache=False).logits.float() - reference).abs().max())
 
 
-def merge(model: str, adapter: str, out: str, overwrite: bool = False) -> str:
+def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_base_mismatch: bool = False) -> str:
     """Merge a LoRA/DoRA adapter into its base model and save the result as a full model.
 
     The adapter's update is folded into the base weights by `peft` (`W + alpha/r · B A`), so the
@@ -55,37 +55,43 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False) -> str:
             output of `minigpt sft --lora_rank 8`.
         out: directory to write the merged model to.
         overwrite: replace the model already in --out.
+        allow_base_mismatch: merge even when --model is not the base the adapter was trained
+            on (its fingerprint differs from the one recorded in adapter_base.json).
 
     Raises:
         UserError: missing base (no config.json) or adapter (no adapter_config.json), an
-            adapter trained for other layers or shapes than this base, a non-LoRA adapter, an
-            --out that is an input or already holds files (without --overwrite).
+            adapter trained for other layers or shapes than this base or (without
+            --allow_base_mismatch) on another base's weights, a non-LoRA adapter, an --out that
+            is an input or already holds files (without --overwrite).
     """
     import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    from minigpt.model.lora import read_adapter_config, load_adapter, merge_lora
+    from minigpt.model.lora import adapter_base_path, load_adapter, merge_lora, read_adapter_config
     from minigpt.tokenizer import load_tokenizer
 
     base_dir, adapter_dir, out_dir = Path(model), Path(adapter), Path(out)
     if not (base_dir / "config.json").is_file():
         hint = " (it is an adapter directory: pass it as --adapter)" if (base_dir / "adapter_config.json").is_file() else ""
         raise UserError(f"--model {base_dir} is not a model directory (no config.json){hint}")
-    cfg = read_adapter_config(adapter_dir)
+    read_adapter_config(adapter_dir)  # a clear error for a folder that is no adapter
     _check_out(out_dir, [base_dir, adapter_dir], overwrite)
-    recorded = cfg.get("base_model_name_or_path")
-    if recorded and Path(recorded).is_dir() and Path(recorded).resolve() != base_dir.resolve():
-        print(f"note: the adapter was trained on {recorded}; merging it into {base_dir}")
+    try:
+        recorded = adapter_base_path(adapter_dir)
+    except UserError:
+        recorded = None  # no local base recorded: --model is the only base there is
+    if recorded is not None and recorded.resolve() != base_dir.resolve():
+        print(f"note: the adapter records its base as {recorded}; merging it into {base_dir}")
 
-    from minigpt.model.checks import check_model_dir
+    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
 
     check_model_dir(adapter_dir, "--adapter")
     net = AutoModelForCausalLM.from_pretrained(str(check_model_dir(base_dir, adapter_ok=False))).eval()
     tok_dir = _tokenizer_dir(adapter_dir, base_dir)
     tok = load_tokenizer(tok_dir) if tok_dir is not None else None
-    if tok is not None and len(tok) > net.config.vocab_size:
-        raise UserError(f"tokenizer at {tok_dir} has {len(tok)} tokens but the model's vocab_size is {net.config.vocab_size}")
-    load_adapter(net, adapter_dir)
+    if tok is not None:
+        check_tokenizer_fits(tok, net.config, tok_dir, base_dir)
+    load_adapter(net, adapter_dir, check_base=not allow_base_mismatch)
     if (adapter_dir / "generation_config.json").is_file():
         net.generation_config = GenerationConfig.from_pretrained(str(adapter_dir))
 

@@ -247,8 +247,9 @@ def pretrain(
         from minigpt.model.checks import check_model_dir
 
         net = MiniGPTForCausalLM.from_pretrained(str(check_model_dir(model.init_from, "--model.init_from", adapter_ok=False)))
-        if net.config.vocab_size < len(tok):
-            raise UserError(f"model {model.init_from} has vocab_size {net.config.vocab_size} but the tokenizer has {len(tok)} tokens")
+        from minigpt.model.checks import check_tokenizer_fits
+
+        check_tokenizer_fits(tok, net.config, tokenizer or out_dir / "tokenizer", model.init_from)
     else:
         net = MiniGPTForCausalLM(model.build_config(len(tok), special))
     if block_size > net.config.max_position_embeddings:

@@ -67,11 +67,10 @@ def load_reward_model(model_dir: str | Path, device: str = "cpu"):
     if not is_reward_model_dir(path):
         raise UserError(f"{path} holds a language model, not a reward model; train one with `minigpt reward --model {path}`")
     tok = load_tokenizer(path)
-    from minigpt.model.checks import check_model_dir
+    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
 
     model = MiniGPTRewardModel.from_pretrained(str(check_model_dir(path, "--reward_model", adapter_ok=False)))
-    if len(tok) > model.config.vocab_size:
-        raise UserError(f"tokenizer at {path} has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}")
+    check_tokenizer_fits(tok, model.config, path, path)
     return model.to(pick_device(device)).eval(), tok
 
 

@@ -57,11 +57,10 @@ def load_base_model(model_dir: str | Path):
         hint = " (it holds an adapter: merge it first with `minigpt merge`)" if (path / "adapter_config.json").is_file() else ""
         raise UserError(f"{path} is not a model directory (no config.json){hint}")
     tok = load_tokenizer(path)
-    from minigpt.model.checks import check_model_dir
+    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
 
     net = MiniGPTForCausalLM.from_pretrained(str(check_model_dir(path, adapter_ok=False)))
-    if len(tok) > net.config.vocab_size:
-        raise UserError(f"tokenizer at {path} has {len(tok)} tokens but the model's vocab_size is {net.config.vocab_size}")
+    check_tokenizer_fits(tok, net.config, path, path)
     return net, tok
 
 

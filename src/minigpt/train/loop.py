@@ -45,6 +45,7 @@ MODEL_FILE_PATTERNS = (
     "pytorch_model*.bin",
     "adapter_model.safetensors",
     "adapter_config.json",
+    "adapter_base.json",
 )
 
 
@@ -367,7 +368,12 @@ class Trainer:
             return
         tmp = self.out_dir / ".final-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        _unwrap(self.model).save_pretrained(tmp)
+        model = _unwrap(self.model)
+        if isinstance(getattr(model, "peft_config", None), dict) and not hasattr(model, "get_base_model"):
+            # adapters injected in place (not a peft wrapper): their base path is recorded relative to OUT
+            model.save_pretrained(tmp, adapter_final_dir=self.out_dir)
+        else:
+            model.save_pretrained(tmp)
         if self.save_with_model is not None:
             self.save_with_model.save_pretrained(tmp)
         # Weights of another kind left by an earlier run in OUT (a full model where an adapter
