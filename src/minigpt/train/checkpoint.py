@@ -14,6 +14,7 @@ read with `torch.load(weights_only=True)`, which cannot run code (unlike a plain
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minigpt.errors import UserError
+from minigpt.errors import DiskFullError, UserError, is_disk_full
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
@@ -94,19 +95,35 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
         extra_files: small files to copy in (e.g. tokenizer files), name -> source path.
 
     Returns the checkpoint directory.
+
+    Raises:
+        DiskFullError: the device filled up while writing; the partial checkpoint is removed
+            and every complete one is kept.
     """
     root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
-    for name, src in (extra_files or {}).items():
-        shutil.copy2(src, tmp / name)
-    _fsync_dir(tmp)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        for name, src in (extra_files or {}).items():
+            shutil.copy2(src, tmp / name)
+        _fsync_dir(tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees what it took; the complete checkpoints stay
+        if not is_disk_full(e):
+            raise
+        kept = latest_checkpoint(out_dir)
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"no space left on the device of {root} while writing checkpoint {final.name}; "
+            + (f"the last complete checkpoint, {kept.name}, is kept" if kept else "no earlier checkpoint exists")
+            + ": free some space, then continue with --resume",
+        ) from e
     if final.exists():  # the same step saved twice (e.g. final save right after a periodic one)
         old = root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)

@@ -349,14 +349,15 @@ class Trainer:
         if not self.is_main:
             return None
         extra = {}
-        if self.save_with_model is not None:
-            tmp = self.out_dir / ".tok-tmp"
+        tmp = self.out_dir / ".tok-tmp"
+        try:
+            if self.save_with_model is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.save_with_model.save_pretrained(tmp)
+                extra = {p.name: p for p in tmp.iterdir() if p.is_file()}
+            path = ckpt.save_checkpoint(self.out_dir, self.step, _unwrap(self.model), self.state_dict(), self.config.keep_last, extra)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            self.save_with_model.save_pretrained(tmp)
-            extra = {p.name: p for p in tmp.iterdir() if p.is_file()}
-        path = ckpt.save_checkpoint(self.out_dir, self.step, _unwrap(self.model), self.state_dict(), self.config.keep_last, extra)
-        if extra:
-            shutil.rmtree(self.out_dir / ".tok-tmp", ignore_errors=True)
         self.last_checkpoint = path
         return path
 
