@@ -105,8 +105,42 @@ def _arg_help(doc: str) -> dict[str, str]:
     return out
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived outside the training loop (whose own handler saves a checkpoint first).
+
+    Raised from the signal handler `main` installs, so that `finally` blocks still run: run
+    directory locks are released and staging folders removed, as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `minigpt` console script; returns the exit status."""
+    """Entry point of the `minigpt` console script; returns the exit status.
+
+    0 on success; 2 for a user error (one line on stderr); 3 when training diverged; 130
+    after Ctrl-C and 143 after SIGTERM (a run in its training loop saves a checkpoint first
+    and prints the command that resumes it)."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("minigpt: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("minigpt: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)  # a caller's (e.g. a test runner's) handler comes back
+
+
+def _main(argv: list[str] | None) -> int:
     from minigpt.errors import UserError
     from minigpt.train.loop import TrainingDivergedError, TrainingInterrupted
 
@@ -139,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         if "resume" in inspect.signature(_commands()[name]).parameters:
             print(f"resume with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:
-        print(f"minigpt {name}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        how, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated by SIGTERM", 143)
+        print(f"minigpt {name}: {how} outside the training loop", file=sys.stderr)
+        if "resume" in inspect.signature(_commands()[name]).parameters:
+            print(f"continue with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
+        return code
     except Exception as e:
         from minigpt.errors import DiskFullError, is_disk_full
 

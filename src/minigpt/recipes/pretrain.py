@@ -224,7 +224,7 @@ def pretrain(
     train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
-    if resume and tokenizer is None and (out_dir / "tokenizer").is_dir():
+    if resume and tokenizer is None and (out_dir / "tokenizer" / "tokenizer.json").is_file():
         tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
     rank, _, _ = init_distributed(pick_device(train.device))
     if rank == 0:

@@ -12,6 +12,8 @@ trained here agrees on them no matter what corpus it saw.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -171,10 +173,30 @@ def train_tokenizer(
 
     hf_tokenizer = _wrap(tokenizer, model_max_length)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        hf_tokenizer.save_pretrained(str(out_dir))
+        save_tokenizer(hf_tokenizer, out_dir)
     return hf_tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
+    """`tokenizer.save_pretrained(out_dir)`, with no half-written file left if it is stopped.
+
+    The files are written to a hidden staging folder inside `out_dir` and renamed into place
+    one by one, `tokenizer.json` last: until it is there the folder is not a tokenizer
+    (`load_tokenizer` says so), and once it is, every other file is complete. Staging folders
+    left by a killed process are removed first.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(".tmp-tokenizer-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = out / f".tmp-tokenizer-{os.getpid()}"
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == _TOKENIZER_FILE)
+        for name in names:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wrap(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
@@ -204,7 +226,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer directory written by :func:`train_tokenizer` (or any ``save_pretrained``).
 
     Raises:
-        UserError: ``path`` does not exist, is not a directory, or has no ``tokenizer.json``.
+        UserError: ``path`` does not exist, is not a directory, has no ``tokenizer.json``, or
+            its files cannot be parsed (truncated or corrupt).
     """
     path = Path(path)
     if not path.exists():
@@ -216,7 +239,11 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
             f"tokenizer path {path}: no {_TOKENIZER_FILE} inside; train one with "
             "`minigpt tokenizer` or pass a directory written by save_pretrained"
         )
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 — json, tokenizers and transformers each raise their own
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"tokenizer path {path}: its files are unreadable or corrupt ({type(e).__name__}: {first})") from None
     # Saved configs from other tools may leave cleanup on; it must stay off to be lossless.
     tokenizer.clean_up_tokenization_spaces = False
     return tokenizer

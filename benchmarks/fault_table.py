@@ -1,0 +1,329 @@
+"""Real-process fault table: kill, interrupt, starve and race `minigpt pretrain`, `sft` and `grpo`,
+then check that `--resume` ends with exactly the weights of an uninterrupted run.
+
+    python benchmarks/fault_table.py [--kills 20] [--signals 6] [--commands pretrain,sft,grpo]
+
+For each command, a tiny run (fixed steps, fp32, CPU, a checkpoint every 4 steps) is first run
+uninterrupted; its weights are the reference. Then, each in a fresh run directory:
+
+- SIGKILL at random moments. Most are drawn uniformly between the moment the run takes its
+  run-directory lock and its final save (data preparation, training, checkpoint writes); one in four
+  waits for a checkpoint's temporary folder to appear and kills at once, so some land while a
+  checkpoint is being written. Then `--resume` runs to the end.
+- SIGINT and SIGTERM at random moments (same draw). The command should save a checkpoint and
+  exit 130 / 143 (or, before training started, stop with nothing to save); then `--resume`.
+- A full disk: `--out` on a small tmpfs (needs root for `mount`; skipped otherwise), sized so
+  that the device fills at different moments. The command should end in one clear line (exit
+  2, no traceback) that keeps the last checkpoint; the tmpfs is then enlarged and `--resume`
+  runs to the end.
+- Two processes on one `--out`: while the first holds the lock (it is paused with SIGSTOP to
+  make the overlap certain), a second one started as it was, with `--resume` and with
+  `--overwrite` must each be refused naming the holder's PID; the first then finishes.
+
+"Exact" compares `model_fingerprint` (the configuration and every weight tensor, bit for bit) of
+the final model with the reference's. The table gives, per scenario, how each case ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TINY = [
+    "--model.preset", "tiny", "--model.vocab_size", "300", "--model.hidden_size", "32", "--model.intermediate_size", "64",
+    "--model.num_hidden_layers", "2", "--model.num_attention_heads", "4", "--model.num_key_value_heads", "2",
+]
+TRAIN = ["--train.progress", "false", "--train.precision", "fp32", "--train.device", "cpu", "--train.save_interval", "4", "--train.eval_interval", "0"]
+WORDS = "the quick brown fox jumps over lazy dog and cat sat on mat while bird sang red blue green".split()
+COLOURS = ["red", "blue", "green", "black", "white", "pink", "grey", "brown"]
+
+
+def write_data(work: Path, seed: int = 0) -> dict[str, Path]:
+    """The corpus, chat file and prompt file the runs train on (generated, no downloads)."""
+    rng = random.Random(seed)
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(400)), encoding="utf-8")
+    chat = work / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w} {w}."}]} for w in WORDS * 4]
+    chat.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Name the colour {c}.", "answer": c}) + "\n" for c in COLOURS * 3), encoding="utf-8")
+    return {"corpus": corpus, "chat": chat, "prompts": prompts}
+
+
+def command_argv(name: str, data: dict[str, Path], base: Path, cache: Path) -> list[str]:
+    """The argv (without --out) of each command under test."""
+    if name == "pretrain":
+        return ["pretrain", "--data", str(data["corpus"]), "--cache_dir", str(cache), *TINY, "--block_size", "32",
+                "--train.max_steps", "40", "--train.batch_size", "4", *TRAIN]
+    if name == "sft":
+        return ["sft", "--model", str(base), "--data", str(data["chat"]), "--max_length", "32", "--val_fraction", "0",
+                "--train.max_steps", "40", "--train.batch_size", "4", *TRAIN]
+    if name == "grpo":
+        return ["grpo", "--model", str(base), "--data", str(data["prompts"]), "--max_new_tokens", "6", "--max_prompt_length", "24",
+                "--group_size", "4", "--reward", "answer,length:0.1", "--val_fraction", "0",
+                "--train.max_steps", "24", "--train.batch_size", "4", "--train.lr", "1e-3", *TRAIN]
+    raise ValueError(name)
+
+
+def minigpt_cmd(argv: list[str]) -> list[str]:
+    return [sys.executable, "-c", "import sys; from minigpt.cli import main; sys.exit(main())", *argv]
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(minigpt_cmd(argv), stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, start_new_session=True)
+
+
+def run(argv: list[str], log: Path, timeout: float = 900) -> int:
+    p = start(argv, log)
+    return p.wait(timeout=timeout)
+
+
+def fingerprint(out: Path) -> str | None:
+    from minigpt.errors import UserError
+    from minigpt.model.checks import model_fingerprint
+
+    try:
+        return model_fingerprint(out)
+    except UserError:
+        return None
+
+
+def wait_for(pred, proc: subprocess.Popen, timeout: float = 120, poll: float = 0.002) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(poll)
+    return False
+
+
+def lock_taken(out: Path, pid: int) -> bool:
+    try:
+        return (out / ".minigpt.lock").read_text().strip() == str(pid)
+    except OSError:
+        return False
+
+
+def checkpoint_being_written(out: Path) -> bool:
+    root = out / "checkpoints"
+    try:
+        return any(p.name.startswith(".tmp-") for p in root.iterdir())
+    except OSError:
+        return False
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:160] if lines else ""
+
+
+def state_after(out: Path) -> str:
+    """Where the killed run was: in a checkpoint write, after its final save, or between."""
+    if checkpoint_being_written(out):
+        return "while writing a checkpoint"
+    if (out / "model.safetensors").is_file() or (out / ".final-tmp").exists():
+        return "during or after the final save"
+    if (out / "checkpoints").is_dir():
+        return "training, between checkpoints"
+    if (out / "run.json").is_file():
+        return "training, before the first checkpoint"
+    return "during data preparation"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, collections.Counter, int, int]] = []
+
+    def add(self, scenario: str, command: str, outcomes: collections.Counter, exact: int, resumed: int) -> None:
+        self.rows.append((scenario, command, outcomes, exact, resumed))
+        print(f"  {scenario} / {command}: {dict(outcomes)}; exact {exact}/{resumed}", flush=True)
+
+    def render(self) -> str:
+        head = "| scenario | command | cases | how they ended | resumed run equals the uninterrupted one |\n|---|---|---|---|---|\n"
+        body = ""
+        for scenario, command, outcomes, exact, resumed in self.rows:
+            how = "; ".join(f"{n} × {k}" for k, n in outcomes.most_common())
+            body += f"| {scenario} | {command} | {sum(outcomes.values())} | {how} | {exact} / {resumed} |\n"
+        total = sum(sum(o.values()) for _, _, o, _, _ in self.rows)
+        return head + body + f"\n{total} cases in all.\n"
+
+
+def resume_and_compare(argv: list[str], out: Path, ref: str, log: Path) -> tuple[bool, str]:
+    code = run(argv + ["--out", str(out), "--resume"], log)
+    if code != 0:
+        return False, f"resume failed (exit {code}: {last_line(log)})"
+    got = fingerprint(out)
+    return got == ref, "exact" if got == ref else "resumed, but the weights differ"
+
+
+def kill_trials(name, argv, ref, ref_seconds, work, n, rng, table):
+    outcomes, exact = collections.Counter(), 0
+    for i in range(n):
+        out, log = work / f"kill-{name}-{i}", work / f"kill-{name}-{i}.log"
+        p = start(argv + ["--out", str(out)], log)
+        if not wait_for(lambda: lock_taken(out, p.pid), p):
+            p.wait()
+            outcomes["ended before taking the lock"] += 1
+            continue
+        if i % 4 == 3:
+            wait_for(lambda: checkpoint_being_written(out), p, timeout=ref_seconds * 3, poll=0.0005)
+        else:
+            time.sleep(rng.uniform(0, ref_seconds))
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            where = state_after(out)
+        else:
+            where = "finished before the kill"
+        ok, how = resume_and_compare(argv, out, ref, work / f"kill-{name}-{i}.resume.log")
+        exact += ok
+        outcomes[f"killed {where}, resume {how}" if where != "finished before the kill" else f"{where}, resume {how}"] += 1
+        shutil.rmtree(out, ignore_errors=True)
+    table.add("SIGKILL", name, outcomes, exact, n)
+
+
+def signal_trials(name, argv, ref, ref_seconds, work, n, rng, table):
+    outcomes, exact = collections.Counter(), 0
+    for i in range(n):
+        sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
+        out, log = work / f"sig-{name}-{i}", work / f"sig-{name}-{i}.log"
+        p = start(argv + ["--out", str(out)], log)
+        if not wait_for(lambda: lock_taken(out, p.pid), p):
+            p.wait()
+            outcomes["ended before taking the lock"] += 1
+            continue
+        time.sleep(rng.uniform(0, ref_seconds))
+        if p.poll() is None:
+            os.kill(p.pid, sig)
+            code = p.wait()
+            text = log.read_text(errors="replace")
+            saved = "saved a checkpoint" if "resume with: " in text and (out / "checkpoints").is_dir() else "nothing to save"
+            clean = "Traceback" not in text
+            what = f"{sig.name} → exit {code}, {saved}{'' if clean else ', TRACEBACK'}"
+        else:
+            what = f"{sig.name} after the run finished"
+        ok, how = resume_and_compare(argv, out, ref, work / f"sig-{name}-{i}.resume.log")
+        exact += ok
+        outcomes[f"{what}; resume {how}"] += 1
+        shutil.rmtree(out, ignore_errors=True)
+    table.add("SIGINT / SIGTERM", name, outcomes, exact, n)
+
+
+def mount_tmpfs(path: Path, kib: int, remount: bool = False) -> bool:
+    opts = f"{'remount,' if remount else ''}size={kib}k"
+    args = ["mount", "-o", opts, str(path)] if remount else ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)]
+    return subprocess.run(args, capture_output=True).returncode == 0
+
+
+def disk_trials(name, argv, ref, ref_size_kib, work, table):
+    outcomes, exact, cases = collections.Counter(), 0, 0
+    mnt = work / f"mnt-{name}"
+    mnt.mkdir(exist_ok=True)
+    if not mount_tmpfs(mnt, 64):
+        print(f"  full disk / {name}: skipped (mounting a tmpfs needs root)", flush=True)
+        return
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+    for frac in (0.02, 0.1, 0.3, 0.5, 0.7, 0.9):
+        kib = max(16, int(ref_size_kib * frac))
+        assert mount_tmpfs(mnt, kib)
+        out, log = mnt / "run", work / f"disk-{name}-{kib}.log"
+        try:
+            code = run(argv + ["--out", str(out)], log)
+            text = log.read_text(errors="replace")
+            if code == 0:
+                what = "the run fitted"
+            else:
+                clear = code == 2 and "Traceback" not in text and "no space left" in text.lower()
+                what = f"exit {code}, {'one clear line' if clear else 'NOT CLEAR: ' + last_line(log)}"
+            mount_tmpfs(mnt, ref_size_kib * 4, remount=True)
+            ok, how = resume_and_compare(argv, out, ref, work / f"disk-{name}-{kib}.resume.log")
+            exact += ok
+            cases += 1
+            outcomes[f"{what}; resume {how}"] += 1
+        finally:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+    table.add(f"full disk (tmpfs of 2–90 % of the run's {ref_size_kib} KiB)", name, outcomes, exact, cases)
+
+
+def race_trial(name, argv, ref, work, table):
+    outcomes = collections.Counter()
+    out, log = work / f"race-{name}", work / f"race-{name}.log"
+    first = start(argv + ["--out", str(out)], log)
+    if not wait_for(lambda: lock_taken(out, first.pid), first):
+        table.add("two processes on one --out", name, collections.Counter({"first ended before taking the lock": 1}), 0, 1)
+        return
+    os.killpg(first.pid, signal.SIGSTOP)  # hold it inside its run, lock taken
+    try:
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            blog = work / f"race-{name}-second{'-'.join(extra)}.log"
+            code = run(argv + ["--out", str(out), *extra], blog)
+            text = blog.read_text(errors="replace")
+            refused = code == 2 and f"PID {first.pid}" in text and "Traceback" not in text
+            outcomes[f"second run {' '.join(extra) or '(same argv)'}: {'refused, naming the PID' if refused else 'NOT REFUSED: exit ' + str(code) + ' ' + last_line(blog)}"] += 1
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    code = first.wait()
+    ok = code == 0 and fingerprint(out) == ref
+    outcomes[f"first run: exit {code}, {'weights exact' if ok else 'WEIGHTS DIFFER'}"] += 1
+    table.add("two processes on one --out", name, outcomes, int(ok), 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=20, help="SIGKILL moments per command")
+    ap.add_argument("--signals", type=int, default=6, help="SIGINT/SIGTERM moments per command (alternating)")
+    ap.add_argument("--commands", default="pretrain,sft,grpo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed at the end)")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(args.work or tempfile.mkdtemp(prefix="minigpt-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_data(work)
+    cache = work / "cache"
+    base = work / "base"
+    t0 = time.time()
+    if run(command_argv("pretrain", data, base, cache) + ["--out", str(base)], work / "base.log") != 0:
+        sys.exit(f"the base model did not train: {last_line(work / 'base.log')}")
+    table = Table()
+    for name in args.commands.split(","):
+        argv = command_argv(name, data, base, cache)
+        ref_out = work / f"ref-{name}"
+        p = start(argv + ["--out", str(ref_out)], work / f"ref-{name}.log")
+        wait_for(lambda: lock_taken(ref_out, p.pid), p)
+        # Moments are drawn between the lock and the final save (the process then only exits).
+        t = time.time()
+        wait_for(lambda: (ref_out / "model.safetensors").is_file(), p, timeout=900)
+        ref_seconds = (time.time() - t) * 1.05
+        if p.wait() != 0:
+            sys.exit(f"the reference {name} run failed: {last_line(work / f'ref-{name}.log')}")
+        ref = fingerprint(ref_out)
+        size_kib = sum(p.stat().st_size for p in ref_out.rglob("*") if p.is_file()) // 1024
+        print(f"{name}: reference run {ref_seconds:.1f} s from its lock to its final save, {size_kib} KiB, fingerprint {ref[:12]}", flush=True)
+        kill_trials(name, argv, ref, ref_seconds, work, args.kills, rng, table)
+        signal_trials(name, argv, ref, ref_seconds, work, args.signals, rng, table)
+        disk_trials(name, argv, ref, size_kib, work, table)
+        race_trial(name, argv, ref, work, table)
+    print()
+    print(table.render())
+    print(f"wall time {time.time() - t0:.0f} s; python {sys.version.split()[0]}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
