@@ -488,6 +488,30 @@ def test_cli_tokenizer_with_other_special_ids_is_one_line(tiny_run, tmp_path, ca
 
 
 @pytest.mark.parametrize(
+    "template, kind",
+    [
+        ("{{ cycler.__init__.__globals__ }}", "SecurityError"),  # the sandbox refuses it
+        ("{{ raise_exception('no chats here') }}", "TemplateError"),
+        ("{% for m in messages %}{{ m.content", "TemplateSyntaxError"),
+        ("{{ messages[0].content + 1 }}", "TypeError"),
+    ],
+)
+@pytest.mark.parametrize("command", ["chat", "sft"])
+def test_cli_chat_template_that_fails_is_one_line(tiny_run, tmp_path, capsys, template, kind, command):
+    import shutil
+
+    src, _, _ = tiny_run
+    model = tmp_path / "model"
+    shutil.copytree(src, model, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    (model / "chat_template.jinja").write_text(template, encoding="utf-8")
+    argv = ["chat", "--model", str(model), "--prompt", "hi", "--max_new_tokens", "2"] if command == "chat" else _sft(model, _chat_file(tmp_path / "c.jsonl"), tmp_path / "out")
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and f"its chat template cannot render this conversation ({kind}" in err and str(model) in err, err[-1500:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     "device, message",
     [("gpu", "unknown device 'gpu'"), ("cuda:7", "cuda:7"), ("mps", "'mps' asked for")],
 )

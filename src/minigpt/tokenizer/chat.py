@@ -324,11 +324,28 @@ _OPENERS: dict[str, str] = {}
 
 
 def _template(tokenizer, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> str:
+    """Render with the tokenizer's chat template (transformers' sandboxed jinja environment).
+
+    Raises:
+        UserError: no template, or one that fails: a syntax error, an attribute the sandbox
+            forbids (`SecurityError`), an error the template raises itself, or a Python error
+            while it runs. The message names the tokenizer's folder.
+    """
+    from jinja2.exceptions import TemplateError
+
     if getattr(tokenizer, "chat_template", None) is None:
         raise UserError("tokenizer has no chat template; load one saved by `minigpt tokenizer`")
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    except (TemplateError, TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"{where}: its chat template cannot render this conversation ({type(e).__name__}: {first}); "
+            "fix chat_template.jinja there, or use a tokenizer saved by `minigpt tokenizer`"
+        ) from None
 
 
 def _generation_prompt(tokenizer) -> str:
