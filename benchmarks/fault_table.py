@@ -6,12 +6,15 @@ then check that `--resume` ends with exactly the weights of an uninterrupted run
 For each command, a tiny run (fixed steps, fp32, CPU, a checkpoint every 4 steps) is first run
 uninterrupted; its weights are the reference. Then, each in a fresh run directory:
 
-- SIGKILL at random moments. Most are drawn uniformly between the moment the run takes its
-  run-directory lock and its final save (data preparation, training, checkpoint writes); one in four
-  waits for a checkpoint's temporary folder to appear and kills at once, so some land while a
-  checkpoint is being written. Then `--resume` runs to the end.
-- SIGINT and SIGTERM at random moments (same draw). The command should save a checkpoint and
-  exit 130 / 143 (or, before training started, stop with nothing to save); then `--resume`.
+- SIGKILL at random moments, four in a row on one run directory (the run, then each `--resume`
+  is killed again), then a last `--resume` runs to the end. Most moments are drawn uniformly
+  between the moment the process takes its run-directory lock and the reference's final save
+  (data preparation, training, checkpoint writes); one in four waits for a checkpoint's
+  temporary folder to appear and kills at once, so some land while a checkpoint is being
+  written.
+- SIGINT and SIGTERM at random moments (same draw, two in a row). The command should save a
+  checkpoint and exit 130 / 143 (or, outside the training loop, stop with nothing to save),
+  printing the command that resumes it.
 - A full disk: `--out` on a small tmpfs (needs root for `mount`; skipped otherwise), sized so
   that the device fills at different moments. The command should end in one clear line (exit
   2, no traceback) that keeps the last checkpoint; the tmpfs is then enlarged and `--resume`
@@ -131,12 +134,17 @@ def last_line(log: Path) -> str:
     return lines[-1][:160] if lines else ""
 
 
-def state_after(out: Path) -> str:
-    """Where the killed run was: in a checkpoint write, after its final save, or between."""
+def state_after(out: Path, since: float) -> str:
+    """Where the process started at `since` was stopped: in a checkpoint write, in or after its
+    final save, or between (files left by earlier processes of the same run do not count)."""
     if checkpoint_being_written(out):
         return "while writing a checkpoint"
-    if (out / "model.safetensors").is_file() or (out / ".final-tmp").exists():
+    final = out / "model.safetensors"
+    if (out / ".final-tmp").exists() or (final.is_file() and final.stat().st_mtime >= since):
         return "during or after the final save"
+    run_json = out / "run.json"
+    if not (run_json.is_file() and run_json.stat().st_mtime >= since):  # the Trainer writes it as it starts
+        return "during data preparation"
     if (out / "checkpoints").is_dir():
         return "training, between checkpoints"
     if (out / "run.json").is_file():
@@ -157,9 +165,10 @@ class Table:
         body = ""
         for scenario, command, outcomes, exact, resumed in self.rows:
             how = "; ".join(f"{n} × {k}" for k, n in outcomes.most_common())
-            body += f"| {scenario} | {command} | {sum(outcomes.values())} | {how} | {exact} / {resumed} |\n"
-        total = sum(sum(o.values()) for _, _, o, _, _ in self.rows)
-        return head + body + f"\n{total} cases in all.\n"
+            cases = sum(n for k, n in outcomes.items() if not k.startswith("final --resume"))
+            body += f"| {scenario} | {command} | {cases} | {how} | {exact} / {resumed} |\n"
+        total = sum(n for _, _, o, _, _ in self.rows for k, n in o.items() if not k.startswith("final --resume"))
+        return head + body + f"\n{total} cases in all (final resumes not counted).\n"
 
 
 def resume_and_compare(argv: list[str], out: Path, ref: str, log: Path) -> tuple[bool, str]:
@@ -170,57 +179,58 @@ def resume_and_compare(argv: list[str], out: Path, ref: str, log: Path) -> tuple
     return got == ref, "exact" if got == ref else "resumed, but the weights differ"
 
 
-def kill_trials(name, argv, ref, ref_seconds, work, n, rng, table):
-    outcomes, exact = collections.Counter(), 0
-    for i in range(n):
-        out, log = work / f"kill-{name}-{i}", work / f"kill-{name}-{i}.log"
-        p = start(argv + ["--out", str(out)], log)
-        if not wait_for(lambda: lock_taken(out, p.pid), p):
-            p.wait()
-            outcomes["ended before taking the lock"] += 1
-            continue
-        if i % 4 == 3:
-            wait_for(lambda: checkpoint_being_written(out), p, timeout=ref_seconds * 3, poll=0.0005)
-        else:
-            time.sleep(rng.uniform(0, ref_seconds))
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            where = state_after(out)
-        else:
-            where = "finished before the kill"
-        ok, how = resume_and_compare(argv, out, ref, work / f"kill-{name}-{i}.resume.log")
-        exact += ok
-        outcomes[f"killed {where}, resume {how}" if where != "finished before the kill" else f"{where}, resume {how}"] += 1
-        shutil.rmtree(out, ignore_errors=True)
-    table.add("SIGKILL", name, outcomes, exact, n)
+def interrupt_chains(name, argv, ref, ref_seconds, work, moments, per_chain, signals, rng, table, scenario):
+    """Stop the run at `moments` random moments in all, `per_chain` in a row on one run
+    directory: each `--resume` is itself stopped again, until the chain has its count; the last
+    `--resume` then runs to the end and its weights are compared with the reference.
 
-
-def signal_trials(name, argv, ref, ref_seconds, work, n, rng, table):
-    outcomes, exact = collections.Counter(), 0
-    for i in range(n):
-        sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
-        out, log = work / f"sig-{name}-{i}", work / f"sig-{name}-{i}.log"
-        p = start(argv + ["--out", str(out)], log)
-        if not wait_for(lambda: lock_taken(out, p.pid), p):
-            p.wait()
-            outcomes["ended before taking the lock"] += 1
-            continue
-        time.sleep(rng.uniform(0, ref_seconds))
-        if p.poll() is None:
+    `signals` is cycled through (SIGKILL alone, or SIGINT and SIGTERM). With SIGKILL, one moment
+    in four waits for a checkpoint's temporary folder to appear and kills at once."""
+    outcomes, exact, chains, done = collections.Counter(), 0, 0, 0
+    while done < moments:
+        out = work / f"{scenario}-{name}-{chains}"
+        for k in range(min(per_chain, moments - done)):
+            sig = signals[done % len(signals)]
+            log = work / f"{scenario}-{name}-{chains}-{k}.log"
+            since = time.time()
+            p = start(argv + ["--out", str(out)] + (["--resume"] if k else []), log)
+            if not wait_for(lambda: lock_taken(out, p.pid), p):
+                p.wait()
+                outcomes[f"ended before taking the lock: exit {p.returncode}: {last_line(log)}"] += 1
+                done += 1
+                continue
+            if sig == signal.SIGKILL and done % 4 == 3:
+                wait_for(lambda: checkpoint_being_written(out), p, timeout=ref_seconds * 3, poll=0.0005)
+            else:
+                time.sleep(rng.uniform(0, ref_seconds))
+            done += 1
+            if p.poll() is not None:
+                outcomes["the run finished before the moment came"] += 1
+                continue
+            if sig == signal.SIGKILL:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                outcomes[f"SIGKILL {state_after(out, since)}"] += 1
+                continue
+            where = state_after(out, since)
             os.kill(p.pid, sig)
             code = p.wait()
             text = log.read_text(errors="replace")
-            saved = "saved a checkpoint" if "resume with: " in text and (out / "checkpoints").is_dir() else "nothing to save"
-            clean = "Traceback" not in text
-            what = f"{sig.name} → exit {code}, {saved}{'' if clean else ', TRACEBACK'}"
-        else:
-            what = f"{sig.name} after the run finished"
-        ok, how = resume_and_compare(argv, out, ref, work / f"sig-{name}-{i}.resume.log")
+            if "Traceback" in text:
+                how = "a TRACEBACK: " + last_line(log)
+            elif "resume with: " in text:
+                how = "checkpoint saved, resume command printed"
+            elif "continue with: " in text:
+                how = "outside the training loop, nothing to save, resume command printed"
+            else:
+                how = "no message: " + last_line(log)
+            outcomes[f"{sig.name} {where} → exit {code}, {how}"] += 1
+        ok, how = resume_and_compare(argv, out, ref, work / f"{scenario}-{name}-{chains}-final.log")
         exact += ok
-        outcomes[f"{what}; resume {how}"] += 1
+        chains += 1
+        outcomes[f"final --resume: {how}"] += 1
         shutil.rmtree(out, ignore_errors=True)
-    table.add("SIGINT / SIGTERM", name, outcomes, exact, n)
+    table.add(f"{scenario} ({moments} moments, {per_chain} per run directory)", name, outcomes, exact, chains)
 
 
 def mount_tmpfs(path: Path, kib: int, remount: bool = False) -> bool:
@@ -237,7 +247,7 @@ def disk_trials(name, argv, ref, ref_size_kib, work, table):
         print(f"  full disk / {name}: skipped (mounting a tmpfs needs root)", flush=True)
         return
     subprocess.run(["umount", str(mnt)], capture_output=True)
-    for frac in (0.02, 0.1, 0.3, 0.5, 0.7, 0.9):
+    for frac in (0.02, 0.3, 0.6, 0.9):
         kib = max(16, int(ref_size_kib * frac))
         assert mount_tmpfs(mnt, kib)
         out, log = mnt / "run", work / f"disk-{name}-{kib}.log"
@@ -285,7 +295,7 @@ def race_trial(name, argv, ref, work, table):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20, help="SIGKILL moments per command")
-    ap.add_argument("--signals", type=int, default=6, help="SIGINT/SIGTERM moments per command (alternating)")
+    ap.add_argument("--signals", type=int, default=4, help="SIGINT/SIGTERM moments per command (alternating)")
     ap.add_argument("--commands", default="pretrain,sft,grpo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed at the end)")
@@ -314,8 +324,8 @@ def main() -> None:
         ref = fingerprint(ref_out)
         size_kib = sum(p.stat().st_size for p in ref_out.rglob("*") if p.is_file()) // 1024
         print(f"{name}: reference run {ref_seconds:.1f} s from its lock to its final save, {size_kib} KiB, fingerprint {ref[:12]}", flush=True)
-        kill_trials(name, argv, ref, ref_seconds, work, args.kills, rng, table)
-        signal_trials(name, argv, ref, ref_seconds, work, args.signals, rng, table)
+        interrupt_chains(name, argv, ref, ref_seconds, work, args.kills, 4, [signal.SIGKILL], rng, table, "SIGKILL")
+        interrupt_chains(name, argv, ref, ref_seconds, work, args.signals, 2, [signal.SIGINT, signal.SIGTERM], rng, table, "SIGINT-SIGTERM")
         disk_trials(name, argv, ref, size_kib, work, table)
         race_trial(name, argv, ref, work, table)
     print()

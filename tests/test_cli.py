@@ -252,6 +252,37 @@ def test_cli_signal_saves_and_prints_the_resume_command(tiny_run, tmp_path, sign
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, step + 3))
 
 
+def test_cli_full_disk_is_one_line_with_the_resume_command(tiny_run, tmp_path, capsys, monkeypatch):
+    """The device fills during the step-6 checkpoint (simulated as torch.save's own error): one
+    line naming the checkpoint kept, then the resume command, exit 2; that command, once there
+    is space, finishes the run with the same weights as an uninterrupted one."""
+    from minigpt.model.checks import model_fingerprint
+    from minigpt.train import checkpoint as ckpt
+
+    _, argv, root = tiny_run
+    out = tmp_path / "full"
+    args = [a if a != str(root / "run") else str(out) for a in argv]
+    real_save = ckpt.torch.save
+
+    def fill_up(obj, path, *a, **k):
+        if "step_00000006" in str(path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1408 vs 1318")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", fill_up)
+    assert main(args) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "Traceback" not in "".join(err)
+    assert "no space left on the device" in err[0] and "step_00000003, is kept" in err[0]
+    command = shlex.split(err[1].split("resume with: minigpt ", 1)[1])
+    assert command[-1] == "--resume"
+    assert main(command) == 0
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main([a if a != str(out) else str(uninterrupted) for a in args]) == 0
+    assert model_fingerprint(out) == model_fingerprint(uninterrupted)
+
+
 def test_tokenizer_never_sees_the_validation_tail(tmp_path):
     """The held-out tail repeats a word found nowhere else; a tokenizer trained on it would
     merge that word into few tokens, one trained only on the training part cannot."""

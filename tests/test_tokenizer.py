@@ -247,6 +247,36 @@ def test_load_tokenizer_errors_name_the_path(tmp_path):
         load_tokenizer(empty)
 
 
+def test_a_save_stopped_midway_leaves_no_tokenizer_and_a_corrupt_one_is_named(tok, tmp_path, monkeypatch):
+    """tokenizer.json is renamed into place last: a save stopped before it leaves a folder that
+    is not a tokenizer (said plainly), never one whose other files are missing; the next save
+    clears the staging folder. A truncated tokenizer.json is one clear error."""
+    from minigpt.tokenizer import bpe
+
+    real_replace = bpe.os.replace
+
+    def stop_at_the_model(src, dst):
+        if str(dst).endswith("tokenizer.json"):
+            raise KeyboardInterrupt  # the process is stopped here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bpe.os, "replace", stop_at_the_model)
+    monkeypatch.setattr(bpe.shutil, "rmtree", lambda *a, **k: None)  # a killed process cleans nothing
+    with pytest.raises(KeyboardInterrupt):
+        bpe.save_tokenizer(tok, tmp_path / "t")
+    monkeypatch.undo()
+    assert (tmp_path / "t" / "tokenizer_config.json").is_file() and not (tmp_path / "t" / "tokenizer.json").exists()
+    with pytest.raises(UserError, match="no tokenizer.json inside"):
+        load_tokenizer(tmp_path / "t")
+    bpe.save_tokenizer(tok, tmp_path / "t")
+    assert [p.name for p in (tmp_path / "t").iterdir() if p.name.startswith(".")] == []
+    assert load_tokenizer(tmp_path / "t").get_vocab() == tok.get_vocab()
+    model = tmp_path / "t" / "tokenizer.json"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"tokenizer path .*t: its files are unreadable or corrupt"):
+        load_tokenizer(tmp_path / "t")
+
+
 def test_tokenizer_command_from_file(tmp_path, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text("\n".join(TRAIN_TEXTS), encoding="utf-8")

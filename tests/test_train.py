@@ -129,6 +129,56 @@ def test_crash_during_checkpoint_save_keeps_previous(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "checkpoints" / "step_00000006").exists()
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1408 vs 1318"),  # torch.save's zip writer
+        RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/0: file write failed"),
+    ],
+    ids=["ENOSPC", "unexpected-pos", "file-write-failed"],
+)
+def test_full_disk_during_a_checkpoint_is_a_clear_error_and_resume_is_exact(tmp_path, monkeypatch, failure):
+    """The device fills while step 4's checkpoint is written: a DiskFullError that names the
+    checkpoint kept (step 2), no partial folder left; with space back, --resume ends exactly
+    where an uninterrupted run does."""
+    from minigpt.errors import DiskFullError
+
+    full = run(tmp_path, "full", max_steps=6, save_interval=2)
+    real_save = ckpt.torch.save
+
+    def fill_up(obj, path, *a, **k):
+        if "step_00000004" in str(path):
+            real_save(obj, path, *a, **k)  # bytes written, then the device is full
+            raise failure
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", fill_up)
+    with pytest.raises(DiskFullError, match=r"writing checkpoint step_00000004; the last complete checkpoint, step_00000002, is kept"):
+        run(tmp_path, "r", max_steps=6, save_interval=2)
+    monkeypatch.undo()
+    root = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in root.iterdir() if p.name.startswith("step_")] == ["step_00000002"]
+    assert not any(p.name.startswith(".") for p in root.iterdir()) and not (tmp_path / "r" / ".tok-tmp").exists()
+    resumed = run(tmp_path, "r", model=tiny_model(seed=99), max_steps=6, save_interval=2, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters()))
+
+
+def test_is_disk_full_sees_through_wrapped_errors():
+    from minigpt.errors import is_disk_full
+
+    try:
+        try:
+            raise OSError(122, "Disk quota exceeded")  # EDQUOT
+        except OSError as inner:
+            raise RuntimeError("saving failed") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert is_disk_full(Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"))  # safetensors
+    assert not is_disk_full(OSError(13, "Permission denied"))
+    assert not is_disk_full(RuntimeError("CUDA out of memory"))
+
+
 def test_keep_last_prunes_old_checkpoints(tmp_path):
     run(tmp_path, "k", max_steps=6, save_interval=1, keep_last=2)
     names = [p.name for p in ckpt.checkpoint_dirs(tmp_path / "k")]
