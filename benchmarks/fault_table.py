@@ -19,6 +19,7 @@ uninterrupted; its weights are the reference. Then, each in a fresh run director
   that the device fills at different moments. The command should end in one clear line (exit
   2, no traceback) that keeps the last checkpoint; the tmpfs is then enlarged and `--resume`
   runs to the end.
+- `--out` on a read-only mount (root only): one clear line, exit 2.
 - Two processes on one `--out`: while the first holds the lock (it is paused with SIGSTOP to
   make the overlap certain), a second one started as it was, with `--resume` and with
   `--overwrite` must each be refused naming the holder's PID; the first then finishes.
@@ -269,6 +270,24 @@ def disk_trials(name, argv, ref, ref_size_kib, work, table):
     table.add(f"full disk (tmpfs of 2–90 % of the run's {ref_size_kib} KiB)", name, outcomes, exact, cases)
 
 
+def readonly_trial(name, argv, work, table):
+    """`--out` inside a read-only mount: one clear line, exit 2, before any data preparation."""
+    mnt = work / f"ro-{name}"
+    mnt.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        print(f"  read-only --out / {name}: skipped (mounting a tmpfs needs root)", flush=True)
+        return
+    try:
+        log = work / f"ro-{name}.log"
+        code = run(argv + ["--out", str(mnt / "run")], log)
+        text = log.read_text(errors="replace")
+        clear = code == 2 and "Traceback" not in text and "Read-only file system" in text and len(text.strip().splitlines()) == 1
+        outcome = f"exit {code}, {'one clear line' if clear else 'NOT CLEAR: ' + last_line(log)}"
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    table.add("--out on a read-only mount", name, collections.Counter({outcome: 1}), 0, 0)
+
+
 def race_trial(name, argv, ref, work, table):
     outcomes = collections.Counter()
     out, log = work / f"race-{name}", work / f"race-{name}.log"
@@ -297,10 +316,12 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=20, help="SIGKILL moments per command")
     ap.add_argument("--signals", type=int, default=4, help="SIGINT/SIGTERM moments per command (alternating)")
     ap.add_argument("--commands", default="pretrain,sft,grpo")
+    ap.add_argument("--scenarios", default="kill,signal,disk,race,readonly", help="which of kill, signal, disk, race, readonly")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed at the end)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    scenarios = set(args.scenarios.split(","))
     work = Path(args.work or tempfile.mkdtemp(prefix="minigpt-faults-"))
     work.mkdir(parents=True, exist_ok=True)
     data = write_data(work)
@@ -313,6 +334,10 @@ def main() -> None:
     for name in args.commands.split(","):
         argv = command_argv(name, data, base, cache)
         ref_out = work / f"ref-{name}"
+        if "readonly" in scenarios:
+            readonly_trial(name, argv, work, table)
+        if not scenarios & {"kill", "signal", "disk", "race"}:
+            continue
         p = start(argv + ["--out", str(ref_out)], work / f"ref-{name}.log")
         wait_for(lambda: lock_taken(ref_out, p.pid), p)
         # Moments are drawn between the lock and the final save (the process then only exits).
@@ -324,10 +349,14 @@ def main() -> None:
         ref = fingerprint(ref_out)
         size_kib = sum(p.stat().st_size for p in ref_out.rglob("*") if p.is_file()) // 1024
         print(f"{name}: reference run {ref_seconds:.1f} s from its lock to its final save, {size_kib} KiB, fingerprint {ref[:12]}", flush=True)
-        interrupt_chains(name, argv, ref, ref_seconds, work, args.kills, 4, [signal.SIGKILL], rng, table, "SIGKILL")
-        interrupt_chains(name, argv, ref, ref_seconds, work, args.signals, 2, [signal.SIGINT, signal.SIGTERM], rng, table, "SIGINT-SIGTERM")
-        disk_trials(name, argv, ref, size_kib, work, table)
-        race_trial(name, argv, ref, work, table)
+        if "kill" in scenarios:
+            interrupt_chains(name, argv, ref, ref_seconds, work, args.kills, 4, [signal.SIGKILL], rng, table, "SIGKILL")
+        if "signal" in scenarios:
+            interrupt_chains(name, argv, ref, ref_seconds, work, args.signals, 2, [signal.SIGINT, signal.SIGTERM], rng, table, "SIGINT-SIGTERM")
+        if "disk" in scenarios:
+            disk_trials(name, argv, ref, size_kib, work, table)
+        if "race" in scenarios:
+            race_trial(name, argv, ref, work, table)
     print()
     print(table.render())
     print(f"wall time {time.time() - t0:.0f} s; python {sys.version.split()[0]}")

@@ -557,12 +557,39 @@ def test_cli_unavailable_or_unknown_device_is_one_line(tiny_run, capsys, device,
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_out_that_is_a_file_is_one_line(tiny_run, tmp_path, capsys):
-    src, _, _ = tiny_run
+@pytest.mark.parametrize("command", ["pretrain", "sft", "distill", "dpo", "reward", "grpo", "ppo"])
+def test_cli_out_that_is_a_file_is_one_line(tiny_run, tmp_path, capsys, command):
+    """Every training command, before any data preparation: an --out that is a file is one
+    line, and the file is left as it was."""
+    src, _, root = tiny_run
     (tmp_path / "taken").write_text("not a folder")
-    assert main(_sft(src, _chat_file(tmp_path / "chat.jsonl"), tmp_path / "taken")) == 2
-    assert "exists and is not a directory" in capsys.readouterr().err
+    values = {"m": str(src), "chat": str(_chat_file(tmp_path / "chat.jsonl")), "out": str(tmp_path / "taken"), "corpus": str(root / "corpus.txt"), "good": str(src)}
+    assert main([a.format(**values) for a in LOADERS[command]]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a directory" in err and len(err.strip().splitlines()) == 1, err[-800:]
     assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_cli_out_that_cannot_be_written_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    """A read-only mount or a folder without write permission (simulated: the tests may run as
+    root, who may write anywhere) is one line naming --out and the reason."""
+    import errno
+
+    from minigpt.train import rundir
+
+    src, _, _ = tiny_run
+    real_open = rundir.os.open
+
+    def read_only(path, *a, **k):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(rundir.os, "open", read_only)
+    assert main(_sft(src, _chat_file(tmp_path / "chat.jsonl"), tmp_path / "ro")) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'ro'}: cannot use it as a run directory: Read-only file system" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
