@@ -270,6 +270,24 @@ def test_second_signal_stops_at_once(tmp_path):
     assert resumed.step == 8
 
 
+def test_a_signal_during_the_final_save_lets_the_run_complete(tmp_path, capsys):
+    """Ctrl-C once the last step is done: the final save completes and fit returns normally,
+    saying so, rather than promising a checkpoint of a step that will not run."""
+    t = Trainer(tiny_model(), CausalLMObjective(), Blocks(64), config(max_steps=4), tmp_path / "f")
+    real_save_final = t.save_final
+
+    def save_final_after_ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        real_save_final()
+
+    t.save_final = save_final_after_ctrl_c
+    t.fit()
+    assert t.step == 4 and (tmp_path / "f" / "model.safetensors").is_file()
+    err = capsys.readouterr().err
+    assert "SIGINT received as the run finishes: completing its final evaluation and save" in err and "finishing step" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_second_process_on_the_same_out_is_refused(tmp_path):
     """The lock names the holder's PID, and a holder killed with SIGKILL leaves no stale lock."""
     out = tmp_path / "busy"

@@ -506,6 +506,7 @@ class Trainer:
                 checkpoint does not match.
         """
         self._stop_signal: int | None = None
+        self._finishing = False  # set once the training loop is done: a signal then lets the final save complete
         self._own_lock = False
         try:
             if threading.current_thread() is not threading.main_thread():
@@ -524,7 +525,14 @@ class Trainer:
                     signal.signal(sig, handler)
                 raise KeyboardInterrupt
             self._stop_signal = signum
-            if self.is_main:
+            if self.is_main and self._finishing:
+                print(
+                    f"\n{signal.Signals(signum).name} received as the run finishes: completing its final evaluation and save "
+                    "(send it again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif self.is_main:
                 print(
                     f"\n{signal.Signals(signum).name} received: finishing step {self.step + 1}, then saving a checkpoint "
                     "(send it again to stop at once)",
@@ -668,6 +676,7 @@ class Trainer:
                     )
                 break
         bar.close()
+        self._finishing = not interrupted  # a signal from here on lets the final evaluation and save complete
         if interrupted:
             path = self.save()
             barrier()
