@@ -219,6 +219,13 @@ def interrupt_chains(name, argv, ref, ref_seconds, work, moments, per_chain, sig
             text = log.read_text(errors="replace")
             if "Traceback" in text:
                 how = "a TRACEBACK: " + last_line(log)
+            elif code == 0 and "as the run finishes" in text:
+                how = "the run completed its final save first"
+            elif code == 0:
+                how = "the run had completed (the signal came as the process exited)"
+            elif code == -signal.SIGTERM and (out / "model.safetensors").is_file():
+                # minigpt's handler is only removed once its command has returned
+                how = "the command had returned; killed by the default handler as the process exited"
             elif "resume with: " in text:
                 how = "checkpoint saved, resume command printed"
             elif "continue with: " in text:
@@ -259,7 +266,8 @@ def disk_trials(name, argv, ref, ref_size_kib, work, table):
                 what = "the run fitted"
             else:
                 clear = code == 2 and "Traceback" not in text and "no space left" in text.lower()
-                what = f"exit {code}, {'one clear line' if clear else 'NOT CLEAR: ' + last_line(log)}"
+                when = "while writing a checkpoint" if "while writing checkpoint" in text else "before training (data preparation)" if not (out / "run.json").is_file() else "in training"
+                what = f"full {when}: exit {code}, {'one clear line + the resume command' if clear else 'NOT CLEAR: ' + last_line(log)}"
             mount_tmpfs(mnt, ref_size_kib * 4, remount=True)
             ok, how = resume_and_compare(argv, out, ref, work / f"disk-{name}-{kib}.resume.log")
             exact += ok

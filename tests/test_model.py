@@ -394,12 +394,14 @@ def test_save_pretrained_roundtrip_through_auto_class(tmp_path, tied):
 # --------------------------------------------------------------------------- export to Llama
 
 
-def _write_tokenizer(directory: Path) -> None:
-    """A tiny word-level tokenizer saved the way `transformers` saves any fast tokenizer."""
+def _write_tokenizer(directory: Path, size: int = 97) -> None:
+    """A word-level tokenizer of `size` ids (the model's vocabulary), saved the way
+    `transformers` saves any fast tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = ["<|endoftext|>", "<|pad|>", "[UNK]", "hello", "world", "mini", "gpt"]
+    words += [f"word{i}" for i in range(size - len(words))]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>", unk_token="[UNK]")
@@ -524,7 +526,7 @@ def test_export_refuses_foreign_directories_and_replaces_previous_export(tmp_pat
     # A previous export is replaced: its files go, a file the user added stays.
     run = tmp_path / "run"
     model.save_pretrained(run)
-    _write_tokenizer(run)
+    _write_tokenizer(run, model.config.vocab_size)
     out = tmp_path / "out"
     export_to_llama(str(run), out)
     assert (out / "tokenizer.json").exists()
