@@ -287,7 +287,7 @@ def worker_trl(args, work: Path, init_name: str = "init") -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     import minigpt  # noqa: F401  (registers MiniGPT with AutoModelForCausalLM)
-    from minigpt.recipes.sft import chat_eos_ids
+    from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.tokenizer import load_tokenizer
 
     datasets.disable_progress_bars()

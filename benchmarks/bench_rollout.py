@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, count_parameters
-from minigpt.rl.rollout import RolloutEngine
+from minigpt.inference.rollout import RolloutEngine
 
 FIRST_ORDINARY_ID = 8  # ids 0..7 are the tokenizer's special tokens
 CELLS = ("generate fp32", "generate bf16", "engine fp32", "engine bf16")

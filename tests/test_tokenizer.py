@@ -20,9 +20,9 @@ from minigpt.tokenizer import (
     THINK_START,
     load_tokenizer,
     token_byte_lengths,
-    tokenizer_command,
     train_tokenizer,
 )
+from minigpt.recipes.tokenizer import tokenizer_command
 
 VOCAB = 500
 

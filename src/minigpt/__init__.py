@@ -24,7 +24,12 @@ from minigpt.train.callbacks import Callback
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer, TrainingDivergedError
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version: one number, in pyproject.toml
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("minigpt")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "Callback",

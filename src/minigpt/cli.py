@@ -30,8 +30,8 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.quickstart import quickstart
     from minigpt.recipes.reward import reward, score
     from minigpt.recipes.sft import sft
-    from minigpt.rl.pipeline import pipeline_command
-    from minigpt.tokenizer import tokenizer_command
+    from minigpt.recipes.pipeline import pipeline_command
+    from minigpt.recipes.tokenizer import tokenizer_command
 
     return {
         "quickstart": quickstart,

@@ -1,4 +1,4 @@
-"""Inference: the fast generation engine and the chat session built on it."""
+"""Inference: the fast generation engine, the chat session and the RL rollout engine built on it."""
 
 from minigpt.inference.chat import ChatReply, ChatSession, ReasoningSplitter, split_reasoning
 
@@ -9,6 +9,7 @@ from minigpt.inference.engine import (
     filter_logits,
     sample_next_token,
 )
+from minigpt.inference.rollout import Rollout, RolloutEngine, completion_logprobs
 
 __all__ = [
     "ChatReply",
@@ -20,4 +21,7 @@ __all__ = [
     "apply_repetition_penalty",
     "filter_logits",
     "sample_next_token",
+    "Rollout",
+    "RolloutEngine",
+    "completion_logprobs",
 ]

@@ -300,10 +300,10 @@ def export_to_llama(
             "files": written + [EXPORT_MARKER],
         }
         try:
-            from minigpt import __version__ as minigpt_version
+            from importlib.metadata import version
 
-            record["minigpt_version"] = minigpt_version
-        except ImportError:  # pragma: no cover — the package always defines it
+            record["minigpt_version"] = version("minigpt")
+        except Exception:  # noqa: BLE001 — not installed as a distribution (run from a source tree)
             pass
         (tmp / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 

@@ -29,7 +29,7 @@ from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss
 from minigpt.objectives.base import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, rollout_metrics, score_rollout
-from minigpt.rl.rollout import completion_logprobs
+from minigpt.inference.rollout import completion_logprobs
 
 __all__ = ["GRPOObjective"]
 

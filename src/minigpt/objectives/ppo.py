@@ -41,7 +41,7 @@ from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
 from minigpt.objectives.base import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, reward_means, score_rollout
-from minigpt.rl.rollout import Rollout
+from minigpt.inference.rollout import Rollout
 from minigpt.train.distributed import all_reduce_sum
 
 

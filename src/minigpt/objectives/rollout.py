@@ -13,7 +13,7 @@ import torch
 
 from minigpt.losses.advantages import group_stats
 from minigpt.model.lora import adapters_disabled, has_adapters
-from minigpt.rl.rollout import Rollout, RolloutEngine, completion_logprobs
+from minigpt.inference.rollout import Rollout, RolloutEngine, completion_logprobs
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ def load_model_and_tokenizer(
             (`check_tokenizer_fits`), or an adapter whose base is not a local model directory,
             is not the one it was trained on, or does not fit it.
     """
-    import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
+    import minigpt.model  # noqa: F401 — registers MiniGPT with the Auto classes
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from minigpt.tokenizer import load_tokenizer

@@ -70,8 +70,8 @@ def _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, bat
     """Mean rewards of `group` completions per held-out prompt (temperature 0 = greedy)."""
     from minigpt.data.prompts import collate_prompts
     from minigpt.objectives.rollout import eval_mode, score_rollout
-    from minigpt.recipes.sft import chat_eos_ids
-    from minigpt.rl.rollout import RolloutEngine
+    from minigpt.tokenizer.chat import chat_eos_ids
+    from minigpt.inference.rollout import RolloutEngine
 
     engine = RolloutEngine(model, chat_eos_ids(tok), tok.pad_token_id, _ENGINE_DTYPE.get(precision))
     totals: list[float] = []

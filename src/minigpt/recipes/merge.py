@@ -64,7 +64,7 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_bas
             --allow_base_mismatch) on another base's weights, a non-LoRA adapter, an --out that
             is an input or already holds files (without --overwrite).
     """
-    import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
+    import minigpt.model  # noqa: F401 — registers MiniGPT with the Auto classes
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from minigpt.model.lora import adapter_base_path, load_adapter, merge_lora, read_adapter_config

@@ -60,7 +60,7 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
     from minigpt.data.synthetic import check_answer
     from minigpt.recipes.generate import ENGINE_DTYPES
     from minigpt.inference import GenerationEngine
-    from minigpt.recipes.sft import chat_eos_ids
+    from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.tokenizer import render_prompt
 
     from minigpt.train.distributed import pick_precision

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
+from minigpt.tokenizer.chat import chat_eos_ids
 from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
@@ -27,16 +28,6 @@ SFT_TRAIN_DEFAULTS = TrainConfig(
     eval_batches=0,
     save_interval=500,
 )
-
-
-def chat_eos_ids(tok) -> list[int]:
-    """Ids that end an assistant turn: `<|im_end|>` first, then end of text."""
-    from minigpt.tokenizer import IM_END
-
-    im_end = tok.convert_tokens_to_ids(IM_END)
-    if im_end is None or im_end == tok.unk_token_id:
-        raise UserError(f"the tokenizer has no {IM_END} token; train it with minigpt's tokenizer command")
-    return [im_end] + ([tok.eos_token_id] if tok.eos_token_id is not None and tok.eos_token_id != im_end else [])
 
 
 def load_base_model(model_dir: str | Path):

@@ -5,10 +5,12 @@ PPO (SPEC §6)."""
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.rl.dpo import DPOConfig, DPOTrainer, create_dpo_trainer
 from minigpt.rl.grpo import GRPOConfig, GRPOTrainer, create_grpo_trainer
-from minigpt.rl.pipeline import RLHFPipeline, RLHFPipelineConfig, create_rlhf_pipeline
+# The pipeline is a command (it runs the sft, reward and ppo recipes); `minigpt.rl` re-exports it
+# for the original design's users, the one import from a floor above (pyproject.toml, importlinter).
+from minigpt.recipes.pipeline import RLHFPipeline, RLHFPipelineConfig, create_rlhf_pipeline
 from minigpt.rl.ppo import ActorCritic, RLHFConfig, RLHFTrainer, create_rlhf_trainer
 from minigpt.rl.rewards import CombinedReward, RewardModelScorer, make_reward
-from minigpt.rl.rollout import Rollout, RolloutEngine
+from minigpt.inference.rollout import Rollout, RolloutEngine
 from minigpt.rl.reward_model import RewardModelTrainer, create_reward_model
 
 #: The name users of the original design know.

@@ -26,8 +26,8 @@ def sample_replies(
     token left out. Batch `i` is drawn with seed `seed + i·batch_size`, so two models asked with
     the same arguments sample with the same random numbers."""
     from minigpt.objectives.rollout import decode_completions, eval_mode
-    from minigpt.recipes.sft import chat_eos_ids
-    from minigpt.rl.rollout import RolloutEngine
+    from minigpt.tokenizer.chat import chat_eos_ids
+    from minigpt.inference.rollout import RolloutEngine
 
     engine = RolloutEngine(model, chat_eos_ids(tokenizer), tokenizer.pad_token_id, dtype)
     out: list[list[int]] = []

@@ -23,7 +23,7 @@ from minigpt.losses.policy import AGGREGATIONS
 from minigpt.objectives.grpo import GRPOObjective
 from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
 from minigpt.model.lora import has_adapters
-from minigpt.rl.rollout import Rollout
+from minigpt.inference.rollout import Rollout
 
 ALGORITHMS = ("grpo", "gspo")
 

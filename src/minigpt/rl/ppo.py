@@ -26,7 +26,7 @@ from minigpt.rl.trainer import PolicyTrainer, sampling_ids
 from minigpt.losses.kl import KL_ESTIMATORS
 from minigpt.objectives.ppo import PPOObjective
 from minigpt.model.lora import has_adapters, has_lora, load_adapter_state
-from minigpt.rl.rollout import completion_logprobs
+from minigpt.inference.rollout import completion_logprobs
 
 VALUE_MODEL_DIR = "value_model"
 

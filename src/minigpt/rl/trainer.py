@@ -31,7 +31,7 @@ def sampling_ids(policy: torch.nn.Module, tokenizer=None) -> tuple[int | list[in
     cfg = getattr(policy, "config", None)
     eos = getattr(cfg, "eos_token_id", None)
     if tokenizer is not None:
-        from minigpt.recipes.sft import chat_eos_ids
+        from minigpt.tokenizer.chat import chat_eos_ids
 
         eos = chat_eos_ids(tokenizer)
     pad = getattr(cfg, "pad_token_id", None)

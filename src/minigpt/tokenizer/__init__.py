@@ -15,7 +15,6 @@ from minigpt.tokenizer.bpe import (
     THINK_START,
     load_tokenizer,
     token_byte_lengths,
-    tokenizer_command,
     train_tokenizer,
 )
 from minigpt.tokenizer.chat import SkipRecord, normalize_messages, render_conversation, render_prompt
@@ -38,6 +37,5 @@ __all__ = [
     "render_prompt",
     "load_tokenizer",
     "token_byte_lengths",
-    "tokenizer_command",
     "train_tokenizer",
 ]

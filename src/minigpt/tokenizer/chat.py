@@ -48,6 +48,7 @@ __all__ = [
     "FORMATS",
     "ROLES",
     "SkipRecord",
+    "chat_eos_ids",
     "encode_rendered",
     "mask_from_offsets",
     "normalize_messages",
@@ -529,3 +530,15 @@ def render_prompt(tokenizer, messages: Sequence[Mapping[str, Any]], where: str =
     _check_messages(messages, where)
     text = _template(tokenizer, messages, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chat_eos_ids(tok) -> list[int]:
+    """Ids that end an assistant turn: `<|im_end|>` first, then end of text (when it differs).
+
+    Raises:
+        UserError: the tokenizer has no `<|im_end|>` token (not one of minigpt's).
+    """
+    im_end = tok.convert_tokens_to_ids(IM_END)
+    if im_end is None or im_end == tok.unk_token_id:
+        raise UserError(f"the tokenizer has no {IM_END} token; train it with minigpt's tokenizer command")
+    return [im_end] + ([tok.eos_token_id] if tok.eos_token_id is not None and tok.eos_token_id != im_end else [])

@@ -1,7 +1,7 @@
 """THE training loop. Every stage (pretrain, SFT, DPO, RL …) runs through `Trainer.fit`.
 
 The loop knows nothing about the algorithm: an `Objective` turns `(model, batch)` into a summed
-loss (see `minigpt.objectives.base`). The loop owns everything else: accumulation, mixed
+loss (see `minigpt.train.objective`). The loop owns everything else: accumulation, mixed
 precision, clipping, the schedule, evaluation, checkpoints and resume, logging, callbacks and
 data parallelism.
 """
@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import default_collate
 
 from minigpt.errors import UserError
-from minigpt.objectives.base import Objective
+from minigpt.train.objective import Objective
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
@@ -33,7 +33,7 @@ from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
 from minigpt.train.optim import param_groups, warmup_cosine
 from minigpt.train.rundir import RUN_MARKER, lock_run_dir, remove_partial_writes, unlock_run_dir
-from minigpt.data.pretrain import BlockSampler
+from minigpt.train.sampler import BlockSampler
 
 
 #: Files of a saved model or adapter at the top of a run directory.
@@ -94,7 +94,7 @@ class Trainer:
 
     Args:
         model: a `transformers` `PreTrainedModel` (saved with `save_pretrained`).
-        objective: see `minigpt.objectives.base.Objective`.
+        objective: see `minigpt.train.objective.Objective`.
         train_dataset: map-style dataset of dicts; batches are built with `collate_fn`.
         config: `TrainConfig`.
         out_dir: run directory (metrics.jsonl, tensorboard/, checkpoints/, final model).
@@ -402,7 +402,7 @@ class Trainer:
     def _batches(self) -> Iterator[dict[str, Any]]:
         """Micro-batches forever, drawn from the resumable sampler; fires on_epoch_end.
 
-        An objective with `make_batches` (online RL, see `objectives.base.BatchProducer`)
+        An objective with `make_batches` (online RL, see `train.objective.BatchProducer`)
         turns each drawn batch into its own micro-batches, with the current model."""
         it = iter(self.sampler)
         produce = getattr(self.objective, "make_batches", None)
