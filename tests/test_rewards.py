@@ -210,6 +210,32 @@ def test_combined_reward_weighted_sum():
     assert seen == {"f": {"answer": ["x", "y", "z"]}, "g": ["x", "y", "z"]}
 
 
+def test_reward_functions_are_called_by_keyword_as_trl_calls_them():
+    """A function with TRL's signature, taking only `completions` (and **kwargs): the reward of
+    TRL's quickstart, minus the distance of each completion's length from 20 characters."""
+
+    def reward_len(completions, **kwargs):
+        assert set(kwargs) >= {"prompts", "answer"}
+        return [-abs(20 - len(c)) for c in completions]
+
+    completions = ["x" * 5, "y" * 20, "z" * 31]
+    total, per = CombinedReward([("reward_len", reward_len, 1.0)])(_prompts(3), completions, answer=["a", "b", "c"])
+    assert total == [-15.0, 0.0, -11.0] and per == {"reward_len": [-15.0, 0.0, -11.0]}
+    from minigpt.rl.grpo import _reward_fn
+
+    combined = _reward_fn([reward_len], None, None, 8)  # TRL's reward_funcs=[reward_len]
+    assert combined.names == ["reward_len"] and combined(_prompts(3), completions, answer=["a"] * 3)[0] == total
+
+
+def test_a_positional_reward_function_still_works_with_a_warning():
+    def old_style(p, c, **kw):
+        return [float(len(x)) for x in c]
+
+    with pytest.warns(FutureWarning, match="'old_style' takes its prompts and completions positionally"):
+        combined = CombinedReward([("old_style", old_style, 1.0)])
+    assert combined(_prompts(2), ["ab", "abcd"])[0] == [2.0, 4.0]
+
+
 def test_combined_reward_raising_function_names_sample():
     """The function fails only on the completion 'bad' (index 2): the error names the function,
     the sample index and the first 60 characters of that sample's prompt."""

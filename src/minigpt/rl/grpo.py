@@ -122,7 +122,9 @@ class GRPOTrainer(PolicyTrainer):
             `train_step` gets no `rewards` and no reward functions are given.
         config: `GRPOConfig` or a dict of its fields.
         reward_funcs: a `minigpt.rl.rewards.CombinedReward`, a reward spec string such as
-            `"format,answer"`, or a list of `(name, fn, weight)`; needs `tokenizer`.
+            `"format,answer"`, one function or a list of them as in TRL (each weighted 1 and
+            called by keyword: `fn(prompts=…, completions=…, **columns)`), or a list of
+            `(name, fn, weight)`; needs `tokenizer`.
         tokenizer: decodes completions for reward functions.
         ref_model: frozen reference for the KL term; None with `beta > 0`: the policy with its
             adapters disabled (LoRA) or a frozen copy of the policy as it is now.
@@ -279,8 +281,8 @@ def _reward_fn(reward_funcs, reward_model, tokenizer, max_new_tokens):
         return reward_funcs
     if isinstance(reward_funcs, (str, list)) and all(isinstance(x, str) for x in ([reward_funcs] if isinstance(reward_funcs, str) else reward_funcs)):
         return make_reward(reward_funcs, reward_model=reward_model, tokenizer=tokenizer, max_completion_length=max_new_tokens)
-    if isinstance(reward_funcs, list):
-        return CombinedReward(list(reward_funcs))
+    if isinstance(reward_funcs, list):  # TRL's `reward_funcs=[f, g]`, or (name, fn, weight) triples
+        return CombinedReward([(getattr(f, "__name__", f"reward_{i}"), f, 1.0) if callable(f) else f for i, f in enumerate(reward_funcs)])
     if callable(reward_funcs):
         return CombinedReward([(getattr(reward_funcs, "__name__", "reward"), reward_funcs, 1.0)])
     raise UserError("reward_funcs must be a CombinedReward, a spec string like 'format,answer', a list or a callable")

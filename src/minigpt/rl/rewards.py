@@ -1,9 +1,13 @@
 """Reward functions for online RL (GRPO family, PPO): rule rewards, a reward-model scorer, and
 the weighted combination the trainers call.
 
-A reward function has the TRL signature::
+A reward function has the TRL signature, and is called by keyword as TRL calls it::
 
-    fn(prompts: list[str], completions: list[str], **columns) -> list[float | None]
+    fn(prompts=prompts, completions=completions, **columns) -> list[float | None]
+
+so ``def reward_len(completions, **kwargs)`` works (a function whose first two parameters have
+other names, written for the older positional call, still gets them positionally, with a
+``FutureWarning``).
 
 one value per completion; ``None`` means "not applicable to this sample" (it counts as 0 in the
 weighted sum and is kept as ``None`` in the per-function values so it can be logged apart).
@@ -486,6 +490,7 @@ class CombinedReward:
             seen.add(name)
             checked.append((name, fn, float(weight)))
         self.functions: list[tuple[str, RewardFn, float]] = checked
+        self._positional = {name for name, fn, _ in checked if _takes_positional(name, fn)}
 
     @property
     def names(self) -> list[str]:
@@ -497,14 +502,19 @@ class CombinedReward:
     ) -> Sequence[Any]:
         """``fn`` on the whole batch; on an exception, find the first sample it fails on alone
         (calling it once per sample) and name it in a UserError."""
+        positional = name in self._positional
+
+        def call(p: list[str], c: list[str], cols: dict) -> Sequence[Any]:
+            return fn(p, c, **cols) if positional else fn(prompts=p, completions=c, **cols)
+
         try:
-            return fn(prompts, completions, **columns)
+            return call(prompts, completions, columns)
         except Exception as exc:  # noqa: BLE001 - re-raised as a UserError naming the function
             batch_exc = exc
         n = len(completions)
         for i in range(n):
             try:
-                fn(prompts[i : i + 1], completions[i : i + 1], **_slice_columns(columns, i, n))
+                call(prompts[i : i + 1], completions[i : i + 1], _slice_columns(columns, i, n))
             except Exception as exc:  # noqa: BLE001
                 prompt = str(prompts[i])[:60] if i < len(prompts) else ""
                 raise UserError(
@@ -560,6 +570,34 @@ class CombinedReward:
                 total[i] += weight * r
             per_function[name] = values
         return total, per_function
+
+
+def _takes_positional(name: str, fn: RewardFn) -> bool:
+    """Whether `fn` must get prompts and completions positionally: it names its first two
+    parameters otherwise than `prompts` / `completions` (e.g. `lambda p, c, **kw: …`).
+
+    Reward functions are called as TRL calls them, by keyword (`fn(prompts=…, completions=…,
+    **columns)`), so `def reward_len(completions, **kwargs)` works. Functions written for the
+    older positional call keep working for now, with a `FutureWarning`."""
+    import inspect
+    import warnings
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect, use keywords
+        return False
+    if "completions" in params or not any(
+        p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values()
+    ):
+        return False
+    warnings.warn(
+        f"reward function {name!r} takes its prompts and completions positionally; reward functions are "
+        "called by keyword as in TRL (prompts=…, completions=…, **columns): name its parameters so. "
+        "The positional call will be removed in a future release",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return True
 
 
 def make_reward(
