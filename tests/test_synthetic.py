@@ -298,6 +298,20 @@ def test_check_answer(answer_text, reference, expected):
     assert check_answer(f"<think>…</think><answer>{answer_text}</answer>", reference) is expected
 
 
+@pytest.mark.parametrize(
+    "got, reference, expected",
+    [("$42", "42", True), ("3/4", "0.75", True), ("50%", "50", True), ("-$5", "-5", True), ("3/4", "0.7", False), ("4 2", "42", False)],
+)
+def test_check_answer_and_the_answer_reward_agree(got, reference, expected):
+    """One checker: the quickstart's accuracy and the RL answer reward score every answer alike
+    (they used to disagree on "$42" and "3/4")."""
+    from minigpt.rl.rewards import answer_reward
+
+    text = f"<think>…</think><answer>{got}</answer>"
+    assert check_answer(text, reference) is expected
+    assert answer_reward([""], [text], answer=[reference]) == [1.0 if expected else 0.0]
+
+
 def test_check_answer_needs_the_tags():
     assert not check_answer("85", "85")
     assert not check_answer("<think>85</think>", "85")

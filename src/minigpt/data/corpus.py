@@ -20,7 +20,6 @@ import functools
 import json
 import os
 import random
-import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path

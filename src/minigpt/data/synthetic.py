@@ -27,7 +27,7 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from minigpt.errors import UserError
 
@@ -38,6 +38,7 @@ __all__ = [
     "arithmetic_problem",
     "arithmetic_split",
     "arithmetic_worksheets",
+    "answers_equal",
     "check_answer",
     "docs_conversations",
     "extract_answer",
@@ -779,8 +780,9 @@ def make_arithmetic_prompts(
 # --------------------------------------------------------------------------------------------
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_PLAIN_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
-_GROUPED_NUMBER_RE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
+_DECIMAL_RE = re.compile(r"\d+\.?\d*|\.\d+")
+_FRACTION_RE = re.compile(r"\d+/\d+")
+_GROUPED_RE = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 def extract_answer(text: str) -> str | None:
@@ -792,33 +794,54 @@ def extract_answer(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-def _normalize_answer(value: str) -> Decimal | str:
-    """A number (``"+1,234.0"`` -> ``Decimal(1234.0)``) or the whitespace-collapsed string."""
-    s = _normalize_ws(value)
-    if _GROUPED_NUMBER_RE.fullmatch(s):
+def _as_number(text: str) -> Fraction | None:
+    """``text`` as an exact number, or None when it is not one.
+
+    Accepted after stripping outer whitespace (inner whitespace: not a number): an optional
+    sign, an optional ``$``, a decimal
+    (``42``, ``42.0``, ``42.``, ``.5``, thousands-grouped ``1,234.5``) or a fraction ``3/4``,
+    then optional trailing ``.`` / ``%`` (``"42."`` and ``"50%"`` read as 42 and 50). A zero
+    denominator is not a number.
+    """
+    s = text.strip()
+    if any(ch.isspace() for ch in s):  # "4 2" is not 42
+        return None
+    sign = -1 if s.startswith("-") else 1
+    s = s[1:] if s[:1] in "+-" and s else s
+    s = s[1:] if s.startswith("$") else s
+    s = s.rstrip(".%") if not _DECIMAL_RE.fullmatch(s) else s
+    if _GROUPED_RE.fullmatch(s):
         s = s.replace(",", "")
-    if _PLAIN_NUMBER_RE.fullmatch(s):
-        try:
-            return Decimal(s)
-        except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
-            pass
-    return _normalize_ws(value)
+    if _DECIMAL_RE.fullmatch(s):
+        return sign * Fraction(s)
+    if _FRACTION_RE.fullmatch(s):
+        num, den = s.split("/")
+        return sign * Fraction(int(num), int(den)) if int(den) != 0 else None
+    return None
+
+
+def answers_equal(got: str, want: str) -> bool:
+    """The project's one answer checker: whether an answer equals the reference.
+
+    Both are compared as exact numbers when both parse as numbers: outer whitespace, a sign, a
+    leading ``$``, thousands separators in the ``1,234`` pattern and a trailing ``.`` or ``%``
+    do not matter, and fractions count (``"85" == " 85 " == "85.0" == "+85" == "$85"``,
+    ``"1,234" == "1234"``, ``"3/4" == "0.75"``). Otherwise the whitespace-collapsed strings
+    must be equal (``"paris" != "Paris"``). Used by :func:`check_answer` and by the RL
+    ``answer`` reward.
+    """
+    a, b = _as_number(got), _as_number(want)
+    if a is not None and b is not None:
+        return a == b
+    return " ".join(got.split()) == " ".join(want.split())
 
 
 def check_answer(text: str, answer: str | int) -> bool:
-    """Whether the last ``<answer>`` of a completion equals the reference ``answer``.
-
-    Both sides are compared as numbers when they are plain decimals: surrounding whitespace, a
-    leading ``+``, trailing zeros after the point and thousands separators in the ``1,234``
-    pattern do not matter (``"85"``, ``" 85 "``, ``"85.0"``, ``"+85"`` are equal; so are
-    ``"1,234"`` and ``"1234"``). Otherwise the whitespace-collapsed strings must be equal.
-    A completion without an ``<answer>…</answer>`` is wrong.
+    """Whether the last ``<answer>`` of a completion equals the reference ``answer``, by
+    :func:`answers_equal` (``"85"``, ``" 85 "``, ``"85.0"``, ``"+85"``, ``"$85"`` all equal 85;
+    ``"3/4"`` equals ``"0.75"``). A completion without an ``<answer>…</answer>`` is wrong.
     """
     got = extract_answer(text)
     if got is None:
         return False
-    want = _normalize_answer(str(answer))
-    have = _normalize_answer(got)
-    if isinstance(want, Decimal) and isinstance(have, Decimal):
-        return want == have
-    return isinstance(want, str) and isinstance(have, str) and want == have
+    return answers_equal(got, str(answer))

@@ -32,12 +32,11 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from fractions import Fraction
 from typing import Any
 
 import torch
 
-from minigpt.data.synthetic import extract_answer
+from minigpt.data.synthetic import answers_equal, extract_answer
 from minigpt.errors import UserError
 from minigpt.tokenizer.bpe import IM_END
 
@@ -95,9 +94,6 @@ def format_reward(prompts: list[str], completions: list[str], **kw: Any) -> list
 # Answer
 # --------------------------------------------------------------------------------------------
 
-_DECIMAL_RE = re.compile(r"\d+\.?\d*|\.\d+")
-_FRACTION_RE = re.compile(r"\d+/\d+")
-_GROUPED_RE = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 def gsm8k_final_answer(solution: str) -> str:
@@ -108,39 +104,6 @@ def gsm8k_final_answer(solution: str) -> str:
     """
     head, sep, tail = solution.rpartition("####")
     return tail.strip() if sep else solution.strip()
-
-
-def _as_number(text: str) -> Fraction | None:
-    """``text`` as an exact number, or None when it is not one.
-
-    Accepted after stripping outer whitespace (inner whitespace: not a number): an optional
-    sign, an optional ``$``, a decimal
-    (``42``, ``42.0``, ``42.``, ``.5``, thousands-grouped ``1,234.5``) or a fraction ``3/4``,
-    then optional trailing ``.`` / ``%`` (``"42."`` and ``"50%"`` read as 42 and 50). A zero
-    denominator is not a number.
-    """
-    s = text.strip()
-    if any(ch.isspace() for ch in s):  # "4 2" is not 42
-        return None
-    sign = -1 if s.startswith("-") else 1
-    s = s[1:] if s[:1] in "+-" and s else s
-    s = s[1:] if s.startswith("$") else s
-    s = s.rstrip(".%") if not _DECIMAL_RE.fullmatch(s) else s
-    if _GROUPED_RE.fullmatch(s):
-        s = s.replace(",", "")
-    if _DECIMAL_RE.fullmatch(s):
-        return sign * Fraction(s)
-    if _FRACTION_RE.fullmatch(s):
-        num, den = s.split("/")
-        return sign * Fraction(int(num), int(den)) if int(den) != 0 else None
-    return None
-
-
-def _answers_equal(got: str, want: str) -> bool:
-    a, b = _as_number(got), _as_number(want)
-    if a is not None and b is not None:
-        return a == b
-    return " ".join(got.split()) == " ".join(want.split())
 
 
 def answer_reward(
@@ -181,7 +144,7 @@ def answer_reward(
         if not got:
             out.append(0.0)
             continue
-        out.append(1.0 if _answers_equal(got, gsm8k_final_answer(str(ref))) else 0.0)
+        out.append(1.0 if answers_equal(got, gsm8k_final_answer(str(ref))) else 0.0)
     return out
 
 
