@@ -126,6 +126,27 @@ def test_prompts_longer_than_the_limit_are_skipped_and_counted(env, tmp_path, ca
     assert "exceeds the model's context" in capsys.readouterr().err
 
 
+def test_bare_string_prompts_in_jsonl_json_txt_and_lists(env, tmp_path):
+    """Prompts as bare strings: JSON string lines, a JSON array of strings, a .txt file with one
+    prompt per line, or a Python list; each gives the same rendered prompts as {"prompt": …}
+    records. A number is still refused, naming the line."""
+    import json as _json
+
+    from minigpt.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(env[1])
+    texts = ["Name the colour red.", "Say blue.", "Which colour is green?"]
+    want = [item["prompt_ids"] for item in PromptDataset([{"prompt": t} for t in texts], tok)]
+    (tmp_path / "s.jsonl").write_text("".join(_json.dumps(t) + "\n" for t in texts), encoding="utf-8")
+    (tmp_path / "s.json").write_text(_json.dumps(texts), encoding="utf-8")
+    (tmp_path / "s.txt").write_text("\n".join(texts[:1] + [""] + texts[1:]) + "\n", encoding="utf-8")
+    for source in (tmp_path / "s.jsonl", tmp_path / "s.json", tmp_path / "s.txt", texts):
+        assert [item["prompt_ids"] for item in PromptDataset(source, tok)] == want, source
+    (tmp_path / "bad.jsonl").write_text('"fine"\n42\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad.jsonl:2: line holds a JSON int, not an object or a string"):
+        PromptDataset(tmp_path / "bad.jsonl", tok)
+
+
 def test_a_failing_reward_function_names_itself_and_the_sample(env):
     """A reward function that raises, or returns NaN, stops the rollout with an error naming the
     function and the sample; the model is not updated."""

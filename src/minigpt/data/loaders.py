@@ -292,8 +292,12 @@ def _iter_hf_dataset(name: str, text_field: str, split: str) -> Iterator[str]:
                 yield value
 
 
-def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
+def iter_records(source: str | Path, strings_as: str | None = None) -> Iterator[tuple[str, dict]]:
     """Yield ``(where, record)`` for every JSON object of a record file or directory, streaming.
+
+    With ``strings_as`` (e.g. ``"prompt"``), bare strings are records too: a JSON string line
+    or array item becomes ``{strings_as: text}``, and ``.txt`` files are accepted, one record per
+    non-blank line (``where = "path:LINE"``, the line's ending stripped).
 
     Formats, chosen by file name (each may also be gzipped, ``.gz``):
 
@@ -312,35 +316,34 @@ def iter_records(source: str | Path) -> Iterator[tuple[str, dict]]:
             not valid JSON or not an array of objects; an unreadable Parquet file.
     """
     path = Path(source).expanduser()
+    suffixes = RECORD_SUFFIXES + ((".txt",) if strings_as else ())
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and _kind(p, RECORD_SUFFIXES) and not _is_hidden(p, path)
-        )
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p, suffixes) and not _is_hidden(p, path))
         if not files:
-            raise UserError(
-                f"{path}: directory holds no record files "
-                f"({', '.join(RECORD_SUFFIXES)}, optionally .gz)"
-            )
+            raise UserError(f"{path}: directory holds no record files ({', '.join(suffixes)}, optionally .gz)")
     elif path.is_file():
-        if _kind(path, RECORD_SUFFIXES) is None:
+        if _kind(path, suffixes) is None:
             raise UserError(
-                f"{path}: unsupported file type for records; expected one of "
-                f"{', '.join(RECORD_SUFFIXES)} (optionally .gz)"
+                f"{path}: unsupported file type for records; expected one of {', '.join(suffixes)} (optionally .gz)"
             )
         files = [path]
     else:
         raise UserError(f"{source}: no such file or directory")
     for file in files:
-        suffix, gz = _kind(file, RECORD_SUFFIXES)  # type: ignore[misc]
+        suffix, gz = _kind(file, suffixes)  # type: ignore[misc]
         if suffix == ".jsonl":
-            yield from _iter_jsonl_records(file, gz)
+            yield from _iter_jsonl_records(file, gz, strings_as)
         elif suffix == ".json":
-            yield from _iter_json_records(file, gz)
+            yield from _iter_json_records(file, gz, strings_as)
+        elif suffix == ".txt":
+            for lineno, line in _decoded_lines(file, gz):
+                if line.strip():
+                    yield f"{file}:{lineno}", {strings_as: line.rstrip("\n")}
         else:
             yield from _iter_parquet_records(file, gz)
 
 
-def _iter_jsonl_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
+def _iter_jsonl_records(path: Path, gz: bool, strings_as: str | None = None) -> Iterator[tuple[str, dict]]:
     for lineno, line in _decoded_lines(path, gz):
         if not line.strip():
             continue
@@ -349,12 +352,15 @@ def _iter_jsonl_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if strings_as and isinstance(obj, str):
+            obj = {strings_as: obj}
         if not isinstance(obj, dict):
-            raise UserError(f"{where}: line holds a JSON {type(obj).__name__}, not an object")
+            also = " or a string" if strings_as else ""
+            raise UserError(f"{where}: line holds a JSON {type(obj).__name__}, not an object{also}")
         yield where, obj
 
 
-def _iter_json_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
+def _iter_json_records(path: Path, gz: bool, strings_as: str | None = None) -> Iterator[tuple[str, dict]]:
     try:
         with _open_binary(path, gz) as fh:
             raw = fh.read()
@@ -373,6 +379,8 @@ def _iter_json_records(path: Path, gz: bool) -> Iterator[tuple[str, dict]]:
         )
     for i, obj in enumerate(data):
         where = f"{path}[{i}]"
+        if strings_as and isinstance(obj, str):
+            obj = {strings_as: obj}
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         yield where, obj

@@ -1,7 +1,8 @@
 """Prompt datasets for online RL (GRPO, PPO): a prompt to sample from plus the columns the
 reward functions need (such as a reference `answer`).
 
-Accepted records, one JSON object each (`.jsonl`/`.json`/`.parquet`, optionally gzipped):
+Accepted records (`.jsonl`/`.json`/`.parquet`, optionally gzipped), one JSON object each, or a
+bare JSON string (the prompt); a `.txt` file holds one prompt per non-blank line:
 
 * `{"prompt": "text" | [messages…], …}`: any other fields become reward columns;
 * GSM8K `{"question", "answer"}`: the question is the prompt, the full solution stays in
@@ -129,11 +130,11 @@ class PromptDataset(Dataset):
 
 
 def _records(path_or_records: Any) -> tuple[str, Iterable[tuple[str, Any]]]:
-    if isinstance(path_or_records, (list, tuple)):
-        return "prompts", ((f"record {i}", r) for i, r in enumerate(path_or_records))
+    if isinstance(path_or_records, (list, tuple)):  # bare strings are prompts, as in the files
+        return "prompts", ((f"record {i}", {"prompt": r} if isinstance(r, str) else r) for i, r in enumerate(path_or_records))
     from minigpt.data.loaders import iter_records
 
-    return str(path_or_records), iter_records(path_or_records)
+    return str(path_or_records), iter_records(path_or_records, strings_as="prompt")
 
 
 def collate_prompts(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
