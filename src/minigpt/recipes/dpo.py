@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
+from minigpt.losses.preference import DEFAULT_BETA
 from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
@@ -30,8 +31,6 @@ DPO_TRAIN_DEFAULTS = TrainConfig(
     save_interval=250,
 )
 
-#: β when `--beta` is not given: DPO's usual 0.1; SimPO's reward scale is larger (paper: 2–2.5).
-DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "hinge": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
 
 
 def dpo(

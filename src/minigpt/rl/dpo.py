@@ -17,7 +17,7 @@ from minigpt.errors import UserError
 from minigpt.rl.config import DictConfig
 from minigpt.rl.trainer import PolicyTrainer
 from minigpt.data.preference import pad_rows
-from minigpt.losses.preference import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
+from minigpt.losses.preference import DEFAULT_BETA, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import has_adapters
 from minigpt.objectives.preference import KTOObjective, PreferenceObjective
 
@@ -26,9 +26,10 @@ from minigpt.objectives.preference import KTOObjective, PreferenceObjective
 class DPOConfig(DictConfig):
     """Settings of `DPOTrainer` (names as in TRL's `DPOConfig` where they exist)."""
 
-    beta: float = 0.1
-    """β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale, usually ~2;
-    ORPO: the odds-ratio weight λ)."""
+    beta: float | None = None
+    """β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale; ORPO: the
+    odds-ratio weight λ). None: the loss's usual value, as `minigpt dpo` uses
+    (`minigpt.losses.preference.DEFAULT_BETA`: 0.1, SimPO 2.0)."""
     label_smoothing: float = 0.0
     """Conservative DPO: assumed probability that a preference label is flipped, in [0, 0.5)."""
     reference_free: bool = False
@@ -55,6 +56,8 @@ class DPOConfig(DictConfig):
     def __post_init__(self) -> None:
         if self.loss_type not in PREFERENCE_LOSSES:
             raise UserError(f"DPOConfig.loss_type must be one of {', '.join(PREFERENCE_LOSSES)}, not {self.loss_type!r}")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.loss_type]
         if self.beta <= 0:
             raise UserError(f"DPOConfig.beta must be > 0, got {self.beta}")
         if self.precision not in ("fp32", "bf16"):

@@ -46,8 +46,9 @@ class GRPOConfig(DictConfig):
     """Divide normalized advantages by the group std; False is Dr. GRPO (Liu et al. 2025)."""
     learning_rate: float = 1e-5
     """AdamW learning rate of `train_step` (constant; the CLI uses the loop's schedule)."""
-    beta: float = 0.04
-    """Weight of the KL penalty to the reference policy; 0 loads no reference at all."""
+    beta: float = 0.0
+    """Weight of the KL penalty to the reference policy; 0 (TRL's default, and `minigpt
+    grpo`'s) loads no reference at all."""
     kl_estimator: str = "k3"
     """Per-token KL estimator: k1, k2 or k3 (Schulman 2020; k3 is unbiased and >= 0)."""
     clip_epsilon: float | None = None
