@@ -1,6 +1,6 @@
 """Preference data: records -> (prompt, chosen, rejected) token ids -> DPO / reward-model batches.
 
-Record formats (SPEC section 3), detected per record:
+Record formats, detected per record:
 
 =================  ==========================================================================
 paired             ``{"prompt", "chosen", "rejected"}``; ``prompt`` is a string (one user

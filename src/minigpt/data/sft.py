@@ -4,7 +4,7 @@
 :func:`minigpt.tokenizer.chat.normalize_messages` understands, renders every conversation once
 with :func:`minigpt.tokenizer.chat.render_conversation` and keeps the unpadded
 ``(ids, loss_mask)`` pairs in ``ds.examples``. Indexing it gives minimind's fixed-length
-``(x, y, loss_mask)`` triple (SPEC section 3). For training, the examples are split by
+``(x, y, loss_mask)`` triple (as minimind's SFT data gives). For training, the examples are split by
 conversation (:func:`split_examples`) and wrapped in one of two item datasets, both producing
 the SFT batch dict ``{"input_ids", "targets", "attention_mask", "position_ids"}`` where
 ``targets[b, t]`` is the token after ``input_ids[b, t]`` when that token is supervised and
@@ -90,7 +90,7 @@ def _records(path_or_records: Any) -> Iterable[tuple[str, Mapping[str, Any]]]:
 
 
 class SFTDataset(Dataset):
-    """Chat conversations rendered to ``(x, y, loss_mask)`` (SPEC section 3, as in minimind).
+    """Chat conversations rendered to ``(x, y, loss_mask)`` (as in minimind).
 
     Every record is normalized, rendered through the tokenizer's chat template and truncated
     to ``max_length`` tokens at construction (Alpaca-52k: a few seconds). Records with no

@@ -8,7 +8,8 @@ Two kinds of conversation records, both in the ``{"messages": [{"role": ..., "co
    documentation corpus (:mod:`minigpt.data.corpus`). Every answer is a verbatim stretch of its
    document (only line breaks inside prose paragraphs are re-flowed), cut at a sentence end.
 2. :func:`arithmetic_conversations`: integer ``+``, ``-``, ``×`` problems whose assistant turn is
-   ``<think>column-by-column steps</think><answer>N</answer>``, the reasoning format of SPEC §4.
+   ``<think>column-by-column steps</think><answer>N</answer>``, the reasoning format the
+   SFT tag weighting and the RL format reward expect (as DeepSeek-R1, Guo et al. 2025).
    :func:`make_arithmetic_prompts` gives held-out ``{"prompt", "answer"}`` records for evaluation
    and rule-rewarded RL, scored with :func:`check_answer`.
 

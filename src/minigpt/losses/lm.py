@@ -78,7 +78,7 @@ def token_cross_entropy(
 
 
 def tag_loss_weights(targets: torch.Tensor, tag_ids: Sequence[int], tag_weight: float) -> torch.Tensor:
-    """Per-token loss weights that raise the reasoning tags' share of the loss (SPEC §4).
+    """Per-token loss weights that raise the reasoning tags' share of the loss.
 
     Args:
         targets: `(B, T)` aligned target ids (−100 = no loss).

@@ -30,7 +30,7 @@ class SFTObjective:
 
     Args:
         tag_ids: token ids whose targets get `tag_weight` (the four reasoning tags).
-        tag_weight: loss weight of a tag target while training (SPEC §4: ×10 teaches the model
+        tag_weight: loss weight of a tag target while training (×10 teaches the model
             to open and close its `<think>`/`<answer>` blocks); 1.0 = plain SFT. As in minimind,
             the loss is normalised by the sum of the weights. Evaluation (model in eval mode)
             always reports the plain per-token loss, so validation figures compare across

@@ -1,4 +1,5 @@
-"""The RLHF pipeline (SPEC §10): SFT -> reward model -> PPO from one config.
+"""The RLHF pipeline: SFT -> reward model -> PPO from one config (the three stages of
+Ouyang et al. 2022, arXiv:2203.02155).
 
     pipeline = create_rlhf_pipeline("rlhf.json")      # or a dict
     pipeline.run_full_pipeline()                       # or run_sft / run_reward_training / run_ppo_training
@@ -38,7 +39,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 @dataclass
 class RLHFPipelineConfig(DictConfig):
-    """Every field of SPEC §10, with the stage each one drives."""
+    """Every field of the pipeline's config (the original design's names), with the stage each one drives."""
 
     model_name: str = "tiny"
     """The starting model: a pretrained model directory (`minigpt pretrain`), or a preset name
@@ -109,7 +110,7 @@ class RLHFPipelineConfig(DictConfig):
 
 
 class RLHFPipeline:
-    """SFT -> reward model -> PPO (SPEC §10). See the module docstring for `save_dir`.
+    """SFT -> reward model -> PPO (Ouyang et al. 2022). See the module docstring for `save_dir`.
 
     Args:
         config: `RLHFPipelineConfig` or a dict of its fields.
@@ -359,7 +360,7 @@ def pipeline_command(pipeline_config: str, stage: str = "all") -> dict:
     """Run the RLHF pipeline (SFT -> reward model -> PPO) from a JSON config.
 
     Args:
-        pipeline_config: path of the pipeline's JSON config (SPEC §10 fields).
+        pipeline_config: path of the pipeline's JSON config (the fields of `RLHFPipelineConfig`).
         stage: all, sft, reward or ppo.
     """
     p = create_rlhf_pipeline(pipeline_config)

@@ -3,7 +3,8 @@ loop; `minigpt score` scores prompt/response records (or preference pairs) with 
 
 A reward model starts from a (supervised fine-tuned) model directory: its decoder is copied and
 a fresh MLP score head reads the pooled hidden state (`minigpt.model.reward`). Training
-minimises the Bradley–Terry loss `−log σ(r_chosen − r_rejected − margin)` (SPEC §5) per pair;
+minimises the Bradley–Terry loss `−log σ(r_chosen − r_rejected − margin)` (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1; the
+margin as in Llama 2, Touvron et al. 2023) per pair;
 evaluation reports `val_accuracy`, the held-out pairwise accuracy. OUT ends up a directory that
 `MiniGPTRewardModel.from_pretrained(OUT)` (or `load_reward_model(OUT)`, with the tokenizer)
 loads.

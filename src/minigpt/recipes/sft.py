@@ -3,7 +3,7 @@
 Full SFT trains every weight; `--lora_rank N` injects PEFT LoRA (or DoRA) adapters and trains
 only those, saving the adapter alone. Reasoning data (`<think>…</think><answer>…</answer>`) needs
 nothing special: the four tags are single tokens whose loss weight is raised
-(`--reasoning_tag_weight`, default ×10, SPEC §4).
+(`--reasoning_tag_weight`, default ×10, so the few tag tokens are learnt early).
 """
 
 from __future__ import annotations

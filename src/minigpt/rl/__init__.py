@@ -1,6 +1,6 @@
-"""Reinforcement learning for language models: the reward model (SPEC §5), the DPO family
-(SPEC §7), the GRPO family (SPEC §8) with its rollout engine and reward functions, and RLHF with
-PPO (SPEC §6)."""
+"""Reinforcement learning for language models, as Python APIs: the reward model, the DPO family
+(Rafailov et al. 2023), the GRPO family (Shao et al. 2024) with its rollout engine and reward
+functions, and RLHF with PPO (Ouyang et al. 2022)."""
 
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.rl.dpo import DPOConfig, DPOTrainer, create_dpo_trainer

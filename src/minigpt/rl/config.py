@@ -1,5 +1,5 @@
-"""What every RL config dataclass shares: building it from a plain dict (SPEC: "config may be a
-dict") with a clear error for a misspelt field."""
+"""What every RL config dataclass shares: building it from a plain dict (every `create_*` API
+takes its config as a dataclass or a dict) with a clear error for a misspelt field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The DPO family as a Python API (SPEC §7): `DPOConfig`, `create_dpo_trainer`, `train_step`.
+"""The DPO family as a Python API (Rafailov et al. 2023, arXiv:2305.18290, and its variants):
+`DPOConfig`, `create_dpo_trainer`, `train_step`.
 
 `DPOTrainer.train_step(chosen_ids, rejected_ids)` takes token-id tensors, as the original
 design does, and runs the same objective (`minigpt.objectives.preference`) the `minigpt dpo`
@@ -224,5 +225,5 @@ class DPOTrainer(PolicyTrainer):
 
 
 def create_dpo_trainer(policy_model: torch.nn.Module, ref_policy_model: torch.nn.Module | None = None, config: DPOConfig | Mapping[str, Any] | None = None) -> DPOTrainer:
-    """`DPOTrainer(policy_model, ref_policy_model, config)`; `config` may be a dict (SPEC §7)."""
+    """`DPOTrainer(policy_model, ref_policy_model, config)`; `config` may be a dict of `DPOConfig` fields."""
     return DPOTrainer(policy_model, ref_policy_model, config)

@@ -1,4 +1,5 @@
-"""The GRPO family as a Python API (SPEC §8): `GRPOConfig`, `create_grpo_trainer`, `train_step`.
+"""The GRPO family as a Python API (Shao et al. 2024, arXiv:2402.03300; GSPO, Zheng et al. 2025,
+arXiv:2507.18071): `GRPOConfig`, `create_grpo_trainer`, `train_step`.
 
 `GRPOTrainer.train_step(responses, response_masks)` takes sampled sequences as token-id
 tensors, as the original design does; `GRPOTrainer.step(prompts)` samples them itself. Both
@@ -295,6 +296,6 @@ def create_grpo_trainer(
     config: GRPOConfig | Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> GRPOTrainer:
-    """Build a `GRPOTrainer` (SPEC §8); `config` may be a dict. Keyword arguments go to
+    """Build a `GRPOTrainer`; `config` may be a dict of `GRPOConfig` fields. Keyword arguments go to
     `GRPOTrainer` (`reward_funcs`, `tokenizer`, `ref_model`)."""
     return GRPOTrainer(policy_model, reward_model, config, **kwargs)

@@ -1,4 +1,4 @@
-"""RLHF with PPO as a Python API (SPEC §6): `RLHFConfig`, `ActorCritic`, `create_rlhf_trainer`,
+"""RLHF with PPO as a Python API: `RLHFConfig`, `ActorCritic`, `create_rlhf_trainer`,
 `RLHFTrainer.train_step(prompts, prompt_masks)`.
 
 One step samples a completion per prompt from the policy, scores it (a reward model and/or rule
@@ -387,7 +387,7 @@ def create_rlhf_trainer(
     config: RLHFConfig | Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> RLHFTrainer:
-    """Build an `RLHFTrainer` (SPEC §6); `config` may be a dict (unknown keys are a UserError
+    """Build an `RLHFTrainer`; `config` may be a dict (unknown keys are a UserError
     listing the known ones). Keyword arguments go to `RLHFTrainer` (`value_model`,
     `ref_model`, `reward_funcs`, `tokenizer`)."""
     return RLHFTrainer(policy_model, reward_model, config, **kwargs)

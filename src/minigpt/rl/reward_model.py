@@ -1,4 +1,4 @@
-"""Reward model construction and a standalone Bradley–Terry trainer (SPEC §5).
+"""Reward model construction and a standalone Bradley–Terry trainer (Ouyang et al. 2022, eq. 1).
 
 `create_reward_model` turns a (supervised fine-tuned) causal LM into a `MiniGPTRewardModel` by
 copying its decoder and adding a fresh score head. `RewardModelTrainer.train_step` is the

@@ -1,4 +1,4 @@
-"""Training callbacks: user code hooked into the one loop (SPEC §11).
+"""Training callbacks: user code hooked into the one loop.
 
 A callback subclasses `Callback`, overrides the events it cares about, and may set a `priority`
 (lower runs first) and `conflicts_with` (names of callbacks it cannot run beside). Conflicts are
