@@ -133,9 +133,9 @@ def _load_source(model_dir: Path) -> MiniGPTForCausalLM:
         raise UserError(f"{str(model_dir)!r} is already a Llama checkpoint")
     if model_type != MiniGPTConfig.model_type:
         raise UserError(f"{str(model_dir)!r} holds a {model_type!r} model, not a MiniGPT one")
-    from minigpt.model.checks import check_model_dir
+    from minigpt.model.loading import load_model_dir
 
-    return MiniGPTForCausalLM.from_pretrained(str(check_model_dir(model_dir, adapter_ok=False)))
+    return load_model_dir(model_dir, MiniGPTForCausalLM, tokenizer=False)[0]
 
 
 def _check_out_dir(out: Path, sources: list[Path]) -> list[str]:

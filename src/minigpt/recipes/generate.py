@@ -28,34 +28,12 @@ def load_model_and_tokenizer(
             (`check_tokenizer_fits`), or an adapter whose base is not a local model directory,
             is not the one it was trained on, or does not fit it.
     """
-    import minigpt.model  # noqa: F401 — registers MiniGPT with the Auto classes
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from minigpt.tokenizer import load_tokenizer
+    from minigpt.model.loading import load_model_dir
     from minigpt.train.distributed import pick_device
 
-    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
-
-    path = Path(model_dir)
-    adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
-    if adapter:
-        from minigpt.model.lora import adapter_base_path, load_adapter
-
-        base = adapter_base_path(path)
-        tok_src = tokenizer_dir or (path if (path / "tokenizer.json").is_file() else base)
-        tok = load_tokenizer(tok_src)
-        check_model_dir(path)
-        model = AutoModelForCausalLM.from_pretrained(check_model_dir(base, "the adapter's base", adapter_ok=False))
-        load_adapter(model, path, check_base=not allow_base_mismatch)
-        if (path / "generation_config.json").is_file():
-            model.generation_config = GenerationConfig.from_pretrained(path)
-    else:
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model directory (no config.json)")
-        tok_src = tokenizer_dir or path
-        tok = load_tokenizer(tok_src)
-        model = AutoModelForCausalLM.from_pretrained(check_model_dir(path, adapter_ok=False))
-    check_tokenizer_fits(tok, model.config, tok_src, base if adapter else path)
+    model, tok = load_model_dir(
+        model_dir, tokenizer=tokenizer_dir or True, adapters=True, allow_base_mismatch=allow_base_mismatch
+    )
     return model.to(pick_device(device)).eval(), tok
 
 

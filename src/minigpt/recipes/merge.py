@@ -64,8 +64,7 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_bas
             --allow_base_mismatch) on another base's weights, a non-LoRA adapter, an --out that
             is an input or already holds files (without --overwrite).
     """
-    import minigpt.model  # noqa: F401 — registers MiniGPT with the Auto classes
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     from minigpt.model.lora import adapter_base_path, load_adapter, merge_lora, read_adapter_config
     from minigpt.tokenizer import load_tokenizer
@@ -84,9 +83,10 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_bas
         print(f"note: the adapter records its base as {recorded}; merging it into {base_dir}")
 
     from minigpt.model.checks import check_model_dir, check_tokenizer_fits
+    from minigpt.model.loading import load_model_dir
 
     check_model_dir(adapter_dir, "--adapter")
-    net = AutoModelForCausalLM.from_pretrained(str(check_model_dir(base_dir, adapter_ok=False))).eval()
+    net = load_model_dir(base_dir, tokenizer=False)[0].eval()
     tok_dir = _tokenizer_dir(adapter_dir, base_dir)
     tok = load_tokenizer(tok_dir) if tok_dir is not None else None
     if tok is not None:

@@ -244,9 +244,9 @@ def pretrain(
     seed_everything(train.seed)
     special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
     if model.init_from:
-        from minigpt.model.checks import check_model_dir
+        from minigpt.model.loading import load_model_dir
 
-        net = MiniGPTForCausalLM.from_pretrained(str(check_model_dir(model.init_from, "--model.init_from", adapter_ok=False)))
+        net, _ = load_model_dir(model.init_from, MiniGPTForCausalLM, "--model.init_from", tokenizer=False)
         from minigpt.model.checks import check_tokenizer_fits
 
         check_tokenizer_fits(tok, net.config, tokenizer or out_dir / "tokenizer", model.init_from)

@@ -59,7 +59,6 @@ def load_reward_model(model_dir: str | Path, device: str = "cpu"):
             tokenizer larger than the model's vocabulary.
     """
     from minigpt.model.reward import MiniGPTRewardModel
-    from minigpt.tokenizer import load_tokenizer
     from minigpt.train.distributed import pick_device
 
     path = Path(model_dir)
@@ -67,11 +66,9 @@ def load_reward_model(model_dir: str | Path, device: str = "cpu"):
         raise UserError(f"{path} is not a model directory (no config.json)")
     if not is_reward_model_dir(path):
         raise UserError(f"{path} holds a language model, not a reward model; train one with `minigpt reward --model {path}`")
-    tok = load_tokenizer(path)
-    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
+    from minigpt.model.loading import load_model_dir
 
-    model = MiniGPTRewardModel.from_pretrained(str(check_model_dir(path, "--reward_model", adapter_ok=False)))
-    check_tokenizer_fits(tok, model.config, path, path)
+    model, tok = load_model_dir(path, MiniGPTRewardModel, "--reward_model")
     return model.to(pick_device(device)).eval(), tok
 
 

@@ -41,17 +41,9 @@ def load_base_model(model_dir: str | Path):
             model's vocabulary.
     """
     from minigpt.model import MiniGPTForCausalLM
-    from minigpt.tokenizer import load_tokenizer
+    from minigpt.model.loading import load_model_dir
 
-    path = Path(model_dir).resolve()
-    if not (path / "config.json").is_file():
-        hint = " (it holds an adapter: merge it first with `minigpt merge`)" if (path / "adapter_config.json").is_file() else ""
-        raise UserError(f"{path} is not a model directory (no config.json){hint}")
-    tok = load_tokenizer(path)
-    from minigpt.model.checks import check_model_dir, check_tokenizer_fits
-
-    net = MiniGPTForCausalLM.from_pretrained(str(check_model_dir(path, adapter_ok=False)))
-    check_tokenizer_fits(tok, net.config, path, path)
+    net, tok = load_model_dir(Path(model_dir).resolve(), MiniGPTForCausalLM)
     return net, tok
 
 

@@ -55,9 +55,9 @@ def create_reward_model(
         path = Path(base_model)
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a model directory (no config.json)")
-        from minigpt.model.checks import check_model_dir
+        from minigpt.model.loading import load_model_dir
 
-        base_model = MiniGPTForCausalLM.from_pretrained(str(check_model_dir(path, "base_model", adapter_ok=False)))
+        base_model = load_model_dir(path, MiniGPTForCausalLM, "base_model", tokenizer=False)[0]
     if getattr(base_model, "_hf_peft_config_loaded", False) or hasattr(base_model, "peft_config"):
         raise UserError("the base model carries adapters; merge them first (minigpt merge) to build a reward model from it")
     if isinstance(base_model, MiniGPTForCausalLM):

@@ -1,0 +1,96 @@
+"""The one checked loader for model, reward-model and adapter directories.
+
+Every command that loads a saved model goes through `load_model_dir`: the directory is checked
+first (`check_model_dir`: config, complete safetensors, no pickles), an adapter directory is
+loaded on its recorded base (`minigpt.model.lora`), and the tokenizer is checked against the
+model (`check_tokenizer_fits`), so a bad directory is one clear line wherever it is named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from minigpt.errors import UserError
+from minigpt.model.checks import check_model_dir, check_tokenizer_fits
+
+__all__ = ["load_model_dir"]
+
+
+def load_model_dir(
+    path: str | Path,
+    model_class: Any = None,
+    option: str = "--model",
+    tokenizer: bool | str | Path = True,
+    adapters: bool = False,
+    allow_base_mismatch: bool = False,
+) -> tuple[Any, Any]:
+    """`(model, tokenizer)` from a saved directory, checked before anything is read.
+
+    Args:
+        path: a model directory (`config.json` + safetensors), or with `adapters` a LoRA/DoRA
+            adapter directory (`adapter_config.json`, no `config.json`), whose base is the one
+            it records (`adapter_base_path`) and must match its fingerprint unless
+            `allow_base_mismatch`.
+        model_class: the class whose `from_pretrained` loads it (`MiniGPTForCausalLM`,
+            `MiniGPTRewardModel`); None: `transformers.AutoModelForCausalLM`, so an exported
+            Llama directory loads too.
+        option: the option that named the directory, for messages.
+        tokenizer: True loads the tokenizer saved beside the model (for an adapter: its own if
+            it has one, else its base's); a path loads that one instead; False loads none.
+        adapters: accept an adapter directory (else it is refused with a hint to merge it).
+        allow_base_mismatch: load an adapter on a base whose fingerprint differs.
+
+    Returns:
+        The model (in training mode, on the CPU, as `from_pretrained` leaves it) and the
+        tokenizer (None when `tokenizer` is False).
+
+    Raises:
+        UserError: a missing or damaged directory (naming the file), an adapter where a model is
+            needed, an adapter whose base is missing or not its own, no tokenizer, or a tokenizer
+            that is not the model's.
+    """
+    import minigpt.model  # noqa: F401 — registers MiniGPT with the Auto classes
+
+    path = Path(path)
+    adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    if adapter and not adapters:
+        raise UserError(f"{option} {path} holds an adapter, not a model: merge it first with `minigpt merge`")
+    if not path.is_dir():
+        raise UserError(f"{option} {path}: no such directory")
+    base = path
+    if adapter:
+        from minigpt.model.lora import adapter_base_path
+
+        check_model_dir(path, option)
+        base = adapter_base_path(path)
+    elif not (path / "config.json").is_file():
+        raise UserError(f"{option} {path} is not a model directory (no config.json)")
+
+    tok, tok_src = None, None
+    if tokenizer is not False:
+        from minigpt.tokenizer import load_tokenizer
+
+        if tokenizer is True:
+            tok_src = path if (path / "tokenizer.json").is_file() or not adapter else base
+        else:
+            tok_src = Path(tokenizer)
+        tok = load_tokenizer(tok_src)
+
+    if model_class is None:
+        from transformers import AutoModelForCausalLM
+
+        model_class = AutoModelForCausalLM
+    where = "the adapter's base" if adapter else option
+    model = model_class.from_pretrained(str(check_model_dir(base, where, adapter_ok=False)))
+    if adapter:
+        from transformers import GenerationConfig
+
+        from minigpt.model.lora import load_adapter
+
+        load_adapter(model, path, check_base=not allow_base_mismatch)
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(path)
+    if tok is not None:
+        check_tokenizer_fits(tok, model.config, tok_src, base)
+    return model, tok
