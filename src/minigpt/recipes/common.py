@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from minigpt.errors import UserError
+from minigpt.train.callbacks import Callback
 from minigpt.train.config import TrainConfig
 from minigpt.train.rundir import LOCK_FILE, RUN_MARKER, lock_run_dir, unlock_run_dir
 
@@ -148,4 +149,85 @@ def fit_from_start(trainer, resume: bool, overwrite: bool, say: Callable[[str], 
     metrics.update({f"{k}_before": v for k, v in before.items()})
     if "val_loss" in metrics:
         say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(metrics)}")
+    return metrics
+
+
+class PolicyEvaluation(Callback):
+    """Every `interval` steps: greedy held-out evaluation of the policy, logged as `val_*`."""
+
+    def __init__(self, evaluate, interval: int, say=print) -> None:
+        self.evaluate, self.interval, self.say = evaluate, interval, say
+
+    def on_step_end(self, trainer, metrics) -> None:
+        if self.interval > 0 and trainer.step % self.interval == 0 and trainer.step < trainer.total_steps:
+            t0 = time.perf_counter()
+            ev = {f"val_{k}": v for k, v in self.evaluate(trainer.model).items()}
+            trainer.elapsed += time.perf_counter() - t0
+            trainer._log(ev)
+            self.say(f"step {trainer.step}: " + describe(ev))
+
+
+def describe(ev: dict[str, float]) -> str:
+    """One line of held-out figures (`val_reward`, each `val_reward/<name>`)."""
+    keys = ["val_reward"] + sorted(k for k in ev if k.startswith("val_reward/")) + ["val_completion_length"]
+    keys += ["val_sampled_reward"] + sorted(k for k in ev if k.startswith("val_sampled_reward/"))
+    return ", ".join(f"{k[4:]} {ev[k]:.3f}" for k in keys if k in ev)
+
+
+def load_prompt_data(data: Sequence[str] | Sequence[dict], tok, max_prompt_length: int, val_fraction: float, max_val: int | None, seed: int, system: str | None, say=print):
+    """Prompt datasets of every source, split into train / held-out prompts.
+
+    Returns `(train, val | None)` (`PromptDataset`-like: `len`, `[i]`).
+
+    Raises:
+        UserError: no data, a malformed record, nothing usable.
+    """
+    from minigpt.data.prompts import PromptDataset
+    from minigpt.data.sft import pick_validation
+
+    if not data:
+        raise UserError('--data is required: JSONL files of {"prompt": ..., "answer": ...} records (GSM8K {"question","answer"} works too)')
+    items, sources = [], [data] if isinstance(data[0], dict) else data
+    for source in sources:
+        ds = PromptDataset(source, tok, max_prompt_length=max_prompt_length, system=system)
+        skipped = {k: v for k, v in ds.stats.items() if k.startswith("skipped_") and v}
+        say(f"{source if isinstance(source, str) else 'prompts'}: {ds.stats['records']} records -> {len(ds)} prompts" + (f" (skipped: {skipped})" if skipped else ""))
+        items += ds.items
+    val_idx = pick_validation(len(items), val_fraction, seed, max_val, what="prompt(s)") if val_fraction > 0 else set()
+    train = [it for i, it in enumerate(items) if i not in val_idx]
+    val = [it for i, it in enumerate(items) if i in val_idx]
+    if not train:
+        raise UserError("no training prompts left after holding out the validation split; lower --val_fraction")
+    say(f"prompts: {len(train)} train / {len(val)} held-out")
+    return train, (val or None)
+
+
+def fit_policy(model, objective, train_ds, train: TrainConfig, out_dir: Path, evaluate, val_ds, tok, run_info: dict, resume: bool, overwrite: bool, say) -> dict[str, Any]:
+    """The online-RL recipes' shared tail: build the loop's `Trainer` over prompt batches, run
+    `evaluate(model)` (greedy held-out rewards) before training, every `train.eval_interval`
+    steps (as a callback) and after, and train.
+
+    Returns the final training metrics plus `val_*` after training, `val_*_before` for the
+    starting policy, `train_seconds` and `steps`.
+    """
+    from minigpt.data.prompts import collate_prompts
+    from minigpt.train.loop import Trainer
+
+    callbacks = [PolicyEvaluation(evaluate, train.eval_interval, say)] if val_ds else []
+    quiet_train = dataclasses.replace(train, eval_interval=0)  # evaluation is the callback's
+    trainer = Trainer(model, objective, train_ds, quiet_train, out_dir, collate_fn=collate_prompts, callbacks=callbacks, save_with_model=tok, run_info=run_info)
+    before = {}
+    if val_ds and not resume:
+        before = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
+        say(f"held-out before training ({len(val_ds)} prompts, greedy): {describe(before)}")
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    metrics["steps"] = trainer.step
+    if val_ds:
+        after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
+        trainer._log(after)
+        metrics.update(after)
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
+    metrics.update({f"{k}_before": v for k, v in before.items()})
     return metrics

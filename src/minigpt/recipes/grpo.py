@@ -10,15 +10,12 @@ end; the mean reward (and each reward function's mean, e.g. the answer accuracy)
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import check_options, refuse_existing_run
-from minigpt.train.callbacks import Callback
+from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run
+from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy  # re-exported: ppo and users import them from here
 from minigpt.train.config import TrainConfig
 
 GRPO_TRAIN_DEFAULTS = TrainConfig(
@@ -33,148 +30,6 @@ GRPO_TRAIN_DEFAULTS = TrainConfig(
     save_interval=50,
     log_interval=1,
 )
-
-#: Compute dtype of the sampling engine per training precision.
-_ENGINE_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-@torch.no_grad()
-def evaluate_policy(
-    model: torch.nn.Module,
-    tok,
-    dataset,
-    reward_fn,
-    max_new_tokens: int,
-    precision: str = "bf16",
-    batch_size: int = 64,
-    samples: int = 0,
-    temperature: float = 0.7,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Greedy completions of every held-out prompt, scored by `reward_fn`.
-
-    Returns `{"reward": mean total reward, "reward/<name>": mean of each reward function,
-    "completion_length": mean tokens}`; the answer reward's mean is the accuracy. With
-    `samples > 0` it also samples that many completions per prompt at `temperature` (seeded,
-    so two evaluations draw alike) and adds `sampled_reward` and `sampled_reward/<name>`, the
-    means over all samples (mean@k: what RL optimises directly, and less noisy than greedy).
-    """
-    out = _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, 1, 0.0, None)
-    if samples > 0:
-        sampled = _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, samples, temperature, seed)
-        out.update({f"sampled_{k}": v for k, v in sampled.items() if k.startswith("reward")})
-    return out
-
-
-def _score_policy(model, tok, dataset, reward_fn, max_new_tokens, precision, batch_size, group, temperature, seed) -> dict[str, float]:
-    """Mean rewards of `group` completions per held-out prompt (temperature 0 = greedy)."""
-    from minigpt.data.prompts import collate_prompts
-    from minigpt.objectives.rollout import eval_mode, score_rollout
-    from minigpt.tokenizer.chat import chat_eos_ids
-    from minigpt.inference.rollout import RolloutEngine
-
-    engine = RolloutEngine(model, chat_eos_ids(tok), tok.pad_token_id, _ENGINE_DTYPE.get(precision))
-    totals: list[float] = []
-    per: dict[str, list[float]] = {}
-    lengths: list[float] = []
-    with eval_mode(model):
-        step = max(1, batch_size // group)
-        for s in range(0, len(dataset), step):
-            batch = collate_prompts([dataset[i] for i in range(s, min(s + step, len(dataset)))])
-            rollout = engine.sample(
-                batch["prompt_ids"], group, max_new_tokens, temperature=temperature, seed=None if seed is None else seed + s
-            )
-            t, p = score_rollout(reward_fn, tok, rollout, batch["prompt_ids"], batch["prompt"], batch["columns"])
-            totals += t.tolist()
-            for k, v in p.items():
-                per.setdefault(k, []).extend(0.0 if x is None else float(x) for x in v)
-            lengths += rollout.completion_lengths.float().tolist()
-    n = max(len(totals), 1)
-    out = {"reward": sum(totals) / n, "completion_length": sum(lengths) / max(len(lengths), 1)}
-    out.update({f"reward/{k}": sum(v) / max(len(v), 1) for k, v in per.items()})
-    return out
-
-
-class PolicyEvaluation(Callback):
-    """Every `interval` steps: greedy held-out evaluation of the policy, logged as `val_*`."""
-
-    def __init__(self, evaluate, interval: int, say=print) -> None:
-        self.evaluate, self.interval, self.say = evaluate, interval, say
-
-    def on_step_end(self, trainer, metrics) -> None:
-        if self.interval > 0 and trainer.step % self.interval == 0 and trainer.step < trainer.total_steps:
-            t0 = time.perf_counter()
-            ev = {f"val_{k}": v for k, v in self.evaluate(trainer.model).items()}
-            trainer.elapsed += time.perf_counter() - t0
-            trainer._log(ev)
-            self.say(f"step {trainer.step}: " + describe(ev))
-
-
-def describe(ev: dict[str, float]) -> str:
-    """One line of held-out figures (`val_reward`, each `val_reward/<name>`)."""
-    keys = ["val_reward"] + sorted(k for k in ev if k.startswith("val_reward/")) + ["val_completion_length"]
-    keys += ["val_sampled_reward"] + sorted(k for k in ev if k.startswith("val_sampled_reward/"))
-    return ", ".join(f"{k[4:]} {ev[k]:.3f}" for k in keys if k in ev)
-
-
-def load_prompt_data(data: Sequence[str] | Sequence[dict], tok, max_prompt_length: int, val_fraction: float, max_val: int | None, seed: int, system: str | None, say=print):
-    """Prompt datasets of every source, split into train / held-out prompts.
-
-    Returns `(train, val | None)` (`PromptDataset`-like: `len`, `[i]`).
-
-    Raises:
-        UserError: no data, a malformed record, nothing usable.
-    """
-    from minigpt.data.prompts import PromptDataset
-    from minigpt.data.sft import pick_validation
-
-    if not data:
-        raise UserError('--data is required: JSONL files of {"prompt": ..., "answer": ...} records (GSM8K {"question","answer"} works too)')
-    items, sources = [], [data] if isinstance(data[0], dict) else data
-    for source in sources:
-        ds = PromptDataset(source, tok, max_prompt_length=max_prompt_length, system=system)
-        skipped = {k: v for k, v in ds.stats.items() if k.startswith("skipped_") and v}
-        say(f"{source if isinstance(source, str) else 'prompts'}: {ds.stats['records']} records -> {len(ds)} prompts" + (f" (skipped: {skipped})" if skipped else ""))
-        items += ds.items
-    val_idx = pick_validation(len(items), val_fraction, seed, max_val, what="prompt(s)") if val_fraction > 0 else set()
-    train = [it for i, it in enumerate(items) if i not in val_idx]
-    val = [it for i, it in enumerate(items) if i in val_idx]
-    if not train:
-        raise UserError("no training prompts left after holding out the validation split; lower --val_fraction")
-    say(f"prompts: {len(train)} train / {len(val)} held-out")
-    return train, (val or None)
-
-
-def fit_policy(model, objective, train_ds, train: TrainConfig, out_dir: Path, evaluate, val_ds, tok, run_info: dict, resume: bool, overwrite: bool, say) -> dict[str, Any]:
-    """The online-RL recipes' shared tail: build the loop's `Trainer` over prompt batches, run
-    `evaluate(model)` (greedy held-out rewards) before training, every `train.eval_interval`
-    steps (as a callback) and after, and train.
-
-    Returns the final training metrics plus `val_*` after training, `val_*_before` for the
-    starting policy, `train_seconds` and `steps`.
-    """
-    from minigpt.data.prompts import collate_prompts
-    from minigpt.train.loop import Trainer
-
-    callbacks = [PolicyEvaluation(evaluate, train.eval_interval, say)] if val_ds else []
-    quiet_train = dataclasses.replace(train, eval_interval=0)  # evaluation is the callback's
-    trainer = Trainer(model, objective, train_ds, quiet_train, out_dir, collate_fn=collate_prompts, callbacks=callbacks, save_with_model=tok, run_info=run_info)
-    before = {}
-    if val_ds and not resume:
-        before = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        say(f"held-out before training ({len(val_ds)} prompts, greedy): {describe(before)}")
-    t0 = time.time()
-    metrics = trainer.fit(resume=resume, overwrite=overwrite)
-    metrics["train_seconds"] = time.time() - t0
-    metrics["steps"] = trainer.step
-    if val_ds:
-        after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        trainer._log(after)
-        metrics.update(after)
-        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
-    metrics.update({f"{k}_before": v for k, v in before.items()})
-    return metrics
-
 
 def grpo(
     model: str,

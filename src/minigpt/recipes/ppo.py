@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import check_options, refuse_existing_run
-from minigpt.recipes.grpo import _ENGINE_DTYPE, evaluate_policy, fit_policy, load_prompt_data
+from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run
+from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
 from minigpt.train.config import TrainConfig
 
 PPO_TRAIN_DEFAULTS = TrainConfig(
