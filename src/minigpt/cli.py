@@ -180,11 +180,11 @@ def _main(argv: list[str] | None) -> int:
             print(f"continue with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
         return code
     except Exception as e:
-        from minigpt.errors import DiskFullError, is_disk_full
+        from minigpt.errors import DiskFullError, first_line, is_disk_full
 
         if not is_disk_full(e):
             raise
-        what = (e.strerror or str(e)) if isinstance(e, DiskFullError) else f"no space left on device ({_first_line(e)})"
+        what = (e.strerror or str(e)) if isinstance(e, DiskFullError) else f"no space left on device ({first_line(e, 300)})"
         print(f"minigpt {name}: error: {what}", file=sys.stderr)
         if "resume" in inspect.signature(_commands()[name]).parameters:
             print(f"once there is space, resume with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
@@ -192,12 +192,6 @@ def _main(argv: list[str] | None) -> int:
     finally:
         release_all_locks()  # the command is over: its run directories are free again
     return 0
-
-
-def _first_line(error: BaseException) -> str:
-    """`error`'s message cut to its first line (torch's C++ errors run over many lines)."""
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]
 
 
 def _resume_argv(argv: list[str]) -> list[str]:

@@ -9,6 +9,14 @@ class UserError(ValueError):
     """A problem with user input: the message names the file and line, or the field, at fault."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """`error`'s message cut to its first line and `limit` characters, for a one-line report
+    (torch's C++ errors and jinja's run over many lines); the exception's type name when the
+    message is empty."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 class DiskFullError(OSError):
     """A write failed because the device is full (or over quota). Raised with a message that
     says what was being written and what was kept; the CLI prints it as one line."""

@@ -50,9 +50,7 @@ def load_model_dir(
             needed, an adapter whose base is missing or not its own, no tokenizer, or a tokenizer
             that is not the model's.
     """
-    import minigpt.model  # noqa: F401 — registers MiniGPT with the Auto classes
-
-    path = Path(path)
+    path = Path(path)  # importing this module imported minigpt.model, which registers MiniGPT with the Auto classes
     adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
     if adapter and not adapters:
         raise UserError(f"{option} {path} holds an adapter, not a model: merge it first with `minigpt merge`")

@@ -21,7 +21,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from minigpt.errors import UserError
+from minigpt.errors import UserError, first_line
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -241,7 +241,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     except Exception as e:  # noqa: BLE001 — json, tokenizers and transformers each raise their own
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise UserError(f"tokenizer path {path}: its files are unreadable or corrupt ({type(e).__name__}: {first})") from None
     # Saved configs from other tools may leave cleanup on; it must stay off to be lossless.
     tokenizer.clean_up_tokenization_spaces = False

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from minigpt.errors import UserError
+from minigpt.errors import UserError, first_line
 from minigpt.tokenizer.bpe import ANSWER_END, ANSWER_START, EOS_TOKEN, IM_END, IM_START, PAD_TOKEN, THINK_END, THINK_START
 
 __all__ = [
@@ -342,7 +342,7 @@ def _template(tokenizer, messages: Sequence[Mapping[str, Any]], add_generation_p
         if isinstance(e, UserError):
             raise
         where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = first_line(e)
         raise UserError(
             f"{where}: its chat template cannot render this conversation ({type(e).__name__}: {first}); "
             "fix chat_template.jinja there, or use a tokenizer saved by `minigpt tokenizer`"
