@@ -8,7 +8,7 @@ import torch
 
 from minigpt.losses.distill import distillation_loss
 from minigpt.losses.lm import IGNORE_INDEX
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 from minigpt.objectives.sft import _forward
 
 

@@ -27,7 +27,7 @@ from minigpt.errors import UserError
 from minigpt.losses.advantages import group_advantages
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, rollout_metrics, score_rollout
 from minigpt.inference.rollout import completion_logprobs
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from minigpt.losses.lm import IGNORE_INDEX, token_cross_entropy
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 
 
 class CausalLMObjective:

@@ -39,7 +39,7 @@ from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, reward_means, score_rollout
 from minigpt.inference.rollout import Rollout
 from minigpt.train.distributed import all_reduce_sum

@@ -29,7 +29,7 @@ from minigpt.losses.preference import (
     simpo_loss,
 )
 from minigpt.model.lora import adapters_disabled, has_adapters
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 
 
 def _padding_free_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from minigpt.losses.preference import bradley_terry_loss
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 
 
 class RewardObjective:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from minigpt.losses.lm import IGNORE_INDEX, tag_loss_weights, token_cross_entropy
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
