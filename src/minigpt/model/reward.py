@@ -17,7 +17,9 @@ Shapes: B = batch, T = tokens, C = hidden_size.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -338,11 +340,74 @@ def stack_pairs(
 # After `import minigpt.model.reward`, AutoModelForSequenceClassification.from_pretrained(rm_dir) works.
 AutoModelForSequenceClassification.register(MiniGPTConfig, MiniGPTRewardModel, exist_ok=True)
 
+
+
+def create_reward_model(
+    base_model: Any,
+    hidden_size: int = 768,
+    num_layers: int = 2,
+    use_pooling: str = "last",
+    freeze_backbone: bool = False,
+    dropout: float = 0.0,
+) -> MiniGPTRewardModel:
+    """A reward model whose decoder is a copy of `base_model`'s and whose score head is new.
+
+    Args:
+        base_model: a `MiniGPTForCausalLM`, a `MiniGPTModel`, or a saved model directory (str or
+            Path) holding either. Its decoder weights are COPIED: training the reward model
+            never changes `base_model` (which can stay the policy / reference of RLHF).
+        hidden_size: width of the head's hidden layers. (The original design passed the
+            backbone width here; the head's input width now comes from the backbone's config.)
+        num_layers: linear layers in the head (1 = a single `Linear(C, 1)`).
+        use_pooling: `"last"` (last real token), `"mean"` or `"max"` over real tokens.
+        freeze_backbone: train only the head (see `MiniGPTRewardModel.freeze_backbone`).
+        dropout: dropout on the input of each head layer.
+
+    Returns:
+        `MiniGPTRewardModel` on `base_model`'s device and dtype (CPU / the saved dtype for a
+        directory), in training mode.
+
+    Raises:
+        UserError: not a MiniGPT model or model directory, a model carrying LoRA adapters (merge
+            them first), bad head settings.
+    """
+    from minigpt.model.modeling import MiniGPTForCausalLM
+
+    if isinstance(base_model, (str, Path)):
+        path = Path(base_model)
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model directory (no config.json)")
+        from minigpt.model.loading import load_model_dir
+
+        base_model = load_model_dir(path, MiniGPTForCausalLM, "base_model", tokenizer=False)[0]
+    if getattr(base_model, "_hf_peft_config_loaded", False) or hasattr(base_model, "peft_config"):
+        raise UserError("the base model carries adapters; merge them first (minigpt merge) to build a reward model from it")
+    if isinstance(base_model, MiniGPTForCausalLM):
+        backbone = base_model.model
+    elif isinstance(base_model, (MiniGPTModel, MiniGPTRewardModel)):
+        backbone = base_model if isinstance(base_model, MiniGPTModel) else base_model.model
+    else:
+        raise UserError(
+            f"create_reward_model needs a MiniGPTForCausalLM, MiniGPTModel or a model directory, not {type(base_model).__name__}"
+        )
+    config = copy.deepcopy(backbone.config)
+    set_reward_head_config(config, hidden_size=hidden_size, num_layers=num_layers, pooling=use_pooling, dropout=dropout)
+    config.architectures = [MiniGPTRewardModel.__name__]
+    param = next(backbone.parameters())
+    reward_model = MiniGPTRewardModel(config)
+    reward_model.model.load_state_dict(backbone.state_dict())  # copies the values
+    reward_model.to(device=param.device, dtype=param.dtype)
+    if freeze_backbone:
+        reward_model.freeze_backbone()
+    return reward_model.train()
+
+
 __all__ = [
     "POOLINGS",
     "MiniGPTRewardModel",
     "RewardModelOutput",
     "ScoreHead",
+    "create_reward_model",
     "pool_hidden",
     "set_reward_head_config",
     "stack_pairs",

@@ -17,7 +17,7 @@ Consumer side (`compute_loss`): PPO's clipped surrogate (Schulman et al. 2017,
 arXiv:1707.06347 eq. 7) plus `vf_coef` × the clipped value loss minus `entropy_coef` × the
 entropy, per completion token, averaged over the tokens of the optimizer step by the loop.
 
-The model is a `minigpt.rl.ppo.ActorCritic` (policy + critic in one module, so one optimizer
+The model is a `ActorCritic` (policy + critic in one module, so one optimizer
 and one checkpoint hold both); its `forward(input_ids, attention_mask, completion_mask,
 temperature)` returns `(logprobs, entropy, values)`, each `(B, N)`.
 
@@ -31,18 +31,224 @@ number, for the early stop) and `rollout_metrics` (floats).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+from torch import nn
 
+from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
-from minigpt.losses.kl import kl_estimate
+from minigpt.losses.kl import KL_ESTIMATORS, kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, reward_means, score_rollout
-from minigpt.inference.rollout import Rollout
+from minigpt.inference.rollout import Rollout, completion_logprobs
+from minigpt.model.lora import has_lora, load_adapter_state
 from minigpt.train.distributed import all_reduce_sum
+
+
+VALUE_MODEL_DIR = "value_model"
+
+
+@dataclass
+class RLHFConfig(DictConfig):
+    """Settings of PPO-RLHF (names as in TRL's `PPOConfig` where they exist)."""
+
+    ppo_epochs: int = 4
+    """Optimisation passes over each rollout (TRL: num_ppo_epochs)."""
+    clip_epsilon: float = 0.2
+    """Clip range ε of the policy ratio (TRL: cliprange)."""
+    kl_coef: float = 0.1
+    """β: reward units per nat of KL to the reference, on every token (the starting value when
+    adaptive_kl)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate of the policy in `train_step` (constant; the CLI uses the loop's
+    schedule)."""
+    value_learning_rate: float | None = None
+    """Learning rate of the critic (None: learning_rate)."""
+    gamma: float = 0.99
+    """Discount γ of GAE."""
+    gae_lambda: float = 0.95
+    """λ of GAE (1: Monte-Carlo returns, 0: one-step TD)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    clip_range_value: float | None = 0.2
+    """Clip range of the value update around the rollout's values (None or 0: no clipping)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss)."""
+    kl_estimator: str = "k1"
+    """Per-token KL in the reward: k1 (log π − log π_ref, TRL's default) or k3 (always >= 0)."""
+    mini_batch_size: int = 0
+    """Completions per micro-batch (0: the whole rollout in one)."""
+    whiten_advantages: bool = True
+    """Standardise the advantages over the rollout's completion tokens."""
+    target_kl: float | None = None
+    """Stop a rollout's remaining passes once a micro-batch's approximate KL to the sampling
+    policy exceeds this (None: never)."""
+    adaptive_kl: bool = False
+    """Adapt kl_coef towards kl_target after every rollout (Ziegler et al. 2019 §2.2)."""
+    kl_target: float = 6.0
+    """KL per completion (nats, summed over tokens) the adaptive controller steers towards."""
+    kl_horizon: int = 10000
+    """Completions over which the adaptive controller moves kl_coef by about ±20 %."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the score of completions that hit max_new_tokens without a stop token."""
+    max_new_tokens: int = 64
+    """Longest completion sampled."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are taken at this temperature too)."""
+    top_k: int = 0
+    """Top-k filter of sampling (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus filter of sampling (1.0 = off)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm (policy and critic together) to this (0 disables)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    precision: str = "fp32"
+    """fp32, or bf16 (autocast for training forwards and sampling)."""
+
+    def __post_init__(self) -> None:
+        def is_int(x, low):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+        checks = [
+            (is_int(self.ppo_epochs, 1), "ppo_epochs must be an integer >= 1"),
+            (0 < self.clip_epsilon < 1, "clip_epsilon must be in (0, 1)"),
+            (self.kl_coef >= 0, "kl_coef must be >= 0"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.value_learning_rate is None or self.value_learning_rate > 0, "value_learning_rate must be > 0"),
+            (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
+            (0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]"),
+            (self.vf_coef >= 0, "vf_coef must be >= 0"),
+            (self.clip_range_value is None or self.clip_range_value >= 0, "clip_range_value must be >= 0 or None"),
+            (self.entropy_coef >= 0, "entropy_coef must be >= 0"),
+            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}"),
+            (is_int(self.mini_batch_size, 0), "mini_batch_size must be an integer >= 0"),
+            (self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or None"),
+            (self.kl_target > 0, "kl_target must be > 0"),
+            (self.kl_horizon > 0, "kl_horizon must be > 0"),
+            (is_int(self.max_new_tokens, 1), "max_new_tokens must be an integer >= 1"),
+            (self.temperature > 0, "temperature must be > 0 (RL samples)"),
+            (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"RLHFConfig.{message}")
+
+
+
+class ActorCritic(nn.Module):
+    """The policy and its critic in one module, so one optimizer, one gradient clip and one
+    checkpoint cover both.
+
+    Args:
+        policy: a `MiniGPTForCausalLM` (optionally with LoRA adapters).
+        value_model: a `MiniGPTRewardModel` used per token (`token_values`).
+        value_lr_scale: the critic learns at this multiple of the optimizer's learning rate
+            (set as `value_model.lr_scale`, read by `minigpt.train.optim.param_groups`);
+            None leaves the critic's attribute as it is.
+
+    `save_pretrained(dir)` writes the policy at `dir` (so `AutoModelForCausalLM` loads it) and
+    the critic at `dir/value_model/`; `load_state_dict` takes `value_model.*` keys for the
+    critic and the rest (with or without a `policy.` prefix) for the policy, which is what
+    `minigpt.train.checkpoint.load_checkpoint` reads back from such a directory. `config` and
+    `tie_weights` are the policy's.
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module, value_lr_scale: float | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        if value_lr_scale is not None:
+            value_model.lr_scale = float(value_lr_scale)
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    @property
+    def _tied_weights_keys(self):
+        return getattr(self.policy, "_tied_weights_keys", None)
+
+    def tie_weights(self) -> None:
+        if hasattr(self.policy, "tie_weights"):
+            self.policy.tie_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor,
+        temperature: float = 1.0,
+        return_entropy: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Policy log-probs, entropies and critic values of the completion tokens.
+
+        Args:
+            input_ids: `(B, P + N)` prompts (left-padded) then completions (right-padded).
+            attention_mask: `(B, P + N)` 1 on real tokens.
+            completion_mask: `(B, N)` 1 on completion tokens.
+            temperature: the sampling temperature (logits are divided by it).
+            return_entropy: compute the entropies (else None).
+
+        Returns:
+            `(logprobs (B, N), entropy (B, N) | None, values (B, N))` fp32, 0 where
+            `completion_mask` is 0. `values[:, t]` is the critic's value of the state before
+            completion token t (its hidden state at position `P + t − 1`), the V_t of GAE.
+        """
+        n = completion_mask.shape[1]
+        p = input_ids.shape[1] - n
+        if return_entropy:
+            logprobs, entropy = completion_logprobs(self.policy, input_ids, attention_mask, completion_mask, temperature, True)
+        else:
+            logprobs = completion_logprobs(self.policy, input_ids, attention_mask, completion_mask, temperature)
+            entropy = None
+        values = self.value_model.token_values(input_ids, attention_mask)[:, p - 1 : p + n - 1]  # (B, N)
+        values = torch.where(completion_mask.bool(), values, torch.zeros_like(values))
+        return logprobs, entropy, values
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Policy at `save_directory`, critic at `save_directory/value_model/`."""
+        save_directory = Path(save_directory)
+        self.policy.save_pretrained(save_directory, **kwargs)
+        self.value_model.save_pretrained(save_directory / VALUE_MODEL_DIR, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load `value_model.*` keys into the critic and the others into the policy (a
+        `policy.` prefix is optional; a policy with LoRA adapters takes the adapter keys of its
+        checkpoint, as PEFT names them).
+
+        Returns `(missing_keys, unexpected_keys)` with the prefixes of this module.
+
+        Raises:
+            RuntimeError: with `strict`, missing or unexpected keys.
+        """
+        prefix = VALUE_MODEL_DIR + "."
+        critic = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        rest = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+        prefixed = any(k.startswith("policy.") for k in rest)
+        policy = {k[len("policy.") :] if k.startswith("policy.") else k: v for k, v in rest.items()}
+        missing: list[str] = []
+        unexpected: list[str] = []
+        if has_lora(self.policy) and not prefixed:
+            unexpected += load_adapter_state(self.policy, policy)
+        else:
+            result = self.policy.load_state_dict(policy, strict=False, assign=assign)
+            missing += list(result.missing_keys)
+            unexpected += list(result.unexpected_keys)
+        result = self.value_model.load_state_dict(critic, strict=False, assign=assign)
+        missing += [prefix + k for k in result.missing_keys]
+        unexpected += [prefix + k for k in result.unexpected_keys]
+        if strict:
+            tied = set(self._tied_weights_keys or ())
+            bad_missing = [k for k in missing if k not in tied]
+            if bad_missing or unexpected:
+                raise RuntimeError(f"ActorCritic.load_state_dict: missing {bad_missing}, unexpected {unexpected}")
+        return nn.modules.module._IncompatibleKeys(missing, unexpected)
 
 
 def token_rewards(
@@ -147,7 +353,7 @@ class PPOObjective(RolloutObjective):
     """PPO-RLHF for the one training loop (see the module docstring).
 
     Args:
-        config: a `minigpt.rl.ppo.RLHFConfig` (or anything with its fields).
+        config: an `RLHFConfig` (or anything with its fields).
         reward_fn: a `minigpt.rl.rewards.CombinedReward` (`(prompts, completions, **columns)
             -> (totals, per_function)`); needs `tokenizer`. Takes precedence over
             `reward_model`.
@@ -383,4 +589,4 @@ class PPOObjective(RolloutObjective):
         raise UserError("PPO's KL penalty needs a reference model (or LoRA adapters to disable); pass kl_coef=0 to train without it")
 
 
-__all__ = ["AdaptiveKLController", "PPOObjective", "token_rewards"]
+__all__ = ["VALUE_MODEL_DIR", "ActorCritic", "AdaptiveKLController", "PPOObjective", "RLHFConfig", "token_rewards"]

@@ -116,7 +116,7 @@ def grpo(
     from minigpt.model import count_parameters
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.recipes.sft import chat_eos_ids, load_base_model
-    from minigpt.rl.grpo import GRPOConfig
+    from minigpt.objectives.grpo import GRPOConfig
     from minigpt.rl.rewards import make_reward
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from minigpt.errors import UserError
-from minigpt.rl.config import DictConfig
+from minigpt.config import DictConfig
 from minigpt.train.config import TrainConfig
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

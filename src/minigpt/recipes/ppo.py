@@ -142,8 +142,8 @@ def ppo(
     from minigpt.objectives.ppo import PPOObjective
     from minigpt.recipes.reward import check_same_tokenizer, load_reward_model
     from minigpt.recipes.sft import chat_eos_ids, load_base_model
-    from minigpt.rl.ppo import ActorCritic, RLHFConfig
-    from minigpt.rl.reward_model import create_reward_model
+    from minigpt.objectives.ppo import ActorCritic, RLHFConfig
+    from minigpt.model.reward import create_reward_model
     from minigpt.rl.rewards import make_reward, parse_reward_spec
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything

@@ -167,7 +167,7 @@ def reward(
     from minigpt.model.reward import MiniGPTRewardModel
     from minigpt.objectives.reward import RewardObjective
     from minigpt.recipes.sft import load_base_model
-    from minigpt.rl.reward_model import create_reward_model
+    from minigpt.model.reward import create_reward_model
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from minigpt.errors import UserError
-from minigpt.rl.config import DictConfig
+from minigpt.config import DictConfig
 from minigpt.rl.trainer import PolicyTrainer
 from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import DEFAULT_BETA, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES

@@ -18,7 +18,7 @@ def param_groups(
     Each parameter appears once even when tied.
 
     A submodule with a float attribute `lr_scale` (e.g. PPO's critic inside
-    `minigpt.rl.ppo.ActorCritic`) learns at `lr_scale` times the base rate: its parameters
+    `minigpt.objectives.ppo.ActorCritic`) learns at `lr_scale` times the base rate: its parameters
     (those of the innermost such submodule) go to their own pair of groups carrying the key
     `lr_scale`, and `"lr": lr * lr_scale` when `lr` is given (the base groups then get no `lr`
     key, so the optimizer's default applies; a `LambdaLR` schedule scales every group's own
