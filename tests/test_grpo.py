@@ -212,3 +212,17 @@ def test_rollouts_follow_fused_optimizer_updates():
     assert torch.equal(after.completion_ids, fresh.completion_ids)
     assert torch.equal(after.logprobs, fresh.logprobs)
     assert not torch.equal(after.logprobs, before.logprobs)
+
+
+def test_relative_advantage_warns_once_at_the_config_and_trains_as_rloo():
+    """The config says the deprecation once (pointing at the user's line) and stores the meaning
+    it will compute, so run records and the objective see `rloo`, not the ambiguous name."""
+    with pytest.warns(FutureWarning, match="becomes r − mean\\(group\\)") as caught:
+        c = GRPOConfig(advantage_type="relative", group_size=2)
+    assert c.advantage_type == "rloo"
+    assert caught[0].filename == __file__
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert GRPOConfig(advantage_type="rloo", group_size=2).advantage_type == "rloo"

@@ -148,7 +148,21 @@ def test_group_advantages_errors():
         group_advantages(t(1, 2, 3, 4), 3)
     with pytest.raises(UserError, match="group_size"):
         group_advantages(t(1, 2), 0)
-    assert ADVANTAGE_TYPES == ("normalized", "relative", "rank")
+    assert ADVANTAGE_TYPES == ("normalized", "relative", "rank", "rloo")
+
+
+def test_group_advantages_rloo_is_leave_one_out_and_relative_warns_it_will_change():
+    """`rloo` is the leave-one-out baseline: group [1, 2, 6] → (−3, −1.5, 4.5) as above. Group
+    [4, 0] (G = 2): each one's "others" is the other sample, so A = (4, −4), twice r − mean
+    (±2). `relative` still means leave-one-out for one release, with a FutureWarning that names
+    both ways to ask for a meaning explicitly."""
+    close(group_advantages(t(1, 2, 6, 4, 0, 2), group_size=3, advantage_type="rloo"), [-3, -1.5, 4.5, 3, -3, 0])
+    close(group_advantages(t(4, 0), group_size=2, advantage_type="rloo"), [4, -4])
+    with pytest.warns(FutureWarning, match="'rloo'.*scale_rewards=False"):
+        adv = group_advantages(t(4, 0), group_size=2, advantage_type="relative")
+    close(adv, [4, -4])
+    with pytest.raises(UserError, match="'rloo' .*group_size >= 2"):
+        group_advantages(t(1, 2), 1, "rloo")
 
 
 def test_group_stats_hand_values():
