@@ -79,11 +79,16 @@ def test_full_pipeline_writes_the_spec_layout(env):
     policy = MiniGPTForCausalLM.from_pretrained(save / "ppo")
     MiniGPTRewardModel.from_pretrained(save / "ppo" / "value_model")
     steps = sorted(p.name for p in (save / "ppo" / "checkpoints").iterdir() if p.name.startswith("step_"))
-    assert steps == ["step_00000002", "step_00000004"]  # every save_interval = 2 iterations
+    # ppo_iterations counts rollouts (seed 004): 4 iterations × 2 epochs × 2 micro-batches of 2
+    # completions = 16 optimizer updates; a checkpoint every save_interval = 2 iterations.
+    assert RLHFPipeline(_config(env, save)).ppo_updates_per_iteration() == 4
+    assert steps == ["step_00000008", "step_00000016"]
+    # The critic started from the SFT model (a new value head on its decoder), not the reward model.
+    assert json.loads((save / "ppo" / "run.json").read_text())["value_model"] == str((save / "sft").resolve())
     sft_policy = MiniGPTForCausalLM.from_pretrained(save / "sft")
     assert any(not torch.equal(a, b) for a, b in zip(policy.state_dict().values(), sft_policy.state_dict().values()))
     rows = [json.loads(x) for x in (save / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "train/mean_reward" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "train/mean_reward" in r] == list(range(1, 17))
 
     # A second run finds every stage finished and redoes nothing: the PPO policy is unchanged.
     before = {k: v.clone() for k, v in policy.state_dict().items()}

@@ -70,7 +70,9 @@ class RLHFPipelineConfig(DictConfig):
     ppo_data_path: str | None = None
     """Prompts for PPO (any `minigpt ppo` prompt format; preference records give their prompts)."""
     ppo_iterations: int = 100
-    """PPO iterations (one rollout batch and its optimisation passes each)."""
+    """PPO iterations: rollout batches, each followed by `ppo_epochs` passes over it in
+    micro-batches of `ppo_mini_batch_size` (so `ppo_iterations × ppo_epochs × ⌈ppo_batch_size
+    / ppo_mini_batch_size⌉` optimizer updates in all)."""
     ppo_lr_policy: float = 1e-5
     """Policy (actor) learning rate."""
     ppo_lr_value: float = 1e-5
@@ -270,8 +272,9 @@ class RLHFPipeline:
         return metrics
 
     def run_ppo_training(self) -> dict:
-        """PPO of the SFT policy against the reward model on `ppo_data_path` into `save_dir/ppo`
-        (a checkpoint every `save_interval` iterations, the final policy and critic)."""
+        """PPO of the SFT policy against the reward model on `ppo_data_path` into `save_dir/ppo`:
+        `ppo_iterations` rollouts, a checkpoint every `save_interval` of them, the final policy
+        and critic. The critic starts from the SFT model with a new value head."""
         from minigpt.recipes.ppo import ppo
 
         c = self.config
@@ -280,10 +283,16 @@ class RLHFPipeline:
         self._require_model(self.sft_dir, "run_sft")
         self._require_model(self.reward_dir, "run_reward_training")
         self._say(f"[ppo] {self.sft_dir} against {self.reward_dir} on {data} -> {self.ppo_dir}")
-        train = self._train(max_steps=c.ppo_iterations, batch_size=c.ppo_batch_size, lr=c.ppo_lr_policy, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, log_interval=1, eval_interval=max(c.save_interval, 1))
+        updates = self.ppo_updates_per_iteration()
+        train = self._train(
+            max_steps=c.ppo_iterations * updates, batch_size=c.ppo_batch_size, lr=c.ppo_lr_policy, warmup_steps=0,
+            min_lr_ratio=1.0, weight_decay=0.0, log_interval=1, eval_interval=c.save_interval * updates,
+            save_interval=c.save_interval * updates,
+        )
         with self._stage_output("ppo"):
             metrics = ppo(
                 model=str(self.sft_dir), data=data, out=str(self.ppo_dir), reward_model=str(self.reward_dir), reward="model",
+                value_model=str(self.sft_dir),  # the critic starts from the SFT model, with a new value head
                 ppo_epochs=c.ppo_epochs, kl_coef=c.kl_coef, value_lr=c.ppo_lr_value, mini_batch_size=c.ppo_mini_batch_size,
                 max_new_tokens=c.ppo_max_new_tokens, max_prompt_length=c.max_length - c.ppo_max_new_tokens, train=train,
                 **self._restart(self.ppo_dir),
@@ -291,6 +300,13 @@ class RLHFPipeline:
         self.results["ppo"] = metrics
         self._say(f"[ppo] done: {_brief(metrics)}")
         return metrics
+
+    def ppo_updates_per_iteration(self) -> int:
+        """Optimizer updates of one PPO iteration: `ppo_epochs` passes over a rollout of
+        `ppo_batch_size` completions in micro-batches of `ppo_mini_batch_size` (0: all)."""
+        c = self.config
+        size = c.ppo_mini_batch_size or c.ppo_batch_size
+        return c.ppo_epochs * -(-c.ppo_batch_size // size)
 
     def run_full_pipeline(self) -> dict[str, dict]:
         """`run_sft`, `run_reward_training`, `run_ppo_training` in order; returns each stage's

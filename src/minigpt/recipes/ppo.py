@@ -93,8 +93,10 @@ def ppo(
         reward: reward functions and weights, e.g. `model`, `model,format:0.5` or
             `format,answer`; names: model (needs --reward_model), format, answer, length,
             repetition.
-        value_model: a reward model directory to start the critic from (default: a copy of
-            --reward_model, or without one a new score head on the policy's decoder).
+        value_model: where the critic starts: a reward model directory (its decoder and
+            head), or a language model directory such as the SFT model (its decoder and a new
+            score head). Default: a copy of --reward_model, or without one a new score head on
+            the policy's decoder.
         ppo_epochs: optimisation passes over each rollout.
         clip_epsilon: clip range of the policy ratio.
         kl_coef: KL penalty per token, reward units per nat (the start value with adaptive_kl).
@@ -140,7 +142,7 @@ def ppo(
     """
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
-    from minigpt.recipes.reward import check_same_tokenizer, load_reward_model
+    from minigpt.recipes.reward import check_same_tokenizer, is_reward_model_dir, load_reward_model
     from minigpt.recipes.sft import chat_eos_ids, load_base_model
     from minigpt.objectives.ppo import ActorCritic, RLHFConfig
     from minigpt.model.reward import create_reward_model
@@ -184,8 +186,10 @@ def ppo(
         rm, _ = load_reward_model(reward_model)
         rm = rm.to(device).eval()
         rm.requires_grad_(False)
-    if value_model is not None:
+    if value_model is not None and is_reward_model_dir(Path(value_model)):
         critic, _ = load_reward_model(value_model)
+    elif value_model is not None:  # a language model: its decoder under a new score head
+        critic = create_reward_model(value_model, hidden_size=net.config.hidden_size)
     elif rm is not None:
         critic = copy.deepcopy(rm)
     else:
