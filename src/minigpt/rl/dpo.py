@@ -117,6 +117,7 @@ class DPOTrainer(PolicyTrainer):
         if not params:
             raise UserError("the policy has no trainable parameter")
         self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.optimizer_step = self._optimizer_step(policy_model, self.optimizer)
         self.step = 0
 
     def make_batch(
@@ -194,16 +195,9 @@ class DPOTrainer(PolicyTrainer):
         """
         batch = self.make_batch(chosen_ids, rejected_ids, chosen_attention_mask, rejected_attention_mask, prompt_lengths)
         self.policy.train()
-        with self._autocast():
-            out = self.objective.compute_loss(self.policy, batch)
-        units = self.objective.num_units(batch)
-        (out.loss_sum / units).backward()
-        if self.config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.config.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        result = self.optimizer_step([batch])
         self.step += 1
-        return self._metrics(out, units)
+        return {"loss": result.loss, **self.objective_metrics(result)}
 
     @torch.no_grad()
     def evaluate_step(

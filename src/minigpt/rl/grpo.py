@@ -68,6 +68,8 @@ class GRPOTrainer(PolicyTrainer):
         if not params:
             raise UserError("the policy has no trainable parameter")
         self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        # A micro-batch whose completions are all masked out (mask_truncated_completions) is skipped.
+        self.optimizer_step = self._optimizer_step(policy_model, self.optimizer, empty="skip")
         self.step_count = 0
 
     # ------------------------------------------------------------------ sampling
@@ -156,23 +158,15 @@ class GRPOTrainer(PolicyTrainer):
         return {**stats, **out}
 
     def _train(self, input_ids, attention_mask, completion_mask, rewards, truncated) -> dict[str, float]:
-        c = self.config
         dev = self._device()
         with torch.no_grad(), self._autocast():
             batches = self.objective.experience(self.policy, input_ids.to(dev), attention_mask.to(dev), completion_mask.to(dev), rewards.to(dev), truncated)
         self.policy.train()
         losses, seen = [], {}
-        for mb in batches:
-            with self._autocast():
-                out = self.objective.compute_loss(self.policy, mb)
-            units = self.objective.num_units(mb)
-            (out.loss_sum / max(units, 1)).backward()
-            if c.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], c.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.append(float(out.loss_sum.detach()) / max(units, 1))
-            for k, v in out.metrics.items():
+        for mb in batches:  # one optimizer update per micro-batch
+            result = self.optimizer_step([mb])
+            losses.append(result.loss)
+            for k, v in self.objective_metrics(result).items():
                 seen.setdefault(k, []).append(v)
         self.step_count += 1
         result = {k: sum(v) / len(v) for k, v in seen.items()}

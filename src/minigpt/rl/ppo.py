@@ -100,6 +100,7 @@ class RLHFTrainer(PolicyTrainer):
             raise UserError("the policy has no trainable parameter")
         groups = param_groups(self.model, c.weight_decay, lr=c.learning_rate)
         self.optimizer = torch.optim.AdamW(groups, lr=c.learning_rate)
+        self.optimizer_step = self._optimizer_step(self.model, self.optimizer, empty="skip")
         self.step_count = 0
         self.history: list[dict[str, float]] = []  # the last train_step's metrics per micro-batch
 
@@ -149,25 +150,16 @@ class RLHFTrainer(PolicyTrainer):
         Raises:
             UserError: malformed prompts, a reward function that fails.
         """
-        c = self.config
         ids = self._prompt_ids(prompts, prompt_masks)
         with torch.no_grad(), self._autocast():
             batches = self.objective.rollout(self.model, ids, None, dict(columns))
         self.model.train()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.history = []
         losses = []
-        for mb in batches:
-            with self._autocast():
-                out = self.objective.compute_loss(self.model, mb)
-            units = max(out.num_units, 1)
-            (out.loss_sum / units).backward()
-            if c.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.append(float(out.loss_sum.detach()) / units)
-            self.history.append(dict(out.metrics))
+        for mb in batches:  # one optimizer update per micro-batch
+            result = self.optimizer_step([mb])
+            losses.append(result.loss)
+            self.history.append(self.objective_metrics(result))
         self.step_count += 1
         keys = {k for m in self.history for k in m}
         result = {k: sum(m[k] for m in self.history if k in m) / sum(1 for m in self.history if k in m) for k in keys}

@@ -1,10 +1,10 @@
 """Reward model construction and a standalone Bradley–Terry trainer (Ouyang et al. 2022, eq. 1).
 
-`create_reward_model` turns a (supervised fine-tuned) causal LM into a `MiniGPTRewardModel` by
-copying its decoder and adding a fresh score head. `RewardModelTrainer.train_step` is the
-original design's one-call API for user loops and notebooks; the `minigpt reward` recipe trains
-through the one training loop instead (`minigpt.objectives.reward.RewardObjective`), with the
-same loss.
+`create_reward_model` (defined beside the reward model, `minigpt.model.reward`) turns a
+(supervised fine-tuned) causal LM into a `MiniGPTRewardModel` by copying its decoder and adding
+a fresh score head. `RewardModelTrainer.train_step` is the original design's one-call API for
+user loops and notebooks; it runs the objective `minigpt reward` trains with
+(`minigpt.objectives.reward.RewardObjective`) through the loop's optimizer step.
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ from __future__ import annotations
 import torch
 
 from minigpt.errors import UserError
-from minigpt.losses.preference import bradley_terry_loss
 from minigpt.model.reward import MiniGPTRewardModel, create_reward_model, stack_pairs
+from minigpt.objectives.reward import RewardObjective
+from minigpt.train.step import OptimizerStep
 
 
 class RewardModelTrainer:
     """Bradley–Terry training of a reward model one batch of pairs at a time.
 
-    Each step minimises `mean_i [−log σ(r_w,i − r_l,i − m_i) + c·(r_w,i + r_l,i)²]` (see
-    `minigpt.losses.preference.bradley_terry_loss`), clips the gradient norm and steps the
+    Each step minimises `mean_i [−log σ(r_w,i − r_l,i − m_i) + c·(r_w,i + r_l,i)²]` through
+    `minigpt.objectives.reward.RewardObjective` (the objective `minigpt reward` trains with) and
+    the shared `minigpt.train.step.OptimizerStep`: it clips the gradient norm and steps the
     optimizer.
 
     Args:
@@ -54,6 +56,11 @@ class RewardModelTrainer:
         self.margin = margin
         self.center_rewards_coef = center_rewards_coef
         self.max_grad_norm = max_grad_norm
+        self.objective = RewardObjective(margin, center_rewards_coef)
+        self.optimizer_step = OptimizerStep(reward_model, self.objective, self.optimizer, max_grad_norm=max_grad_norm)
+
+    #: The objective's metrics `train_step` returns (beside `loss` and `grad_norm`).
+    METRICS = ("accuracy", "chosen_reward", "rejected_reward", "reward_margin")
 
     def train_step(
         self,
@@ -84,30 +91,11 @@ class RewardModelTrainer:
         ids, mask = stack_pairs(
             chosen_ids, rejected_ids, chosen_attention_mask, rejected_attention_mask, model.config.pad_token_id
         )
-        dev = model.device
-        rewards = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).rewards  # (2B,)
-        n = chosen_ids.shape[0]
-        rw, rl = rewards[:n], rewards[n:]
-        m = self.margin if margin is None else margin
-        if isinstance(m, torch.Tensor):
-            m = m.to(dev)
-        loss = bradley_terry_loss(rw, rl, m, self.center_rewards_coef).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        clip = self.max_grad_norm if self.max_grad_norm else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if params else 0.0
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        rw, rl = rw.detach(), rl.detach()
-        return {
-            "loss": float(loss.detach()),
-            "accuracy": int((rw > rl).sum()) / n,
-            "chosen_reward": float(rw.mean()),
-            "rejected_reward": float(rl.mean()),
-            "reward_margin": float((rw - rl).mean()),
-            "grad_norm": grad_norm,
-        }
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if margin is not None:
+            batch["margin"] = margin
+        result = self.optimizer_step([batch])
+        return {"loss": result.loss, **{k: result.metrics[k] for k in self.METRICS}, "grad_norm": result.grad_norm}
 
 
 __all__ = ["create_reward_model", "RewardModelTrainer"]

@@ -1,12 +1,18 @@
-"""What the Python-API trainers (`DPOTrainer`, `GRPOTrainer`, `RLHFTrainer`) share: the
-device and mixed precision of their own optimizer steps, and the stop / pad ids of sampling.
-(The CLI recipes train through `minigpt.train.loop.Trainer` instead.)"""
+"""What the Python-API trainers (`DPOTrainer`, `GRPOTrainer`, `RLHFTrainer`) share: the device
+and mixed precision of their forwards, the optimizer step (`minigpt.train.step.OptimizerStep`,
+the one the training loop runs), and the stop / pad ids of sampling. (The CLI recipes train
+through `minigpt.train.loop.Trainer`, which runs the same step.)"""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from minigpt.train.step import OptimizerStep, StepOutput
+
+#: `OptimizerStep` metrics that are not the objective's own.
+STEP_KEYS = ("loss", "lr", "grad_norm")
 
 
 class PolicyTrainer:
@@ -17,6 +23,17 @@ class PolicyTrainer:
 
     def _device(self) -> torch.device:
         return next(self.policy.parameters()).device
+
+    def _optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, empty: str = "error") -> OptimizerStep:
+        """The shared optimizer step over `model` with this trainer's precision and clipping
+        (`config.max_grad_norm`, 0 = none)."""
+        return OptimizerStep(model, self.objective, optimizer, precision=self.config.precision, max_grad_norm=self.config.max_grad_norm, empty=empty)
+
+    @staticmethod
+    def objective_metrics(result: StepOutput) -> dict[str, float]:
+        """The objective's metrics of a step (its sums per unit and its means), without the
+        step's own `loss`, `lr` and `grad_norm`."""
+        return {k: v for k, v in result.metrics.items() if k not in STEP_KEYS}
 
     def _autocast(self):
         """bf16 autocast on the policy's device when `config.precision == "bf16"`, else nothing."""

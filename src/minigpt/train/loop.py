@@ -8,7 +8,6 @@ data parallelism.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed,
 from minigpt.train.optim import param_groups, warmup_cosine
 from minigpt.train.rundir import RUN_MARKER, lock_run_dir, remove_partial_writes, unlock_run_dir
 from minigpt.train.sampler import BlockSampler
+from minigpt.train.step import OptimizerStep, TrainingDivergedError, autocast, to_device
 
 
 #: Files of a saved model or adapter at the top of a run directory.
@@ -47,10 +47,6 @@ MODEL_FILE_PATTERNS = (
     "adapter_config.json",
     "adapter_base.json",
 )
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
 
 
 class TrainingInterrupted(Exception):
@@ -83,10 +79,6 @@ def seed_everything(seed: int) -> None:
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Trainer:
@@ -183,10 +175,7 @@ class Trainer:
         return c.max_steps
 
     def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.precision, self.device)
 
     def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
         if self.is_main:
@@ -414,7 +403,7 @@ class Trainer:
                 yield batch
             else:
                 with torch.no_grad(), self._autocast():
-                    produced = produce(_unwrap(self.model), _to_device(batch, self.device))
+                    produced = produce(_unwrap(self.model), to_device(batch, self.device))
                 yield from produced
             if self.sampler.epoch != epoch:
                 self.callbacks.fire("on_epoch_end", self, epoch)
@@ -436,7 +425,7 @@ class Trainer:
         loss_sum, units, extra = 0.0, 0, {}
         for b in range(self.rank, n_batches, self.world_size):
             items = [self.val_dataset[i] for i in range(b * bs, min((b + 1) * bs, len(self.val_dataset)))]
-            batch = _to_device(self.collate_fn(items), self.device)
+            batch = to_device(self.collate_fn(items), self.device)
             with self._autocast():
                 out = self.objective.compute_loss(_unwrap(model), batch)
             loss_sum += float(out.loss_sum)
@@ -572,6 +561,10 @@ class Trainer:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self._ddp_model = model
         model.train()
+        stepper = OptimizerStep(
+            model, self.objective, self.optimizer, self.scheduler, self.precision, self.device, c.grad_clip,
+            self.scaler, self.world_size, on_batch=lambda m: self.callbacks.fire("on_batch_end", self, m),
+        )
         self.callbacks.fire("on_train_start", self)
         calibrating = c.max_steps <= 0 and c.epochs is None and c.max_time
         step_times: list[float] = []
@@ -594,55 +587,22 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(c.grad_accum)]
-            units = all_reduce_sum([float(sum(self.objective.num_units(b) for b in micro))], self.device)[0]
-            if units <= 0:
-                raise UserError("a training batch has no supervised tokens (all targets are -100)")
-            loss_sum, n_tokens, sums, local_units, means = 0.0, 0, {}, 0.0, {}
-            for i, batch in enumerate(micro):
-                batch = _to_device(batch, self.device)
-                sync = self.world_size == 1 or i == len(micro) - 1
-                with contextlib.nullcontext() if sync else model.no_sync():
-                    with self._autocast():
-                        out = self.objective.compute_loss(model, batch)
-                    # DDP averages gradients over ranks, so scale by world_size / global units
-                    # to get the gradient of the mean over every unit in the global step.
-                    loss = out.loss_sum * (self.world_size / units)
-                    self.scaler.scale(loss).backward()
-                loss_sum += float(out.loss_sum.detach())
-                local_units += out.num_units
-                n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
-                for k, v in out.sums.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                for k, v in out.metrics.items():
-                    means.setdefault(k, []).append(float(v))
-                self.callbacks.fire("on_batch_end", self, {"loss": float(out.loss_sum.detach()) / max(out.num_units, 1)})
-            step_loss = all_reduce_sum([loss_sum], self.device)[0] / units
-            if not math.isfinite(step_loss):
+            try:
+                result = stepper(micro)
+            except TrainingDivergedError as e:
                 where = self.last_checkpoint or "none written yet"
                 raise TrainingDivergedError(
-                    f"loss is {step_loss} at step {self.step + 1}; stopped before the update, nothing saved. "
-                    f"Last good checkpoint: {where}. Try a lower train.lr, train.grad_clip > 0, or bf16 instead of fp16."
-                )
-            self.scaler.unscale_(self.optimizer)
-            max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")  # inf: measure, don't clip
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                    f"loss is {e.loss} at step {self.step + 1}; stopped before the update, nothing saved. "
+                    f"Last good checkpoint: {where}. Try a lower train.lr, train.grad_clip > 0, or bf16 instead of fp16.",
+                    loss=e.loss,
+                ) from None
+            step_loss, lr = result.loss, result.lr
             self.step += 1
             dt = time.perf_counter() - t0
             self.elapsed += dt
             step_times.append(dt)
-            metrics = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": n_tokens * self.world_size / dt}
-            if sums.get("bytes"):  # this rank's share is a fair sample of the step
-                metrics["bpb"] = sums["nats"] / (math.log(2) * sums["bytes"])
-            for k, v in sums.items():  # the objective's other sums (DPO accuracy, margins …), per unit
-                if k not in ("nats", "bytes"):
-                    metrics[k] = v / max(local_units, 1)
-            for k, vs in means.items():  # already means (an RL rollout's reward …)
-                metrics[k] = sum(vs) / len(vs)
+            rest = {k: v for k, v in result.metrics.items() if k not in ("loss", "lr", "grad_norm")}
+            metrics = {"loss": step_loss, "lr": lr, "grad_norm": result.grad_norm, "tokens_per_s": result.num_tokens * self.world_size / dt, **rest}
             self.history.append(metrics)
             if calibrating and len(step_times) == next_calibration:
                 self._calibrate(step_times)
