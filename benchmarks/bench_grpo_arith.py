@@ -32,6 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
+from minigpt.inference.sampling import SamplingOptions
 from minigpt.train.config import TrainConfig
 
 
@@ -66,8 +67,8 @@ def main() -> None:
             t0 = time.time()
             m = grpo(
                 model=str(start), data=str(prompts), eval_data=str(heldout), out=str(out / f"{algo}_s{seed}"), reward="answer",
-                algorithm=algo, group_size=args.group, beta=args.beta, temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens, max_val=None, eval_samples=args.eval_samples,
+                algorithm=algo, group_size=args.group, beta=args.beta,
+                sampling=SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature), max_val=None, eval_samples=args.eval_samples,
                 train=TrainConfig(
                     max_steps=args.steps, batch_size=args.prompts, lr=args.lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                     beta2=0.99, eval_interval=0, save_interval=args.steps, log_interval=1, seed=seed, progress=False, tensorboard=False,

@@ -118,6 +118,7 @@ def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -
 
 
 def run(args) -> dict:
+    from minigpt.inference.sampling import SamplingOptions
     from minigpt.recipes.grpo import GRPO_TRAIN_DEFAULTS, grpo
     from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, sft
     import dataclasses
@@ -181,7 +182,7 @@ def run(args) -> dict:
             t0 = time.time()
             m = grpo(
                 model=str(sft_dir), data=str(TRAIN), out=str(grpo_dir), reward="answer,format:0.1", group_size=8,
-                temperature=0.7, max_new_tokens=args.grpo_max_new_tokens, val_fraction=0.0, train=train, overwrite=True,
+                sampling=SamplingOptions(max_new_tokens=args.grpo_max_new_tokens, temperature=0.7), val_fraction=0.0, train=train, overwrite=True,
             )
             results["grpo"] = {k: v for k, v in m.items() if isinstance(v, (int, float))}
             results["grpo"]["wall_seconds"] = time.time() - t0

@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+from minigpt.model.lora import LoraOptions
 from minigpt.recipes.distill import distill
 from minigpt.recipes.pretrain import ModelConfig, pretrain
 from minigpt.recipes.sft import sft
@@ -73,9 +74,9 @@ def run(args) -> dict:
     en, zh = str(DATA / "alpaca" / "alpaca_en.jsonl.gz"), str(DATA / "alpaca" / "alpaca_zh.jsonl")
     common = dict(max_length=512, packing=True, val_fraction=0.01, max_val=200, overwrite=True)
     stages = [
-        ("full_en", dict(model=args.base, data=[en], lora_rank=0, train=_train(args.steps, args.lr, args.batch))),
-        ("lora_en", dict(model=args.base, data=[en], lora_rank=8, lora_alpha=16.0, train=_train(args.steps, args.lora_lr, args.batch))),
-        ("full_zh", dict(model=args.base, data=[zh], lora_rank=0, train=_train(args.steps, args.lr, args.batch))),
+        ("full_en", dict(model=args.base, data=[en], train=_train(args.steps, args.lr, args.batch))),
+        ("lora_en", dict(model=args.base, data=[en], lora=LoraOptions(rank=8, alpha=16.0), train=_train(args.steps, args.lora_lr, args.batch))),
+        ("full_zh", dict(model=args.base, data=[zh], train=_train(args.steps, args.lr, args.batch))),
     ]
     for name, kw in stages:
         if name in results and _done(out / name):

@@ -74,7 +74,7 @@ def command_argv(name: str, data: dict[str, Path], base: Path, cache: Path) -> l
         return ["sft", "--model", str(base), "--data", str(data["chat"]), "--max_length", "32", "--val_fraction", "0",
                 "--train.max_steps", "40", "--train.batch_size", "4", *TRAIN]
     if name == "grpo":
-        return ["grpo", "--model", str(base), "--data", str(data["prompts"]), "--max_new_tokens", "6", "--max_prompt_length", "64",
+        return ["grpo", "--model", str(base), "--data", str(data["prompts"]), "--sampling.max_new_tokens", "6", "--max_prompt_length", "64",
                 "--group_size", "4", "--reward", "answer,length:0.1", "--val_fraction", "0",
                 "--train.max_steps", "24", "--train.batch_size", "4", "--train.lr", "1e-3", *TRAIN]
     raise ValueError(name)

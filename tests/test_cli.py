@@ -643,3 +643,50 @@ def test_cli_a_run_stopped_before_training_can_be_started_again(tiny_run, tmp_pa
     assert "--model.init_from" in err and "no minigpt run wrote" not in err
     fixed = [a if a != str(root / "run") else str(out) for a in argv]
     assert main(fixed) == 0
+
+
+def test_grouped_sampling_options_and_their_old_spellings_agree(tiny_run, capsys, recwarn):
+    """`--sampling.max_new_tokens 5` is the new spelling of `--max_new_tokens 5`: the same greedy
+    text, and only the old spelling warns, naming the new one."""
+    import warnings
+
+    out, _, _ = tiny_run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert main(["generate", "--model", str(out), "--prompt", "The quick", "--sampling.max_new_tokens", "5", "--greedy"]) == 0
+    new = capsys.readouterr().out
+    with pytest.warns(FutureWarning, match="--max_new_tokens is now --sampling.max_new_tokens"):
+        assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "5", "--greedy"]) == 0
+    assert capsys.readouterr().out == new
+    with pytest.warns(FutureWarning):
+        assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "9", "--greedy"]) == 0
+    assert capsys.readouterr().out != new  # the old spelling is applied, not ignored
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo", "grpo", "ppo"])
+def test_lora_group_parses_as_dotted_options_and_nested_yaml(command, tmp_path):
+    """`--lora.rank 4 --lora.targets [q_proj]` and `lora: {rank: 4}` in a YAML preset reach the
+    command's `LoraOptions`; unset fields keep their defaults."""
+    from minigpt.model.lora import LoraOptions
+
+    cfg = getattr(build_parser().parse_args([command, "--model", "M", "--lora.rank", "4", "--lora.targets", "[q_proj]"]), command)
+    assert (cfg.lora.rank, cfg.lora.targets, cfg.lora.alpha) == (4, ["q_proj"], LoraOptions().alpha)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("lora:\n  rank: 2\n  alpha: 4.0\n")
+    cfg = getattr(build_parser().parse_args([command, "--config", str(preset), "--model", "M"]), command)
+    assert (cfg.lora.rank, cfg.lora.alpha) == (2, 4.0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["grpo", "--sampling.repetition_penalty", "1.2"], "--sampling.repetition_penalty: must be 1.0 in online RL"),
+        (["ppo", "--lora.rank", "4", "--lora.dropout", "0.1"], "--lora.dropout: must be 0 in online RL"),
+        (["grpo", "--lora.rank", "4", "--lora.dora", "true"], "--lora.dora: must be false"),
+        (["sft", "--lora.dora", "true"], "--lora.dora and --lora.qlora need --lora.rank > 0"),
+        (["dpo", "--lora.rank=-1"], "--lora.rank: must be ≥ 0"),
+    ],
+)
+def test_grouped_options_are_checked_under_their_own_names(argv, message, tmp_path, capsys):
+    assert main([*argv, "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err

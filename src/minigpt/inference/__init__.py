@@ -10,6 +10,7 @@ from minigpt.inference.engine import (
     sample_next_token,
 )
 from minigpt.inference.rollout import Rollout, RolloutEngine, completion_logprobs
+from minigpt.inference.sampling import SamplingOptions
 
 __all__ = [
     "ChatReply",
@@ -24,4 +25,5 @@ __all__ = [
     "Rollout",
     "RolloutEngine",
     "completion_logprobs",
+    "SamplingOptions",
 ]

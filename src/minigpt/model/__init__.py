@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from minigpt.model.configuration import PRESETS, MiniGPTConfig
-from minigpt.model.lora import apply_lora, apply_prefix_tuning, load_adapter, merge_lora
+from minigpt.model.lora import LoraOptions, apply_lora, apply_prefix_tuning, load_adapter, merge_lora
 from minigpt.model.modeling import MiniGPT, MiniGPTForCausalLM, MiniGPTModel, MiniGPTPreTrainedModel
 from minigpt.model.reward import MiniGPTRewardModel, ScoreHead, pool_hidden
 
@@ -25,4 +25,4 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return total
 
 
-__all__ = ["apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "MiniGPTRewardModel", "ScoreHead", "pool_hidden", "count_parameters"]
+__all__ = ["LoraOptions", "apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "MiniGPTRewardModel", "ScoreHead", "pool_hidden", "count_parameters"]

@@ -14,8 +14,13 @@ from typing import TextIO
 
 from minigpt.errors import UserError
 from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.recipes.common import regroup
 from minigpt.recipes.generate import ENGINE_DTYPES, load_model_and_tokenizer
 from minigpt.train.distributed import pick_precision
+
+#: `minigpt chat`'s sampling defaults.
+CHAT_SAMPLING = SamplingOptions(max_new_tokens=256, temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1)
 
 HELP = """commands:
   /reset          forget the conversation (the system message stays)
@@ -187,16 +192,17 @@ def chat(
     model: str,
     prompt: str | None = None,
     system: str | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.7,
-    top_k: int = 50,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.1,
+    sampling: SamplingOptions = CHAT_SAMPLING,
     dtype: str = "auto",
     hide_thinking: bool = False,
     seed: int | None = None,
     device: str = "auto",
     allow_base_mismatch: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
 ) -> list[dict[str, str]]:
     """Chat with a model: interactively, once with --prompt, or scripted from stdin.
 
@@ -210,11 +216,8 @@ def chat(
         prompt: answer this one message and exit. Without it, each non-empty line of stdin is a
             user turn when stdin is not a terminal; otherwise the chat is interactive.
         system: system message.
-        max_new_tokens: tokens per reply at most.
-        temperature: softmax temperature (0 = greedy).
-        top_k: sample among the k most likely tokens (0 = all).
-        top_p: nucleus sampling: the smallest set of tokens with this total probability.
-        repetition_penalty: >1 discourages tokens already present (CTRL, Keskar et al. 2019).
+        sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
         dtype: decoding precision of the fast engine: auto (bf16 where it is the fast path,
             else fp32), fp32, bf16 or int8 (weight-only).
         hide_thinking: do not print the <think> part of replies.
@@ -222,6 +225,11 @@ def chat(
         device: auto, cpu, cuda or mps.
         allow_base_mismatch: load an adapter on its recorded base even when that base's
             weights are not the ones it was trained on.
+        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
+        temperature: deprecated spelling of --sampling.temperature (one more release).
+        top_k: deprecated spelling of --sampling.top_k (one more release).
+        top_p: deprecated spelling of --sampling.top_p (one more release).
+        repetition_penalty: deprecated spelling of --sampling.repetition_penalty (one more release).
 
     Returns:
         The transcript: every message in order (see `run_chat`).
@@ -230,6 +238,10 @@ def chat(
         UserError: unknown dtype, a bad model directory, or a message that does not fit the
             model's context.
     """
+    sampling, _ = regroup(
+        sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
+        top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),
+    )
     if dtype not in ENGINE_DTYPES and dtype != "auto":
         raise UserError(f"dtype must be auto or one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
     net, tok = load_model_and_tokenizer(model, device, allow_base_mismatch=allow_base_mismatch)
@@ -239,11 +251,11 @@ def chat(
         net,
         tok,
         system=system,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        repetition_penalty=sampling.repetition_penalty,
         dtype=ENGINE_DTYPES[dtype],
         seed=seed,
     )

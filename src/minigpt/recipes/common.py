@@ -25,6 +25,37 @@ def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size
     )
 
 
+def regroup(group: Any, prefix: str, **old: tuple[str, Any]) -> tuple[Any, dict[str, str]]:
+    """Apply the deprecated flat spellings of grouped options (`--lora_rank 8` for
+    `--lora.rank 8`), each with a `FutureWarning`; they are accepted for one release.
+
+    Args:
+        group: the options dataclass as parsed (e.g. `LoraOptions`).
+        prefix: its option name (`lora`).
+        **old: old name -> `(field, value)`; a value of None (or False for a switch) means the
+            old spelling was not used.
+
+    Returns:
+        `(group with the old values applied, option names)`: the names map each field to the
+        option that messages should cite: the old names when any old spelling was used (the
+        user's own words), else `prefix.field`.
+    """
+    used = {name: (field, value) for name, (field, value) in old.items() if value is not None and value is not False}
+    names = {f.name: f"{prefix}.{f.name}" for f in dataclasses.fields(group)}
+    if not used:
+        return group, names
+    import warnings
+
+    for name, (field, _) in used.items():
+        warnings.warn(
+            f"--{name} is now --{prefix}.{field} ({prefix}.{field} in Python and YAML); the old name goes in the next release",
+            FutureWarning,
+            stacklevel=3,
+        )
+    names.update({field: name for name, (field, _) in old.items()})
+    return dataclasses.replace(group, **{field: value for field, value in used.values()}), names
+
+
 def check_options(**rules: tuple[Any, bool, str]) -> None:
     """Refuse option values that would crash later or silently train something else.
 

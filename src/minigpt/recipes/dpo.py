@@ -16,7 +16,8 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.losses.preference import DEFAULT_BETA
-from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run
+from minigpt.model.lora import LoraOptions
+from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run, regroup
 from minigpt.train.config import TrainConfig
 
 DPO_TRAIN_DEFAULTS = TrainConfig(
@@ -50,17 +51,18 @@ def dpo(
     max_prompt_length: int | None = None,
     val_fraction: float = 0.1,
     max_val: int | None = 500,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.0,
-    lora_targets: list[str] | None = None,
-    dora: bool = False,
+    lora: LoraOptions = LoraOptions(),
     train: TrainConfig = DPO_TRAIN_DEFAULTS,
     resume: bool = False,
     overwrite: bool = False,
     epochs: float | None = None,
     batch_size: int | None = None,
     save_dir: str | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_dropout: float | None = None,
+    lora_targets: list[str] | None = None,
+    dora: bool = False,
 ) -> dict[str, Any]:
     """Align a chat model to preferences: DPO and its variants (IPO, hinge, cDPO,
     reference-free, SimPO, ORPO) on pairs, or KTO on unpaired examples.
@@ -87,18 +89,20 @@ def dpo(
         max_prompt_length: fewest prompt tokens kept when cutting (default max_length / 2).
         val_fraction: share of records held out (implicit-reward accuracy is reported on it).
         max_val: at most this many held-out records.
-        lora_rank: 0 = train every weight; > 0 = LoRA adapters of this rank only (the reference
-            is then the same model with its adapters disabled).
-        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
-        lora_dropout: dropout on the adapter input.
-        lora_targets: module names to adapt (default: every linear layer of the blocks).
-        dora: weight-decomposed LoRA (DoRA).
+        lora: LoRA adapters (`--lora.rank 8 --lora.alpha 16 ...`; rank 0 = train every weight): see
+            `minigpt.model.lora.LoraOptions`. With LoRA the reference is the model with its adapters
+            disabled.
         train: optimisation settings.
         resume: continue from the newest checkpoint in `out`.
         overwrite: discard a run already in `out`.
         epochs: shorthand for `--train.epochs`.
         batch_size: shorthand for `--train.batch_size` (pairs per micro-batch).
         save_dir: shorthand for `--out`.
+        lora_rank: deprecated spelling of --lora.rank (one more release).
+        lora_alpha: deprecated spelling of --lora.alpha (one more release).
+        lora_dropout: deprecated spelling of --lora.dropout (one more release).
+        lora_targets: deprecated spelling of --lora.targets (one more release).
+        dora: deprecated spelling of --lora.dora (one more release).
 
     Returns the final training and validation metrics (`val_accuracy` = held-out implicit-reward
     accuracy), plus `val_accuracy_before` for the starting model.
@@ -113,6 +117,7 @@ def dpo(
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
+    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_dropout=("dropout", lora_dropout), lora_targets=("targets", lora_targets), dora=("dora", dora))
     if loss not in PREFERENCE_LOSSES:
         raise UserError(f"--loss must be one of {', '.join(PREFERENCE_LOSSES)}, not {loss!r}")
     beta = DEFAULT_BETA[loss] if beta is None else beta
@@ -123,10 +128,10 @@ def dpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = train every weight)"))
+    check_options(**{lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)")})
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reference": reference, "data": data})
-    if lora_rank <= 0 and dora:
-        raise UserError("--dora needs --lora_rank > 0")
+    if lora.rank <= 0 and lora.dora:
+        raise UserError(f"--{lora_flag['dora']} needs --{lora_flag['rank']} > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:
@@ -141,23 +146,23 @@ def dpo(
     else:
         objective = PreferenceObjective(loss, beta, label_smoothing, reference_free, simpo_gamma)
     ref_net = None
-    if objective.needs_reference and (reference is not None or (lora_rank <= 0 and not precompute_ref)):
+    if objective.needs_reference and (reference is not None or (lora.rank <= 0 and not precompute_ref)):
         from minigpt.recipes.reward import check_same_tokenizer
 
         ref_dir = reference or model
         check_same_tokenizer(model, ref_dir, role="the reference model")
         ref_net, _ = load_base_model(ref_dir)
         objective._set_reference(ref_net.to(device))
-    if lora_rank > 0:
+    if lora.rank > 0:
         from minigpt.model.lora import apply_lora
 
-        apply_lora(net, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_targets, use_dora=dora, verbose=rank == 0)
+        apply_lora(net, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.targets, use_dora=lora.dora, verbose=rank == 0)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     say(
         f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; loss {loss}, beta {beta}; "
         + ("reference: none (reference-free loss)" if not objective.needs_reference else
            f"reference: {'precomputed once' if precompute_ref else 'live'} from "
-           + ("the model with adapters disabled" if lora_rank > 0 and ref_net is None else str(Path(reference or model))))
+           + ("the model with adapters disabled" if lora.rank > 0 and ref_net is None else str(Path(reference or model))))
     )
     run_info = {
         "stage": "dpo",
@@ -174,7 +179,7 @@ def dpo(
         "max_prompt_length": max_prompt_length,
         "val_fraction": val_fraction,
         "max_val": max_val,
-        "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets, "dora": dora},
+        "lora": dataclasses.asdict(lora),
         "train": dataclasses.asdict(train),
     }
     trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
@@ -188,5 +193,5 @@ def dpo(
         trainer, resume, overwrite, say,
         lambda m: f"loss {m['val_loss']:.4f}" + (f", implicit-reward accuracy {m['val_accuracy']:.3f}, margin {m['val_reward_margin']:.3f}" if "val_accuracy" in m else ""),
     )
-    say(f"{'adapter' if lora_rank > 0 else 'model'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
+    say(f"{'adapter' if lora.rank > 0 else 'model'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics

@@ -8,6 +8,11 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import UserError
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.recipes.common import regroup
+
+#: `minigpt generate`'s sampling defaults.
+GENERATE_SAMPLING = SamplingOptions(max_new_tokens=200, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0)
 
 
 def load_model_and_tokenizer(
@@ -81,28 +86,26 @@ def stream_text(model, tok, prompt: str, max_new_tokens: int, file=None, dtype: 
 def generate(
     model: str,
     prompt: str | list[str] = "",
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int = 50,
-    top_p: float = 0.95,
-    repetition_penalty: float = 1.0,
+    sampling: SamplingOptions = GENERATE_SAMPLING,
     greedy: bool = False,
     seed: int | None = None,
     device: str = "auto",
     tokenizer: str | None = None,
     dtype: str = "fp32",
     allow_base_mismatch: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
 ) -> list[str]:
     """Generate text from a trained model, streaming each completion as it is produced.
 
     Args:
         model: model directory (e.g. a `minigpt pretrain` run directory).
         prompt: one prompt, or several (each streamed in turn).
-        max_new_tokens: tokens to generate per prompt.
-        temperature: softmax temperature (ignored with --greedy).
-        top_k: sample among the k most likely tokens (0 = all).
-        top_p: nucleus sampling: the smallest set of tokens with this total probability.
-        repetition_penalty: >1 discourages tokens already present (CTRL, Keskar et al. 2019).
+        sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
         greedy: always take the most likely token.
         seed: random seed for sampling.
         device: auto, cpu, cuda or mps.
@@ -112,13 +115,24 @@ def generate(
             faster at batch 1; approximate).
         allow_base_mismatch: load an adapter on its recorded base even when that base's
             weights are not the ones it was trained on.
+        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
+        temperature: deprecated spelling of --sampling.temperature (one more release).
+        top_k: deprecated spelling of --sampling.top_k (one more release).
+        top_p: deprecated spelling of --sampling.top_p (one more release).
+        repetition_penalty: deprecated spelling of --sampling.repetition_penalty (one more release).
     """
+    sampling, _ = regroup(
+        sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
+        top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),
+    )
     net, tok = load_model_and_tokenizer(model, device, tokenizer, allow_base_mismatch)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    sampling = dict(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    filters = {**sampling.filters(), "seed": seed}
+    if greedy:
+        filters["temperature"] = 0.0
     outs = []
     for p in prompts:
         sys.stdout.write(p)
-        outs.append(stream_text(net, tok, p, max_new_tokens, dtype=dtype, **sampling))
+        outs.append(stream_text(net, tok, p, sampling.max_new_tokens, dtype=dtype, **filters))
         sys.stdout.write("\n")
     return outs

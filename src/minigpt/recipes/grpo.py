@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.model.lora import LoraOptions
+from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, regroup
 from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy  # re-exported: ppo and users import them from here
 from minigpt.train.config import TrainConfig
+
+#: `minigpt grpo`'s sampling: plain temperature-1 sampling of completions up to 128 tokens.
+GRPO_SAMPLING = SamplingOptions(max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0)
 
 GRPO_TRAIN_DEFAULTS = TrainConfig(
     max_steps=200,
@@ -48,24 +53,26 @@ def grpo(
     num_iterations: int = 1,
     mini_batch_size: int = 0,
     aggregation: str | None = None,
-    max_new_tokens: int = 128,
+    sampling: SamplingOptions = GRPO_SAMPLING,
     max_prompt_length: int = 256,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
     mask_truncated_completions: bool = False,
     system: str | None = None,
     eval_data: str | list[str] | None = None,
     eval_samples: int = 0,
     val_fraction: float = 0.1,
     max_val: int | None = 200,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
-    lora_targets: list[str] | None = None,
+    lora: LoraOptions = LoraOptions(),
     train: TrainConfig = GRPO_TRAIN_DEFAULTS,
     resume: bool = False,
     overwrite: bool = False,
     save_dir: str | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_targets: list[str] | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> dict[str, Any]:
     """Online RL with verifiable or learned rewards: GRPO and GSPO.
 
@@ -90,11 +97,9 @@ def grpo(
         num_iterations: optimisation passes over each batch of samples.
         mini_batch_size: completions per micro-batch (0 = all of a rollout batch).
         aggregation: token or sequence mean of the loss (default token; gspo sequence).
-        max_new_tokens: longest completion.
+        sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
         max_prompt_length: prompts with more tokens are skipped (counted).
-        temperature: sampling temperature.
-        top_p: nucleus sampling (1.0 = off).
-        top_k: top-k sampling (0 = off).
         mask_truncated_completions: leave completions cut at max_new_tokens out of the loss.
         system: a system message for prompts that have none.
         eval_data: prompt files to evaluate on instead of a held-out share of `data`.
@@ -102,14 +107,20 @@ def grpo(
             temperature and report their mean rewards (`val_sampled_reward…`); 0 = greedy only.
         val_fraction: share of prompts held out for evaluation (when no `eval_data`).
         max_val: at most this many held-out prompts.
-        lora_rank: > 0 trains LoRA adapters only (the KL reference is then the model with its
-            adapters disabled).
-        lora_alpha: LoRA scaling numerator.
-        lora_targets: module names to adapt (default: every linear layer of the blocks).
+        lora: LoRA adapters (`--lora.rank 8 --lora.alpha 16 ...`; rank 0 = train every weight): see
+            `minigpt.model.lora.LoraOptions`. With LoRA the KL reference is the model with its
+            adapters disabled.
         train: optimisation settings (`batch_size` = prompts per rollout batch).
         resume: continue from the newest checkpoint in `out` (at the next rollout batch).
         overwrite: discard a run already in `out`.
         save_dir: shorthand for `--out`.
+        lora_rank: deprecated spelling of --lora.rank (one more release).
+        lora_alpha: deprecated spelling of --lora.alpha (one more release).
+        lora_targets: deprecated spelling of --lora.targets (one more release).
+        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
+        temperature: deprecated spelling of --sampling.temperature (one more release).
+        top_k: deprecated spelling of --sampling.top_k (one more release).
+        top_p: deprecated spelling of --sampling.top_p (one more release).
 
     Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
     and `val_..._before` for the starting policy.
@@ -122,29 +133,35 @@ def grpo(
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
+    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_targets=("targets", lora_targets))
+    sampling, sampling_flag = regroup(sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature), top_k=("top_k", top_k), top_p=("top_p", top_p))
     precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
     config = GRPOConfig(
         algorithm=algorithm, group_size=group_size, advantage_type=advantage_type, scale_rewards=scale_rewards,
         learning_rate=train.lr, beta=beta, kl_estimator=kl_estimator, clip_epsilon=clip_epsilon,
         clip_epsilon_high=clip_epsilon_high, num_iterations=num_iterations, mini_batch_size=mini_batch_size,
-        aggregation=aggregation, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        aggregation=aggregation, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         mask_truncated_completions=mask_truncated_completions, precision=precision,
     )
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(
-        lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = train every weight)"),
-        group_size=(group_size, group_size >= 2, "≥ 2 (with one sample per prompt every group-relative advantage is 0)"),
-    )
+    check_options(**{
+        lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
+        lora_flag["dropout"]: (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
+        lora_flag["dora"]: (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
+        lora_flag["qlora"]: (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
+        sampling_flag["repetition_penalty"]: (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
+    })
+    check_options(group_size=(group_size, group_size >= 2, "≥ 2 (with one sample per prompt every group-relative advantage is 0)"))
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "data": data, "eval_data": eval_data})
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     net.config.dropout = 0.0  # ratio == 1 on the first pass needs the same forward as sampling
-    if max_prompt_length + max_new_tokens > net.config.max_position_embeddings:
+    if max_prompt_length + sampling.max_new_tokens > net.config.max_position_embeddings:
         raise UserError(
-            f"max_prompt_length {max_prompt_length} + max_new_tokens {max_new_tokens} exceeds the model's context "
+            f"max_prompt_length {max_prompt_length} + {sampling_flag['max_new_tokens']} {sampling.max_new_tokens} exceeds the model's context "
             f"({net.config.max_position_embeddings} tokens)"
         )
     rm = None
@@ -155,7 +172,7 @@ def grpo(
         rm, _ = load_reward_model(reward_model)
         rm = rm.to(device).eval()
         rm.requires_grad_(False)
-    reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=max_new_tokens)
+    reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=sampling.max_new_tokens)
     if eval_data:
         train_ds, _ = load_prompt_data(data, tok, max_prompt_length, 0.0, None, train.seed, system, say)
         eval_data = [eval_data] if isinstance(eval_data, str) else list(eval_data)
@@ -164,14 +181,14 @@ def grpo(
     else:
         train_ds, val_ds = load_prompt_data(data, tok, max_prompt_length, val_fraction, max_val, train.seed, system, say)
     ref = None
-    if beta > 0 and lora_rank <= 0:
+    if beta > 0 and lora.rank <= 0:
         ref, _ = load_base_model(model)
         ref = ref.to(device).eval()
         ref.requires_grad_(False)
-    if lora_rank > 0:
+    if lora.rank > 0:
         from minigpt.model.lora import apply_lora
 
-        apply_lora(net, rank=lora_rank, alpha=lora_alpha, target_modules=lora_targets, verbose=rank == 0)
+        apply_lora(net, rank=lora.rank, alpha=lora.alpha, target_modules=lora.targets, verbose=rank == 0)
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
@@ -194,13 +211,13 @@ def grpo(
         "eval_samples": eval_samples,
         "val_fraction": val_fraction,
         "max_val": max_val,
-        "lora": {"rank": lora_rank, "alpha": lora_alpha, "targets": lora_targets},
+        "lora": dataclasses.asdict(lora),
         "train": dataclasses.asdict(train),
     }
 
     def evaluate(m):
-        return evaluate_policy(m, tok, val_ds, reward_fn, max_new_tokens, precision, samples=eval_samples, temperature=temperature)
+        return evaluate_policy(m, tok, val_ds, reward_fn, sampling.max_new_tokens, precision, samples=eval_samples, temperature=sampling.temperature)
 
     metrics = fit_policy(net, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
-    say(f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
+    say(f"{'adapter' if lora.rank > 0 else 'policy'} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics

@@ -275,7 +275,7 @@ class RLHFPipeline:
         """PPO of the SFT policy against the reward model on `ppo_data_path` into `save_dir/ppo`:
         `ppo_iterations` rollouts, a checkpoint every `save_interval` of them, the final policy
         and critic. The critic starts from the SFT model with a new value head."""
-        from minigpt.recipes.ppo import ppo
+        from minigpt.recipes.ppo import PPO_SAMPLING, ppo
 
         c = self.config
         self._write_config()
@@ -294,7 +294,7 @@ class RLHFPipeline:
                 model=str(self.sft_dir), data=data, out=str(self.ppo_dir), reward_model=str(self.reward_dir), reward="model",
                 value_model=str(self.sft_dir),  # the critic starts from the SFT model, with a new value head
                 ppo_epochs=c.ppo_epochs, kl_coef=c.kl_coef, value_lr=c.ppo_lr_value, mini_batch_size=c.ppo_mini_batch_size,
-                max_new_tokens=c.ppo_max_new_tokens, max_prompt_length=c.max_length - c.ppo_max_new_tokens, train=train,
+                sampling=dataclasses.replace(PPO_SAMPLING, max_new_tokens=c.ppo_max_new_tokens), max_prompt_length=c.max_length - c.ppo_max_new_tokens, train=train,
                 **self._restart(self.ppo_dir),
             )
         self.results["ppo"] = metrics

@@ -25,9 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.model.lora import LoraOptions
+from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, regroup
 from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
 from minigpt.train.config import TrainConfig
+
+#: `minigpt ppo`'s sampling: plain temperature-1 sampling of completions up to 64 tokens.
+PPO_SAMPLING = SamplingOptions(max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0)
 
 PPO_TRAIN_DEFAULTS = TrainConfig(
     max_steps=200,
@@ -66,21 +71,23 @@ def ppo(
     whiten_advantages: bool = True,
     target_kl: float | None = None,
     missing_eos_penalty: float | None = None,
-    max_new_tokens: int = 64,
+    sampling: SamplingOptions = PPO_SAMPLING,
     max_prompt_length: int = 256,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
     system: str | None = None,
     val_fraction: float = 0.1,
     max_val: int | None = 200,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
-    lora_targets: list[str] | None = None,
+    lora: LoraOptions = LoraOptions(),
     train: TrainConfig = PPO_TRAIN_DEFAULTS,
     resume: bool = False,
     overwrite: bool = False,
     save_dir: str | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_targets: list[str] | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> dict[str, Any]:
     """RLHF with PPO: a policy and a critic trained on a reward model's (or rule rewards') scores.
 
@@ -115,23 +122,27 @@ def ppo(
         target_kl: drop a rollout's remaining micro-batches once one's approximate KL to the
             sampling policy exceeds this.
         missing_eos_penalty: subtracted from the score of completions cut at max_new_tokens.
-        max_new_tokens: longest completion.
+        sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
         max_prompt_length: prompts with more tokens are skipped (counted).
-        temperature: sampling temperature.
-        top_p: nucleus sampling (1.0 = off).
-        top_k: top-k sampling (0 = off).
         system: a system message for prompts that have none.
         val_fraction: share of prompts held out for evaluation.
         max_val: at most this many held-out prompts.
-        lora_rank: > 0 trains LoRA adapters on the policy only (the reference is then the
-            policy with its adapters disabled); the critic is trained in full.
-        lora_alpha: LoRA scaling numerator.
-        lora_targets: module names to adapt (default: every linear layer of the blocks).
+        lora: LoRA adapters (`--lora.rank 8 --lora.alpha 16 ...`; rank 0 = train every weight): see
+            `minigpt.model.lora.LoraOptions`. LoRA trains the policy's adapters only (the KL reference is
+            then the policy with its adapters disabled); the critic is trained in full.
         train: optimisation settings (`batch_size` = prompts per rollout, `max_steps` =
             optimizer updates, `lr` = the policy's learning rate).
         resume: continue from the newest checkpoint in `out` (at the next rollout).
         overwrite: discard a run already in `out`.
         save_dir: shorthand for `--out`.
+        lora_rank: deprecated spelling of --lora.rank (one more release).
+        lora_alpha: deprecated spelling of --lora.alpha (one more release).
+        lora_targets: deprecated spelling of --lora.targets (one more release).
+        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
+        temperature: deprecated spelling of --sampling.temperature (one more release).
+        top_k: deprecated spelling of --sampling.top_k (one more release).
+        top_p: deprecated spelling of --sampling.top_p (one more release).
 
     Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
     and `val_..._before` for the starting policy.
@@ -150,6 +161,8 @@ def ppo(
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
+    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_targets=("targets", lora_targets))
+    sampling, sampling_flag = regroup(sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature), top_k=("top_k", top_k), top_p=("top_p", top_p))
     precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
     config = RLHFConfig(
         ppo_epochs=ppo_epochs, clip_epsilon=clip_epsilon, kl_coef=kl_coef, learning_rate=train.lr,
@@ -157,7 +170,7 @@ def ppo(
         clip_range_value=clip_range_value, entropy_coef=entropy_coef, kl_estimator=kl_estimator,
         mini_batch_size=mini_batch_size, whiten_advantages=whiten_advantages, target_kl=target_kl,
         adaptive_kl=adaptive_kl, kl_target=kl_target, kl_horizon=kl_horizon, missing_eos_penalty=missing_eos_penalty,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         max_grad_norm=train.grad_clip, weight_decay=train.weight_decay,
         precision=precision,
     )
@@ -165,7 +178,13 @@ def ppo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = train every weight)"))
+    check_options(**{
+        lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
+        lora_flag["dropout"]: (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
+        lora_flag["dora"]: (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
+        lora_flag["qlora"]: (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
+        sampling_flag["repetition_penalty"]: (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
+    })
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "value_model": value_model, "data": data})
     names = [name for name, _ in parse_reward_spec(reward)]
     if "model" in names and reward_model is None:
@@ -176,9 +195,9 @@ def ppo(
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     net.config.dropout = 0.0  # ratio == 1 on the first pass needs the same forward as sampling
-    if max_prompt_length + max_new_tokens > net.config.max_position_embeddings:
+    if max_prompt_length + sampling.max_new_tokens > net.config.max_position_embeddings:
         raise UserError(
-            f"max_prompt_length {max_prompt_length} + max_new_tokens {max_new_tokens} exceeds the model's context "
+            f"max_prompt_length {max_prompt_length} + {sampling_flag['max_new_tokens']} {sampling.max_new_tokens} exceeds the model's context "
             f"({net.config.max_position_embeddings} tokens)"
         )
     rm = None
@@ -197,17 +216,17 @@ def ppo(
     critic.config.dropout = 0.0
     critic.requires_grad_(True)
     critic.train()
-    reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=max_new_tokens)
+    reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=sampling.max_new_tokens)
     train_ds, val_ds = load_prompt_data(data, tok, max_prompt_length, val_fraction, max_val, train.seed, system, say)
     ref = None
-    if (kl_coef > 0 or adaptive_kl) and lora_rank <= 0:
+    if (kl_coef > 0 or adaptive_kl) and lora.rank <= 0:
         ref, _ = load_base_model(model)
         ref = ref.to(device).eval()
         ref.requires_grad_(False)
-    if lora_rank > 0:
+    if lora.rank > 0:
         from minigpt.model.lora import apply_lora
 
-        apply_lora(net, rank=lora_rank, alpha=lora_alpha, target_modules=lora_targets, verbose=rank == 0)
+        apply_lora(net, rank=lora.rank, alpha=lora.alpha, target_modules=lora.targets, verbose=rank == 0)
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
@@ -231,16 +250,16 @@ def ppo(
         "system": system,
         "val_fraction": val_fraction,
         "max_val": max_val,
-        "lora": {"rank": lora_rank, "alpha": lora_alpha, "targets": lora_targets},
+        "lora": dataclasses.asdict(lora),
         "train": dataclasses.asdict(train),
     }
 
     def evaluate(m):
-        return evaluate_policy(m.policy, tok, val_ds, reward_fn, max_new_tokens, precision)
+        return evaluate_policy(m.policy, tok, val_ds, reward_fn, sampling.max_new_tokens, precision)
 
     metrics = fit_policy(actor_critic, objective, train_ds, train, out_dir, evaluate, val_ds, tok, run_info, resume, overwrite, say)
     say(
-        f"{'adapter' if lora_rank > 0 else 'policy'} saved to {out_dir} (critic in {out_dir / 'value_model'}); "
+        f"{'adapter' if lora.rank > 0 else 'policy'} saved to {out_dir} (critic in {out_dir / 'value_model'}); "
         f"chat with it: minigpt chat --model {out_dir}"
     )
     return metrics

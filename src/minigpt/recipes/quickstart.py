@@ -268,6 +268,7 @@ def quickstart(
         final = root / "hybrid"
     if grpo_steps > 0:
         print(f"[6/7] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
+        from minigpt.inference.sampling import SamplingOptions
         from minigpt.recipes.grpo import grpo
 
         # Fresh problems of the training split (the held-out ones excluded): RL prompts may
@@ -281,8 +282,7 @@ def quickstart(
             out=str(root / "grpo"),
             reward="answer",
             group_size=group_size,
-            temperature=0.7,
-            max_new_tokens=96,
+            sampling=SamplingOptions(max_new_tokens=96, temperature=0.7),
             max_val=None,
             train=_fixed(
                 grpo_steps, cap_minutes, grpo_prompts, grpo_lr, device, seed, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,

@@ -1,6 +1,6 @@
 """Supervised fine-tuning recipe: chat records -> rendered (ids, loss mask) -> the training loop.
 
-Full SFT trains every weight; `--lora_rank N` injects PEFT LoRA (or DoRA) adapters and trains
+Full SFT trains every weight; `--lora.rank N` injects PEFT LoRA (or DoRA) adapters and trains
 only those, saving the adapter alone. Reasoning data (`<think>…</think><answer>…</answer>`) needs
 nothing special: the four tags are single tokens whose loss weight is raised
 (`--reasoning_tag_weight`, default ×10, so the few tag tokens are learnt early).
@@ -14,7 +14,8 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.tokenizer.chat import chat_eos_ids
-from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run
+from minigpt.model.lora import LoraOptions
+from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run, regroup
 from minigpt.train.config import TrainConfig
 
 SFT_TRAIN_DEFAULTS = TrainConfig(
@@ -113,18 +114,19 @@ def sft(
     val_fraction: float = 0.02,
     max_val: int | None = 500,
     reasoning_tag_weight: float = 10.0,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.0,
-    lora_targets: list[str] | None = None,
-    dora: bool = False,
-    qlora: str | None = None,
+    lora: LoraOptions = LoraOptions(),
     train: TrainConfig = SFT_TRAIN_DEFAULTS,
     resume: bool = False,
     overwrite: bool = False,
     epochs: float | None = None,
     batch_size: int | None = None,
     save_dir: str | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_dropout: float | None = None,
+    lora_targets: list[str] | None = None,
+    dora: bool = False,
+    qlora: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a pretrained model on conversations; loss only on the assistant replies.
 
@@ -143,18 +145,20 @@ def sft(
         val_fraction: share of conversations held out for validation (assistant-token loss).
         max_val: at most this many held-out conversations.
         reasoning_tag_weight: loss weight of `<think>`, `</think>`, `<answer>`, `</answer>`.
-        lora_rank: 0 = full fine-tuning; > 0 trains LoRA adapters of this rank only.
-        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
-        lora_dropout: dropout on the adapter input.
-        lora_targets: module names to adapt (default: every linear layer of the blocks).
-        dora: weight-decomposed LoRA (DoRA) instead of plain LoRA.
-        qlora: 4bit or 8bit base weights (needs bitsandbytes and CUDA).
+        lora: LoRA adapters (`--lora.rank 8 --lora.alpha 16 ...`; rank 0 = full fine-tuning):
+            rank, alpha, dropout, targets, dora, qlora (see `minigpt.model.lora.LoraOptions`).
         train: optimisation settings.
         resume: continue from the newest checkpoint in `out`.
         overwrite: discard a run already in `out`.
         epochs: shorthand for `--train.epochs`.
         batch_size: shorthand for `--train.batch_size`.
         save_dir: shorthand for `--out`.
+        lora_rank: deprecated spelling of --lora.rank (one more release).
+        lora_alpha: deprecated spelling of --lora.alpha (one more release).
+        lora_dropout: deprecated spelling of --lora.dropout (one more release).
+        lora_targets: deprecated spelling of --lora.targets (one more release).
+        dora: deprecated spelling of --lora.dora (one more release).
+        qlora: deprecated spelling of --lora.qlora (one more release).
 
     Returns the final training and validation metrics, plus `val_loss_before` (the held-out
     assistant-token loss of the starting model).
@@ -165,18 +169,19 @@ def sft(
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
+    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_dropout=("dropout", lora_dropout), lora_targets=("targets", lora_targets), dora=("dora", dora), qlora=("qlora", qlora))
     train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     rank, _, _ = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
     check_options(
-        lora_rank=(lora_rank, lora_rank >= 0, "≥ 0 (0 = full fine-tuning)"),
+        **{lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = full fine-tuning)")},
         reasoning_tag_weight=(reasoning_tag_weight, reasoning_tag_weight >= 0, "≥ 0"),
     )
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
-    if lora_rank <= 0 and (dora or qlora):
-        raise UserError("--dora and --qlora need --lora_rank > 0")
+    if lora.rank <= 0 and (lora.dora or lora.qlora):
+        raise UserError(f"--{lora_flag['dora']} and --{lora_flag['qlora']} need --{lora_flag['rank']} > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:
@@ -185,23 +190,23 @@ def sft(
     eos_ids = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos_ids[0]  # <|im_end|>: a chat model stops after its reply
     net.generation_config.pad_token_id = tok.pad_token_id
-    if lora_rank > 0:
+    if lora.rank > 0:
         from minigpt.model.lora import apply_lora
 
         apply_lora(
             net,
-            rank=lora_rank,
-            alpha=lora_alpha,
-            dropout=lora_dropout,
-            target_modules=lora_targets,
-            use_dora=dora,
-            quantize=qlora,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=lora.targets,
+            use_dora=lora.dora,
+            quantize=lora.qlora,
             verbose=rank == 0,
         )
     tag_ids = [tok.convert_tokens_to_ids(t) for t in REASONING_TAGS]
     objective = SFTObjective(tag_ids=tag_ids, tag_weight=reasoning_tag_weight)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora_rank else 'full'} SFT)")
+    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora.rank else 'full'} SFT)")
     run_info = {
         "stage": "sft",
         "model": str(Path(model).resolve()),
@@ -212,11 +217,11 @@ def sft(
         "val_fraction": val_fraction,
         "max_val": max_val,
         "reasoning_tag_weight": reasoning_tag_weight,
-        "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets, "dora": dora, "qlora": qlora},
+        "lora": dataclasses.asdict(lora),
         "train": dataclasses.asdict(train),
     }
     trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
     metrics = fit_from_start(trainer, resume, overwrite, say, lambda m: f"assistant-token loss {m['val_loss']:.4f} nats/token")
-    what = "adapter" if lora_rank > 0 else "model"
+    what = "adapter" if lora.rank > 0 else "model"
     say(f"{what} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics
