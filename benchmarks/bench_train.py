@@ -104,7 +104,8 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a.worker, a.preset, a.seq, a.batch, a.steps, a.precision, a.compile)))
         return
-    peak = matmul_peak()
+    peak_dtype = "bfloat16" if a.precision == "bf16" else "float32"  # MFU against the peak of the precision run
+    peak = matmul_peak(peak_dtype)
     rows = {}
     for kind in ("hf", "minigpt"):
         cmd = [sys.executable, __file__, "--worker", kind, "--preset", a.preset, "--seq", str(a.seq), "--batch", str(a.batch), "--steps", str(a.steps), "--precision", a.precision]
@@ -113,7 +114,7 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[kind] = json.loads(out.strip().splitlines()[-1])
     hf, mg = rows["hf"], rows["minigpt"]
-    print(f"preset {a.preset} ({mg['params'] / 1e6:.1f} M params), seq {a.seq}, batch {a.batch}, {a.precision}; bf16 matmul peak measured {peak / 1e12:.2f} TFLOP/s")
+    print(f"preset {a.preset} ({mg['params'] / 1e6:.1f} M params), seq {a.seq}, batch {a.batch}, {a.precision}; {peak_dtype} matmul peak measured {peak / 1e12:.2f} TFLOP/s")
     print(f"{'model':<22}{'tokens/s':>10}{'step s':>9}{'MFU':>8}{'peak RSS MB':>13}")
     for name, r in (("transformers Llama", hf), ("minigpt", mg)):
         mfu = r["tokens_per_s"] * r["flops_per_token"] / peak
