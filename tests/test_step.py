@@ -132,3 +132,15 @@ def test_python_api_trainers_share_the_step():
     policy = MiniGPTForCausalLM(config)
     for trainer in (create_dpo_trainer(policy), create_grpo_trainer(policy), create_rlhf_trainer(policy, rm)):
         assert isinstance(trainer.optimizer_step, OptimizerStep) and trainer.optimizer_step.objective is trainer.objective
+
+
+def test_the_norm_is_taken_in_the_models_parameter_order():
+    """The global norm sums per-tensor norms in order, so the order decides the last bit of the
+    clip factor (and, over hundreds of steps, the run). Optimizer groups (decay / no decay) list
+    parameters in another order than the model; the step still walks the model's order, and
+    keeps only the parameters the optimizer updates."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    w0, b0, w1, b1 = model.parameters()
+    opt = torch.optim.SGD([{"params": [w1, w0]}, {"params": [b1]}], lr=0.1)  # b0 is not trained
+    step = OptimizerStep(model, SquaredError(), opt)
+    assert [id(p) for p in step.parameters()] == [id(w0), id(w1), id(b1)]

@@ -153,8 +153,13 @@ class OptimizerStep:
         return self._device if self._device is not None else next(self.model.parameters()).device
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        """The parameters the optimizer updates (what the gradient norm is taken over)."""
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+        """The parameters the optimizer updates (what the gradient norm is taken over), in the
+        model's own order, then any the model does not hold. The order matters to the last bit:
+        the global norm sums per-tensor norms in this order."""
+        held = {id(p): p for group in self.optimizer.param_groups for p in group["params"]}
+        ordered = [p for p in self.model.parameters() if id(p) in held]
+        seen = {id(p) for p in ordered}
+        return ordered + [p for k, p in held.items() if k not in seen]
 
     def __call__(self, micro_batches: Sequence[dict[str, Any]]) -> StepOutput:
         """One update over `micro_batches` (see the class docstring)."""
