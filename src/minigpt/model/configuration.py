@@ -73,6 +73,10 @@ class MiniGPTConfig(PretrainedConfig):
         attention_bias / mlp_bias: add biases to the attention / feed-forward projections.
         pad_token_id / bos_token_id / eos_token_id: special ids of the tokenizer the model is
             trained with (`minigpt.tokenizer`: eos 0, pad 1, no bos).
+        use_bidirectional_attention: encoder mode: every token attends to every real token of
+            its row, before and after it (BERT, Devlin et al. 2019), for masked-LM and
+            embedding models; the same blocks and parameter names as the causal decoder
+            (transformers' Gemma uses the same field name). False: causal.
 
     Raises:
         UserError: on shapes that cannot form a model (heads that do not divide, etc.).
@@ -103,6 +107,7 @@ class MiniGPTConfig(PretrainedConfig):
         bos_token_id: int | None = None,
         eos_token_id: int | list[int] | None = 0,
         use_cache: bool = True,
+        use_bidirectional_attention: bool = False,
         **kwargs: Any,
     ) -> None:
         if intermediate_size is None:
@@ -139,6 +144,7 @@ class MiniGPTConfig(PretrainedConfig):
         self.mlp_bias = mlp_bias
         self.hidden_act = "silu"
         self.use_cache = use_cache
+        self.use_bidirectional_attention = bool(use_bidirectional_attention)
         # transformers >= 5 keeps every RoPE setting in one dict, `rope_parameters`; accept the
         # classic `rope_theta` / `rope_scaling` arguments and fold them in.
         rope = dict(kwargs.pop("rope_parameters", None) or rope_scaling or {})

@@ -79,11 +79,14 @@ def llama_config_from(config: MiniGPTConfig):
     has no residual dropout; neither matters at inference).
 
     Raises:
-        UserError: if the shapes have no Llama equivalent (Llama requires `hidden_size` to be a
-            multiple of `num_attention_heads` even when `head_dim` is set).
+        UserError: an encoder (`use_bidirectional_attention`), or shapes with no Llama
+            equivalent (Llama requires `hidden_size` to be a multiple of `num_attention_heads`
+            even when `head_dim` is set).
     """
     from transformers import LlamaConfig
 
+    if getattr(config, "use_bidirectional_attention", False):
+        raise UserError("cannot export to Llama: this is an encoder (use_bidirectional_attention), and Llama is causal")
     if config.hidden_size % config.num_attention_heads:
         raise UserError(
             f"cannot export to Llama: hidden_size ({config.hidden_size}) is not a multiple of "

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
@@ -117,6 +117,7 @@ class MiniGPTAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
+        self.causal = not getattr(config, "use_bidirectional_attention", False)
         c, d = config.hidden_size, config.head_dim
         self.q_proj = nn.Linear(c, self.num_heads * d, bias=config.attention_bias)
         self.k_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
@@ -130,7 +131,8 @@ class MiniGPTAttention(nn.Module):
         mask: torch.Tensor | None,
         past_key_values: Cache | None = None,
     ) -> torch.Tensor:
-        """x `(B, T, C)`; mask `(B, 1, T, S)` bool (True = may attend) or None for plain causal."""
+        """x `(B, T, C)`; mask `(B, 1, T, S)` bool (True = may attend) or None: plain causal,
+        or in encoder mode (`use_bidirectional_attention`) every position."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -145,7 +147,7 @@ class MiniGPTAttention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and t > 1,
+            is_causal=self.causal and mask is None and t > 1,
             enable_gqa=self.num_kv_heads != self.num_heads,  # query head h reads K/V head h // (H/K)
         )  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
@@ -315,13 +317,17 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = _position_ids(attention_mask, past, x.shape[1], x.device)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=x,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-        )  # (B, 1, T, S) bool (sdpa) or additive float (eager), or None = plain causal
+        if getattr(self.config, "use_bidirectional_attention", False):
+            # Encoder mode: padding is the only thing masked; None = attend everywhere.
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask, cache=cache)
+        else:
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=x,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+            )  # (B, 1, T, S) bool (sdpa) or additive float (eager), or None = plain causal
         if mask is not None and mask.dtype != torch.bool:
             mask = mask == 0 if torch.is_floating_point(mask) else mask.bool()  # additive -> keep/drop
         rope = self.rotary_emb(x, position_ids)
