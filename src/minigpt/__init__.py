@@ -8,6 +8,8 @@ Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `tra
 from minigpt.errors import UserError
 from minigpt.data.sft import SFTDataset
 from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, MiniGPTRewardModel, apply_lora, count_parameters
+from minigpt.model.encoder import MiniGPTForMaskedLM
+from minigpt.pretraining import MLMConfig, create_mlm_pretrainer
 from minigpt.rl import (
     DPOConfig,
     GRPOConfig,
@@ -36,6 +38,9 @@ __all__ = [
     "DPOConfig",
     "GRPOConfig",
     "MiniGPTRewardModel",
+    "MiniGPTForMaskedLM",
+    "MLMConfig",
+    "create_mlm_pretrainer",
     "RLHFConfig",
     "RLHFPipeline",
     "RewardModelTrainer",

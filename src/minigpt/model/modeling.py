@@ -117,7 +117,7 @@ class MiniGPTAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
-        self.causal = not getattr(config, "use_bidirectional_attention", False)
+        self.config = config  # read at each forward: a model can be switched to encoder mode
         c, d = config.hidden_size, config.head_dim
         self.q_proj = nn.Linear(c, self.num_heads * d, bias=config.attention_bias)
         self.k_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
@@ -147,7 +147,7 @@ class MiniGPTAttention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None and t > 1,
+            is_causal=mask is None and t > 1 and not getattr(self.config, "use_bidirectional_attention", False),
             enable_gqa=self.num_kv_heads != self.num_heads,  # query head h reads K/V head h // (H/K)
         )  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
