@@ -9,7 +9,7 @@ from minigpt.errors import UserError
 from minigpt.data.sft import SFTDataset
 from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, MiniGPTRewardModel, apply_lora, count_parameters
 from minigpt.model.encoder import MiniGPTForMaskedLM
-from minigpt.pretraining import MLMConfig, create_mlm_pretrainer
+from minigpt.pretraining import ContrastiveConfig, MLMConfig, TextAugmentation, create_contrastive_pretrainer, create_mlm_pretrainer
 from minigpt.rl import (
     DPOConfig,
     GRPOConfig,
@@ -41,6 +41,9 @@ __all__ = [
     "MiniGPTForMaskedLM",
     "MLMConfig",
     "create_mlm_pretrainer",
+    "ContrastiveConfig",
+    "TextAugmentation",
+    "create_contrastive_pretrainer",
     "RLHFConfig",
     "RLHFPipeline",
     "RewardModelTrainer",

@@ -82,3 +82,79 @@ class MiniGPTForMaskedLM(MiniGPTPreTrainedModel):
 AutoModelForMaskedLM.register(MiniGPTConfig, MiniGPTForMaskedLM, exist_ok=True)
 
 __all__ = ["MaskedLMOutput", "MiniGPTForMaskedLM"]
+
+
+#: How an embedder turns `(B, T, C)` hidden states into one vector per row.
+EMBEDDING_POOLINGS = ("mean", "last", "first")
+
+
+def pool_embeddings(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str = "mean") -> torch.Tensor:
+    """`(B, C)` L2-normalised sentence embeddings from hidden states `(B, T, C)`: the mean over
+    real tokens, or the state of the last or of the first real token.
+
+    Raises:
+        UserError: unknown `pooling`.
+    """
+    import torch.nn.functional as F
+
+    from minigpt.errors import UserError
+    from minigpt.model.reward import pool_hidden
+
+    if pooling not in EMBEDDING_POOLINGS:
+        raise UserError(f"unknown embedding pooling {pooling!r}; choose one of {', '.join(EMBEDDING_POOLINGS)}")
+    if pooling == "first":
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if attention_mask is None else attention_mask.bool()
+        first = mask.float().argmax(dim=1)  # index of the first real token of each row
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    else:
+        pooled = pool_hidden(hidden, attention_mask, pooling)
+    return F.normalize(pooled.float(), dim=-1)
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's projection head `g(h) = W2 · ReLU(W1 · h)` from the width C to `projection_dim`
+    (Chen et al. 2020 §2.1): the contrastive loss is taken after it, the embeddings used at
+    inference before it."""
+
+    def __init__(self, hidden_size: int, projection_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, projection_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """`(B, C) -> (B, projection_dim)`."""
+        return self.net(h)
+
+
+class ContrastiveEncoder(nn.Module):
+    """An encoder's decoder stack, a pooling and a projection head: `forward(input_ids,
+    attention_mask) -> (B, projection_dim)` for the loss; `embed(...) -> (B, C)` (normalised,
+    without the head) for inference.
+
+    Args:
+        backbone: a `MiniGPTModel` (in encoder mode, or causal with `last` pooling).
+        projection_dim: width of the projection head's output.
+        pooling: mean, last or first.
+    """
+
+    def __init__(self, backbone: MiniGPTModel, projection_dim: int, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in EMBEDDING_POOLINGS:
+            from minigpt.errors import UserError
+
+            raise UserError(f"unknown embedding pooling {pooling!r}; choose one of {', '.join(EMBEDDING_POOLINGS)}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.projection = ProjectionHead(backbone.config.hidden_size, projection_dim)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, C)` L2-normalised embeddings (no projection head)."""
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return pool_embeddings(h, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, projection_dim)` projections of the pooled embeddings."""
+        e = self.embed(input_ids, attention_mask)
+        return self.projection(e.to(self.projection.net[0].weight.dtype))
+
+
+__all__ += ["EMBEDDING_POOLINGS", "ContrastiveEncoder", "ProjectionHead", "pool_embeddings"]

@@ -1,0 +1,87 @@
+"""Contrastive pretraining for the one loop: InfoNCE over pairs of views with in-batch negatives
+(SimCLR, Chen et al. 2020, arXiv:2002.05709), or against MoCo's queue of keys from a momentum
+encoder (He et al. 2020, arXiv:1911.05722).
+
+Batch: `input_ids_1 (B, T1)`, `attention_mask_1`, `input_ids_2 (B, T2)`, `attention_mask_2`:
+row i of each is one view of the same text (or a question and its answer, a sentence and its
+translation). One unit per pair.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from minigpt.errors import UserError
+from minigpt.losses.contrastive import info_nce, moco_loss
+from minigpt.train.objective import LossOutput
+
+
+class ContrastiveObjective:
+    """`L = InfoNCE(z1, z2)` (symmetric) or, with a momentum encoder, `moco_loss(q = z1, k =
+    z2 from the key encoder, queue)`.
+
+    Args:
+        temperature: τ.
+        key_encoder: None (SimCLR), or MoCo's key encoder: a frozen copy of the model, moved
+            towards it by `momentum_update` after every optimizer step.
+        queue_size: K, the number of earlier keys kept as negatives (MoCo).
+        momentum: m of the EMA `θ_k ← m·θ_k + (1 − m)·θ_q`.
+    """
+
+    def __init__(self, temperature: float = 0.07, key_encoder: torch.nn.Module | None = None, queue_size: int = 0, momentum: float = 0.999) -> None:
+        self.temperature = temperature
+        self.key_encoder = key_encoder
+        self.queue_size = queue_size
+        self.momentum = momentum
+        self.queue: torch.Tensor | None = None  # (K_filled, D), oldest first
+        self._pending: torch.Tensor | None = None  # the last batch's keys, queued after the update
+
+    @classmethod
+    def moco(cls, model: torch.nn.Module, temperature: float, queue_size: int, momentum: float) -> "ContrastiveObjective":
+        """A MoCo objective whose key encoder starts as a frozen copy of `model`."""
+        key = copy.deepcopy(model)
+        key.requires_grad_(False)
+        return cls(temperature, key.eval(), queue_size, momentum)
+
+    def num_units(self, batch: dict[str, Any]) -> int:
+        """Pairs in the batch."""
+        return int(batch["input_ids_1"].shape[0])
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
+        """Project both views and take the loss; MoCo keeps the keys for `after_step`."""
+        b = batch["input_ids_1"].shape[0]
+        if b < 2 and self.key_encoder is None:
+            raise UserError("contrastive training needs a batch of at least 2 pairs: the other pairs are the negatives")
+        z1 = model(batch["input_ids_1"], batch.get("attention_mask_1"))
+        if self.key_encoder is None:
+            z2 = model(batch["input_ids_2"], batch.get("attention_mask_2"))
+            loss, accuracy = info_nce(z1, z2, self.temperature)
+        else:
+            with torch.no_grad():
+                k = self.key_encoder(batch["input_ids_2"], batch.get("attention_mask_2")).float()
+            queue = self.queue if self.queue is not None else k.new_zeros(0, k.shape[1])
+            loss, accuracy = moco_loss(z1, k, queue, self.temperature)
+            self._pending = torch.nn.functional.normalize(k, dim=-1)
+        return LossOutput(loss_sum=loss * b, num_units=b, sums={"accuracy": accuracy * b})
+
+    @torch.no_grad()
+    def after_step(self, model: torch.nn.Module) -> None:
+        """MoCo, after each optimizer step: the EMA update of the key encoder, then the batch's
+        keys enter the queue (the oldest leave once it holds `queue_size`). Nothing for SimCLR."""
+        if self.key_encoder is None:
+            return
+        m = self.momentum
+        for pk, pq in zip(self.key_encoder.parameters(), model.parameters()):
+            pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+        if self._pending is not None:
+            keys = self._pending
+            self.queue = keys if self.queue is None else torch.cat([self.queue, keys])
+            if self.queue.shape[0] > self.queue_size:
+                self.queue = self.queue[-self.queue_size :]
+            self._pending = None
+
+
+__all__ = ["ContrastiveObjective"]

@@ -1,0 +1,155 @@
+"""Contrastive pretraining as a Python API: `ContrastiveConfig`, `create_contrastive_pretrainer`,
+`train_step(x1, x2)` (SimCLR, Chen et al. 2020, arXiv:2002.05709; MoCo, He et al. 2020,
+arXiv:1911.05722).
+
+The encoder's pooled, normalised embedding goes through a 2-layer projection head; the loss is
+InfoNCE with in-batch negatives, or, with `use_momentum_encoder`, MoCo's loss against a queue
+of keys from an EMA copy of the encoder. One update runs through the training loop's optimizer
+step (`minigpt.train.step.OptimizerStep`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from minigpt.config import DictConfig
+from minigpt.errors import UserError
+from minigpt.model.encoder import EMBEDDING_POOLINGS, ContrastiveEncoder, MiniGPTForMaskedLM
+from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
+from minigpt.objectives.contrastive import ContrastiveObjective
+from minigpt.train.step import OptimizerStep
+
+
+@dataclass
+class ContrastiveConfig(DictConfig):
+    """Settings of contrastive pretraining."""
+
+    temperature: float = 0.07
+    """τ of InfoNCE."""
+    projection_dim: int = 128
+    """Output width of the projection head."""
+    use_momentum_encoder: bool = False
+    """MoCo: keys from an EMA copy of the encoder, negatives from a queue of earlier keys."""
+    queue_size: int = 65536
+    """K, MoCo's queued negatives (a multiple of the batch size keeps whole batches)."""
+    momentum: float = 0.999
+    """m of MoCo's EMA update of the key encoder."""
+    pooling: str = "mean"
+    """mean, last or first real token."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    precision: str = "fp32"
+    """fp32, or bf16 (autocast)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature > 0, "temperature must be > 0"),
+            (isinstance(self.projection_dim, int) and self.projection_dim >= 1, "projection_dim must be an integer >= 1"),
+            (isinstance(self.queue_size, int) and self.queue_size >= 1, "queue_size must be an integer >= 1"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.pooling in EMBEDDING_POOLINGS, f"pooling must be one of {', '.join(EMBEDDING_POOLINGS)}"),
+            (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"ContrastiveConfig.{message}")
+
+
+class ContrastivePretrainer:
+    """Contrastive updates of an encoder, one `train_step` per batch of pairs.
+
+    Args:
+        encoder: a `MiniGPTModel`, `MiniGPTForCausalLM` or `MiniGPTForMaskedLM`; its decoder
+            stack is trained (shared, not copied). A causal model is used as it is (its last
+            token has seen the whole text: use `pooling="last"`), an MLM encoder attends both ways.
+        hidden_size: the encoder's width (checked).
+        config: `ContrastiveConfig` or a dict of its fields.
+
+    Raises:
+        UserError: another kind of model, or a `hidden_size` that is not the model's.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, hidden_size: int, config: ContrastiveConfig | Mapping[str, Any] | None = None) -> None:
+        config = ContrastiveConfig() if config is None else config
+        self.config = c = config if isinstance(config, ContrastiveConfig) else ContrastiveConfig.from_dict(config)
+        if isinstance(encoder, (MiniGPTForCausalLM, MiniGPTForMaskedLM)):
+            backbone = encoder.model
+        elif isinstance(encoder, MiniGPTModel):
+            backbone = encoder
+        else:
+            raise UserError(f"create_contrastive_pretrainer needs a MiniGPT model, not {type(encoder).__name__}")
+        if hidden_size != backbone.config.hidden_size:
+            raise UserError(f"hidden_size {hidden_size} is not the model's ({backbone.config.hidden_size})")
+        model = ContrastiveEncoder(backbone, c.projection_dim, c.pooling)
+        param = next(backbone.parameters())
+        self.model = model.to(device=param.device, dtype=param.dtype)
+        self.pad_token_id = backbone.config.pad_token_id if backbone.config.pad_token_id is not None else 0
+        if c.use_momentum_encoder:
+            self.objective = ContrastiveObjective.moco(self.model, c.temperature, c.queue_size, c.momentum)
+        else:
+            self.objective = ContrastiveObjective(c.temperature)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.optimizer_step = OptimizerStep(self.model, self.objective, self.optimizer, precision=c.precision, max_grad_norm=c.max_grad_norm)
+
+    def _mask(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return (ids != self.pad_token_id).long() if mask is None else mask
+
+    def train_step(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        attention_mask_1: torch.Tensor | None = None,
+        attention_mask_2: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """One update on `B` pairs of views.
+
+        Args:
+            x1, x2: `(B, T1)`, `(B, T2)` token ids; row i of each are two views of one text.
+            attention_mask_1 / attention_mask_2: 1 on real tokens (default: ids != pad id).
+
+        Returns:
+            Python floats: `loss` (mean over pairs, before the update) and `accuracy` (share of
+            rows whose own pair scores highest).
+
+        Raises:
+            UserError: not `(B, T)` tensors, different `B`, `B < 2` without a momentum encoder.
+        """
+        for name, x in (("x1", x1), ("x2", x2)):
+            if not isinstance(x, torch.Tensor) or x.ndim != 2:
+                raise UserError(f"{name} must be a (batch, length) tensor of token ids")
+        if x1.shape[0] != x2.shape[0]:
+            raise UserError(f"x1 has {x1.shape[0]} rows but x2 has {x2.shape[0]}")
+        batch = {
+            "input_ids_1": x1, "attention_mask_1": self._mask(x1, attention_mask_1),
+            "input_ids_2": x2, "attention_mask_2": self._mask(x2, attention_mask_2),
+        }
+        self.model.train()
+        result = self.optimizer_step([batch])
+        self.objective.after_step(self.model)
+        return {"loss": result.loss, "accuracy": result.metrics["accuracy"]}
+
+    @torch.no_grad()
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, C)` L2-normalised embeddings (without the projection head) in eval mode."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            return self.model.embed(input_ids, self._mask(input_ids, attention_mask))
+        finally:
+            self.model.train(was)
+
+
+def create_contrastive_pretrainer(encoder: torch.nn.Module, hidden_size: int, config: ContrastiveConfig | Mapping[str, Any] | None = None) -> ContrastivePretrainer:
+    """`ContrastivePretrainer(encoder, hidden_size, config)`; `config` may be a dict of fields."""
+    return ContrastivePretrainer(encoder, hidden_size, config)
+
+
+__all__ = ["ContrastiveConfig", "ContrastivePretrainer", "create_contrastive_pretrainer"]
