@@ -25,6 +25,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.generate import generate
     from minigpt.recipes.grpo import grpo
     from minigpt.recipes.merge import merge
+    from minigpt.recipes.mlm import mlm
     from minigpt.recipes.ppo import ppo
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
@@ -37,6 +38,7 @@ def _commands() -> dict[str, Callable]:
         "quickstart": quickstart,
         "tokenizer": tokenizer_command,
         "pretrain": pretrain,
+        "mlm": mlm,
         "sft": sft,
         "distill": distill,
         "dpo": dpo,

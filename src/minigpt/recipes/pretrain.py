@@ -92,8 +92,10 @@ def prepare_tokenizer(
     out: Path,
     max_chars: int | None,
     holdout_fraction: float = 0.0,
+    mask_token: bool = False,
 ):
-    """Load `tokenizer`, or train a byte-level BPE of `vocab_size` on the start of `sources`.
+    """Load `tokenizer`, or train a byte-level BPE of `vocab_size` on the start of `sources`
+    (with `<|mask|>` at id 8 when `mask_token`, for an encoder).
 
     It reads at most `max_chars` characters and never the last `holdout_fraction` of the text
     (with a 2 % margin): the validation split is cut from the end of the token stream, and a
@@ -130,7 +132,7 @@ def prepare_tokenizer(
 
     t0 = time.time()
     try:
-        tok = train_tokenizer(texts(), vocab_size=vocab_size, out_dir=out / "tokenizer")
+        tok = train_tokenizer(texts(), vocab_size=vocab_size, out_dir=out / "tokenizer", mask_token=mask_token)
     except UserError:
         if seen[0] == 0:
             raise UserError(f"empty corpus: no text in {', '.join(sources)}") from None

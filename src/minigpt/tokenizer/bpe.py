@@ -32,6 +32,10 @@ THINK_END = "</think>"
 ANSWER_START = "<answer>"
 ANSWER_END = "</answer>"
 
+#: The masked-LM mask token. Tokenizers trained for an encoder (`train_tokenizer(mask_token=True)`,
+#: `minigpt mlm`) hold it at id 8, right after :data:`SPECIAL_TOKENS`, whose ids 0..7 never move.
+MASK_TOKEN = "<|mask|>"
+
 #: All special tokens; a token's position in this list is its id.
 SPECIAL_TOKENS = [
     EOS_TOKEN,
@@ -105,6 +109,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     out_dir: str | Path | None = None,
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    mask_token: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` and wrap it for ``transformers``.
 
@@ -117,6 +122,8 @@ def train_tokenizer(
         out_dir: if given, the tokenizer is saved there with ``save_pretrained`` (the directory
             is created), loadable by ``PreTrainedTokenizerFast.from_pretrained(out_dir)``.
         model_max_length: stored as the tokenizer's ``model_max_length``.
+        mask_token: also reserve ``<|mask|>`` at id 8 (its ``mask_token``), for masked-LM
+            encoders; ids 0..7 are the same as without it.
 
     Returns:
         A ``PreTrainedTokenizerFast`` with eos ``<|endoftext|>`` (id 0), pad ``<|pad|>`` (id 1),
@@ -128,7 +135,7 @@ def train_tokenizer(
             of ``texts`` is not a str, ``texts`` is itself a single str, or ``texts`` holds no
             characters at all.
     """
-    minimum = 256 + len(SPECIAL_TOKENS)
+    minimum = 256 + len(SPECIAL_TOKENS) + int(mask_token)
     if not isinstance(vocab_size, int) or vocab_size < minimum:
         raise UserError(
             f"vocab_size: must be an integer >= {minimum} (256 byte tokens + "
@@ -150,7 +157,7 @@ def train_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(SPECIAL_TOKENS) + ([MASK_TOKEN] if mask_token else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -170,7 +177,7 @@ def train_tokenizer(
         got = f"{counted['docs']} documents, all empty" if counted["docs"] else "no documents"
         raise UserError(f"texts: no characters to train on ({got})")
 
-    hf_tokenizer = _wrap(tokenizer, model_max_length)
+    hf_tokenizer = _wrap(tokenizer, model_max_length, mask_token)
     if out_dir is not None:
         save_tokenizer(hf_tokenizer, out_dir)
     return hf_tokenizer
@@ -198,8 +205,9 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _wrap(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
-    """Wrap a trained ``tokenizers.Tokenizer`` with our special tokens and chat template."""
+def _wrap(tokenizer: Tokenizer, model_max_length: int, mask_token: bool = False) -> PreTrainedTokenizerFast:
+    """Wrap a trained ``tokenizers.Tokenizer`` with our special tokens and chat template (and
+    ``<|mask|>`` as its ``mask_token`` when it was trained with one)."""
     hf_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=EOS_TOKEN,
@@ -214,6 +222,7 @@ def _wrap(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFas
         # losslessness.
         clean_up_tokenization_spaces=False,
         padding_side="right",
+        **({"mask_token": MASK_TOKEN} if mask_token else {}),
     )
     ids = [hf_tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):

@@ -1,0 +1,150 @@
+"""`minigpt mlm`: pretrain an encoder with masked-LM on raw text (BERT, Devlin et al. 2019,
+arXiv:1810.04805), through the one training loop, with the same loaders, token cache and
+packing as `minigpt pretrain`.
+
+The tokenizer is trained with `<|mask|>` at id 8 (ids 0..7 as every minigpt tokenizer), or an
+existing one is used if it has that token. Each packed block is masked BERT-style with a random
+source seeded by the run's seed and the block's index (static masks), so `--resume` continues
+exactly. The run directory holds a `MiniGPTForMaskedLM` (`AutoModelForMaskedLM` after
+`import minigpt`), its tokenizer, checkpoints and metrics (`val_mlm_accuracy`: the held-out
+masked-token accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from minigpt.errors import UserError
+from minigpt.recipes.common import check_options, refuse_existing_run
+from minigpt.recipes.pretrain import ModelConfig, load_pretrain_data, prepare_tokenizer, resolve_sources
+from minigpt.train.config import TrainConfig
+
+MLM_TRAIN_DEFAULTS = TrainConfig(lr=5e-4, warmup_steps=100, weight_decay=0.01)
+
+
+def mlm(
+    data: str | list[str] | None = None,
+    out: str = "runs/mlm",
+    model: ModelConfig = ModelConfig(),
+    tokenizer: str | None = None,
+    block_size: int = 128,
+    mask_prob: float = 0.15,
+    text_field: str = "text",
+    val_fraction: float = 0.05,
+    cache_dir: str | None = None,
+    tokenizer_max_chars: int | None = 20_000_000,
+    train: TrainConfig = MLM_TRAIN_DEFAULTS,
+    resume: bool = False,
+    overwrite: bool = False,
+    save_dir: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain an encoder (bidirectional attention) with masked-LM on raw text.
+
+    Args:
+        data: text sources as for `minigpt pretrain` (.txt, .jsonl, .parquet, .gz, folders);
+            empty: the embedded CPython docs.
+        out: run directory (the encoder, its tokenizer, checkpoints, metrics).
+        model: architecture (a preset plus overrides); `model.init_from` starts from a saved
+            MiniGPT (causal or encoder) with the same tokenizer.
+        tokenizer: an existing tokenizer directory with `<|mask|>`; default: train one on
+            `data` (with `<|mask|>` at id 8).
+        block_size: tokens per packed training block.
+        mask_prob: share of the tokens selected for prediction (80 % masked, 10 % random, 10 %
+            kept).
+        text_field: JSONL / parquet field holding the text.
+        val_fraction: share of the token stream held out for validation (from the end).
+        cache_dir: where tokenized corpora are cached.
+        tokenizer_max_chars: characters used to train a new tokenizer.
+        train: optimisation settings.
+        resume: continue from the newest checkpoint in `out`.
+        overwrite: discard a run already in `out`.
+        save_dir: shorthand for `--out`.
+
+    Returns the final training and validation metrics (`val_loss`: nats per masked token,
+    `val_mlm_accuracy`, ...).
+
+    Raises:
+        UserError: a tokenizer without `<|mask|>` (the message says how to get one), bad
+            settings or data.
+    """
+    from minigpt.data.mlm import MaskedBlocks
+    from minigpt.model import count_parameters
+    from minigpt.model.encoder import MiniGPTForMaskedLM
+    from minigpt.objectives.mlm import MLMObjective
+    from minigpt.tokenizer import MASK_TOKEN, SPECIAL_TOKENS
+    from minigpt.train.distributed import barrier, init_distributed, pick_device
+    from minigpt.train.loop import Trainer, seed_everything
+
+    check_options(mask_prob=(mask_prob, 0 < mask_prob < 1, "in (0, 1)"))
+    data = [data] if isinstance(data, str) else list(data or [])
+    out_dir = Path(save_dir or out)
+    if resume and tokenizer is None and (out_dir / "tokenizer" / "tokenizer.json").is_file():
+        tokenizer = str(out_dir / "tokenizer")
+    rank, _, _ = init_distributed(pick_device(train.device))
+    if rank == 0:
+        refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})
+        out_dir.mkdir(parents=True, exist_ok=True)
+    sources = resolve_sources(data)
+    if rank == 0:
+        tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, mask_token=True)
+    barrier()
+    if rank != 0:
+        from minigpt.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
+    mask_id = tok.convert_tokens_to_ids(MASK_TOKEN) if MASK_TOKEN in tok.get_vocab() else None
+    if mask_id is None:
+        raise UserError(
+            f"tokenizer {tokenizer} has no {MASK_TOKEN} token, which masked-LM needs; leave out --tokenizer to train one "
+            f"with it (at id 8), or add it in Python: tok.add_special_tokens({{'mask_token': '{MASK_TOKEN}'}}); "
+            "tok.save_pretrained(dir), and start from a model whose vocab_size covers the new id"
+        )
+    if rank == 0:
+        train_blocks, val_blocks = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+    barrier()
+    if rank != 0:
+        train_blocks, val_blocks = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+    seed_everything(train.seed)
+    special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
+    if model.init_from:
+        from minigpt.model.checks import check_tokenizer_fits
+        from minigpt.model.loading import load_model_dir
+
+        net, _ = load_model_dir(model.init_from, MiniGPTForMaskedLM, "--model.init_from", tokenizer=False)
+        check_tokenizer_fits(tok, net.config, tokenizer or out_dir / "tokenizer", model.init_from)
+    else:
+        net = MiniGPTForMaskedLM(model.build_config(len(tok), special))
+    if block_size > net.config.max_position_embeddings:
+        raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    specials = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] + [mask_id]
+    train_ds = MaskedBlocks(train_blocks, mask_id, len(tok), mask_prob, specials, train.seed)
+    val_ds = MaskedBlocks(val_blocks, mask_id, len(tok), mask_prob, specials, train.seed + 1) if val_blocks is not None else None
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(
+        f"encoder: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}); data: {len(train_ds)} train / "
+        f"{len(val_ds) if val_ds else 0} val blocks of {block_size} tokens, {mask_prob:.0%} masked"
+    )
+    run_info = {
+        "stage": "mlm",
+        "data": data,
+        "model": dataclasses.asdict(model),
+        "block_size": block_size,
+        "mask_prob": mask_prob,
+        "text_field": text_field,
+        "val_fraction": val_fraction,
+        "train": dataclasses.asdict(train),
+    }
+    trainer = Trainer(net, MLMObjective(), train_ds, train, out_dir, val_dataset=val_ds, save_with_model=tok, run_info=run_info)
+    t0 = time.time()
+    metrics = trainer.fit(resume=resume, overwrite=overwrite)
+    metrics["train_seconds"] = time.time() - t0
+    if "val_mlm_accuracy" in metrics:
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out masked-token accuracy {metrics['val_mlm_accuracy']:.1%}, loss {metrics['val_loss']:.4f} nats")
+    say(f"encoder saved to {out_dir} (AutoModelForMaskedLM.from_pretrained works after `import minigpt`)")
+    return metrics
+
+
+__all__ = ["mlm"]

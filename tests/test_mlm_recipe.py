@@ -1,0 +1,74 @@
+"""`minigpt mlm`: an encoder pretrained from raw text through the one loop."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from minigpt.cli import main
+
+WORDS = "the a little cat dog sun tree ran sat saw big red blue happy and then".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlm")
+    rng = random.Random(0)
+    path = root / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(300)), encoding="utf-8")
+    return root, path
+
+
+def _args(root, corpus_path, out, *extra):
+    return [
+        "mlm", "--data", str(corpus_path), "--out", str(out), "--cache_dir", str(root / "cache"),
+        "--model.preset", "tiny", "--model.vocab_size", "300", "--model.hidden_size", "32", "--model.intermediate_size", "64",
+        "--model.num_hidden_layers", "2", "--model.num_attention_heads", "4", "--model.num_key_value_heads", "2",
+        "--block_size", "32", "--train.max_steps", "8", "--train.batch_size", "4", "--train.eval_interval", "4",
+        "--train.save_interval", "4", "--train.warmup_steps", "2", "--train.progress", "false", "--train.tensorboard", "false", *extra,
+    ]
+
+
+def test_mlm_trains_an_encoder_and_resumes_exactly(corpus):
+    from transformers import AutoModelForMaskedLM
+
+    from minigpt.model.checks import model_fingerprint
+    from minigpt.model.encoder import MiniGPTForMaskedLM
+    from minigpt.tokenizer import load_tokenizer
+
+    root, path = corpus
+    whole = root / "whole"
+    assert main(_args(root, path, whole)) == 0
+    tok = load_tokenizer(whole / "tokenizer")
+    assert tok.mask_token == "<|mask|>" and tok.mask_token_id == 8 and tok.eos_token_id == 0 and tok.pad_token_id == 1
+    model = AutoModelForMaskedLM.from_pretrained(whole)
+    assert isinstance(model, MiniGPTForMaskedLM) and model.config.use_bidirectional_attention
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_mlm_accuracy" in r for r in rows) and max(r["step"] for r in rows) == 8
+
+    # Cut a second run back to its step-4 checkpoint, as if killed there, and resume it.
+    part = root / "part"
+    assert main(_args(root, path, part)) == 0
+    shutil.rmtree(part / "checkpoints" / "step_00000008")
+    for f in part.glob("model*.safetensors"):
+        f.unlink()
+    assert main(_args(root, path, part, "--resume")) == 0
+    assert model_fingerprint(part) == model_fingerprint(whole)
+    ids = torch.tensor([tok.encode("the cat sat")])
+    ids[0, 1] = 8
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_a_tokenizer_without_the_mask_token_is_one_clear_line(corpus, tmp_path, capsys):
+    from minigpt.tokenizer import train_tokenizer
+
+    root, path = corpus
+    train_tokenizer([path.read_text()], vocab_size=300, out_dir=tmp_path / "plain")
+    assert main(_args(root, path, tmp_path / "out", "--tokenizer", str(tmp_path / "plain"))) == 2
+    err = capsys.readouterr().err
+    assert "has no <|mask|> token" in err and "add_special_tokens" in err and len(err.strip().splitlines()) == 1
