@@ -72,3 +72,30 @@ def test_a_tokenizer_without_the_mask_token_is_one_clear_line(corpus, tmp_path, 
     assert main(_args(root, path, tmp_path / "out", "--tokenizer", str(tmp_path / "plain"))) == 2
     err = capsys.readouterr().err
     assert "has no <|mask|> token" in err and "add_special_tokens" in err and len(err.strip().splitlines()) == 1
+
+
+def test_embed_writes_one_unit_vector_per_text_independent_of_batching(corpus, tmp_path):
+    """`minigpt embed` on the encoder trained above: one row per line, unit norm, the same vector
+    for the same text whatever else shares its padded batch, and different texts apart."""
+    import numpy as np
+
+    root, path = corpus
+    model_dir = root / "whole"
+    if not (model_dir / "config.json").is_file():
+        assert main(_args(root, path, model_dir)) == 0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat\n\nthe little red dog ran and then sat\nthe cat sat\nsun\n", encoding="utf-8")
+    out = tmp_path / "emb" / "e.npy"
+    assert main(["embed", "--model", str(model_dir), "--data", str(texts), "--out", str(out), "--batch_size", "4"]) == 0
+    e = np.load(out)
+    assert e.shape == (4, 32) and e.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(e[0], e[2], atol=1e-5) and not np.allclose(e[0], e[1], atol=1e-3)
+    one = tmp_path / "one.npy"
+    assert main(["embed", "--model", str(model_dir), "--data", str(texts), "--out", str(one), "--batch_size", "1"]) == 0
+    assert np.allclose(np.load(one), e, atol=1e-5)  # padding in a batch changes nothing
+
+
+def test_embed_bad_input(tmp_path, capsys):
+    assert main(["embed", "--model", str(tmp_path), "--data", "x.txt"]) == 2
+    assert "not a model directory" in capsys.readouterr().err
