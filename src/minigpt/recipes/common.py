@@ -25,13 +25,14 @@ def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size
     )
 
 
-def regroup(group: Any, prefix: str, **old: tuple[str, Any]) -> tuple[Any, dict[str, str]]:
+def regroup(group: Any, prefix: str, stacklevel: int = 3, **old: tuple[str, Any]) -> tuple[Any, dict[str, str]]:
     """Apply the deprecated flat spellings of grouped options (`--lora_rank 8` for
     `--lora.rank 8`), each with a `FutureWarning`; they are accepted for one release.
 
     Args:
         group: the options dataclass as parsed (e.g. `LoraOptions`).
         prefix: its option name (`lora`).
+        stacklevel: where the warnings point (3: the caller of the function calling this).
         **old: old name -> `(field, value)`; a value of None (or False for a switch) means the
             old spelling was not used.
 
@@ -50,7 +51,7 @@ def regroup(group: Any, prefix: str, **old: tuple[str, Any]) -> tuple[Any, dict[
         warnings.warn(
             f"--{name} is now --{prefix}.{field} ({prefix}.{field} in Python and YAML); the old name goes in the next release",
             FutureWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     names.update({field: name for name, (field, _) in old.items()})
     return dataclasses.replace(group, **{field: value for field, value in used.values()}), names
@@ -65,6 +66,35 @@ def check_options(**rules: tuple[Any, bool, str]) -> None:
     for name, (value, ok, rule) in rules.items():
         if not ok:
             raise UserError(f"--{name}: must be {rule}, got {value!r}")
+
+
+def online_rl_options(
+    lora: Any, sampling: Any, lora_rank=None, lora_alpha=None, lora_targets=None, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
+) -> tuple[Any, Any, dict[str, str]]:
+    """The `--lora.*` and `--sampling.*` groups of grpo and ppo, with their deprecated flat
+    spellings applied (`regroup`) and what online RL cannot use refused: LoRA dropout (the first
+    pass's importance ratio must be exactly 1), DoRA and QLoRA (offered by sft/dpo only), a
+    repetition penalty (the log-probs are those of plain temperature sampling).
+
+    Returns:
+        `(lora, sampling, sampling option names)`.
+
+    Raises:
+        UserError: one of the refused settings, or a negative rank, naming the option as typed.
+    """
+    lora, lora_flag = regroup(lora, "lora", stacklevel=4, lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_targets=("targets", lora_targets))
+    sampling, sampling_flag = regroup(
+        sampling, "sampling", stacklevel=4, max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
+        top_k=("top_k", top_k), top_p=("top_p", top_p),
+    )
+    check_options(**{
+        lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
+        lora_flag["dropout"]: (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
+        lora_flag["dora"]: (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
+        lora_flag["qlora"]: (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
+        sampling_flag["repetition_penalty"]: (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
+    })
+    return lora, sampling, sampling_flag
 
 
 def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.model.lora import LoraOptions
-from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, regroup
+from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, online_rl_options
 from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy  # re-exported: ppo and users import them from here
 from minigpt.train.config import TrainConfig
 
@@ -133,8 +133,7 @@ def grpo(
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
-    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_targets=("targets", lora_targets))
-    sampling, sampling_flag = regroup(sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature), top_k=("top_k", top_k), top_p=("top_p", top_p))
+    lora, sampling, sampling_flag = online_rl_options(lora, sampling, lora_rank, lora_alpha, lora_targets, max_new_tokens, temperature, top_k, top_p)
     precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
     config = GRPOConfig(
         algorithm=algorithm, group_size=group_size, advantage_type=advantage_type, scale_rewards=scale_rewards,
@@ -147,13 +146,6 @@ def grpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(**{
-        lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
-        lora_flag["dropout"]: (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
-        lora_flag["dora"]: (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
-        lora_flag["qlora"]: (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
-        sampling_flag["repetition_penalty"]: (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
-    })
     check_options(group_size=(group_size, group_size >= 2, "≥ 2 (with one sample per prompt every group-relative advantage is 0)"))
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "data": data, "eval_data": eval_data})
     seed_everything(train.seed)
