@@ -19,7 +19,7 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.recipes.common import check_options, refuse_existing_run
-from minigpt.recipes.pretrain import ModelConfig, load_pretrain_data, prepare_tokenizer, resolve_sources
+from minigpt.recipes.pretrain import ModelConfig, build_model, prepare_corpus
 from minigpt.train.config import TrainConfig
 
 MLM_TRAIN_DEFAULTS = TrainConfig(lr=5e-4, warmup_steps=100, weight_decay=0.01)
@@ -74,8 +74,8 @@ def mlm(
     from minigpt.model import count_parameters
     from minigpt.model.encoder import MiniGPTForMaskedLM
     from minigpt.objectives.mlm import MLMObjective
-    from minigpt.tokenizer import MASK_TOKEN, SPECIAL_TOKENS
-    from minigpt.train.distributed import barrier, init_distributed, pick_device
+    from minigpt.tokenizer import MASK_TOKEN, SPECIAL_TOKENS, load_tokenizer
+    from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
     check_options(mask_prob=(mask_prob, 0 < mask_prob < 1, "in (0, 1)"))
@@ -83,42 +83,23 @@ def mlm(
     out_dir = Path(save_dir or out)
     if resume and tokenizer is None and (out_dir / "tokenizer" / "tokenizer.json").is_file():
         tokenizer = str(out_dir / "tokenizer")
-    rank, _, _ = init_distributed(pick_device(train.device))
-    if rank == 0:
-        refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})
-        out_dir.mkdir(parents=True, exist_ok=True)
-    sources = resolve_sources(data)
-    if rank == 0:
-        tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, mask_token=True)
-    barrier()
-    if rank != 0:
-        from minigpt.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
-    mask_id = tok.convert_tokens_to_ids(MASK_TOKEN) if MASK_TOKEN in tok.get_vocab() else None
-    if mask_id is None:
+    if tokenizer is not None and MASK_TOKEN not in load_tokenizer(tokenizer).get_vocab():
         raise UserError(
             f"tokenizer {tokenizer} has no {MASK_TOKEN} token, which masked-LM needs; leave out --tokenizer to train one "
             f"with it (at id 8), or add it in Python: tok.add_special_tokens({{'mask_token': '{MASK_TOKEN}'}}); "
             "tok.save_pretrained(dir), and start from a model whose vocab_size covers the new id"
         )
+    rank, _, _ = init_distributed(pick_device(train.device))
     if rank == 0:
-        train_blocks, val_blocks = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
-    barrier()
-    if rank != 0:
-        train_blocks, val_blocks = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+        refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})
+        out_dir.mkdir(parents=True, exist_ok=True)
+    tok, train_blocks, val_blocks = prepare_corpus(
+        data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, block_size, cache_dir, rank,
+        mask_token=True,
+    )
+    mask_id = tok.convert_tokens_to_ids(MASK_TOKEN)
     seed_everything(train.seed)
-    special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
-    if model.init_from:
-        from minigpt.model.checks import check_tokenizer_fits
-        from minigpt.model.loading import load_model_dir
-
-        net, _ = load_model_dir(model.init_from, MiniGPTForMaskedLM, "--model.init_from", tokenizer=False)
-        check_tokenizer_fits(tok, net.config, tokenizer or out_dir / "tokenizer", model.init_from)
-    else:
-        net = MiniGPTForMaskedLM(model.build_config(len(tok), special))
-    if block_size > net.config.max_position_embeddings:
-        raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    net = build_model(model, MiniGPTForMaskedLM, tok, tokenizer or out_dir / "tokenizer", block_size)
     specials = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] + [mask_id]
     train_ds = MaskedBlocks(train_blocks, mask_id, len(tok), mask_prob, specials, train.seed)
     val_ds = MaskedBlocks(val_blocks, mask_id, len(tok), mask_prob, specials, train.seed + 1) if val_blocks is not None else None

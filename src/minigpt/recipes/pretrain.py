@@ -177,6 +177,60 @@ def load_pretrain_data(sources: list[str], tokenizer, block_size: int, text_fiel
     return train, val
 
 
+def prepare_corpus(
+    data: list[str],
+    tokenizer: str | None,
+    vocab_size: int,
+    text_field: str,
+    out_dir: Path,
+    tokenizer_max_chars: int | None,
+    val_fraction: float,
+    block_size: int,
+    cache_dir: str | None,
+    rank: int,
+    mask_token: bool = False,
+):
+    """`(tokenizer, train_blocks, val_blocks)` for a pretraining-style run on `data`
+    (`resolve_sources`, `prepare_tokenizer`, then `load_pretrain_data`). Under torchrun rank 0
+    writes the default corpus, trains the tokenizer and fills the token cache first; the other
+    ranks then read them."""
+    from minigpt.tokenizer import load_tokenizer
+    from minigpt.train.distributed import barrier
+
+    if rank == 0:
+        sources = resolve_sources(data)
+        tok = prepare_tokenizer(sources, tokenizer, vocab_size, text_field, out_dir, tokenizer_max_chars, val_fraction, mask_token=mask_token)
+        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+    barrier()
+    if rank != 0:
+        sources = resolve_sources(data)
+        tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
+        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+    return tok, train_ds, val_ds
+
+
+def build_model(model: ModelConfig, model_class, tok, tokenizer_dir: str | Path, block_size: int):
+    """A new `model_class` of `model`'s shape for `tok`, or the one saved at `model.init_from`
+    (checked against `tok`).
+
+    Raises:
+        UserError: the tokenizer does not fit the saved model, or `block_size` exceeds the
+            model's context.
+    """
+    if model.init_from:
+        from minigpt.model.checks import check_tokenizer_fits
+        from minigpt.model.loading import load_model_dir
+
+        net, _ = load_model_dir(model.init_from, model_class, "--model.init_from", tokenizer=False)
+        check_tokenizer_fits(tok, net.config, tokenizer_dir, model.init_from)
+    else:
+        special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
+        net = model_class(model.build_config(len(tok), special))
+    if block_size > net.config.max_position_embeddings:
+        raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    return net
+
+
 def pretrain(
     data: str | list[str] | None = None,
     out: str = "runs/pretrain",
@@ -221,7 +275,7 @@ def pretrain(
     from minigpt.tokenizer import token_byte_lengths
     from minigpt.train.loop import Trainer, seed_everything
 
-    from minigpt.train.distributed import barrier, init_distributed, pick_device
+    from minigpt.train.distributed import init_distributed, pick_device
 
     train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
@@ -232,30 +286,11 @@ def pretrain(
     if rank == 0:
         refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})  # before minutes on a tokenizer
         out_dir.mkdir(parents=True, exist_ok=True)
-        sources = resolve_sources(data)
-        tok = prepare_tokenizer(sources, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction)
-        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
-    barrier()  # under torchrun, rank 0 trains the tokenizer and fills the token cache first
-    if rank != 0:
-        from minigpt.tokenizer import load_tokenizer
-
-        sources = resolve_sources(data)
-        tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
-        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
-
+    tok, train_ds, val_ds = prepare_corpus(
+        data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, block_size, cache_dir, rank
+    )
     seed_everything(train.seed)
-    special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
-    if model.init_from:
-        from minigpt.model.loading import load_model_dir
-
-        net, _ = load_model_dir(model.init_from, MiniGPTForCausalLM, "--model.init_from", tokenizer=False)
-        from minigpt.model.checks import check_tokenizer_fits
-
-        check_tokenizer_fits(tok, net.config, tokenizer or out_dir / "tokenizer", model.init_from)
-    else:
-        net = MiniGPTForCausalLM(model.build_config(len(tok), special))
-    if block_size > net.config.max_position_embeddings:
-        raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    net = build_model(model, MiniGPTForCausalLM, tok, tokenizer or out_dir / "tokenizer", block_size)
     net.generation_config.eos_token_id = tok.eos_token_id
     net.generation_config.pad_token_id = tok.pad_token_id
     say = print if rank == 0 else (lambda *a, **k: None)  # one voice under torchrun
