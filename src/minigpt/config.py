@@ -12,6 +12,13 @@ from minigpt.errors import UserError
 class DictConfig:
     """Mixin for config dataclasses: `from_dict` refuses unknown keys and lists the known ones."""
 
+    def require(self, checks: list[tuple[bool, str]]) -> None:
+        """Raise `UserError("<Class>.<message>")` for the first `(ok, message)` whose `ok` is
+        false; `__post_init__` lists its field rules this way."""
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"{type(self).__name__}.{message}")
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str | None = None):
         """Build from a dict.

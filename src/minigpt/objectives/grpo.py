@@ -120,9 +120,7 @@ class GRPOConfig(DictConfig):
             (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
             (self.advantage_type not in ("rloo", "relative") or self.group_size >= 2, f"advantage_type {self.advantage_type} needs group_size >= 2"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"GRPOConfig.{message}")
+        self.require(checks)
         if self.advantage_type == "relative":  # said once here; the objective computes rloo
             warn_relative(stacklevel=4)
             self.advantage_type = "rloo"

@@ -135,9 +135,7 @@ class RLHFConfig(DictConfig):
             (self.temperature > 0, "temperature must be > 0 (RL samples)"),
             (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"RLHFConfig.{message}")
+        self.require(checks)
 
 
 

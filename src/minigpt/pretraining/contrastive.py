@@ -57,9 +57,7 @@ class ContrastiveConfig(DictConfig):
             (self.pooling in EMBEDDING_POOLINGS, f"pooling must be one of {', '.join(EMBEDDING_POOLINGS)}"),
             (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"ContrastiveConfig.{message}")
+        self.require(checks)
 
 
 class ContrastivePretrainer:
