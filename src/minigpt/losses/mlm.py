@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import UserError
-
-IGNORE_INDEX = -100
+from minigpt.losses.lm import IGNORE_INDEX, token_cross_entropy
 
 
 def mask_tokens(
@@ -89,9 +88,9 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     n = int(keep.sum())
     if n == 0:
         return flat_logits.sum() * 0.0, 0, 0
-    chosen = flat_logits[keep].float()
-    loss = F.cross_entropy(chosen, flat_labels[keep], reduction="sum")
-    correct = int((chosen.argmax(-1) == flat_labels[keep]).sum())
+    chosen, targets = flat_logits[keep], flat_labels[keep]  # only the masked rows reach the vocabulary-wide softmax
+    loss = token_cross_entropy(chosen, targets, reduction="sum")  # the LM losses' chunked fp32 cross-entropy
+    correct = int((chosen.argmax(-1) == targets).sum())
     return loss, n, correct
 
 
