@@ -28,12 +28,13 @@ def _pairs(g: torch.Generator, rows: int = 8) -> tuple[torch.Tensor, torch.Tenso
 def test_simclr_learns_to_match_views():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    trainer = create_contrastive_pretrainer(MiniGPTForMaskedLM(_config()), 32, {"temperature": 0.1, "projection_dim": 16, "learning_rate": 3e-3})
+    trainer = create_contrastive_pretrainer(MiniGPTForMaskedLM(_config()), 32, {"temperature": 0.1, "projection_dim": 16, "learning_rate": 1e-3})
     first = trainer.train_step(*_pairs(g))
     assert set(first) == {"loss", "accuracy"} and all(isinstance(v, float) for v in first.values())
-    for _ in range(80):
-        last = trainer.train_step(*_pairs(g))
-    assert last["loss"] < first["loss"] - 0.5 and last["accuracy"] >= 0.75, (first, last)
+    last = [trainer.train_step(*_pairs(g)) for _ in range(80)][-10:]
+    mean_loss = sum(r["loss"] for r in last) / 10
+    mean_accuracy = sum(r["accuracy"] for r in last) / 10
+    assert mean_loss < first["loss"] / 2 and mean_accuracy >= 0.9, (first, last)
     x1, x2 = _pairs(g, 16)  # held-out texts: each view's nearest neighbour is its partner
     e1, e2 = trainer.embed(x1), trainer.embed(x2)
     assert e1.shape == (16, 32) and torch.allclose(e1.norm(dim=-1), torch.ones(16), atol=1e-5)

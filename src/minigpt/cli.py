@@ -25,6 +25,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.generate import generate
     from minigpt.recipes.grpo import grpo
     from minigpt.recipes.merge import merge
+    from minigpt.recipes.contrastive import contrastive
     from minigpt.recipes.embed import embed
     from minigpt.recipes.mlm import mlm
     from minigpt.recipes.ppo import ppo
@@ -40,6 +41,7 @@ def _commands() -> dict[str, Callable]:
         "tokenizer": tokenizer_command,
         "pretrain": pretrain,
         "mlm": mlm,
+        "contrastive": contrastive,
         "embed": embed,
         "sft": sft,
         "distill": distill,

@@ -1,6 +1,6 @@
 """The MiniGPT model: config, decoder and registration with `transformers`' Auto classes."""
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from minigpt.model.configuration import PRESETS, MiniGPTConfig
 from minigpt.model.lora import LoraOptions, apply_lora, apply_prefix_tuning, load_adapter, merge_lora
@@ -10,6 +10,8 @@ from minigpt.model.reward import MiniGPTRewardModel, ScoreHead, pool_hidden
 # After `import minigpt`, AutoConfig / AutoModelForCausalLM.from_pretrained(run_dir) work.
 AutoConfig.register(MiniGPTConfig.model_type, MiniGPTConfig, exist_ok=True)
 AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
+# ... AutoModel gives the bare decoder stack (what sentence-transformers' Transformer module runs).
+AutoModel.register(MiniGPTConfig, MiniGPTModel, exist_ok=True)
 # ... and AutoModelForSequenceClassification.from_pretrained(reward_model_dir) (num_labels = 1).
 AutoModelForSequenceClassification.register(MiniGPTConfig, MiniGPTRewardModel, exist_ok=True)
 

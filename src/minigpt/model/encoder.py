@@ -1,5 +1,7 @@
 """MiniGPT as an encoder: the same blocks with bidirectional attention, under a masked-LM head
-(BERT, Devlin et al. 2019, arXiv:1810.04805) and an optional next-sentence head.
+(BERT, Devlin et al. 2019, arXiv:1810.04805) and an optional next-sentence head; and the
+sentence embedder `MiniGPTForEmbedding` (pooling + SimCLR's projection head) that contrastive
+training produces.
 
 `MiniGPTForMaskedLM(config)` forces `config.use_bidirectional_attention = True`. Its decoder
 keeps the causal model's parameter names (`model.layers.N.self_attn.q_proj` …), so weights move
@@ -12,6 +14,7 @@ Shapes: B = batch, T = tokens, C = hidden_size, V = vocab_size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,36 +128,130 @@ class ProjectionHead(nn.Module):
         return self.net(h)
 
 
-class ContrastiveEncoder(nn.Module):
-    """An encoder's decoder stack, a pooling and a projection head: `forward(input_ids,
-    attention_mask) -> (B, projection_dim)` for the loss; `embed(...) -> (B, C)` (normalised,
-    without the head) for inference.
+@dataclass
+class EmbeddingOutput(ModelOutput):
+    """`embeddings (B, C)`: pooled and L2-normalised, what retrieval uses; `projections (B, D)`:
+    the projection head's output, what the contrastive loss uses; `last_hidden_state (B, T, C)`."""
+
+    embeddings: torch.Tensor | None = None
+    projections: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+class MiniGPTForEmbedding(MiniGPTPreTrainedModel):
+    """A sentence embedder: the decoder stack (`model`, causal or in encoder mode), a pooling
+    and SimCLR's projection head (`projection`), which the contrastive loss is taken after and
+    inference leaves out.
+
+    The config carries `embedding_pooling` (mean, last or first) and `projection_dim`. A saved
+    directory keeps the decoder's parameter names (`model.layers.N…`), so
+    `AutoModel.from_pretrained(dir)` (after `import minigpt`) gives the plain `MiniGPTModel`
+    that sentence-transformers' `Transformer` module runs (`minigpt contrastive` writes the
+    modules.json that pools and normalises the same way).
 
     Args:
-        backbone: a `MiniGPTModel` (in encoder mode, or causal with `last` pooling).
-        projection_dim: width of the projection head's output.
-        pooling: mean, last or first.
+        config: a `MiniGPTConfig` (the two fields above default to mean and 128).
+        backbone: an existing `MiniGPTModel` to train in place (shared, not copied; it keeps its
+            weights); default: a new one from `config`.
     """
 
-    def __init__(self, backbone: MiniGPTModel, projection_dim: int, pooling: str = "mean") -> None:
-        super().__init__()
-        if pooling not in EMBEDDING_POOLINGS:
-            from minigpt.errors import UserError
+    def __init__(self, config: MiniGPTConfig, backbone: MiniGPTModel | None = None) -> None:
+        from minigpt.errors import UserError
 
-            raise UserError(f"unknown embedding pooling {pooling!r}; choose one of {', '.join(EMBEDDING_POOLINGS)}")
-        self.backbone = backbone
-        self.pooling = pooling
-        self.projection = ProjectionHead(backbone.config.hidden_size, projection_dim)
+        if getattr(config, "embedding_pooling", None) is None:
+            config.embedding_pooling = "mean"
+        if getattr(config, "projection_dim", None) is None:
+            config.projection_dim = 128
+        if config.embedding_pooling not in EMBEDDING_POOLINGS:
+            raise UserError(f"unknown embedding pooling {config.embedding_pooling!r}; choose one of {', '.join(EMBEDDING_POOLINGS)}")
+        super().__init__(config)
+        self.model = backbone if backbone is not None else MiniGPTModel(config)
+        self.projection = ProjectionHead(config.hidden_size, config.projection_dim)
+        self.post_init()
+
+    @property
+    def pooling(self) -> str:
+        """How hidden states become one vector: mean, last or first."""
+        return self.config.embedding_pooling
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`(B, C)` L2-normalised embeddings (no projection head)."""
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return pool_embeddings(h, attention_mask, self.pooling)
+        return self(input_ids, attention_mask, project=False).embeddings
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B, projection_dim)` projections of the pooled embeddings."""
-        e = self.embed(input_ids, attention_mask)
-        return self.projection(e.to(self.projection.net[0].weight.dtype))
+    def forward(
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, project: bool = True, **kwargs: Any
+    ) -> EmbeddingOutput:
+        """Embeddings of `input_ids (B, T)` (1 in `attention_mask` on real tokens) and, unless
+        `project=False`, their projections `(B, projection_dim)`."""
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        e = pool_embeddings(h, attention_mask, self.pooling)
+        z = self.projection(e.to(self.projection.net[0].weight.dtype)) if project else None
+        return EmbeddingOutput(embeddings=e, projections=z, last_hidden_state=h)
 
 
-__all__ += ["EMBEDDING_POOLINGS", "ContrastiveEncoder", "ProjectionHead", "pool_embeddings"]
+def model_class_for(directory: str | Path) -> type:
+    """The MiniGPT class a saved directory holds, from its `config.json`: `MiniGPTForEmbedding`
+    (a contrastive run's output), `MiniGPTForMaskedLM` (an encoder) or `MiniGPTForCausalLM`.
+
+    Raises:
+        UserError: no readable `config.json`.
+    """
+    import json
+
+    from minigpt.errors import UserError
+    from minigpt.model.modeling import MiniGPTForCausalLM
+
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{directory} is not a model directory ({path}: {e})") from None
+    if "MiniGPTForEmbedding" in (config.get("architectures") or []):
+        return MiniGPTForEmbedding
+    return MiniGPTForMaskedLM if config.get("use_bidirectional_attention") else MiniGPTForCausalLM
+
+
+#: Our pooling names in sentence-transformers' Pooling module (it takes "cls" as position 0,
+#: our first real token under right padding, which our tokenizers use).
+_ST_POOLING = {"mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken", "first": "pooling_mode_cls_token"}
+
+
+def write_sentence_transformers_modules(directory: str | Path, pooling: str, hidden_size: int, max_seq_length: int) -> None:
+    """Make a saved MiniGPT directory (model + tokenizer) a sentence-transformers model:
+    `modules.json` chains its Transformer module (`AutoModel`, the bare `MiniGPTModel`), a
+    Pooling module with our `pooling`, and Normalize. Written in the long-standing layout
+    (module types `sentence_transformers.models.*`, as most hub embedders have), which
+    sentence-transformers 2 to 6 read. `SentenceTransformer(dir)` needs `import minigpt` first
+    (the Auto classes learn "minigpt" then). Each file is written atomically.
+
+    Raises:
+        UserError: unknown `pooling`.
+    """
+    import json
+
+    from minigpt.errors import UserError
+    from minigpt.train.checkpoint import atomic_write_text
+
+    if pooling not in _ST_POOLING:
+        raise UserError(f"unknown embedding pooling {pooling!r}; choose one of {', '.join(EMBEDDING_POOLINGS)}")
+    d = Path(directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    modes = {"pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+             "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"}
+    pool = {"word_embedding_dimension": hidden_size, **{m: m == _ST_POOLING[pooling] for m in sorted(modes)}, "include_prompt": True}
+    (d / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    (d / "2_Normalize").mkdir(parents=True, exist_ok=True)
+    for name, value in (
+        ("modules.json", modules),
+        ("1_Pooling/config.json", pool),
+        ("sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False}),
+        ("config_sentence_transformers.json", {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}),
+    ):
+        atomic_write_text(d / name, json.dumps(value, indent=2) + "\n")
+
+
+__all__ += ["EMBEDDING_POOLINGS", "EmbeddingOutput", "MiniGPTForEmbedding", "model_class_for", "write_sentence_transformers_modules", "ProjectionHead", "pool_embeddings"]

@@ -264,6 +264,10 @@ def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | N
 class MiniGPTModel(MiniGPTPreTrainedModel):
     """The decoder stack without the LM head: `input_ids (B, T) -> last_hidden_state (B, T, C)`."""
 
+    # Loaded (AutoModel, sentence-transformers) from a MiniGPTForEmbedding directory, the
+    # projection head used only in training is left out without a warning.
+    _keys_to_ignore_on_load_unexpected = [r"^projection\."]
+
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)

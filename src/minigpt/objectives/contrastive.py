@@ -2,6 +2,7 @@
 (SimCLR, Chen et al. 2020, arXiv:2002.05709), or against MoCo's queue of keys from a momentum
 encoder (He et al. 2020, arXiv:1911.05722).
 
+Model: a `minigpt.model.encoder.MiniGPTForEmbedding` (its output's `projections (B, D)`).
 Batch: `input_ids_1 (B, T1)`, `attention_mask_1`, `input_ids_2 (B, T2)`, `attention_mask_2`:
 row i of each is one view of the same text (or a question and its answer, a sentence and its
 translation). One unit per pair.
@@ -37,7 +38,7 @@ class ContrastiveObjective:
         self.queue_size = queue_size
         self.momentum = momentum
         self.queue: torch.Tensor | None = None  # (K_filled, D), oldest first
-        self._pending: torch.Tensor | None = None  # the last batch's keys, queued after the update
+        self._pending: list[torch.Tensor] = []  # this update's keys (every micro-batch), queued after it
 
     @classmethod
     def moco(cls, model: torch.nn.Module, temperature: float, queue_size: int, momentum: float) -> "ContrastiveObjective":
@@ -55,33 +56,53 @@ class ContrastiveObjective:
         b = batch["input_ids_1"].shape[0]
         if b < 2 and self.key_encoder is None:
             raise UserError("contrastive training needs a batch of at least 2 pairs: the other pairs are the negatives")
-        z1 = model(batch["input_ids_1"], batch.get("attention_mask_1"))
+        z1 = model(batch["input_ids_1"], batch.get("attention_mask_1")).projections
         if self.key_encoder is None:
-            z2 = model(batch["input_ids_2"], batch.get("attention_mask_2"))
+            z2 = model(batch["input_ids_2"], batch.get("attention_mask_2")).projections
             loss, accuracy = info_nce(z1, z2, self.temperature)
         else:
+            if next(self.key_encoder.parameters()).device != z1.device:  # the loop moved the model
+                self.key_encoder.to(z1.device)
             with torch.no_grad():
-                k = self.key_encoder(batch["input_ids_2"], batch.get("attention_mask_2")).float()
+                k = self.key_encoder(batch["input_ids_2"], batch.get("attention_mask_2")).projections.float()
             queue = self.queue if self.queue is not None else k.new_zeros(0, k.shape[1])
             loss, accuracy = moco_loss(z1, k, queue, self.temperature)
-            self._pending = torch.nn.functional.normalize(k, dim=-1)
+            if model.training:  # evaluation batches never enter the queue
+                self._pending.append(torch.nn.functional.normalize(k, dim=-1))
         return LossOutput(loss_sum=loss * b, num_units=b, sums={"accuracy": accuracy * b})
 
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module) -> None:
-        """MoCo, after each optimizer step: the EMA update of the key encoder, then the batch's
-        keys enter the queue (the oldest leave once it holds `queue_size`). Nothing for SimCLR."""
+        """MoCo, after each optimizer step (`OptimizerStep` calls it): the EMA update of the key
+        encoder, then the batch's keys enter the queue (the oldest leave once it holds
+        `queue_size`). Nothing for SimCLR. Under DDP every rank keeps its own queue of its own
+        keys (MoCo's paper gathers them; the queue is then `world_size` times shorter in time)."""
         if self.key_encoder is None:
             return
         m = self.momentum
         for pk, pq in zip(self.key_encoder.parameters(), model.parameters()):
             pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-        if self._pending is not None:
-            keys = self._pending
-            self.queue = keys if self.queue is None else torch.cat([self.queue, keys])
+        if self._pending:
+            keys = torch.cat(self._pending)
+            self.queue = keys if self.queue is None else torch.cat([self.queue.to(keys.device), keys])
             if self.queue.shape[0] > self.queue_size:
                 self.queue = self.queue[-self.queue_size :]
-            self._pending = None
+            self._pending = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """MoCo's key encoder and queue, for exact resume (the loop saves it in checkpoints)."""
+        if self.key_encoder is None:
+            return {}
+        return {"key_encoder": self.key_encoder.state_dict(), "queue": self.queue}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        if self.key_encoder is None or not state:
+            return
+        self.key_encoder.load_state_dict(state["key_encoder"])
+        queue = state["queue"]
+        self.queue = None if queue is None else queue.to(next(self.key_encoder.parameters()).device)
+        self._pending = []
 
 
 __all__ = ["ContrastiveObjective"]

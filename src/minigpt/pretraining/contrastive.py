@@ -17,7 +17,7 @@ import torch
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.model.encoder import EMBEDDING_POOLINGS, ContrastiveEncoder, MiniGPTForMaskedLM
+from minigpt.model.encoder import EMBEDDING_POOLINGS, MiniGPTForEmbedding, MiniGPTForMaskedLM
 from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.contrastive import ContrastiveObjective
 from minigpt.train.step import OptimizerStep
@@ -65,7 +65,8 @@ class ContrastivePretrainer:
 
     Args:
         encoder: a `MiniGPTModel`, `MiniGPTForCausalLM` or `MiniGPTForMaskedLM`; its decoder
-            stack is trained (shared, not copied). A causal model is used as it is (its last
+            stack is trained (shared, not copied; its config gains `embedding_pooling` and
+            `projection_dim`). `self.model` is the `MiniGPTForEmbedding` around it. A causal model is used as it is (its last
             token has seen the whole text: use `pooling="last"`), an MLM encoder attends both ways.
         hidden_size: the encoder's width (checked).
         config: `ContrastiveConfig` or a dict of its fields.
@@ -85,7 +86,9 @@ class ContrastivePretrainer:
             raise UserError(f"create_contrastive_pretrainer needs a MiniGPT model, not {type(encoder).__name__}")
         if hidden_size != backbone.config.hidden_size:
             raise UserError(f"hidden_size {hidden_size} is not the model's ({backbone.config.hidden_size})")
-        model = ContrastiveEncoder(backbone, c.projection_dim, c.pooling)
+        backbone.config.embedding_pooling = c.pooling
+        backbone.config.projection_dim = c.projection_dim
+        model = MiniGPTForEmbedding(backbone.config, backbone=backbone)
         param = next(backbone.parameters())
         self.model = model.to(device=param.device, dtype=param.dtype)
         self.pad_token_id = backbone.config.pad_token_id if backbone.config.pad_token_id is not None else 0
@@ -130,8 +133,7 @@ class ContrastivePretrainer:
             "input_ids_2": x2, "attention_mask_2": self._mask(x2, attention_mask_2),
         }
         self.model.train()
-        result = self.optimizer_step([batch])
-        self.objective.after_step(self.model)
+        result = self.optimizer_step([batch])  # MoCo's momentum update runs at its end
         return {"loss": result.loss, "accuracy": result.metrics["accuracy"]}
 
     @torch.no_grad()

@@ -3,7 +3,6 @@ mlm`, or a causal model), written as a `.npy` array."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ def embed(
     data: str,
     out: str = "embeddings.npy",
     text_field: str = "text",
-    pooling: str = "mean",
+    pooling: str | None = None,
     max_length: int = 256,
     batch_size: int = 32,
     device: str = "auto",
@@ -42,7 +41,8 @@ def embed(
         out: the `.npy` file written: float32 `(N, hidden_size)` (atomically: temp file +
             rename).
         text_field: the record field holding the text.
-        pooling: mean, last or first real token (a causal model: use last or mean).
+        pooling: mean, last or first real token (default: an embedder's own, from `minigpt
+            contrastive`; else mean; a causal model: use last or mean).
         max_length: texts are truncated to this many tokens.
         batch_size: texts per forward pass.
         device: auto, cpu, cuda or mps.
@@ -56,18 +56,15 @@ def embed(
     import numpy as np
     import torch
 
-    from minigpt.model.encoder import EMBEDDING_POOLINGS, MiniGPTForMaskedLM, pool_embeddings
+    from minigpt.model.encoder import EMBEDDING_POOLINGS, MiniGPTForEmbedding, model_class_for, pool_embeddings
     from minigpt.model.loading import load_model_dir
-    from minigpt.model.modeling import MiniGPTForCausalLM
     from minigpt.train.distributed import pick_device
 
-    if pooling not in EMBEDDING_POOLINGS:
+    if pooling is not None and pooling not in EMBEDDING_POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(EMBEDDING_POOLINGS)}, not {pooling!r}")
-    config_file = Path(model) / "config.json"
-    if not config_file.is_file():
-        raise UserError(f"{model} is not a model directory (no config.json)")
-    encoder = json.loads(config_file.read_text(encoding="utf-8")).get("use_bidirectional_attention", False)
-    net, tok = load_model_dir(model, MiniGPTForMaskedLM if encoder else MiniGPTForCausalLM, "--model")
+    cls = model_class_for(model)
+    net, tok = load_model_dir(model, cls, "--model")
+    pooling = pooling or (net.pooling if cls is MiniGPTForEmbedding else "mean")
     backbone = net.model.to(pick_device(device)).eval()
     texts = read_texts(data, text_field)
     if not texts:

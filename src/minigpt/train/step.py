@@ -94,7 +94,8 @@ class OptimizerStep:
     micro-batch under autocast with gradient synchronisation only on the last one (DDP's
     `no_sync`), backpropagates `loss_sum · world_size / units` (DDP averages over ranks),
     refuses a NaN/inf loss before touching the weights, then unscales (fp16), clips the global
-    gradient norm, steps the optimizer, the scaler and the schedule, and zeroes the gradients.
+    gradient norm, steps the optimizer, the scaler and the schedule, zeroes the gradients, and
+    calls the objective's `after_step(model)` if it has one (MoCo's momentum encoder).
 
     Args:
         model: the module the objective forwards (a DDP wrapper when data-parallel).
@@ -189,7 +190,7 @@ class OptimizerStep:
             batch_loss = float(out.loss_sum.detach())
             loss_sum += batch_loss
             local_units += out.num_units
-            n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+            n_tokens += sum(int(v.numel()) for k, v in batch.items() if k.startswith("input_ids") and isinstance(v, torch.Tensor))
             for k, v in out.sums.items():
                 sums[k] = sums.get(k, 0.0) + v
             for k, v in out.metrics.items():
@@ -213,6 +214,9 @@ class OptimizerStep:
         if self.scheduler is not None:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        after_step = getattr(self.objective, "after_step", None)
+        if after_step is not None:  # e.g. MoCo's momentum update of its key encoder
+            after_step(getattr(model, "module", model))
         metrics = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm}
         if sums.get("bytes"):  # this rank's share is a fair sample of the update
             metrics["bpb"] = sums["nats"] / (math.log(2) * sums["bytes"])
