@@ -3,6 +3,7 @@ mlm`, or a causal model), written as a `.npy` array."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def embed(
     out: str = "embeddings.npy",
     text_field: str = "text",
     pooling: str | None = None,
-    max_length: int = 256,
+    max_length: int | None = None,
     batch_size: int = 32,
     device: str = "auto",
 ) -> dict[str, Any]:
@@ -43,7 +44,8 @@ def embed(
         text_field: the record field holding the text.
         pooling: mean, last or first real token (default: an embedder's own, from `minigpt
             contrastive`; else mean; a causal model: use last or mean).
-        max_length: texts are truncated to this many tokens.
+        max_length: texts are truncated to this many tokens (default: the `max_seq_length` a
+            `minigpt contrastive` run trained with, as sentence-transformers reads it; else 256).
         batch_size: texts per forward pass.
         device: auto, cpu, cuda or mps.
 
@@ -65,6 +67,9 @@ def embed(
     cls = model_class_for(model)
     net, tok = load_model_dir(model, cls, "--model")
     pooling = pooling or (net.pooling if cls is MiniGPTForEmbedding else "mean")
+    if max_length is None:
+        st_config = Path(model) / "sentence_bert_config.json"
+        max_length = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length", 256) if st_config.is_file() else 256
     backbone = net.model.to(pick_device(device)).eval()
     texts = read_texts(data, text_field)
     if not texts:
