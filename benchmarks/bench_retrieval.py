@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--moco_momentum", type=float, default=0.99)
+    p.add_argument("--moco_queue", type=int, default=4096, help="rounded down to a multiple of 2 x --batch")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--alpaca_train", type=int, default=20000, help="Alpaca training pairs (of those not held out)")
@@ -124,9 +126,10 @@ def main() -> None:
                  cache_dir=str(out / "cache"), overwrite=True, val_fraction=0.0, train=train_config(a.pretrain_steps, 16))
         init_runs["causal"] = (str(out / "causal"), time.time() - t0)
 
+    queue = max(2 * a.batch, a.moco_queue // (2 * a.batch) * (2 * a.batch))  # whole updates: both sides of each pair are queued
     variants = [
         ("simclr", "SimCLR, from scratch", {}),
-        ("moco", "MoCo (queue 4,096, m 0.99), from scratch", {"use_momentum_encoder": True, "queue_size": 4096 // a.batch * a.batch, "momentum": 0.99}),
+        ("moco", f"MoCo (queue {queue:,}, m {a.moco_momentum}), from scratch", {"use_momentum_encoder": True, "queue_size": queue, "momentum": a.moco_momentum}),
         ("mlm", f"SimCLR, from the MLM encoder ({a.pretrain_steps} steps)", {}),
         ("causal", f"SimCLR, from the causal model ({a.pretrain_steps} steps; causal attention, last-token pooling)", {}),
     ]

@@ -48,7 +48,7 @@ def test_moco_key_encoder_is_the_ema_and_the_queue_is_fifo():
     g = torch.Generator().manual_seed(0)
     trainer = create_contrastive_pretrainer(
         MiniGPTModel(_config(use_bidirectional_attention=True)), 32,
-        {"use_momentum_encoder": True, "queue_size": 6, "momentum": 0.9, "projection_dim": 8},
+        {"use_momentum_encoder": True, "queue_size": 12, "momentum": 0.9, "projection_dim": 8},
     )
     key = trainer.objective.key_encoder
     before = [p.detach().clone() for p in key.parameters()]
@@ -57,11 +57,11 @@ def test_moco_key_encoder_is_the_ema_and_the_queue_is_fifo():
         assert torch.allclose(k1, 0.9 * k0 + 0.1 * q.detach(), atol=1e-6)
         assert k1.grad is None and not k1.requires_grad
     first_keys = trainer.objective.queue.clone()
-    assert first_keys.shape == (4, 8)
+    assert first_keys.shape == (8, 8)  # both sides' keys of the 4 pairs
     trainer.train_step(*_pairs(g, 4))
     queue = trainer.objective.queue
-    assert queue.shape == (6, 8)  # 8 keys seen, the 2 oldest dropped
-    assert torch.equal(queue[:2], first_keys[2:])  # FIFO: the first batch's newer keys stay, in order
+    assert queue.shape == (12, 8)  # 16 keys seen, the 4 oldest dropped
+    assert torch.equal(queue[:4], first_keys[4:])  # FIFO: the first batch's newer keys stay, in order
 
 
 def test_augmentations():

@@ -62,7 +62,7 @@ def test_contrastive_resume_equals_an_uninterrupted_run(data, moco, capsys):
     from minigpt.model.checks import model_fingerprint
 
     root, path, _ = data
-    extra = ["--fields", "question,answer"] + (["--use_momentum_encoder", "--queue_size", "16", "--momentum", "0.9"] if moco else [])
+    extra = ["--fields", "question,answer"] + (["--use_momentum_encoder", "--queue_size", "32", "--momentum", "0.9"] if moco else [])
     whole = root / f"whole_{moco}"
     assert main(_args(path, whole, *extra)) == 0
     printed = capsys.readouterr().out
@@ -82,7 +82,7 @@ def test_contrastive_resume_equals_an_uninterrupted_run(data, moco, capsys):
 
         a = torch.load(whole / "checkpoints" / "step_00000006" / STATE_FILE, weights_only=False)["objective"]
         b = torch.load(part / "checkpoints" / "step_00000006" / STATE_FILE, weights_only=False)["objective"]
-        assert a["queue"].shape == (16, 16) and torch.equal(a["queue"], b["queue"])
+        assert a["queue"].shape == (32, 16) and torch.equal(a["queue"], b["queue"])
         assert all(torch.equal(a["key_encoder"][k], b["key_encoder"][k]) for k in a["key_encoder"])
 
 
@@ -120,8 +120,8 @@ def test_augmented_views_of_one_text(data, capsys):
 
 def test_bad_settings_are_clear_errors(data, capsys):
     root, path, _ = data
-    assert main(_args(path, root / "bad1", "--fields", "question,answer", "--use_momentum_encoder", "--queue_size", "20")) != 0
-    assert "--queue_size 20 is not a multiple of train.batch_size 8" in capsys.readouterr().err
+    assert main(_args(path, root / "bad1", "--fields", "question,answer", "--use_momentum_encoder", "--queue_size", "24")) != 0
+    assert "--queue_size 24 is not a multiple of 16" in capsys.readouterr().err
     assert main(_args(path, root / "bad2", "--fields", "question,answer", "--train.batch_size", "1")) != 0
     assert "at least 2" in capsys.readouterr().err
     assert main(_args(path, root / "bad3", "--fields", "question")) != 0
@@ -154,7 +154,7 @@ def test_moco_queues_every_micro_batch_of_an_update_and_never_evaluation_keys():
     cfg = MiniGPTConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                         num_key_value_heads=1, max_position_embeddings=16, projection_dim=4)
     model = MiniGPTForEmbedding(cfg)
-    objective = ContrastiveObjective.moco(model, 0.1, queue_size=10, momentum=0.5)
+    objective = ContrastiveObjective.moco(model, 0.1, queue_size=20, momentum=0.5)
     step = OptimizerStep(model, objective, torch.optim.SGD(model.parameters(), lr=0.1))
 
     def batch(seed):
@@ -166,16 +166,17 @@ def test_moco_queues_every_micro_batch_of_an_update_and_never_evaluation_keys():
 
     def keys(encoder, *batches):
         with torch.no_grad():
-            return torch.cat([torch.nn.functional.normalize(encoder(b["input_ids_2"], b["attention_mask_2"]).projections, dim=-1) for b in batches])
+            return torch.cat([torch.nn.functional.normalize(encoder(b[f"input_ids_{side}"], b[f"attention_mask_{side}"]).projections, dim=-1)
+                              for b in batches for side in ("1", "2")])
 
     model.train()
     expected = keys(copy.deepcopy(objective.key_encoder), batch(1), batch(2))  # taken before the update moves the key encoder
     step([batch(1), batch(2)])
-    assert torch.allclose(objective.queue, expected, atol=1e-6)  # both micro-batches, in order
+    assert objective.queue.shape == (12, 4) and torch.allclose(objective.queue, expected, atol=1e-6)  # both micro-batches, in order
     model.eval()
     with torch.no_grad():
         objective.compute_loss(model, batch(3))
     model.train()
-    expected = torch.cat([expected, keys(copy.deepcopy(objective.key_encoder), batch(4), batch(5))])[-10:]
+    expected = torch.cat([expected, keys(copy.deepcopy(objective.key_encoder), batch(4), batch(5))])[-20:]
     step([batch(4), batch(5)])
-    assert torch.allclose(objective.queue, expected, atol=1e-6)  # FIFO: the oldest 2 left; batch 3 (evaluation) never entered
+    assert torch.allclose(objective.queue, expected, atol=1e-6)  # FIFO: the oldest 4 left; batch 3 (evaluation) never entered

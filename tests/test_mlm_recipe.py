@@ -99,3 +99,72 @@ def test_embed_writes_one_unit_vector_per_text_independent_of_batching(corpus, t
 def test_embed_bad_input(tmp_path, capsys):
     assert main(["embed", "--model", str(tmp_path), "--data", "x.txt"]) == 2
     assert "not a model directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- next-sentence prediction
+def test_split_sentences():
+    from minigpt.data.mlm import split_sentences
+
+    text = "The cat sat. Did it run? Yes!\nA new line 一只猫。它跑了！好"
+    assert split_sentences(text) == ["The cat sat.", "Did it run?", "Yes!", "A new line 一只猫。", "它跑了！", "好"]
+
+
+def test_sentence_pairs_follow_or_come_from_another_document():
+    from minigpt.data.mlm import build_sentence_pairs
+
+    # Document d's sentences hold ids 1000·d + 10·s + k: the owner and the order of every token is known.
+    docs = [[[1000 * d + 10 * s + k for k in range(3)] for s in range(12)] for d in range(6)]
+    pairs = build_sentence_pairs(docs, max_tokens=12, seed=0)
+    labels = [label for _, _, label in pairs]
+    assert 0 < sum(labels) < len(labels) and abs(sum(labels) / len(labels) - 0.5) < 0.25
+    for a, b, label in pairs:
+        assert 0 < len(a) and 0 < len(b) and len(a) + len(b) <= 12 and len(a) <= 6
+        assert len({x // 1000 for x in a}) == 1 and a == sorted(a)  # consecutive sentences of one document
+        if label == 0:  # B is the text right after A, in the same document
+            assert b[0] // 1000 == a[0] // 1000 and b[0] == (a[-1] // 10 + 1) * 10
+        else:  # B comes from another document
+            assert b[0] // 1000 != a[0] // 1000
+    assert build_sentence_pairs(docs, 12, seed=0) == pairs  # seeded
+    with pytest.raises(Exception, match="at least two documents"):
+        build_sentence_pairs(docs[:1], 12, seed=0)
+
+
+def test_sentence_pair_blocks_lay_out_sep_a_sep_b_sep_and_never_mask_separators():
+    from minigpt.data.mlm import SentencePairBlocks
+
+    pairs = [([20, 21, 22], [30, 31], 0), ([40] * 5, [50] * 4, 1)]
+    ds = SentencePairBlocks(pairs, block_size=16, sep_token_id=0, pad_token_id=1, mask_token_id=8, vocab_size=60,
+                            mask_prob=0.9, special_ids=[0, 1, 8], seed=0)
+    item = ds[0]
+    original = torch.tensor([0, 20, 21, 22, 0, 30, 31, 0] + [1] * 8)
+    assert item["attention_mask"].tolist() == [1] * 8 + [0] * 8 and int(item["next_sentence_label"]) == 0
+    restored = torch.where(item["labels"] != -100, item["labels"], item["input_ids"])
+    assert torch.equal(restored, original)  # the labels are the originals exactly where masked
+    assert (item["labels"][[0, 4, 7]] == -100).all() and (item["labels"][8:] == -100).all()  # separators, padding
+    assert int(ds[1]["next_sentence_label"]) == 1
+
+
+def test_mlm_with_nsp_trains_both_heads_and_resumes_exactly(tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from minigpt.model.checks import model_fingerprint
+
+    rng = random.Random(1)
+    stories = ["\n".join(". ".join(" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(3)) + "." for _ in range(4))
+               for _ in range(40)]
+    path = tmp_path / "stories.txt"
+    path.write_text("\n<|endoftext|>\n".join(stories), encoding="utf-8")
+    whole = tmp_path / "whole"
+    assert main(_args(tmp_path, path, whole, "--use_nsp", "--val_fraction", "0.1")) == 0
+    model = AutoModelForMaskedLM.from_pretrained(whole)
+    assert model.config.use_nsp and model.nsp_head is not None
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_nsp_accuracy" in r and 0 <= r["val_nsp_accuracy"] <= 1 for r in rows)
+    assert any("train/nsp_loss" in r for r in rows)
+    part = tmp_path / "part"
+    assert main(_args(tmp_path, path, part, "--use_nsp", "--val_fraction", "0.1")) == 0
+    shutil.rmtree(part / "checkpoints" / "step_00000008")
+    for f in part.glob("model*.safetensors"):
+        f.unlink()
+    assert main(_args(tmp_path, path, part, "--use_nsp", "--val_fraction", "0.1", "--resume")) == 0
+    assert model_fingerprint(part) == model_fingerprint(whole)

@@ -56,6 +56,16 @@ class MiniGPTForMaskedLM(MiniGPTPreTrainedModel):
         self.nsp_head = nn.Linear(config.hidden_size, 2) if getattr(config, "use_nsp", False) else None
         self.post_init()
 
+    def add_nsp_head(self) -> None:
+        """Give a model built without one a freshly initialised next-sentence head (and set
+        `config.use_nsp`, so the saved directory rebuilds it). No-op when it has one."""
+        if self.nsp_head is not None:
+            return
+        self.config.use_nsp = True
+        p = self.lm_head.weight
+        self.nsp_head = nn.Linear(self.config.hidden_size, 2).to(device=p.device, dtype=p.dtype)
+        self._init_weights(self.nsp_head)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

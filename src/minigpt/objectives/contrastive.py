@@ -21,8 +21,11 @@ from minigpt.train.objective import LossOutput
 
 
 class ContrastiveObjective:
-    """`L = InfoNCE(z1, z2)` (symmetric) or, with a momentum encoder, `moco_loss(q = z1, k =
-    z2 from the key encoder, queue)`.
+    """`L = InfoNCE(z1, z2)` (symmetric) or, with a momentum encoder, MoCo's loss symmetrised as
+    in MoCo v3 (Chen, Xie & He 2021, arXiv:2104.02057): `½·[moco_loss(q = z1, k = key(x2),
+    queue) + moco_loss(q = z2, k = key(x1), queue)]`. Both sides of a pair go through the trained
+    encoder, so a question/answer pair trains it on questions and on answers alike; both sides'
+    keys (2B per micro-batch, side 1 then side 2) then enter the queue.
 
     Args:
         temperature: τ.
@@ -57,18 +60,21 @@ class ContrastiveObjective:
         if b < 2 and self.key_encoder is None:
             raise UserError("contrastive training needs a batch of at least 2 pairs: the other pairs are the negatives")
         z1 = model(batch["input_ids_1"], batch.get("attention_mask_1")).projections
+        z2 = model(batch["input_ids_2"], batch.get("attention_mask_2")).projections
         if self.key_encoder is None:
-            z2 = model(batch["input_ids_2"], batch.get("attention_mask_2")).projections
             loss, accuracy = info_nce(z1, z2, self.temperature)
         else:
             if next(self.key_encoder.parameters()).device != z1.device:  # the loop moved the model
                 self.key_encoder.to(z1.device)
             with torch.no_grad():
-                k = self.key_encoder(batch["input_ids_2"], batch.get("attention_mask_2")).projections.float()
-            queue = self.queue if self.queue is not None else k.new_zeros(0, k.shape[1])
-            loss, accuracy = moco_loss(z1, k, queue, self.temperature)
+                k1 = self.key_encoder(batch["input_ids_1"], batch.get("attention_mask_1")).projections.float()
+                k2 = self.key_encoder(batch["input_ids_2"], batch.get("attention_mask_2")).projections.float()
+            queue = self.queue if self.queue is not None else k1.new_zeros(0, k1.shape[1])
+            loss_12, accuracy_12 = moco_loss(z1, k2, queue, self.temperature)
+            loss_21, accuracy_21 = moco_loss(z2, k1, queue, self.temperature)
+            loss, accuracy = (loss_12 + loss_21) / 2, (accuracy_12 + accuracy_21) / 2
             if model.training:  # evaluation batches never enter the queue
-                self._pending.append(torch.nn.functional.normalize(k, dim=-1))
+                self._pending.append(torch.nn.functional.normalize(torch.cat([k1, k2]), dim=-1))
         return LossOutput(loss_sum=loss * b, num_units=b, sums={"accuracy": accuracy * b})
 
     @torch.no_grad()

@@ -34,7 +34,7 @@ class ContrastiveConfig(DictConfig):
     use_momentum_encoder: bool = False
     """MoCo: keys from an EMA copy of the encoder, negatives from a queue of earlier keys."""
     queue_size: int = 65536
-    """K, MoCo's queued negatives (a multiple of the batch size keeps whole batches)."""
+    """K, MoCo's queued negatives; each step queues both sides' keys (2 × batch), so a multiple of 2 × batch keeps whole steps."""
     momentum: float = 0.999
     """m of MoCo's EMA update of the key encoder."""
     pooling: str = "mean"

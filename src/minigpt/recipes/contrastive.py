@@ -142,7 +142,8 @@ def contrastive(
         projection_dim: output width of the projection head the loss is taken after.
         temperature: τ of the InfoNCE loss.
         use_momentum_encoder: MoCo: keys from an EMA copy of the model, negatives from a queue.
-        queue_size: MoCo's queued keys (a multiple of train.batch_size).
+        queue_size: MoCo's queued keys (a multiple of 2 x train.batch_size x train.grad_accum:
+            both sides of each pair are queued).
         momentum: MoCo's EMA coefficient m.
         max_length: texts are truncated to this many tokens.
         mask_prob: augmented views: share of tokens replaced by `<|mask|>`.
@@ -161,7 +162,7 @@ def contrastive(
 
     Raises:
         UserError: bad settings (a batch of fewer than 2 pairs without MoCo, a queue_size that is
-            not a multiple of the batch size), no usable pair, a model that does not fit.
+            not a multiple of the keys queued per update), no usable pair, a model that does not fit.
     """
     from minigpt.data.pairs import PairDataset, augmented_views, pad_pairs, read_text_pairs
     from minigpt.model import count_parameters
@@ -188,10 +189,11 @@ def contrastive(
     if not use_momentum_encoder and train.batch_size < 2:
         raise UserError("train.batch_size must be at least 2 for contrastive training: the other pairs of a batch are the negatives "
                         "(or use --use_momentum_encoder, whose negatives come from a queue)")
-    if use_momentum_encoder and (queue_size < train.batch_size or queue_size % train.batch_size):
-        lower = max(train.batch_size, queue_size // train.batch_size * train.batch_size)
-        raise UserError(f"--queue_size {queue_size} is not a multiple of train.batch_size {train.batch_size}: the queue would "
-                        f"hold part of a batch; use {lower} or {lower + train.batch_size}")
+    per_step = 2 * train.batch_size * train.grad_accum  # keys queued per update: both sides of every pair
+    if use_momentum_encoder and (queue_size < per_step or queue_size % per_step):
+        lower = max(per_step, queue_size // per_step * per_step)
+        raise UserError(f"--queue_size {queue_size} is not a multiple of {per_step}, the keys queued per update (both sides of "
+                        f"train.batch_size x train.grad_accum pairs): the queue would hold part of an update; use {lower} or {lower + per_step}")
     out_dir = Path(out)
     rank, _, _ = init_distributed(pick_device(train.device))
     if rank == 0:

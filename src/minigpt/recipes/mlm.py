@@ -32,6 +32,7 @@ def mlm(
     tokenizer: str | None = None,
     block_size: int = 128,
     mask_prob: float = 0.15,
+    use_nsp: bool = False,
     text_field: str = "text",
     val_fraction: float = 0.05,
     cache_dir: str | None = None,
@@ -54,6 +55,9 @@ def mlm(
         block_size: tokens per packed training block.
         mask_prob: share of the tokens selected for prediction (80 % masked, 10 % random, 10 %
             kept).
+        use_nsp: also train next-sentence prediction: each example is `SEP A SEP B SEP`, B the
+            sentences that follow A or, half of the time, a random stretch of another document
+            (sentences split at . ! ? 。！？ and line breaks; held-out documents from the end).
         text_field: JSONL / parquet field holding the text.
         val_fraction: share of the token stream held out for validation (from the end).
         cache_dir: where tokenized corpora are cached.
@@ -93,27 +97,34 @@ def mlm(
     if rank == 0:
         refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})
         out_dir.mkdir(parents=True, exist_ok=True)
-    tok, train_blocks, val_blocks = prepare_corpus(
-        data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, block_size, cache_dir, rank,
-        mask_token=True,
-    )
+    if use_nsp:
+        tok = _prepare_tokenizer_only(data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, rank)
+    else:
+        tok, train_blocks, val_blocks = prepare_corpus(
+            data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, block_size, cache_dir, rank,
+            mask_token=True,
+        )
     mask_id = tok.convert_tokens_to_ids(MASK_TOKEN)
     seed_everything(train.seed)
     net = build_model(model, MiniGPTForMaskedLM, tok, tokenizer or out_dir / "tokenizer", block_size)
     specials = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] + [mask_id]
-    train_ds = MaskedBlocks(train_blocks, mask_id, len(tok), mask_prob, specials, train.seed)
-    val_ds = MaskedBlocks(val_blocks, mask_id, len(tok), mask_prob, specials, train.seed + 1) if val_blocks is not None else None
     say = print if rank == 0 else (lambda *a, **k: None)
-    say(
-        f"encoder: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}); data: {len(train_ds)} train / "
-        f"{len(val_ds) if val_ds else 0} val blocks of {block_size} tokens, {mask_prob:.0%} masked"
-    )
+    if use_nsp:
+        net.add_nsp_head()
+        train_ds, val_ds = _sentence_pair_data(data, tok, text_field, val_fraction, block_size, mask_id, mask_prob, specials, train.seed)
+        shown = f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val sentence pairs of <= {block_size} tokens"
+    else:
+        train_ds = MaskedBlocks(train_blocks, mask_id, len(tok), mask_prob, specials, train.seed)
+        val_ds = MaskedBlocks(val_blocks, mask_id, len(tok), mask_prob, specials, train.seed + 1) if val_blocks is not None else None
+        shown = f"{len(train_ds)} train / {len(val_ds) if val_ds else 0} val blocks of {block_size} tokens"
+    say(f"encoder: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}); data: {shown}, {mask_prob:.0%} masked")
     run_info = {
         "stage": "mlm",
         "data": data,
         "model": dataclasses.asdict(model),
         "block_size": block_size,
         "mask_prob": mask_prob,
+        "use_nsp": use_nsp,
         "text_field": text_field,
         "val_fraction": val_fraction,
         "train": dataclasses.asdict(train),
@@ -123,9 +134,50 @@ def mlm(
     metrics = trainer.fit(resume=resume, overwrite=overwrite)
     metrics["train_seconds"] = time.time() - t0
     if "val_mlm_accuracy" in metrics:
-        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out masked-token accuracy {metrics['val_mlm_accuracy']:.1%}, loss {metrics['val_loss']:.4f} nats")
+        nsp = f", next-sentence accuracy {metrics['val_nsp_accuracy']:.1%}" if "val_nsp_accuracy" in metrics else ""
+        say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out masked-token accuracy {metrics['val_mlm_accuracy']:.1%}{nsp}, loss {metrics['val_loss']:.4f} nats")
     say(f"encoder saved to {out_dir} (AutoModelForMaskedLM.from_pretrained works after `import minigpt`)")
     return metrics
+
+
+def _prepare_tokenizer_only(data: list[str], tokenizer, vocab_size: int, text_field: str, out_dir: Path, max_chars, val_fraction: float, rank: int):
+    """The run's tokenizer (with `<|mask|>`) without the packed token cache, which next-sentence
+    pairs do not use (they need sentence boundaries); rank 0 trains it, the others read it."""
+    from minigpt.recipes.pretrain import prepare_tokenizer, resolve_sources
+    from minigpt.tokenizer import load_tokenizer
+    from minigpt.train.distributed import barrier
+
+    if rank == 0:
+        tok = prepare_tokenizer(resolve_sources(data), tokenizer, vocab_size, text_field, out_dir, max_chars, val_fraction, mask_token=True)
+    barrier()
+    if rank != 0:
+        tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
+    return tok
+
+
+def _sentence_pair_data(data: list[str], tok, text_field: str, val_fraction: float, block_size: int, mask_id: int, mask_prob: float, specials, seed: int):
+    """Next-sentence training and held-out datasets: documents split into sentences, the last
+    `val_fraction` of the documents held out, pairs drawn with `seed` (held out: `seed + 1`)."""
+    from minigpt.data.mlm import SentencePairBlocks, build_sentence_pairs, split_sentences
+    from minigpt.recipes.pretrain import iter_corpus, resolve_sources
+
+    docs = [split_sentences(d) for d in iter_corpus(resolve_sources(data), text_field)]
+    flat = [s for d in docs for s in d]
+    ids = []
+    for start in range(0, len(flat), 4096):
+        ids += tok(flat[start : start + 4096])["input_ids"]
+    tokenized, k = [], 0
+    for d in docs:
+        tokenized.append(ids[k : k + len(d)])
+        k += len(d)
+    n_val = int(round(len(tokenized) * val_fraction)) if val_fraction > 0 else 0
+    if n_val and len(tokenized) - n_val < 2:
+        raise UserError(f"--use_nsp: {len(tokenized)} documents are too few to hold {val_fraction:.0%} out; lower --val_fraction")
+    train_docs, val_docs = tokenized[: len(tokenized) - n_val], tokenized[len(tokenized) - n_val :]
+    make = lambda pairs, s: SentencePairBlocks(pairs, block_size, tok.eos_token_id, tok.pad_token_id, mask_id, len(tok), mask_prob, specials, s)  # noqa: E731
+    train_ds = make(build_sentence_pairs(train_docs, block_size - 3, seed), seed)
+    val_ds = make(build_sentence_pairs(val_docs, block_size - 3, seed + 1), seed + 1) if len(val_docs) >= 2 else None
+    return train_ds, val_ds
 
 
 __all__ = ["mlm"]

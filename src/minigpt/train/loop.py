@@ -422,7 +422,7 @@ class Trainer:
         n_batches = math.ceil(len(self.val_dataset) / bs)
         if self.config.eval_batches > 0:
             n_batches = min(n_batches, self.config.eval_batches)
-        loss_sum, units, extra = 0.0, 0, {}
+        loss_sum, units, extra, means, n_seen = 0.0, 0, {}, {}, 0
         for b in range(self.rank, n_batches, self.world_size):
             items = [self.val_dataset[i] for i in range(b * bs, min((b + 1) * bs, len(self.val_dataset)))]
             batch = to_device(self.collate_fn(items), self.device)
@@ -432,10 +432,14 @@ class Trainer:
             units += out.num_units
             for k, v in out.sums.items():
                 extra[k] = extra.get(k, 0.0) + v
-        keys = sorted(extra)
-        totals = all_reduce_sum([loss_sum, float(units)] + [extra[k] for k in keys], self.device)
-        loss_sum, units = totals[0], totals[1]
-        extra = dict(zip(keys, totals[2:]))
+            for k, v in out.metrics.items():  # already means per batch (e.g. next-sentence accuracy)
+                means[k] = means.get(k, 0.0) + float(v)
+            n_seen += 1
+        keys, mean_keys = sorted(extra), sorted(means)
+        totals = all_reduce_sum([loss_sum, float(units), float(n_seen)] + [extra[k] for k in keys] + [means[k] for k in mean_keys], self.device)
+        loss_sum, units, n_seen = totals[0], totals[1], totals[2]
+        extra = dict(zip(keys, totals[3 : 3 + len(keys)]))
+        means = dict(zip(mean_keys, totals[3 + len(keys) :]))
         model.train(was_training)
         metrics = {"val_loss": loss_sum / max(units, 1)}
         metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
@@ -444,6 +448,8 @@ class Trainer:
         for k in keys:  # other sums an objective reports (e.g. distillation's kl / ce), per unit
             if k not in ("nats", "bytes"):
                 metrics[f"val_{k}"] = extra[k] / max(units, 1)
+        for k in mean_keys:  # its per-batch means, averaged over the batches
+            metrics.setdefault(f"val_{k}", means[k] / max(n_seen, 1))
         self.last_eval = metrics
         return metrics
 
