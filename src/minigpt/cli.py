@@ -24,6 +24,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.dpo import dpo
     from minigpt.recipes.generate import generate
     from minigpt.recipes.grpo import grpo
+    from minigpt.recipes.gym import gym
     from minigpt.recipes.merge import merge
     from minigpt.recipes.contrastive import contrastive
     from minigpt.recipes.embed import embed
@@ -51,6 +52,7 @@ def _commands() -> dict[str, Callable]:
         "grpo": grpo,
         "ppo": ppo,
         "pipeline": pipeline_command,
+        "gym": gym,
         "merge": merge,
         "generate": generate,
         "chat": chat,

@@ -220,9 +220,11 @@ def whiten(
 def gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     gamma: float,
     lam: float,
+    dones: torch.Tensor | None = None,
+    last_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised Advantage Estimation (Schulman et al. 2016, arXiv:1506.02438 eq. 16).
 
@@ -232,18 +234,27 @@ def gae(
         A_t = δ_t + γ·λ·m_{t+1}·A_{t+1}
         returns_t = A_t + V_t            (the TD(λ) return, the critic's regression target)
 
-    Each row's completion ends at its last masked-in position (terminal: the value and the
-    advantage beyond it count as 0), so a sequence-level reward is placed on that position by
-    the caller. `λ = 1` gives Monte-Carlo advantages `Σ γ^k r_{t+k} − V_t`; `λ = 0` the one-step
-    TD error.
+    Two layouts:
+    - Token sequences (RLHF; `dones` None): each row's completion ends at its last masked-in
+      position (terminal: the value and the advantage beyond it count as 0), so a
+      sequence-level reward is placed on that position by the caller.
+    - Environment rollouts (classic RL; `dones` given, `mask` None): row b is environment b's
+      last T steps, which may span several episodes. `dones[b, t] = 1` when the episode ended at
+      step t, so step t does not bootstrap from step t+1 (the next episode's first state), and
+      `m_{t+1}` above becomes `1 − done_t`. After the last step, `V_T = last_values[b]` (the
+      value of the state the rollout stopped in; 0 if omitted).
+
+    `λ = 1` gives Monte-Carlo advantages `Σ γ^k r_{t+k} − V_t`; `λ = 0` the one-step TD error.
 
     Args:
-        rewards: `(B, T)` per-token rewards (e.g. −β·KL per token plus the score on the last
+        rewards: `(B, T)` per-step rewards (RLHF: −β·KL per token plus the score on the last
             token), in reward units.
         values: `(B, T)` critic values `V_t` at the same positions.
-        mask: `(B, T)` 0/1, right-padded per row (ones then zeros).
+        mask: `(B, T)` 0/1, right-padded per row (ones then zeros); None: every step counts.
         gamma: discount γ in [0, 1].
         lam: GAE λ in [0, 1].
+        dones: `(B, T)` 0/1 episode ends (environment rollouts), or None.
+        last_values: `(B,)` bootstrap values after the last step (with `dones`), or None.
 
     Returns:
         `(advantages, returns)`, each `(B, T)` fp32 (fp64 for fp64 input), detached, 0 where
@@ -257,11 +268,17 @@ def gae(
         raise UserError(f"gae: gamma must be in [0, 1], got {gamma}")
     if not 0.0 <= lam <= 1.0:
         raise UserError(f"gae: lam must be in [0, 1], got {lam}")
+    if mask is None:
+        mask = torch.ones_like(rewards, dtype=torch.bool)
     if rewards.dim() != 2 or values.shape != rewards.shape or mask.shape != rewards.shape:
         raise ValueError(
             f"gae needs rewards, values and mask of the same (B, T) shape; got {tuple(rewards.shape)}, "
             f"{tuple(values.shape)} and {tuple(mask.shape)}"
         )
+    if dones is not None and dones.shape != rewards.shape:
+        raise ValueError(f"gae: dones shape {tuple(dones.shape)} != rewards shape {tuple(rewards.shape)}")
+    if last_values is not None and (dones is None or last_values.shape != rewards.shape[:1]):
+        raise ValueError("gae: last_values needs dones, and one value per row")
     keep = mask != 0
     if rewards.shape[1] > 1 and bool((keep[:, 1:] & ~keep[:, :-1]).any()):
         raise ValueError("gae: mask must be right-padded per row (ones then zeros)")
@@ -271,15 +288,21 @@ def gae(
     v = torch.where(keep, values.to(dtype), zero)  # V beyond the end is 0: terminal
     m = keep.to(dtype)
     b, t_len = r.shape
+    # nonterminal[:, t]: whether step t bootstraps from step t + 1.
+    if dones is None:
+        nonterminal = torch.cat([m[:, 1:], m.new_zeros(b, 1)], dim=1)
+        next_value = r.new_zeros(b)
+    else:
+        nonterminal = 1 - (dones != 0).to(dtype)
+        next_value = r.new_zeros(b) if last_values is None else last_values.detach().to(dtype)
     advantages = torch.zeros_like(r)
-    next_value = r.new_zeros(b)
     next_adv = r.new_zeros(b)
-    next_mask = r.new_zeros(b)
     for t in reversed(range(t_len)):
-        delta = r[:, t] + gamma * next_value * next_mask - v[:, t]
-        adv = delta + gamma * lam * next_mask * next_adv
+        c = nonterminal[:, t]
+        delta = r[:, t] + gamma * next_value * c - v[:, t]
+        adv = delta + gamma * lam * c * next_adv
         advantages[:, t] = adv
-        next_value, next_adv, next_mask = v[:, t], adv, m[:, t]
+        next_value, next_adv = v[:, t], adv
     advantages = advantages * m
     returns = (advantages + v) * m
     return advantages, returns

@@ -1,0 +1,92 @@
+"""`minigpt gym`: classic reinforcement learning on a Gymnasium environment.
+
+The run directory holds the policy (`policy.safetensors` + `policy.json`), `metrics.jsonl`
+(episode returns and losses, by environment step), TensorBoard logs, `learning_curve.png`, and
+`eval.json` (`{"mean_return", "std_return", "episodes"}` of deterministic evaluation episodes
+after training). Presets per algorithm and environment: `configs/gym/*.yaml` (`--config`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from minigpt.errors import UserError
+from minigpt.gym.ppo import PPOConfig
+from minigpt.recipes.common import refuse_existing_run
+
+#: The algorithms `minigpt gym --algo` runs.
+ALGORITHMS = ("ppo",)
+
+
+def gym(
+    env: str,
+    algo: str = "ppo",
+    out: str = "runs/gym",
+    env_kwargs: str | None = None,
+    total_steps: int = 100_000,
+    seed: int = 0,
+    ppo: PPOConfig = PPOConfig(),
+    tensorboard: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train an agent on a Gymnasium environment, then evaluate it deterministically.
+
+    Args:
+        env: a Gymnasium environment id (CartPole-v1, FrozenLake-v1, Pendulum-v1, …).
+        algo: the algorithm: ppo.
+        out: run directory.
+        env_kwargs: keyword arguments of `gymnasium.make`, as a JSON object
+            (`'{"is_slippery": false}'`).
+        total_steps: environment steps to train for (over all parallel environments).
+        seed: seeds the networks, the sampling and the environments.
+        ppo: PPO's hyper-parameters.
+        tensorboard: also write TensorBoard logs (OUT/tensorboard).
+        overwrite: replace a run already in `out`.
+
+    Returns:
+        The evaluation (`eval.json`) plus `seconds` and `steps`.
+
+    Raises:
+        UserError: an unknown algorithm or environment (close matches listed), `env_kwargs`
+            that is not a JSON object, `total_steps` <= 0, an action space the algorithm does
+            not handle.
+    """
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from minigpt.gym.common import check_env_id, parse_env_kwargs, plot_learning_curve
+    from minigpt.gym.ppo import train_ppo
+    from minigpt.train.checkpoint import atomic_write_text
+
+    if algo not in ALGORITHMS:
+        raise UserError(f"--algo must be one of {', '.join(ALGORITHMS)}, not {algo!r}")
+    if total_steps <= 0:
+        raise UserError(f"--total_steps must be > 0, got {total_steps}")
+    kwargs = parse_env_kwargs(env_kwargs)
+    check_env_id(env)
+    out_dir = Path(out)
+    refuse_existing_run(out_dir, False, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "run.json", json.dumps({
+        "stage": "gym", "algo": algo, "env": env, "env_kwargs": kwargs, "total_steps": total_steps, "seed": seed,
+        "ppo": dataclasses.asdict(ppo),
+    }, indent=2) + "\n")
+    result = train_ppo(env, ppo, total_steps, seed, kwargs, out_dir, tensorboard)
+    policy = result["policy"]
+    tmp = out_dir / ".policy.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(tmp))
+    tmp.replace(out_dir / "policy.safetensors")
+    atomic_write_text(out_dir / "policy.json", json.dumps({"algo": algo, "env": env, "env_kwargs": kwargs, "hidden_size": ppo.hidden_size}, indent=2) + "\n")
+    rows = [{"step": s, "episode_return": r} for s, r in result["episode_returns"]]
+    plot_learning_curve(rows, out_dir / "learning_curve.png", f"{algo} on {env} (seed {seed})")
+    evaluation = result["eval"]
+    atomic_write_text(out_dir / "eval.json", json.dumps(evaluation, indent=2) + "\n")
+    print(f"{algo} on {env}: {result['steps']} environment steps in {result['seconds']:.0f} s; deterministic evaluation over "
+          f"{len(evaluation.get('episodes', []))} episodes: {evaluation.get('mean_return', float('nan')):.1f} ± {evaluation.get('std_return', float('nan')):.1f} -> {out_dir}")
+    return {**evaluation, "seconds": result["seconds"], "steps": result["steps"]}
+
+
+__all__ = ["ALGORITHMS", "gym"]

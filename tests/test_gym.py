@@ -1,0 +1,106 @@
+"""Classic RL on Gymnasium (`minigpt gym`): GAE over episode boundaries, the functions shared with
+RLHF, seeded reproducibility, a short CartPole PPO run, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+
+from minigpt.cli import main  # noqa: E402
+from minigpt.errors import UserError  # noqa: E402
+
+
+def test_gae_stops_bootstrapping_at_an_episode_end():
+    """One environment, 4 steps; the first episode ends at step 1, the rollout stops inside the
+    second one (bootstrap from last_values). Hand computation with γ = 0.9, λ = 0.5."""
+    from minigpt.losses.advantages import gae
+
+    r = torch.tensor([[1.0, 2.0, 0.5, 1.0]])
+    v = torch.tensor([[0.5, 1.0, 0.2, 0.4]])
+    dones = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    last = torch.tensor([3.0])
+    g, lam = 0.9, 0.5
+    d3 = 1.0 + g * 3.0 - 0.4  # bootstraps from the state after the rollout
+    d2 = 0.5 + g * 0.4 - 0.2
+    d1 = 2.0 - 1.0  # the episode ended: no V(s_2)
+    d0 = 1.0 + g * 1.0 - 0.5
+    a3 = d3
+    a2 = d2 + g * lam * a3
+    a1 = d1  # nothing flows back across the boundary
+    a0 = d0 + g * lam * a1
+    adv, ret = gae(r, v, None, g, lam, dones=dones, last_values=last)
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2, a3]]))
+    assert torch.allclose(ret, adv + v)
+    with pytest.raises(ValueError, match="last_values needs dones"):
+        gae(r, v, None, g, lam, last_values=last)
+
+
+def test_gym_and_rlhf_use_the_same_advantage_and_loss_functions():
+    import minigpt.gym.ppo as gym_ppo
+    import minigpt.objectives.ppo as rlhf_ppo
+    from minigpt.losses import advantages, policy
+
+    assert gym_ppo.gae is rlhf_ppo.gae is advantages.gae
+    assert gym_ppo.whiten is rlhf_ppo.whiten is advantages.whiten
+    assert gym_ppo.clipped_policy_loss is policy.clipped_policy_loss
+    assert gym_ppo.clipped_value_loss is policy.clipped_value_loss
+
+
+def test_a_fixed_seed_reproduces_the_returns():
+    from minigpt.gym.ppo import train_ppo
+
+    cfg = {"num_envs": 2, "num_steps": 64, "eval_episodes": 2}
+    a = train_ppo("CartPole-v1", cfg, total_steps=1024, seed=3)
+    b = train_ppo("CartPole-v1", cfg, total_steps=1024, seed=3)
+    c = train_ppo("CartPole-v1", cfg, total_steps=1024, seed=4)
+    assert a["episode_returns"] == b["episode_returns"] and a["eval"] == b["eval"]
+    assert a["episode_returns"] != c["episode_returns"]
+
+
+def test_ppo_balances_cartpole_and_writes_the_run(tmp_path):
+    """The default PPO settings, 50k steps (about half a minute): the deterministic policy
+    balances the pole past the classic 'solved' line of 195."""
+    out = tmp_path / "run"
+    assert main(["gym", "--env", "CartPole-v1", "--algo", "ppo", "--total_steps", "50000", "--seed", "1", "--out", str(out),
+                 "--no_tensorboard"]) == 0
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert set(evaluation) == {"mean_return", "std_return", "episodes"} and len(evaluation["episodes"]) == 10
+    assert evaluation["mean_return"] >= 195
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    returns = [r["episode_return"] for r in rows if "episode_return" in r]
+    assert sum(returns[-20:]) / 20 > sum(returns[:20]) / 20 + 100  # it learned during the run
+    assert any("policy_loss" in r and "approx_kl" in r for r in rows)
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    from safetensors.torch import load_file
+
+    from minigpt.gym.ppo import ActorCriticMLP
+
+    import gymnasium
+
+    env = gymnasium.make("CartPole-v1")
+    policy = ActorCriticMLP(4, env.action_space, json.loads((out / "policy.json").read_text())["hidden_size"])
+    policy.load_state_dict(load_file(out / "policy.safetensors"))
+    assert policy.act_deterministic(env.reset(seed=0)[0]) in (0, 1)
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    from minigpt.gym.common import check_env_id, parse_env_kwargs
+
+    with pytest.raises(UserError, match="did you mean CartPole-v1"):
+        check_env_id("CartPol-v1")
+    with pytest.raises(UserError, match="not JSON"):
+        parse_env_kwargs("{is_slippery: false}")
+    with pytest.raises(UserError, match="JSON object"):
+        parse_env_kwargs("[1, 2]")
+    assert parse_env_kwargs('{"is_slippery": false}') == {"is_slippery": False}
+    assert main(["gym", "--env", "CartPole-v1", "--total_steps", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "--total_steps must be > 0" in capsys.readouterr().err
+    assert main(["gym", "--env", "Cartpole-v1", "--out", str(tmp_path / "b")]) == 2
+    assert "did you mean CartPole-v1" in capsys.readouterr().err
+    assert main(["gym", "--env", "FrozenLake-v1", "--env_kwargs", "{bad", "--out", str(tmp_path / "c")]) == 2
+    assert "--env_kwargs is not JSON" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")
