@@ -82,7 +82,7 @@ def test_ppo_balances_cartpole_and_writes_the_run(tmp_path):
     import gymnasium
 
     env = gymnasium.make("CartPole-v1")
-    policy = ActorCriticMLP(4, env.action_space, json.loads((out / "policy.json").read_text())["hidden_size"])
+    policy = ActorCriticMLP(4, env.action_space, json.loads((out / "policy.json").read_text())["ppo"]["hidden_size"])
     policy.load_state_dict(load_file(out / "policy.safetensors"))
     assert policy.act_deterministic(env.reset(seed=0)[0]) in (0, 1)
 
@@ -104,3 +104,28 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["gym", "--env", "FrozenLake-v1", "--env_kwargs", "{bad", "--out", str(tmp_path / "c")]) == 2
     assert "--env_kwargs is not JSON" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_q_learning_update_on_a_hand_worked_two_state_mdp():
+    """States 0 and 1, actions 0 and 1; α = 0.5, γ = 0.9."""
+    import numpy as np
+
+    from minigpt.gym.qlearning import linear_schedule, q_learning_update
+
+    q = np.array([[0.0, 1.0], [2.0, 4.0]])
+    # From state 0, action 0, reward 1, to state 1: target 1 + 0.9·max(2, 4) = 4.6; δ = 4.6 − 0 = 4.6.
+    assert q_learning_update(q, 0, 0, 1.0, 1, False, 0.5, 0.9) == pytest.approx(4.6)
+    assert q[0, 0] == pytest.approx(2.3)
+    # Terminal: no bootstrap. From state 1, action 1, reward −1: δ = −1 − 4 = −5; Q = 4 − 2.5 = 1.5.
+    assert q_learning_update(q, 1, 1, -1.0, 0, True, 0.5, 0.9) == pytest.approx(-5.0)
+    assert q[1, 1] == pytest.approx(1.5) and q[0, 1] == 1.0 and q[1, 0] == 2.0  # nothing else moved
+    assert [linear_schedule(1.0, 0.1, 0.5, s, 100) for s in (0, 25, 50, 99)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+
+
+def test_q_learning_solves_deterministic_frozenlake_and_refuses_continuous_states(tmp_path, capsys):
+    from minigpt.gym.qlearning import train_qlearning
+
+    result = train_qlearning("FrozenLake-v1", {"eval_episodes": 20}, total_steps=30_000, seed=0, env_kwargs={"is_slippery": False})
+    assert result["eval"]["mean_return"] == 1.0  # every greedy episode reaches the goal
+    assert main(["gym", "--env", "CartPole-v1", "--algo", "qlearning", "--out", str(tmp_path / "q")]) == 2
+    assert "needs Discrete observations and actions" in capsys.readouterr().err

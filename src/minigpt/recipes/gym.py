@@ -14,10 +14,11 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.gym.ppo import PPOConfig
+from minigpt.gym.qlearning import QLearningConfig
 from minigpt.recipes.common import refuse_existing_run
 
 #: The algorithms `minigpt gym --algo` runs.
-ALGORITHMS = ("ppo",)
+ALGORITHMS = ("qlearning", "ppo")
 
 
 def gym(
@@ -27,6 +28,7 @@ def gym(
     env_kwargs: str | None = None,
     total_steps: int = 100_000,
     seed: int = 0,
+    qlearning: QLearningConfig = QLearningConfig(),
     ppo: PPOConfig = PPOConfig(),
     tensorboard: bool = True,
     overwrite: bool = False,
@@ -35,13 +37,14 @@ def gym(
 
     Args:
         env: a Gymnasium environment id (CartPole-v1, FrozenLake-v1, Pendulum-v1, …).
-        algo: the algorithm: ppo.
+        algo: the algorithm: qlearning (tabular; Discrete observations and actions) or ppo.
         out: run directory.
         env_kwargs: keyword arguments of `gymnasium.make`, as a JSON object
             (`'{"is_slippery": false}'`).
         total_steps: environment steps to train for (over all parallel environments).
         seed: seeds the networks, the sampling and the environments.
-        ppo: PPO's hyper-parameters.
+        qlearning: tabular Q-learning's hyper-parameters (`--qlearning.*`).
+        ppo: PPO's hyper-parameters (`--ppo.*`).
         tensorboard: also write TensorBoard logs (OUT/tensorboard).
         overwrite: replace a run already in `out`.
 
@@ -59,6 +62,7 @@ def gym(
 
     from minigpt.gym.common import check_env_id, parse_env_kwargs, plot_learning_curve
     from minigpt.gym.ppo import train_ppo
+    from minigpt.gym.qlearning import train_qlearning
     from minigpt.train.checkpoint import atomic_write_text
 
     if algo not in ALGORITHMS:
@@ -70,22 +74,23 @@ def gym(
     out_dir = Path(out)
     refuse_existing_run(out_dir, False, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    train, settings = {"qlearning": (train_qlearning, qlearning), "ppo": (train_ppo, ppo)}[algo]
     atomic_write_text(out_dir / "run.json", json.dumps({
         "stage": "gym", "algo": algo, "env": env, "env_kwargs": kwargs, "total_steps": total_steps, "seed": seed,
-        "ppo": dataclasses.asdict(ppo),
+        algo: dataclasses.asdict(settings),
     }, indent=2) + "\n")
-    result = train_ppo(env, ppo, total_steps, seed, kwargs, out_dir, tensorboard)
+    result = train(env, settings, total_steps, seed, kwargs, out_dir, tensorboard)
     policy = result["policy"]
     tmp = out_dir / ".policy.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(tmp))
     tmp.replace(out_dir / "policy.safetensors")
-    atomic_write_text(out_dir / "policy.json", json.dumps({"algo": algo, "env": env, "env_kwargs": kwargs, "hidden_size": ppo.hidden_size}, indent=2) + "\n")
+    atomic_write_text(out_dir / "policy.json", json.dumps({"algo": algo, "env": env, "env_kwargs": kwargs, algo: dataclasses.asdict(settings)}, indent=2) + "\n")
     rows = [{"step": s, "episode_return": r} for s, r in result["episode_returns"]]
     plot_learning_curve(rows, out_dir / "learning_curve.png", f"{algo} on {env} (seed {seed})")
     evaluation = result["eval"]
     atomic_write_text(out_dir / "eval.json", json.dumps(evaluation, indent=2) + "\n")
     print(f"{algo} on {env}: {result['steps']} environment steps in {result['seconds']:.0f} s; deterministic evaluation over "
-          f"{len(evaluation.get('episodes', []))} episodes: {evaluation.get('mean_return', float('nan')):.1f} ± {evaluation.get('std_return', float('nan')):.1f} -> {out_dir}")
+          f"{len(evaluation.get('episodes', []))} episodes: {evaluation.get('mean_return', float('nan')):.3f} ± {evaluation.get('std_return', float('nan')):.3f} -> {out_dir}")
     return {**evaluation, "seconds": result["seconds"], "steps": result["steps"]}
 
 

@@ -1,0 +1,140 @@
+"""Tabular Q-learning (Watkins & Dayan 1992) with ε-greedy exploration decaying linearly, for
+environments whose observations and actions are both `Discrete` (FrozenLake, Taxi, CliffWalking).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from minigpt.config import DictConfig
+from minigpt.errors import UserError
+from minigpt.gym.common import MetricsLog, evaluate_policy, make_env, torch_seed
+
+
+@dataclass
+class QLearningConfig(DictConfig):
+    """Tabular Q-learning's hyper-parameters."""
+
+    learning_rate: float = 0.1
+    """α of the update."""
+    gamma: float = 0.99
+    """Discount γ."""
+    epsilon_start: float = 1.0
+    """ε at the first step."""
+    epsilon_end: float = 0.05
+    """ε after the decay."""
+    exploration_fraction: float = 0.5
+    """Share of total_steps over which ε decays linearly from epsilon_start to epsilon_end."""
+    eval_episodes: int = 100
+    """Deterministic (greedy) evaluation episodes after training (eval.json)."""
+
+    def __post_init__(self) -> None:
+        self.require([
+            (0 < self.learning_rate <= 1, "learning_rate must be in (0, 1]"),
+            (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
+            (0 <= self.epsilon_end <= self.epsilon_start <= 1, "need 0 <= epsilon_end <= epsilon_start <= 1"),
+            (0 <= self.exploration_fraction <= 1, "exploration_fraction must be in [0, 1]"),
+            (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
+        ])
+
+
+def q_learning_update(q: np.ndarray, state: int, action: int, reward: float, next_state: int, terminal: bool, alpha: float, gamma: float) -> float:
+    """One Q-learning update in place, returning the TD error:
+
+        δ = r + γ·(1 − terminal)·max_a' Q(s', a') − Q(s, a),   Q(s, a) ← Q(s, a) + α·δ
+
+    A time-limit truncation is not terminal: the caller passes `terminal=False` for it.
+    """
+    target = reward + (0.0 if terminal else gamma * float(q[next_state].max()))
+    delta = target - float(q[state, action])
+    q[state, action] += alpha * delta
+    return delta
+
+
+def linear_schedule(start: float, end: float, fraction: float, step: int, total: int) -> float:
+    """`start` moving linearly to `end` over the first `fraction · total` steps, then `end`."""
+    span = fraction * total
+    if span <= 0:
+        return end
+    return end + (start - end) * max(0.0, 1.0 - step / span)
+
+
+class QTable(nn.Module):
+    """A Q-table `(num_states, num_actions)` kept as a buffer (saved with the policy)."""
+
+    def __init__(self, num_states: int, num_actions: int) -> None:
+        super().__init__()
+        self.register_buffer("q", torch.zeros(num_states, num_actions, dtype=torch.float64))
+
+    def act_deterministic(self, obs: Any) -> int:
+        """The greedy action (the lowest index among ties)."""
+        return int(self.q[int(obs)].argmax())
+
+
+def _greedy(row: np.ndarray, rng: np.random.Generator) -> int:
+    """argmax with ties broken at random (a zero-initialised table must not always pick 0)."""
+    best = np.flatnonzero(row == row.max())
+    return int(best[0] if len(best) == 1 else rng.choice(best))
+
+
+def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
+                    env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+    """Tabular Q-learning on `env_id` for `total_steps` environment steps.
+
+    Returns:
+        `{"policy": QTable, "eval", "episode_returns": [(step, return)], "seconds", "steps"}`.
+
+    Raises:
+        UserError: observations or actions that are not `Discrete`, `total_steps` <= 0.
+    """
+    from gymnasium import spaces
+
+    c = config if isinstance(config, QLearningConfig) else QLearningConfig.from_dict(config or {})
+    if total_steps <= 0:
+        raise UserError(f"total_steps must be > 0, got {total_steps}")
+    env = make_env(env_id, env_kwargs)
+    if not (isinstance(env.observation_space, spaces.Discrete) and isinstance(env.action_space, spaces.Discrete)):
+        env.close()
+        raise UserError(f"tabular Q-learning needs Discrete observations and actions; {env_id} has "
+                        f"{env.observation_space} and {env.action_space} (use dqn or ppo)")
+    torch_seed(seed)
+    rng = np.random.default_rng(seed)
+    table = QTable(int(env.observation_space.n), int(env.action_space.n))
+    q = table.q.numpy()  # shares memory with the buffer
+    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
+    episode_returns: list[tuple[int, float]] = []
+    t0 = time.time()
+    obs, _ = env.reset(seed=seed)
+    total, episode = 0.0, 0
+    try:
+        for step in range(1, total_steps + 1):
+            eps = linear_schedule(c.epsilon_start, c.epsilon_end, c.exploration_fraction, step - 1, total_steps)
+            action = int(rng.integers(q.shape[1])) if rng.random() < eps else _greedy(q[obs], rng)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            q_learning_update(q, int(obs), action, float(reward), int(next_obs), bool(terminated), c.learning_rate, c.gamma)
+            total += float(reward)
+            obs = next_obs
+            if terminated or truncated:
+                episode += 1
+                episode_returns.append((step, total))
+                if log is not None:
+                    log.log(step, episode_return=total, epsilon=eps)
+                total = 0.0
+                obs, _ = env.reset(seed=seed + episode)
+    finally:
+        env.close()
+        if log is not None:
+            log.close()
+    seconds = time.time() - t0
+    result = evaluate_policy(table.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
+    return {"policy": table, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": total_steps}
+
+
+__all__ = ["QLearningConfig", "QTable", "linear_schedule", "q_learning_update", "train_qlearning"]
