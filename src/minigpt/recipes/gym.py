@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
+from minigpt.gym.dqn import DQNConfig
 from minigpt.gym.ppo import PPOConfig
 from minigpt.gym.qlearning import QLearningConfig
 from minigpt.recipes.common import refuse_existing_run
 
 #: The algorithms `minigpt gym --algo` runs.
-ALGORITHMS = ("qlearning", "ppo")
+ALGORITHMS = ("qlearning", "dqn", "ppo")
 
 
 def gym(
@@ -29,7 +30,10 @@ def gym(
     total_steps: int = 100_000,
     seed: int = 0,
     qlearning: QLearningConfig = QLearningConfig(),
+    dqn: DQNConfig = DQNConfig(),
     ppo: PPOConfig = PPOConfig(),
+    double: bool | None = None,
+    dueling: bool | None = None,
     tensorboard: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -37,14 +41,18 @@ def gym(
 
     Args:
         env: a Gymnasium environment id (CartPole-v1, FrozenLake-v1, Pendulum-v1, …).
-        algo: the algorithm: qlearning (tabular; Discrete observations and actions) or ppo.
+        algo: the algorithm: qlearning (tabular; Discrete observations and actions), dqn
+            (Discrete actions) or ppo.
         out: run directory.
         env_kwargs: keyword arguments of `gymnasium.make`, as a JSON object
             (`'{"is_slippery": false}'`).
         total_steps: environment steps to train for (over all parallel environments).
         seed: seeds the networks, the sampling and the environments.
         qlearning: tabular Q-learning's hyper-parameters (`--qlearning.*`).
+        dqn: DQN's hyper-parameters (`--dqn.*`).
         ppo: PPO's hyper-parameters (`--ppo.*`).
+        double: shorthand for `--dqn.double` (the Double DQN target).
+        dueling: shorthand for `--dqn.dueling` (the dueling head).
         tensorboard: also write TensorBoard logs (OUT/tensorboard).
         overwrite: replace a run already in `out`.
 
@@ -61,6 +69,7 @@ def gym(
     from safetensors.torch import save_file
 
     from minigpt.gym.common import check_env_id, parse_env_kwargs, plot_learning_curve
+    from minigpt.gym.dqn import train_dqn
     from minigpt.gym.ppo import train_ppo
     from minigpt.gym.qlearning import train_qlearning
     from minigpt.train.checkpoint import atomic_write_text
@@ -74,7 +83,9 @@ def gym(
     out_dir = Path(out)
     refuse_existing_run(out_dir, False, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train, settings = {"qlearning": (train_qlearning, qlearning), "ppo": (train_ppo, ppo)}[algo]
+    if double is not None or dueling is not None:
+        dqn = dataclasses.replace(dqn, **{k: v for k, v in (("double", double), ("dueling", dueling)) if v is not None})
+    train, settings = {"qlearning": (train_qlearning, qlearning), "dqn": (train_dqn, dqn), "ppo": (train_ppo, ppo)}[algo]
     atomic_write_text(out_dir / "run.json", json.dumps({
         "stage": "gym", "algo": algo, "env": env, "env_kwargs": kwargs, "total_steps": total_steps, "seed": seed,
         algo: dataclasses.asdict(settings),

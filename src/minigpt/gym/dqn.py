@@ -1,0 +1,258 @@
+"""Deep Q-learning (Mnih et al. 2015): a replay buffer, a target network (a hard copy every N
+steps, or soft τ updates), the Huber loss and a linearly decaying ε; optionally the Double DQN
+target (van Hasselt et al. 2016, arXiv:1509.06461) and the dueling head (Wang et al. 2016,
+arXiv:1511.06581). Discrete actions; `Box` or `Discrete` (one-hot) observations.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt.config import DictConfig
+from minigpt.errors import UserError
+from minigpt.gym.common import MetricsLog, evaluate_policy, make_env, torch_seed
+from minigpt.gym.qlearning import linear_schedule
+
+
+@dataclass
+class DQNConfig(DictConfig):
+    """DQN's hyper-parameters (defaults close to SB3's, for classic control)."""
+
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    buffer_size: int = 50_000
+    """Transitions kept in the replay buffer (oldest replaced first)."""
+    batch_size: int = 64
+    """Transitions per gradient step."""
+    learning_starts: int = 1000
+    """Environment steps taken (at random) before learning starts."""
+    gamma: float = 0.99
+    """Discount γ."""
+    train_freq: int = 4
+    """Environment steps between training rounds."""
+    gradient_steps: int = 1
+    """Gradient steps per training round."""
+    target_update_interval: int = 500
+    """With tau = 1: environment steps between hard copies of the online network."""
+    tau: float = 1.0
+    """1: hard copies; < 1: soft updates θ' ← τ·θ + (1 − τ)·θ' after every gradient step."""
+    epsilon_start: float = 1.0
+    """ε at the first step."""
+    epsilon_end: float = 0.05
+    """ε after the decay."""
+    exploration_fraction: float = 0.2
+    """Share of total_steps over which ε decays linearly."""
+    double: bool = False
+    """Double DQN: the online network picks the next action, the target network scores it."""
+    dueling: bool = False
+    """Dueling head: Q = V + A − mean(A)."""
+    hidden_size: int = 128
+    """Width of the two hidden (ReLU) layers."""
+    max_grad_norm: float = 10.0
+    """Clip the global gradient norm."""
+    eval_episodes: int = 10
+    """Deterministic (greedy) evaluation episodes after training (eval.json)."""
+
+    def __post_init__(self) -> None:
+        self.require([
+            (self.learning_rate > 0 and 0 <= self.gamma <= 1, "learning_rate must be > 0 and gamma in [0, 1]"),
+            (self.buffer_size >= self.batch_size >= 1, "need buffer_size >= batch_size >= 1"),
+            (self.learning_starts >= 0 and self.train_freq >= 1 and self.gradient_steps >= 1, "learning_starts >= 0, train_freq and gradient_steps >= 1"),
+            (self.target_update_interval >= 1 and 0 < self.tau <= 1, "target_update_interval must be >= 1 and tau in (0, 1]"),
+            (0 <= self.epsilon_end <= self.epsilon_start <= 1, "need 0 <= epsilon_end <= epsilon_start <= 1"),
+            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
+        ])
+
+
+def dueling_q(value: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """`Q = V + A − mean_a(A)` (Wang et al. 2016 eq. 9): `value (B, 1)`, `advantages (B, A)` ->
+    `(B, A)`. Subtracting the mean makes V and A identifiable."""
+    return value + advantages - advantages.mean(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def dqn_targets(
+    rewards: torch.Tensor, next_q_target: torch.Tensor, terminals: torch.Tensor, gamma: float, next_q_online: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Regression targets `y = r + γ·(1 − terminal)·Q'(s', a')` of shape `(B,)`.
+
+    Plain DQN: `a' = argmax_a Q_target(s', a)`, i.e. `max_a Q_target(s', a)`. Double DQN (given
+    `next_q_online (B, A)`): `a' = argmax_a Q_online(s', a)`, scored by the target network, which
+    removes the max operator's overestimation.
+
+    Args:
+        rewards: `(B,)`.
+        next_q_target: `(B, A)` target-network values of the next states.
+        terminals: `(B,)` 1 where the episode terminated (a time-limit truncation is not
+            terminal: it bootstraps).
+        gamma: discount γ.
+        next_q_online: `(B, A)` online-network values of the next states (Double DQN), or None.
+    """
+    if next_q_online is None:
+        best = next_q_target.max(dim=-1).values
+    else:
+        best = next_q_target.gather(-1, next_q_online.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return rewards + gamma * (1 - terminals.float()) * best
+
+
+class QNetwork(nn.Module):
+    """`obs (B, obs_dim) -> Q (B, A)`: two ReLU layers, then a linear head or the dueling heads."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int = 128, dueling: bool = False) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size), nn.ReLU())
+        self.dueling = dueling
+        if dueling:
+            self.value_head = nn.Linear(hidden_size, 1)
+            self.advantage_head = nn.Linear(hidden_size, num_actions)
+        else:
+            self.head = nn.Linear(hidden_size, num_actions)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(obs)
+        if self.dueling:
+            return dueling_q(self.value_head(h), self.advantage_head(h))
+        return self.head(h)
+
+
+class ReplayBuffer:
+    """A circular buffer of transitions `(obs, action, reward, next_obs, terminal)` in numpy."""
+
+    def __init__(self, capacity: int, obs_dim: int) -> None:
+        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.terminals = np.zeros(capacity, dtype=np.float32)
+        self.capacity, self.size, self.pos = capacity, 0, 0
+
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminal: bool) -> None:
+        i = self.pos
+        self.obs[i], self.actions[i], self.rewards[i], self.next_obs[i], self.terminals[i] = obs, action, reward, next_obs, terminal
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        idx = rng.integers(self.size, size=n)
+        return {k: torch.from_numpy(getattr(self, k)[idx]) for k in ("obs", "actions", "rewards", "next_obs", "terminals")}
+
+
+def _encoder(space: Any):
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        n = int(space.n)
+        return n, lambda o: np.eye(n, dtype=np.float32)[int(o)]
+    if isinstance(space, spaces.Box):
+        return int(np.prod(space.shape)), lambda o: np.asarray(o, dtype=np.float32).reshape(-1)
+    raise UserError(f"observation space {space} is not supported (Box or Discrete)")
+
+
+class GreedyPolicy(nn.Module):
+    """A Q-network with the observation encoding, acting greedily (what is saved and evaluated)."""
+
+    def __init__(self, q: QNetwork, encode) -> None:
+        super().__init__()
+        self.q = q
+        self._encode = encode
+
+    @torch.no_grad()
+    def act_deterministic(self, obs: Any) -> int:
+        return int(self.q(torch.from_numpy(self._encode(obs))[None]).argmax(-1))
+
+
+def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
+              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+    """Train DQN (optionally Double and/or dueling) on `env_id` for `total_steps` steps.
+
+    Returns:
+        `{"policy": GreedyPolicy, "eval", "episode_returns": [(step, return)], "seconds", "steps"}`.
+
+    Raises:
+        UserError: an action space that is not `Discrete` (DQN scores a finite set of actions:
+            use ppo for continuous ones), `total_steps` <= 0.
+    """
+    from gymnasium import spaces
+
+    c = config if isinstance(config, DQNConfig) else DQNConfig.from_dict(config or {})
+    if total_steps <= 0:
+        raise UserError(f"total_steps must be > 0, got {total_steps}")
+    env = make_env(env_id, env_kwargs)
+    if not isinstance(env.action_space, spaces.Discrete):
+        env.close()
+        raise UserError(f"DQN needs Discrete actions; {env_id} has {env.action_space} (use --algo ppo for continuous actions)")
+    obs_dim, encode = _encoder(env.observation_space)
+    torch_seed(seed)
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    online = QNetwork(obs_dim, int(env.action_space.n), c.hidden_size, c.dueling)
+    target = copy.deepcopy(online).requires_grad_(False)
+    optimizer = torch.optim.Adam(online.parameters(), lr=c.learning_rate)
+    buffer = ReplayBuffer(c.buffer_size, obs_dim)
+    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
+    episode_returns: list[tuple[int, float]] = []
+    t0 = time.time()
+    raw, _ = env.reset(seed=seed)
+    obs = encode(raw)
+    total, episode = 0.0, 0
+    try:
+        for step in range(1, total_steps + 1):
+            eps = linear_schedule(c.epsilon_start, c.epsilon_end, c.exploration_fraction, step - 1, total_steps)
+            if step <= c.learning_starts or rng.random() < eps:
+                action = int(env.action_space.sample())
+            else:
+                with torch.no_grad():
+                    action = int(online(torch.from_numpy(obs)[None]).argmax(-1))
+            raw, reward, terminated, truncated, _ = env.step(action)
+            next_obs = encode(raw)
+            buffer.add(obs, action, float(reward), next_obs, bool(terminated))
+            total += float(reward)
+            obs = next_obs
+            if terminated or truncated:
+                episode += 1
+                episode_returns.append((step, total))
+                if log is not None:
+                    log.log(step, episode_return=total, epsilon=eps)
+                total = 0.0
+                raw, _ = env.reset(seed=seed + episode)
+                obs = encode(raw)
+            if step > c.learning_starts and step % c.train_freq == 0:
+                for _ in range(c.gradient_steps):
+                    b = buffer.sample(c.batch_size, rng)
+                    with torch.no_grad():
+                        next_target = target(b["next_obs"])
+                        y = dqn_targets(b["rewards"], next_target, b["terminals"], c.gamma, online(b["next_obs"]) if c.double else None)
+                    q = online(b["obs"]).gather(-1, b["actions"][:, None]).squeeze(-1)
+                    loss = F.smooth_l1_loss(q, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(online.parameters(), c.max_grad_norm)
+                    optimizer.step()
+                    if c.tau < 1:
+                        with torch.no_grad():
+                            for pt, po in zip(target.parameters(), online.parameters()):
+                                pt.mul_(1 - c.tau).add_(po, alpha=c.tau)
+                if log is not None and step % (c.train_freq * 25) == 0:
+                    log.log(step, td_loss=float(loss.detach()), q_mean=float(q.detach().mean()))
+            if c.tau == 1 and step % c.target_update_interval == 0:
+                target.load_state_dict(online.state_dict())
+    finally:
+        env.close()
+        if log is not None:
+            log.close()
+    seconds = time.time() - t0
+    policy = GreedyPolicy(online.eval(), encode)
+    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
+    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": total_steps}
+
+
+__all__ = ["DQNConfig", "GreedyPolicy", "QNetwork", "ReplayBuffer", "dqn_targets", "dueling_q", "train_dqn"]
