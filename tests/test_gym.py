@@ -40,11 +40,12 @@ def test_gae_stops_bootstrapping_at_an_episode_end():
 
 
 def test_gym_and_rlhf_use_the_same_advantage_and_loss_functions():
+    import minigpt.gym.actor_critic as gym_ac
     import minigpt.gym.ppo as gym_ppo
     import minigpt.objectives.ppo as rlhf_ppo
     from minigpt.losses import advantages, policy
 
-    assert gym_ppo.gae is rlhf_ppo.gae is advantages.gae
+    assert gym_ac.gae is rlhf_ppo.gae is advantages.gae
     assert gym_ppo.whiten is rlhf_ppo.whiten is advantages.whiten
     assert gym_ppo.clipped_policy_loss is policy.clipped_policy_loss
     assert gym_ppo.clipped_value_loss is policy.clipped_value_loss
@@ -82,7 +83,7 @@ def test_ppo_balances_cartpole_and_writes_the_run(tmp_path):
     import gymnasium
 
     env = gymnasium.make("CartPole-v1")
-    policy = ActorCriticMLP(4, env.action_space, json.loads((out / "policy.json").read_text())["ppo"]["hidden_size"])
+    policy = ActorCriticMLP(env.observation_space, env.action_space, json.loads((out / "policy.json").read_text())["ppo"]["hidden_size"])
     policy.load_state_dict(load_file(out / "policy.safetensors"))
     assert policy.act_deterministic(env.reset(seed=0)[0]) in (0, 1)
 

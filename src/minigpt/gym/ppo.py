@@ -1,7 +1,8 @@
 """PPO on Gymnasium environments (Schulman et al. 2017, arXiv:1707.06347), with the same
 advantage and loss functions RLHF's PPO uses: `losses.advantages.gae` (in its
-environment-rollout layout), `losses.advantages.whiten`, `losses.policy.clipped_policy_loss`
-and `losses.policy.clipped_value_loss`.
+environment-rollout layout, through `gym.actor_critic.Rollout.advantages`),
+`losses.advantages.whiten`, `losses.policy.clipped_policy_loss` and
+`losses.policy.clipped_value_loss`.
 
 A rollout is `num_steps` steps of `num_envs` vectorised environments; then `num_epochs` passes of
 `num_minibatches` minibatches over it. Discrete actions use a categorical policy, continuous
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.gym.common import MetricsLog, evaluate_policy, finished_returns, make_vector_env, mlp, torch_seed
-from minigpt.losses.advantages import gae, whiten
+from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
+from minigpt.gym.common import MetricsLog, evaluate_policy, make_vector_env, torch_seed
+from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
 
@@ -76,72 +77,6 @@ class PPOConfig(DictConfig):
         ])
 
 
-class ActorCriticMLP(nn.Module):
-    """Separate actor and critic MLPs (two tanh hidden layers each).
-
-    `distribution(obs (N, obs_dim))` is a categorical over `n` actions or a diagonal Gaussian
-    over `action_dim` (log-prob summed over dimensions); `value(obs) -> (N,)`.
-    """
-
-    def __init__(self, obs_dim: int, action_space: Any, hidden_size: int = 64) -> None:
-        super().__init__()
-        from gymnasium import spaces
-
-        self.discrete = isinstance(action_space, spaces.Discrete)
-        if self.discrete:
-            out = int(action_space.n)
-        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-            out = int(action_space.shape[0])
-            self.log_std = nn.Parameter(torch.zeros(out))
-            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
-            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
-        else:
-            raise UserError(f"PPO here takes Discrete or 1-D Box actions, not {action_space}")
-        self.actor = mlp([obs_dim, hidden_size, hidden_size, out], last_gain=0.01)
-        self.critic = mlp([obs_dim, hidden_size, hidden_size, 1], last_gain=1.0)
-
-    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        out = self.actor(obs)
-        if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
-
-    @torch.no_grad()
-    def act_deterministic(self, obs: np.ndarray) -> Any:
-        """The most likely action (the mean, clipped to the bounds, for Gaussian policies)."""
-        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))[None]
-        if self.discrete:
-            return int(self.actor(x).argmax(-1))
-        return torch.clamp(self.actor(x), self.low, self.high)[0].numpy()
-
-    def env_action(self, action: torch.Tensor) -> np.ndarray:
-        """The sampled action as the environment takes it (clipped to a Box's bounds)."""
-        if self.discrete:
-            return action.numpy()
-        return torch.clamp(action, self.low, self.high).numpy()
-
-
-def _flat_obs_dim(space: Any) -> int:
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)  # one-hot
-    raise UserError(f"observation space {space} is not supported (Box or Discrete)")
-
-
-def _obs_tensor(obs: np.ndarray, space: Any) -> torch.Tensor:
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Discrete):
-        return torch.nn.functional.one_hot(torch.as_tensor(obs, dtype=torch.long), int(space.n)).float()
-    return torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(len(obs), -1)
-
-
 def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
               env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
     """Train a PPO agent on `env_id` for `total_steps` environment steps.
@@ -167,53 +102,29 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
         raise UserError(f"total_steps must be > 0, got {total_steps}")
     torch_seed(seed)
     envs = make_vector_env(env_id, c.num_envs, env_kwargs)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    policy = ActorCriticMLP(_flat_obs_dim(obs_space), act_space, c.hidden_size)
+    policy = ActorCriticMLP(envs.single_observation_space, envs.single_action_space, c.hidden_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate, eps=1e-5)
     log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
-    n, t_len = c.num_envs, c.num_steps
-    batch = n * t_len
-    updates = -(-total_steps // batch)
-    obs_buf = torch.zeros(t_len, n, _flat_obs_dim(obs_space))
-    act_buf = torch.zeros((t_len, n) + (() if policy.discrete else act_space.shape), dtype=torch.long if policy.discrete else torch.float32)
-    logp_buf, rew_buf, done_buf, val_buf = (torch.zeros(t_len, n) for _ in range(4))
     episode_returns: list[tuple[int, float]] = []
-    obs_np, _ = envs.reset(seed=seed)
-    obs = _obs_tensor(obs_np, obs_space)
-    step = 0
+
+    def on_episode(step: int, ret: float) -> None:
+        episode_returns.append((step, ret))
+        if log is not None:
+            log.log(step, episode_return=ret)
+
+    batch = c.num_envs * c.num_steps
+    updates = -(-total_steps // batch)
+    collector = RolloutCollector(envs, policy, c.gamma, seed, on_episode)
     t0 = time.time()
     try:
         for update in range(updates):
             if c.anneal_lr:
                 optimizer.param_groups[0]["lr"] = c.learning_rate * (1 - update / updates)
-            for t in range(t_len):
-                with torch.no_grad():
-                    dist = policy.distribution(obs)
-                    action = dist.sample()
-                    logp_buf[t], val_buf[t] = dist.log_prob(action), policy.value(obs)
-                obs_buf[t], act_buf[t] = obs, action
-                obs_np, reward, terminated, truncated, info = envs.step(policy.env_action(action))
-                step += n
-                reward = torch.as_tensor(reward, dtype=torch.float32)
-                cut = truncated & ~terminated
-                if cut.any():  # a time limit, not a terminal state: bootstrap from the last observation
-                    final = _obs_tensor(np.stack([info["final_obs"][i] for i in np.nonzero(cut)[0]]), obs_space)
-                    with torch.no_grad():
-                        reward[torch.as_tensor(cut)] += c.gamma * policy.value(final)
-                rew_buf[t] = reward
-                done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-                obs = _obs_tensor(obs_np, obs_space)
-                for r in finished_returns(info):
-                    episode_returns.append((step, r))
-                    if log is not None:
-                        log.log(step, episode_return=r)
-            with torch.no_grad():
-                last_values = policy.value(obs)
-            # gae takes rows = environments, columns = time.
-            adv, ret = gae(rew_buf.T, val_buf.T, None, c.gamma, c.gae_lambda, dones=done_buf.T, last_values=last_values)
-            adv, ret = adv.T.reshape(batch), ret.T.reshape(batch)
-            b_obs, b_act = obs_buf.reshape(batch, -1), act_buf.reshape((batch,) + act_buf.shape[2:])
-            b_logp, b_val = logp_buf.reshape(batch), val_buf.reshape(batch)
+            ro = collector.collect(c.num_steps)
+            adv, ret = ro.advantages(c.gamma, c.gae_lambda)
+            adv, ret = adv.reshape(batch), ret.reshape(batch)
+            b_obs, b_act = ro.obs.reshape(batch, -1), ro.actions.reshape((batch,) + ro.actions.shape[2:])
+            b_logp, b_val = ro.log_probs.reshape(batch), ro.values.reshape(batch)
             stats: dict[str, float] = {}
             mb = batch // c.num_minibatches
             for _ in range(c.num_epochs):
@@ -235,7 +146,7 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
                     stats = {"policy_loss": float(pl.mean().detach()), "value_loss": float(vl.mean().detach()), "entropy": float(entropy.detach()),
                              "approx_kl": pstats["approx_kl"], "clip_fraction": pstats["clip_fraction"], **vstats}
             if log is not None:
-                log.log(step, **stats, lr=optimizer.param_groups[0]["lr"])
+                log.log(collector.steps, **stats, lr=optimizer.param_groups[0]["lr"])
     finally:
         envs.close()
         if log is not None:
@@ -243,7 +154,7 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     seconds = time.time() - t0
     policy.eval()
     result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
-    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": step}
+    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": collector.steps}
 
 
-__all__ = ["ActorCriticMLP", "PPOConfig", "train_ppo"]
+__all__ = ["ActorCriticMLP", "PPOConfig", "train_ppo"]  # ActorCriticMLP: re-exported from minigpt.gym.actor_critic
