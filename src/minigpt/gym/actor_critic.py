@@ -107,7 +107,8 @@ class ActorCriticMLP(nn.Module):
 class Rollout:
     """`T` steps of `N` environments, time first: `obs (T, N, obs_dim)`, `actions (T, N[, A])`,
     `log_probs`, `rewards` (truncations bootstrapped), `dones` (the episode ended at that
-    step), `values` (T, N); `last_values (N,)`: V of the observation after the last step."""
+    step), `values`, `entropies` (T, N); `last_values (N,)`: V of the observation after the
+    last step."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -115,6 +116,7 @@ class Rollout:
     rewards: torch.Tensor
     dones: torch.Tensor
     values: torch.Tensor
+    entropies: torch.Tensor
     last_values: torch.Tensor
 
     def advantages(self, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +140,7 @@ class RolloutCollector:
         """The next `num_steps` steps of every environment. With `grad`, log-probs and values
         keep their graph (A2C's single update); otherwise they are constants (PPO)."""
         p, n = self.policy, self.envs.num_envs
-        obs_l, act_l, logp_l, val_l, rew_l, done_l = [], [], [], [], [], []
+        obs_l, act_l, logp_l, val_l, rew_l, done_l, ent_l = [], [], [], [], [], [], []
         for _ in range(num_steps):
             with torch.set_grad_enabled(grad):
                 dist = p.distribution(self.obs)
@@ -146,6 +148,7 @@ class RolloutCollector:
                     action = dist.sample()
                 logp_l.append(dist.log_prob(action))
                 val_l.append(p.value(self.obs))
+                ent_l.append(dist.entropy())
             obs_l.append(self.obs)
             act_l.append(action)
             raw, reward, terminated, truncated, info = self.envs.step(p.env_action(action))
@@ -163,7 +166,7 @@ class RolloutCollector:
                 self.on_episode(self.steps, r)
         with torch.no_grad():
             last = p.value(self.obs)
-        return Rollout(torch.stack(obs_l), torch.stack(act_l), torch.stack(logp_l), torch.stack(rew_l), torch.stack(done_l), torch.stack(val_l), last)
+        return Rollout(torch.stack(obs_l), torch.stack(act_l), torch.stack(logp_l), torch.stack(rew_l), torch.stack(done_l), torch.stack(val_l), torch.stack(ent_l), last)
 
 
 __all__ = ["ActorCriticMLP", "Rollout", "RolloutCollector", "observation_size"]

@@ -306,3 +306,19 @@ def gae(
     advantages = advantages * m
     returns = (advantages + v) * m
     return advantages, returns
+
+
+def discounted_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Monte-Carlo returns `G_t = Σ_k γ^k r_{t+k}` within each episode (REINFORCE, Williams
+    1992): `gae` with `V = 0`, `λ = 1`, and no bootstrap after the last step.
+
+    Args:
+        rewards: `(B, T)` rewards of consecutive steps per row.
+        dones: `(B, T)` 1 at each episode's last step.
+        gamma: discount γ in [0, 1].
+
+    Returns:
+        `(B, T)` fp32 returns (fp64 for fp64 input).
+    """
+    returns, _ = gae(rewards, torch.zeros_like(rewards), None, gamma, 1.0, dones=dones)
+    return returns

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
+from minigpt.gym.a2c import A2CConfig
 from minigpt.gym.dqn import DQNConfig
 from minigpt.gym.ppo import PPOConfig
 from minigpt.gym.qlearning import QLearningConfig
+from minigpt.gym.reinforce import REINFORCEConfig
 from minigpt.recipes.common import refuse_existing_run
 
 #: The algorithms `minigpt gym --algo` runs.
-ALGORITHMS = ("qlearning", "dqn", "ppo")
+ALGORITHMS = ("qlearning", "dqn", "reinforce", "a2c", "ppo")
 
 
 def gym(
@@ -31,6 +33,8 @@ def gym(
     seed: int = 0,
     qlearning: QLearningConfig = QLearningConfig(),
     dqn: DQNConfig = DQNConfig(),
+    reinforce: REINFORCEConfig = REINFORCEConfig(),
+    a2c: A2CConfig = A2CConfig(),
     ppo: PPOConfig = PPOConfig(),
     double: bool | None = None,
     dueling: bool | None = None,
@@ -42,7 +46,7 @@ def gym(
     Args:
         env: a Gymnasium environment id (CartPole-v1, FrozenLake-v1, Pendulum-v1, …).
         algo: the algorithm: qlearning (tabular; Discrete observations and actions), dqn
-            (Discrete actions) or ppo.
+            (Discrete actions), reinforce, a2c or ppo.
         out: run directory.
         env_kwargs: keyword arguments of `gymnasium.make`, as a JSON object
             (`'{"is_slippery": false}'`).
@@ -50,6 +54,8 @@ def gym(
         seed: seeds the networks, the sampling and the environments.
         qlearning: tabular Q-learning's hyper-parameters (`--qlearning.*`).
         dqn: DQN's hyper-parameters (`--dqn.*`).
+        reinforce: REINFORCE's hyper-parameters (`--reinforce.*`).
+        a2c: A2C's hyper-parameters (`--a2c.*`).
         ppo: PPO's hyper-parameters (`--ppo.*`).
         double: shorthand for `--dqn.double` (the Double DQN target).
         dueling: shorthand for `--dqn.dueling` (the dueling head).
@@ -69,9 +75,11 @@ def gym(
     from safetensors.torch import save_file
 
     from minigpt.gym.common import check_env_id, parse_env_kwargs, plot_learning_curve
+    from minigpt.gym.a2c import train_a2c
     from minigpt.gym.dqn import train_dqn
     from minigpt.gym.ppo import train_ppo
     from minigpt.gym.qlearning import train_qlearning
+    from minigpt.gym.reinforce import train_reinforce
     from minigpt.train.checkpoint import atomic_write_text
 
     if algo not in ALGORITHMS:
@@ -85,7 +93,10 @@ def gym(
     out_dir.mkdir(parents=True, exist_ok=True)
     if double is not None or dueling is not None:
         dqn = dataclasses.replace(dqn, **{k: v for k, v in (("double", double), ("dueling", dueling)) if v is not None})
-    train, settings = {"qlearning": (train_qlearning, qlearning), "dqn": (train_dqn, dqn), "ppo": (train_ppo, ppo)}[algo]
+    train, settings = {
+        "qlearning": (train_qlearning, qlearning), "dqn": (train_dqn, dqn), "reinforce": (train_reinforce, reinforce),
+        "a2c": (train_a2c, a2c), "ppo": (train_ppo, ppo),
+    }[algo]
     atomic_write_text(out_dir / "run.json", json.dumps({
         "stage": "gym", "algo": algo, "env": env, "env_kwargs": kwargs, "total_steps": total_steps, "seed": seed,
         algo: dataclasses.asdict(settings),

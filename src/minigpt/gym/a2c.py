@@ -1,0 +1,129 @@
+"""Advantage actor-critic, synchronous (A2C; Mnih et al. 2016, arXiv:1602.01783): short rollouts
+of vectorised environments, n-step (λ = 1) or GAE advantages, one update per rollout, an entropy
+bonus, and an actor and a critic head on a shared trunk by default.
+
+The advantages come from `losses.advantages.gae` and the policy-gradient term from
+`losses.policy.clipped_policy_loss` at ratio 1 (its gradient is then −A·∇log π, the plain
+policy gradient), the same functions PPO and RLHF use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minigpt.config import DictConfig
+from minigpt.errors import UserError
+from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
+from minigpt.gym.common import MetricsLog, evaluate_policy, make_vector_env, torch_seed
+from minigpt.losses.advantages import whiten
+from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
+
+
+@dataclass
+class A2CConfig(DictConfig):
+    """A2C's hyper-parameters (defaults: SB3's)."""
+
+    num_envs: int = 8
+    """Environments stepped together."""
+    num_steps: int = 5
+    """Steps per environment in one rollout (the n of n-step returns)."""
+    gamma: float = 0.99
+    """Discount γ."""
+    gae_lambda: float = 1.0
+    """GAE λ (1: n-step returns bootstrapped from the last value)."""
+    learning_rate: float = 7e-4
+    """Learning rate."""
+    optimizer: str = "rmsprop"
+    """rmsprop (α 0.99, ε 1e-5, as A2C implementations use) or adam."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Clip the global gradient norm."""
+    normalize_advantage: bool = False
+    """Whiten each rollout's advantages."""
+    shared: bool = True
+    """One trunk for the actor and critic heads (else two networks)."""
+    hidden_size: int = 64
+    """Width of the hidden layers."""
+    eval_episodes: int = 10
+    """Deterministic evaluation episodes after training (eval.json)."""
+
+    def __post_init__(self) -> None:
+        self.require([
+            (self.num_envs >= 1 and self.num_steps >= 1, "num_envs and num_steps must be >= 1"),
+            (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must be in [0, 1]"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.optimizer in ("rmsprop", "adam"), "optimizer must be rmsprop or adam"),
+            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
+        ])
+
+
+def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
+              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+    """Train A2C on `env_id` for `total_steps` environment steps (over all environments).
+
+    Returns:
+        `{"policy": ActorCriticMLP, "eval", "episode_returns": [(step, return)], "seconds", "steps"}`.
+
+    Raises:
+        UserError: bad settings, an unknown environment, an unsupported space.
+    """
+    c = config if isinstance(config, A2CConfig) else A2CConfig.from_dict(config or {})
+    if total_steps <= 0:
+        raise UserError(f"total_steps must be > 0, got {total_steps}")
+    torch_seed(seed)
+    envs = make_vector_env(env_id, c.num_envs, env_kwargs)
+    policy = ActorCriticMLP(envs.single_observation_space, envs.single_action_space, c.hidden_size, shared=c.shared)
+    if c.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop(policy.parameters(), lr=c.learning_rate, alpha=0.99, eps=1e-5)
+    else:
+        optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate)
+    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
+    episode_returns: list[tuple[int, float]] = []
+
+    def on_episode(step: int, ret: float) -> None:
+        episode_returns.append((step, ret))
+        if log is not None:
+            log.log(step, episode_return=ret)
+
+    collector = RolloutCollector(envs, policy, c.gamma, seed, on_episode)
+    updates = -(-total_steps // (c.num_envs * c.num_steps))
+    t0 = time.time()
+    try:
+        for update in range(updates):
+            ro = collector.collect(c.num_steps, grad=True)
+            adv, ret = ro.advantages(c.gamma, c.gae_lambda)  # constants
+            if c.normalize_advantage:
+                adv = whiten(adv)
+            logp = ro.log_probs.reshape(-1, 1)
+            ones = torch.ones_like(logp)
+            pl, _ = clipped_policy_loss(logp, logp.detach(), adv.reshape(-1, 1), ones)  # ratio 1: the plain policy gradient
+            values = ro.values.reshape(-1, 1)
+            vl, _ = clipped_value_loss(values, values.detach(), ret.reshape(-1, 1), ones, None)  # ½(V − R)²
+            entropy = ro.entropies.mean()
+            loss = pl.mean() + c.vf_coef * vl.mean() - c.ent_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm)
+            optimizer.step()
+            if log is not None and update % 50 == 0:
+                log.log(collector.steps, policy_loss=float(pl.mean().detach()), value_loss=float(vl.mean().detach()), entropy=float(entropy.detach()))
+    finally:
+        envs.close()
+        if log is not None:
+            log.close()
+    seconds = time.time() - t0
+    policy.eval()
+    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
+    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": collector.steps}
+
+
+__all__ = ["A2CConfig", "train_a2c"]

@@ -1,0 +1,142 @@
+"""REINFORCE (Williams 1992): whole episodes, Monte-Carlo returns `G_t`, and the policy gradient
+`−Σ_t (G_t − b_t)·∇log π(a_t|s_t)` with a baseline `b`: none, the batch's mean return, or a
+learned value `V(s_t)` (then also regressed on `G_t`).
+
+Returns come from `losses.advantages.discounted_returns` (GAE with V = 0 and λ = 1), the
+policy-gradient term from `losses.policy.clipped_policy_loss` at ratio 1. A time-limit
+truncation ends the episode like a terminal state (no bootstrap: the method has no critic by
+default).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from minigpt.config import DictConfig
+from minigpt.errors import UserError
+from minigpt.gym.actor_critic import ActorCriticMLP
+from minigpt.gym.common import MetricsLog, evaluate_policy, make_env, torch_seed
+from minigpt.losses.advantages import discounted_returns
+from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
+
+BASELINES = ("none", "mean", "value")
+
+
+@dataclass
+class REINFORCEConfig(DictConfig):
+    """REINFORCE's hyper-parameters."""
+
+    gamma: float = 0.99
+    """Discount γ."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    episodes_per_update: int = 4
+    """Whole episodes per gradient step."""
+    baseline: str = "value"
+    """none, mean (the batch's mean return) or value (a learned V(s))."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient (baseline = value)."""
+    normalize_advantage: bool = True
+    """Whiten the advantages of each update (after the baseline)."""
+    max_grad_norm: float = 0.5
+    """Clip the global gradient norm."""
+    hidden_size: int = 64
+    """Width of the hidden layers."""
+    eval_episodes: int = 10
+    """Deterministic evaluation episodes after training (eval.json)."""
+
+    def __post_init__(self) -> None:
+        self.require([
+            (0 <= self.gamma <= 1 and self.learning_rate > 0, "gamma must be in [0, 1] and learning_rate > 0"),
+            (self.episodes_per_update >= 1, "episodes_per_update must be >= 1"),
+            (self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}"),
+            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
+        ])
+
+
+def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
+                    env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+    """Train REINFORCE on `env_id` until `total_steps` environment steps have been taken (the
+    last update's episodes are finished).
+
+    Returns:
+        `{"policy": ActorCriticMLP, "eval", "episode_returns": [(step, return)], "seconds", "steps"}`.
+
+    Raises:
+        UserError: bad settings, an unknown environment, an unsupported space.
+    """
+    from minigpt.losses.advantages import whiten
+
+    c = config if isinstance(config, REINFORCEConfig) else REINFORCEConfig.from_dict(config or {})
+    if total_steps <= 0:
+        raise UserError(f"total_steps must be > 0, got {total_steps}")
+    torch_seed(seed)
+    env = make_env(env_id, env_kwargs)
+    policy = ActorCriticMLP(env.observation_space, env.action_space, c.hidden_size)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate)
+    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
+    episode_returns: list[tuple[int, float]] = []
+    step, episode = 0, 0
+    t0 = time.time()
+    try:
+        while step < total_steps:
+            obs_l, act_l, rew_l, done_l = [], [], [], []
+            for _ in range(c.episodes_per_update):
+                raw, _ = env.reset(seed=seed + episode)
+                episode += 1
+                total, done = 0.0, False
+                while not done:
+                    x = policy.encode([raw])
+                    with torch.no_grad():
+                        action = policy.distribution(x).sample()
+                    raw, reward, terminated, truncated, _ = env.step(policy.env_action(action)[0])
+                    done = bool(terminated or truncated)
+                    obs_l.append(x[0]), act_l.append(action[0]), rew_l.append(float(reward)), done_l.append(float(done))
+                    total += float(reward)
+                    step += 1
+                episode_returns.append((step, total))
+                if log is not None:
+                    log.log(step, episode_return=total)
+            obs, actions = torch.stack(obs_l), torch.stack(act_l)
+            returns = discounted_returns(torch.tensor([rew_l]), torch.tensor([done_l]), c.gamma)[0]
+            dist = policy.distribution(obs)
+            logp = dist.log_prob(actions)
+            values = policy.value(obs)
+            if c.baseline == "value":
+                adv = returns - values.detach()
+            elif c.baseline == "mean":
+                adv = returns - returns.mean()
+            else:
+                adv = returns
+            if c.normalize_advantage and len(adv) > 1:
+                adv = whiten(adv)
+            ones = torch.ones(len(adv), 1)
+            pl, _ = clipped_policy_loss(logp[:, None], logp.detach()[:, None], adv[:, None], ones)  # ratio 1: −A·∇log π
+            loss = pl.mean()
+            if c.baseline == "value":
+                vl, _ = clipped_value_loss(values[:, None], values.detach()[:, None], returns[:, None], ones, None)
+                loss = loss + c.vf_coef * vl.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm)
+            optimizer.step()
+            if log is not None:
+                log.log(step, policy_loss=float(pl.mean().detach()), mean_return=float(np.mean([r for _, r in episode_returns[-c.episodes_per_update:]])))
+    finally:
+        env.close()
+        if log is not None:
+            log.close()
+    seconds = time.time() - t0
+    policy.eval()
+    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
+    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": step}
+
+
+__all__ = ["BASELINES", "REINFORCEConfig", "train_reinforce"]
