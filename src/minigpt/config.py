@@ -9,8 +9,11 @@ from typing import Any, Mapping
 from minigpt.errors import UserError
 
 
+@dataclasses.dataclass
 class DictConfig:
-    """Mixin for config dataclasses: `from_dict` refuses unknown keys and lists the known ones."""
+    """Base of config dataclasses: `from_dict` refuses unknown keys and lists the known ones.
+    A (field-less) dataclass itself, so its subclasses are pure dataclasses, which jsonargparse
+    turns into `--group.field` options with their docstrings."""
 
     def require(self, checks: list[tuple[bool, str]]) -> None:
         """Raise `UserError("<Class>.<message>")` for the first `(ok, message)` whose `ok` is
