@@ -187,3 +187,13 @@ def test_reinforce_and_a2c_improve_on_cartpole(algo, steps, tmp_path):
     returns = [r["episode_return"] for r in rows if "episode_return" in r]
     assert sum(returns[-10:]) / 10 > 2 * sum(returns[:10]) / 10
     assert json.loads((out / "run.json").read_text())[algo]  # its settings are recorded
+
+
+def test_help_lists_each_algorithms_hyper_parameters_with_their_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["gym", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option, doc in (("--ppo.clip_range", "of the clipped surrogate"), ("--dqn.double", "Double DQN"),
+                        ("--a2c.gae_lambda", "n-step returns"), ("--reinforce.baseline", "learned V(s)"),
+                        ("--qlearning.exploration_fraction", "decays linearly")):
+        assert option in out and doc in out, option
