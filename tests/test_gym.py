@@ -130,6 +130,7 @@ def test_q_learning_solves_deterministic_frozenlake_and_refuses_continuous_state
     assert result["eval"]["mean_return"] == 1.0  # every greedy episode reaches the goal
     assert main(["gym", "--env", "CartPole-v1", "--algo", "qlearning", "--out", str(tmp_path / "q")]) == 2
     assert "needs Discrete observations and actions" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def test_dqn_and_double_dqn_targets_and_the_dueling_head_by_hand():
@@ -155,6 +156,7 @@ def test_dqn_refuses_continuous_actions(tmp_path, capsys):
         train_dqn("Pendulum-v1", {}, total_steps=10)
     assert main(["gym", "--env", "Pendulum-v1", "--algo", "dqn", "--out", str(tmp_path / "d")]) == 2
     assert "use --algo ppo" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before the run directory was made
 
 
 def test_dqn_learns_cartpole_a_little(tmp_path):

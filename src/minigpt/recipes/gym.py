@@ -88,6 +88,7 @@ def gym(
         raise UserError(f"--total_steps must be > 0, got {total_steps}")
     kwargs = parse_env_kwargs(env_kwargs)
     check_env_id(env)
+    _check_spaces(algo, env, kwargs)  # before OUT is touched
     out_dir = Path(out)
     refuse_existing_run(out_dir, False, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,26 @@ def gym(
     print(f"{algo} on {env}: {result['steps']} environment steps in {result['seconds']:.0f} s; deterministic evaluation over "
           f"{len(evaluation.get('episodes', []))} episodes: {evaluation.get('mean_return', float('nan')):.3f} ± {evaluation.get('std_return', float('nan')):.3f} -> {out_dir}")
     return {**evaluation, "seconds": result["seconds"], "steps": result["steps"]}
+
+
+def _check_spaces(algo: str, env_id: str, env_kwargs: dict) -> None:
+    """Refuse an environment whose spaces the algorithm cannot handle.
+
+    Raises:
+        UserError: Q-learning without Discrete observations and actions; DQN without Discrete
+            actions; bad `env_kwargs` for the environment.
+    """
+    from gymnasium import spaces
+
+    from minigpt.gym.common import make_env
+
+    probe = make_env(env_id, env_kwargs)
+    obs, act = probe.observation_space, probe.action_space
+    probe.close()
+    if algo == "qlearning" and not (isinstance(obs, spaces.Discrete) and isinstance(act, spaces.Discrete)):
+        raise UserError(f"tabular Q-learning needs Discrete observations and actions; {env_id} has {obs} and {act} (use dqn or ppo)")
+    if algo == "dqn" and not isinstance(act, spaces.Discrete):
+        raise UserError(f"DQN needs Discrete actions; {env_id} has {act} (use --algo ppo for continuous actions)")
 
 
 __all__ = ["ALGORITHMS", "gym"]
