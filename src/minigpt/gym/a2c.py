@@ -9,7 +9,6 @@ policy gradient), the same functions PPO and RLHF use.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from torch import nn
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
-from minigpt.gym.common import MetricsLog, evaluate_policy, make_vector_env, torch_seed
+from minigpt.gym.common import RunRecorder, make_vector_env, torch_seed
 from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
@@ -86,17 +85,10 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
         optimizer = torch.optim.RMSprop(policy.parameters(), lr=c.learning_rate, alpha=0.99, eps=1e-5)
     else:
         optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate)
-    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
-    episode_returns: list[tuple[int, float]] = []
+    rec = RunRecorder(out_dir, tensorboard)
 
-    def on_episode(step: int, ret: float) -> None:
-        episode_returns.append((step, ret))
-        if log is not None:
-            log.log(step, episode_return=ret)
-
-    collector = RolloutCollector(envs, policy, c.gamma, seed, on_episode)
+    collector = RolloutCollector(envs, policy, c.gamma, seed, rec.episode)
     updates = -(-total_steps // (c.num_envs * c.num_steps))
-    t0 = time.time()
     try:
         for update in range(updates):
             ro = collector.collect(c.num_steps, grad=True)
@@ -114,16 +106,12 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm)
             optimizer.step()
-            if log is not None and update % 50 == 0:
-                log.log(collector.steps, policy_loss=float(pl.mean().detach()), value_loss=float(vl.mean().detach()), entropy=float(entropy.detach()))
+            if update % 50 == 0:
+                rec.log(collector.steps, policy_loss=float(pl.mean().detach()), value_loss=float(vl.mean().detach()), entropy=float(entropy.detach()))
     finally:
         envs.close()
-        if log is not None:
-            log.close()
-    seconds = time.time() - t0
-    policy.eval()
-    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
-    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": collector.steps}
+        rec.close()
+    return rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps)
 
 
 __all__ = ["A2CConfig", "train_a2c"]

@@ -121,26 +121,36 @@ def evaluate_policy(act: Callable[[np.ndarray], Any], env_id: str, env_kwargs: d
     return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)), "episodes": returns}
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `OUT/metrics.jsonl` and mirrors the scalars to
-    TensorBoard (`OUT/tensorboard`)."""
+class RunRecorder:
+    """What every `train_*` keeps besides its model: the finished episodes' `(step, return)`,
+    the run's clock, and (with `out_dir`) one JSON object per line in `OUT/metrics.jsonl`,
+    mirrored to TensorBoard (`OUT/tensorboard`)."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
-        self.path = out_dir / "metrics.jsonl"
-        self.path.write_text("", encoding="utf-8")
-        self.rows: list[dict[str, float]] = []
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True) -> None:
+        import time
+
+        self.episode_returns: list[tuple[int, float]] = []
+        self.started = time.time()
+        self.path = None if out_dir is None else Path(out_dir) / "metrics.jsonl"
         self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if self.path is not None:
+            self.path.write_text("", encoding="utf-8")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(out_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+
+    def episode(self, step: int, episode_return: float, **values: float) -> None:
+        """An episode ended at environment step `step` with `episode_return`."""
+        self.episode_returns.append((step, episode_return))
+        self.log(step, episode_return=episode_return, **values)
 
     def log(self, step: int, **values: float) -> None:
-        """One row at environment step `step`."""
-        row = {"step": step, **values}
-        self.rows.append(row)
+        """One row of scalars at environment step `step` (nothing without `out_dir`)."""
+        if self.path is None:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({"step": step, **values}) + "\n")
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, step)
@@ -148,6 +158,18 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+
+    def finish(self, policy: nn.Module, env_id: str, env_kwargs: dict | None, eval_episodes: int, seed: int, steps: int) -> dict[str, Any]:
+        """Stop the clock, evaluate `policy` deterministically (`eval_episodes` episodes seeded
+        from `seed + 10_000`) and return `train_*`'s result: `{"policy", "eval",
+        "episode_returns", "seconds", "steps"}`."""
+        import time
+
+        seconds = time.time() - self.started
+        policy.eval()
+        result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, eval_episodes, seed + 10_000) if eval_episodes else {}
+        return {"policy": policy, "eval": result, "episode_returns": self.episode_returns, "seconds": seconds, "steps": steps}
 
 
 def plot_learning_curve(rows: list[dict], out: Path, title: str) -> None:
@@ -185,6 +207,6 @@ def torch_seed(seed: int) -> None:
 
 
 __all__ = [
-    "MetricsLog", "check_env_id", "evaluate_policy", "finished_returns", "make_env", "make_vector_env", "mlp",
+    "RunRecorder", "check_env_id", "evaluate_policy", "finished_returns", "make_env", "make_vector_env", "mlp",
     "parse_env_kwargs", "plot_learning_curve", "torch_seed",
 ]

@@ -7,7 +7,6 @@ arXiv:1511.06581). Discrete actions; `Box` or `Discrete` (one-hot) observations.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.gym.common import MetricsLog, evaluate_policy, make_env, torch_seed
+from minigpt.gym.common import RunRecorder, make_env, torch_seed
 from minigpt.gym.qlearning import linear_schedule
 
 
@@ -198,9 +197,7 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
     target = copy.deepcopy(online).requires_grad_(False)
     optimizer = torch.optim.Adam(online.parameters(), lr=c.learning_rate)
     buffer = ReplayBuffer(c.buffer_size, obs_dim)
-    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
-    episode_returns: list[tuple[int, float]] = []
-    t0 = time.time()
+    rec = RunRecorder(out_dir, tensorboard)
     raw, _ = env.reset(seed=seed)
     obs = encode(raw)
     total, episode = 0.0, 0
@@ -219,9 +216,7 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
             obs = next_obs
             if terminated or truncated:
                 episode += 1
-                episode_returns.append((step, total))
-                if log is not None:
-                    log.log(step, episode_return=total, epsilon=eps)
+                rec.episode(step, total, epsilon=eps)
                 total = 0.0
                 raw, _ = env.reset(seed=seed + episode)
                 obs = encode(raw)
@@ -241,18 +236,14 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
                         with torch.no_grad():
                             for pt, po in zip(target.parameters(), online.parameters()):
                                 pt.mul_(1 - c.tau).add_(po, alpha=c.tau)
-                if log is not None and step % (c.train_freq * 25) == 0:
-                    log.log(step, td_loss=float(loss.detach()), q_mean=float(q.detach().mean()))
+                if step % (c.train_freq * 25) == 0:
+                    rec.log(step, td_loss=float(loss.detach()), q_mean=float(q.detach().mean()))
             if c.tau == 1 and step % c.target_update_interval == 0:
                 target.load_state_dict(online.state_dict())
     finally:
         env.close()
-        if log is not None:
-            log.close()
-    seconds = time.time() - t0
-    policy = GreedyPolicy(online.eval(), encode)
-    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
-    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": total_steps}
+        rec.close()
+    return rec.finish(GreedyPolicy(online, encode), env_id, env_kwargs, c.eval_episodes, seed, total_steps)
 
 
 __all__ = ["DQNConfig", "GreedyPolicy", "QNetwork", "ReplayBuffer", "dqn_targets", "dueling_q", "train_dqn"]

@@ -13,7 +13,6 @@ bootstraps: the reward of that step gets `γ·V(final observation)` added.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
-from minigpt.gym.common import MetricsLog, evaluate_policy, make_vector_env, torch_seed
+from minigpt.gym.common import RunRecorder, make_vector_env, torch_seed
 from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
@@ -104,18 +103,11 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     envs = make_vector_env(env_id, c.num_envs, env_kwargs)
     policy = ActorCriticMLP(envs.single_observation_space, envs.single_action_space, c.hidden_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate, eps=1e-5)
-    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
-    episode_returns: list[tuple[int, float]] = []
-
-    def on_episode(step: int, ret: float) -> None:
-        episode_returns.append((step, ret))
-        if log is not None:
-            log.log(step, episode_return=ret)
+    rec = RunRecorder(out_dir, tensorboard)
 
     batch = c.num_envs * c.num_steps
     updates = -(-total_steps // batch)
-    collector = RolloutCollector(envs, policy, c.gamma, seed, on_episode)
-    t0 = time.time()
+    collector = RolloutCollector(envs, policy, c.gamma, seed, rec.episode)
     try:
         for update in range(updates):
             if c.anneal_lr:
@@ -145,16 +137,11 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
                     optimizer.step()
                     stats = {"policy_loss": float(pl.mean().detach()), "value_loss": float(vl.mean().detach()), "entropy": float(entropy.detach()),
                              "approx_kl": pstats["approx_kl"], "clip_fraction": pstats["clip_fraction"], **vstats}
-            if log is not None:
-                log.log(collector.steps, **stats, lr=optimizer.param_groups[0]["lr"])
+            rec.log(collector.steps, **stats, lr=optimizer.param_groups[0]["lr"])
     finally:
         envs.close()
-        if log is not None:
-            log.close()
-    seconds = time.time() - t0
-    policy.eval()
-    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
-    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": collector.steps}
+        rec.close()
+    return rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps)
 
 
 __all__ = ["ActorCriticMLP", "PPOConfig", "train_ppo"]  # ActorCriticMLP: re-exported from minigpt.gym.actor_critic

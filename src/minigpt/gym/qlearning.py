@@ -4,7 +4,6 @@ environments whose observations and actions are both `Discrete` (FrozenLake, Tax
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from torch import nn
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.gym.common import MetricsLog, evaluate_policy, make_env, torch_seed
+from minigpt.gym.common import RunRecorder, make_env, torch_seed
 
 
 @dataclass
@@ -108,9 +107,7 @@ def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, t
     rng = np.random.default_rng(seed)
     table = QTable(int(env.observation_space.n), int(env.action_space.n))
     q = table.q.numpy()  # shares memory with the buffer
-    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
-    episode_returns: list[tuple[int, float]] = []
-    t0 = time.time()
+    rec = RunRecorder(out_dir, tensorboard)
     obs, _ = env.reset(seed=seed)
     total, episode = 0.0, 0
     try:
@@ -123,18 +120,13 @@ def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, t
             obs = next_obs
             if terminated or truncated:
                 episode += 1
-                episode_returns.append((step, total))
-                if log is not None:
-                    log.log(step, episode_return=total, epsilon=eps)
+                rec.episode(step, total, epsilon=eps)
                 total = 0.0
                 obs, _ = env.reset(seed=seed + episode)
     finally:
         env.close()
-        if log is not None:
-            log.close()
-    seconds = time.time() - t0
-    result = evaluate_policy(table.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
-    return {"policy": table, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": total_steps}
+        rec.close()
+    return rec.finish(table, env_id, env_kwargs, c.eval_episodes, seed, total_steps)
 
 
 __all__ = ["QLearningConfig", "QTable", "linear_schedule", "q_learning_update", "train_qlearning"]

@@ -10,7 +10,6 @@ default).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from torch import nn
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP
-from minigpt.gym.common import MetricsLog, evaluate_policy, make_env, torch_seed
+from minigpt.gym.common import RunRecorder, make_env, torch_seed
 from minigpt.losses.advantages import discounted_returns
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
@@ -81,10 +80,8 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
     env = make_env(env_id, env_kwargs)
     policy = ActorCriticMLP(env.observation_space, env.action_space, c.hidden_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate)
-    log = MetricsLog(Path(out_dir), tensorboard) if out_dir is not None else None
-    episode_returns: list[tuple[int, float]] = []
+    rec = RunRecorder(out_dir, tensorboard)
     step, episode = 0, 0
-    t0 = time.time()
     try:
         while step < total_steps:
             obs_l, act_l, rew_l, done_l = [], [], [], []
@@ -101,9 +98,7 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
                     obs_l.append(x[0]), act_l.append(action[0]), rew_l.append(float(reward)), done_l.append(float(done))
                     total += float(reward)
                     step += 1
-                episode_returns.append((step, total))
-                if log is not None:
-                    log.log(step, episode_return=total)
+                rec.episode(step, total)
             obs, actions = torch.stack(obs_l), torch.stack(act_l)
             returns = discounted_returns(torch.tensor([rew_l]), torch.tensor([done_l]), c.gamma)[0]
             dist = policy.distribution(obs)
@@ -127,16 +122,11 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm)
             optimizer.step()
-            if log is not None:
-                log.log(step, policy_loss=float(pl.mean().detach()), mean_return=float(np.mean([r for _, r in episode_returns[-c.episodes_per_update:]])))
+            rec.log(step, policy_loss=float(pl.mean().detach()), mean_return=float(np.mean([r for _, r in rec.episode_returns[-c.episodes_per_update:]])))
     finally:
         env.close()
-        if log is not None:
-            log.close()
-    seconds = time.time() - t0
-    policy.eval()
-    result = evaluate_policy(policy.act_deterministic, env_id, env_kwargs, c.eval_episodes, seed + 10_000) if c.eval_episodes else {}
-    return {"policy": policy, "eval": result, "episode_returns": episode_returns, "seconds": seconds, "steps": step}
+        rec.close()
+    return rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, step)
 
 
 __all__ = ["BASELINES", "REINFORCEConfig", "train_reinforce"]
