@@ -79,12 +79,14 @@ class ActorCriticMLP(nn.Module):
         return torch.as_tensor(np.asarray(observations, dtype=np.float32)).reshape(len(observations), -1)
 
     def distribution(self, x: torch.Tensor) -> torch.distributions.Distribution:
+        """π(·|s) for inputs `x (N, obs_dim)`: `log_prob(actions)` and `entropy()` are `(N,)` (nats)."""
         out = self.actor(self.trunk(x))
         if self.discrete:
             return torch.distributions.Categorical(logits=out)
         return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
+        """V(s) `(N,)`, in return units, for inputs `x (N, obs_dim)`."""
         return self.critic(self.trunk(x)).squeeze(-1)
 
     @torch.no_grad()

@@ -156,6 +156,7 @@ class RunRecorder:
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -117,6 +117,7 @@ class QNetwork(nn.Module):
             self.head = nn.Linear(hidden_size, num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """`(B, obs_dim) -> (B, A)` action values, in return units."""
         h = self.trunk(obs)
         if self.dueling:
             return dueling_q(self.value_head(h), self.advantage_head(h))
@@ -135,12 +136,15 @@ class ReplayBuffer:
         self.capacity, self.size, self.pos = capacity, 0, 0
 
     def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminal: bool) -> None:
+        """Store one transition, replacing the oldest once the buffer is full."""
         i = self.pos
         self.obs[i], self.actions[i], self.rewards[i], self.next_obs[i], self.terminals[i] = obs, action, reward, next_obs, terminal
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """`n` transitions drawn uniformly with replacement: `obs (n, obs_dim)`, `actions (n,)`,
+        `rewards (n,)`, `next_obs (n, obs_dim)`, `terminals (n,)`."""
         idx = rng.integers(self.size, size=n)
         return {k: torch.from_numpy(getattr(self, k)[idx]) for k in ("obs", "actions", "rewards", "next_obs", "terminals")}
 
@@ -166,6 +170,7 @@ class GreedyPolicy(nn.Module):
 
     @torch.no_grad()
     def act_deterministic(self, obs: Any) -> int:
+        """The action with the highest Q-value for one observation."""
         return int(self.q(torch.from_numpy(self._encode(obs))[None]).argmax(-1))
 
 
