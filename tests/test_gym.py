@@ -51,6 +51,41 @@ def test_gym_and_rlhf_use_the_same_advantage_and_loss_functions():
     assert gym_ppo.clipped_value_loss is policy.clipped_value_loss
 
 
+def test_the_policy_log_probs_entropy_and_samples_match_torch_distributions():
+    """The policy writes its categorical and Gaussian log-probs and entropies out by hand (for
+    speed); they must equal torch.distributions', and its inverse-CDF sampler must draw each
+    action with its probability."""
+    import gymnasium
+
+    from minigpt.gym.actor_critic import ActorCriticMLP
+
+    torch.manual_seed(0)
+    discrete = ActorCriticMLP(gymnasium.spaces.Box(-1, 1, (3,)), gymnasium.spaces.Discrete(4), 16)
+    gaussian = ActorCriticMLP(gymnasium.spaces.Box(-1, 1, (3,)), gymnasium.spaces.Box(-2, 2, (2,)), 16)
+    with torch.no_grad():
+        gaussian.log_std.copy_(torch.tensor([-0.5, 0.3]))
+        discrete.actor[-1].weight.mul_(100)  # far from uniform
+    x = torch.randn(5, 3)
+    actions = torch.tensor([0, 3, 1, 2, 3])
+    logp, ent = discrete.evaluate_actions(x, actions)
+    ref = torch.distributions.Categorical(logits=discrete.actor(x))
+    assert torch.allclose(logp, ref.log_prob(actions), atol=1e-5) and torch.allclose(ent, ref.entropy(), atol=1e-5)
+    a = torch.randn(5, 2)
+    logp, ent = gaussian.evaluate_actions(x, a)
+    ref = torch.distributions.Independent(torch.distributions.Normal(gaussian.actor(x), gaussian.log_std.exp()), 1)
+    assert torch.allclose(logp, ref.log_prob(a), atol=1e-5) and torch.allclose(ent, ref.entropy(), atol=1e-5)
+
+    one = x[:1].expand(40_000, 3)
+    probs = torch.softmax(discrete.actor(x[:1]), -1)[0].detach()
+    counts = torch.bincount(discrete.sample(one), minlength=4).float() / 40_000
+    assert (counts - probs).abs().max() < 0.01
+    draws = gaussian.sample(one)
+    assert torch.allclose(draws.mean(0), gaussian.actor(x[:1])[0].detach(), atol=0.03)
+    assert torch.allclose(draws.std(0), gaussian.log_std.exp().detach(), atol=0.03)
+    actions, logp, ent, values = discrete.act(x)
+    assert torch.allclose(logp, discrete.evaluate_actions(x, actions)[0]) and torch.allclose(values, discrete.value(x))
+
+
 def test_a_fixed_seed_reproduces_the_returns():
     from minigpt.gym.ppo import train_ppo
 

@@ -275,6 +275,8 @@ def test_clipped_loss_gradient_zero_only_on_the_clipped_side():
     loss.sum().backward()
     close(lp.grad[:, 0], [0.0, -1.0, 0.0, 3.0, -2.2], tol=1e-5)
     assert stats["clip_fraction"] == pytest.approx(0.4)
+    quiet, no_stats = clipped_policy_loss(lp, old, adv, torch.ones(5, 1), clip_epsilon=0.2, with_stats=False)
+    assert no_stats == {} and torch.equal(quiet, loss)
 
 
 def test_clip_higher_is_asymmetric():

@@ -5,6 +5,7 @@ time-limit truncation that bootstraps (its reward gets `γ·V(final observation)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,6 +16,8 @@ from torch import nn
 from minigpt.errors import UserError
 from minigpt.gym.common import finished_returns, mlp
 from minigpt.losses.advantages import gae
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def observation_size(space: Any) -> int:
@@ -36,10 +39,10 @@ class ActorCriticMLP(nn.Module):
     """A policy and a value function over MLPs with two tanh hidden layers: separate actor and
     critic networks, or (`shared=True`, A2C's usual form) one trunk with two linear heads.
 
-    `distribution(x (N, obs_dim))` is a categorical over `n` actions or a diagonal Gaussian
-    over `action_dim` with a learned, state-independent log-std (log-prob summed over
-    dimensions); `value(x) -> (N,)`; `encode(observations)` makes `x` (Discrete observations
-    one-hot).
+    The policy is a categorical over `n` actions or a diagonal Gaussian over `action_dim` with a
+    learned, state-independent log-std (log-prob summed over dimensions): `sample(x)`,
+    `evaluate_actions(x, actions)`, `act(x)` (both at once, for rollouts); `value(x) -> (N,)`;
+    `encode(observations)` makes `x (N, obs_dim)` (Discrete observations one-hot).
 
     Raises:
         UserError: an action space other than Discrete or 1-D Box; an unsupported observation
@@ -78,12 +81,45 @@ class ActorCriticMLP(nn.Module):
             return torch.nn.functional.one_hot(torch.as_tensor(np.asarray(observations), dtype=torch.long), self.obs_dim).float()
         return torch.as_tensor(np.asarray(observations, dtype=np.float32)).reshape(len(observations), -1)
 
-    def distribution(self, x: torch.Tensor) -> torch.distributions.Distribution:
-        """π(·|s) for inputs `x (N, obs_dim)`: `log_prob(actions)` and `entropy()` are `(N,)` (nats)."""
-        out = self.actor(self.trunk(x))
+    def evaluate_actions(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(log_probs, entropy)`, each `(N,)` in nats: log π(a|s) of `actions` (`(N,)` indices,
+        or `(N, action_dim)` for a Gaussian policy, summed over dimensions) and H(π(·|s)), for
+        inputs `x (N, obs_dim)`. Written out rather than through `torch.distributions`, whose
+        per-call checks cost more than the tiny networks here."""
+        return self._log_prob_entropy(self.actor(self.trunk(x)), actions)
+
+    def _log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Independent(torch.distributions.Normal(out, self.log_std.exp().expand_as(out)), 1)
+            log_pi = torch.log_softmax(out, dim=-1)
+            logp = log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            return logp, -(log_pi.exp() * log_pi).sum(-1)
+        log_std = self.log_std.expand_as(out)
+        z = (actions - out) * torch.exp(-log_std)
+        logp = (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
+        return logp, (0.5 + _HALF_LOG_2PI + log_std).sum(-1)
+
+    def _sample(self, out: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.discrete:  # inverse-CDF sampling: one uniform per row (cheaper than multinomial)
+                cdf = torch.softmax(out, dim=-1).cumsum(-1)
+                u = torch.rand(out.shape[:-1] + (1,))
+                return (cdf < u).sum(-1).clamp(max=out.shape[-1] - 1)
+            return out + torch.randn_like(out) * self.log_std.exp()
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """Actions drawn from π(·|s) for inputs `x (N, obs_dim)` (no gradient): `(N,)` indices or
+        `(N, action_dim)` unclipped Gaussian samples."""
+        return self._sample(self.actor(self.trunk(x)))
+
+    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass for a rollout step, the trunk computed once: `(actions, log_probs,
+        entropy, values)` for inputs `x (N, obs_dim)`; actions are sampled without gradient, the
+        other three (each `(N,)`) keep it when grad mode is on."""
+        h = self.trunk(x)
+        out = self.actor(h)
+        actions = self._sample(out)
+        logp, entropy = self._log_prob_entropy(out, actions)
+        return actions, logp, entropy, self.critic(h).squeeze(-1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """V(s) `(N,)`, in return units, for inputs `x (N, obs_dim)`."""
@@ -109,7 +145,7 @@ class ActorCriticMLP(nn.Module):
 class Rollout:
     """`T` steps of `N` environments, time first: `obs (T, N, obs_dim)`, `actions (T, N[, A])`,
     `log_probs`, `rewards` (truncations bootstrapped), `dones` (the episode ended at that
-    step), `values`, `entropies` (T, N); `last_values (N,)`: V of the observation after the
+    step), `values`, `entropies` (T, N; None unless collected with grad); `last_values (N,)`: V of the observation after the
     last step."""
 
     obs: torch.Tensor
@@ -118,7 +154,7 @@ class Rollout:
     rewards: torch.Tensor
     dones: torch.Tensor
     values: torch.Tensor
-    entropies: torch.Tensor
+    entropies: torch.Tensor | None
     last_values: torch.Tensor
 
     def advantages(self, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,12 +181,11 @@ class RolloutCollector:
         obs_l, act_l, logp_l, val_l, rew_l, done_l, ent_l = [], [], [], [], [], [], []
         for _ in range(num_steps):
             with torch.set_grad_enabled(grad):
-                dist = p.distribution(self.obs)
-                with torch.no_grad():
-                    action = dist.sample()
-                logp_l.append(dist.log_prob(action))
-                val_l.append(p.value(self.obs))
-                ent_l.append(dist.entropy())
+                action, logp, entropy, value = p.act(self.obs)
+            logp_l.append(logp)
+            val_l.append(value)
+            if grad:
+                ent_l.append(entropy)
             obs_l.append(self.obs)
             act_l.append(action)
             raw, reward, terminated, truncated, info = self.envs.step(p.env_action(action))
@@ -168,7 +203,7 @@ class RolloutCollector:
                 self.on_episode(self.steps, r)
         with torch.no_grad():
             last = p.value(self.obs)
-        return Rollout(torch.stack(obs_l), torch.stack(act_l), torch.stack(logp_l), torch.stack(rew_l), torch.stack(done_l), torch.stack(val_l), torch.stack(ent_l), last)
+        return Rollout(torch.stack(obs_l), torch.stack(act_l), torch.stack(logp_l), torch.stack(rew_l), torch.stack(done_l), torch.stack(val_l), torch.stack(ent_l) if grad else None, last)
 
 
 __all__ = ["ActorCriticMLP", "Rollout", "RolloutCollector", "observation_size"]

@@ -102,7 +102,7 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     torch_seed(seed)
     envs = make_vector_env(env_id, c.num_envs, env_kwargs)
     policy = ActorCriticMLP(envs.single_observation_space, envs.single_action_space, c.hidden_size)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate, eps=1e-5, fused=True)
     rec = RunRecorder(out_dir, tensorboard)
 
     batch = c.num_envs * c.num_steps
@@ -117,26 +117,29 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
             adv, ret = adv.reshape(batch), ret.reshape(batch)
             b_obs, b_act = ro.obs.reshape(batch, -1), ro.actions.reshape((batch,) + ro.actions.shape[2:])
             b_logp, b_val = ro.log_probs.reshape(batch), ro.values.reshape(batch)
+            if c.normalize_advantage and c.num_minibatches == 1:
+                adv = whiten(adv)  # the whole rollout is each minibatch: whiten once
             stats: dict[str, float] = {}
             mb = batch // c.num_minibatches
-            for _ in range(c.num_epochs):
+            ones = torch.ones(mb, 1)
+            for epoch in range(c.num_epochs):
                 order = torch.randperm(batch)
                 for start in range(0, batch, mb):
                     idx = order[start : start + mb]
-                    dist = policy.distribution(b_obs[idx])
-                    logp = dist.log_prob(b_act[idx])
-                    a = whiten(adv[idx]) if c.normalize_advantage and mb > 1 else adv[idx]
-                    ones = torch.ones(len(idx), 1)
-                    pl, pstats = clipped_policy_loss(logp[:, None], b_logp[idx, None], a[:, None], ones, c.clip_range)
+                    last = epoch == c.num_epochs - 1 and start + mb == batch  # the minibatch whose stats are logged
+                    logp, entropy = policy.evaluate_actions(b_obs[idx], b_act[idx])
+                    a = whiten(adv[idx]) if c.normalize_advantage and 1 < mb < batch else adv[idx]
+                    pl, pstats = clipped_policy_loss(logp[:, None], b_logp[idx, None], a[:, None], ones, c.clip_range, with_stats=last)
                     vl, vstats = clipped_value_loss(policy.value(b_obs[idx])[:, None], b_val[idx, None], ret[idx, None], ones, c.clip_range_vf)
-                    entropy = dist.entropy().mean()
+                    entropy = entropy.mean()
                     loss = pl.mean() + c.vf_coef * vl.mean() - c.ent_coef * entropy
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm)
+                    nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm, foreach=True)
                     optimizer.step()
-                    stats = {"policy_loss": float(pl.mean().detach()), "value_loss": float(vl.mean().detach()), "entropy": float(entropy.detach()),
-                             "approx_kl": pstats["approx_kl"], "clip_fraction": pstats["clip_fraction"], **vstats}
+                    if last:
+                        stats = {"policy_loss": float(pl.mean().detach()), "value_loss": float(vl.mean().detach()), "entropy": float(entropy.detach()),
+                                 "approx_kl": pstats["approx_kl"], "clip_fraction": pstats["clip_fraction"], **vstats}
             rec.log(collector.steps, **stats, lr=optimizer.param_groups[0]["lr"])
     finally:
         envs.close()

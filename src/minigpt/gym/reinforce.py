@@ -92,7 +92,7 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
                 while not done:
                     x = policy.encode([raw])
                     with torch.no_grad():
-                        action = policy.distribution(x).sample()
+                        action = policy.sample(x)
                     raw, reward, terminated, truncated, _ = env.step(policy.env_action(action)[0])
                     done = bool(terminated or truncated)
                     obs_l.append(x[0]), act_l.append(action[0]), rew_l.append(float(reward)), done_l.append(float(done))
@@ -101,8 +101,7 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
                 rec.episode(step, total)
             obs, actions = torch.stack(obs_l), torch.stack(act_l)
             returns = discounted_returns(torch.tensor([rew_l]), torch.tensor([done_l]), c.gamma)[0]
-            dist = policy.distribution(obs)
-            logp = dist.log_prob(actions)
+            logp, _ = policy.evaluate_actions(obs, actions)
             values = policy.value(obs)
             if c.baseline == "value":
                 adv = returns - values.detach()

@@ -94,6 +94,7 @@ def clipped_policy_loss(
     clip_epsilon: float = 0.2,
     clip_epsilon_high: float | None = None,
     level: str = "token",
+    with_stats: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate loss per token (Schulman et al. 2017, arXiv:1707.06347 eq. 7).
 
@@ -117,6 +118,8 @@ def clipped_policy_loss(
         clip_epsilon: ε_low, in [0, 1).
         clip_epsilon_high: ε_high ≥ 0; None means ε_low (symmetric PPO clipping).
         level: "token" or "sequence", see `importance_ratio_log`.
+        with_stats: compute `stats`; False returns `{}` and saves a few small ops per call (for
+            loops of thousands of tiny minibatches that log only the last).
 
     Returns:
         `(per_token_loss, stats)`: `(B, T)` fp32 losses, 0 where `mask == 0` (reduce them with
@@ -152,6 +155,8 @@ def clipped_policy_loss(
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     loss = -torch.minimum(unclipped, clipped)
     loss = torch.where(keep, loss, torch.zeros_like(loss))
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         r, lr = ratio.detach(), log_ratio.detach()
         was_clipped = (clipped.detach() < unclipped.detach()).to(dtype)
