@@ -26,7 +26,10 @@ from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
 @dataclass
 class A2CConfig(DictConfig):
-    """A2C's hyper-parameters (defaults: SB3's)."""
+    """A2C's hyper-parameters. Defaults are SB3's except the network: a shared trunk here (the
+    A3C paper's form), separate actor and critic networks in SB3. `shared: false, vf_coef: 1.0`
+    is SB3's A2C exactly (configs/gym/a2c_cartpole.yaml); on CartPole-v1 it learns faster than
+    the shared trunk (benchmarks/bench_gym.py)."""
 
     num_envs: int = 8
     """Environments stepped together."""
@@ -43,7 +46,8 @@ class A2CConfig(DictConfig):
     ent_coef: float = 0.0
     """Entropy bonus coefficient."""
     vf_coef: float = 0.5
-    """Value-loss coefficient."""
+    """Value-loss coefficient. The value loss is ½(V − R)² (CleanRL's form); SB3 uses (V − R)², so
+    SB3's vf_coef c is 2c here."""
     max_grad_norm: float = 0.5
     """Clip the global gradient norm."""
     normalize_advantage: bool = False

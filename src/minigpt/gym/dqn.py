@@ -28,6 +28,9 @@ class DQNConfig(DictConfig):
 
     learning_rate: float = 1e-3
     """Adam learning rate."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over the run (steadies the greedy policy late in
+    training, when the buffer holds mostly successful episodes)."""
     buffer_size: int = 50_000
     """Transitions kept in the replay buffer (oldest replaced first)."""
     batch_size: int = 64
@@ -200,7 +203,7 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
     env.action_space.seed(seed)
     online = QNetwork(obs_dim, int(env.action_space.n), c.hidden_size, c.dueling)
     target = copy.deepcopy(online).requires_grad_(False)
-    optimizer = torch.optim.Adam(online.parameters(), lr=c.learning_rate)
+    optimizer = torch.optim.Adam(online.parameters(), lr=c.learning_rate, fused=True)
     buffer = ReplayBuffer(c.buffer_size, obs_dim)
     rec = RunRecorder(out_dir, tensorboard)
     raw, _ = env.reset(seed=seed)
@@ -226,6 +229,8 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
                 raw, _ = env.reset(seed=seed + episode)
                 obs = encode(raw)
             if step > c.learning_starts and step % c.train_freq == 0:
+                if c.anneal_lr:
+                    optimizer.param_groups[0]["lr"] = c.learning_rate * (1 - (step - 1) / total_steps)
                 for _ in range(c.gradient_steps):
                     b = buffer.sample(c.batch_size, rng)
                     with torch.no_grad():
@@ -235,7 +240,7 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
                     loss = F.smooth_l1_loss(q, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    nn.utils.clip_grad_norm_(online.parameters(), c.max_grad_norm)
+                    nn.utils.clip_grad_norm_(online.parameters(), c.max_grad_norm, foreach=True)
                     optimizer.step()
                     if c.tau < 1:
                         with torch.no_grad():

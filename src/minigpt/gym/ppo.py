@@ -50,12 +50,15 @@ class PPOConfig(DictConfig):
     """Decay the learning rate linearly to 0 over the run."""
     clip_range: float = 0.2
     """ε of the clipped surrogate."""
+    anneal_clip_range: bool = False
+    """Decay ε linearly to 0 over the run, as RL Zoo's `lin_0.2` schedules do."""
     clip_range_vf: float | None = None
     """Clip the value update to ±this around the rollout's values (None: no clipping)."""
     ent_coef: float = 0.0
     """Entropy bonus coefficient."""
     vf_coef: float = 0.5
-    """Value-loss coefficient."""
+    """Value-loss coefficient. The value loss is ½(V − R)² (CleanRL's form); SB3 uses (V − R)², so
+    SB3's vf_coef c is 2c here."""
     max_grad_norm: float = 0.5
     """Clip the global gradient norm."""
     normalize_advantage: bool = True
@@ -112,6 +115,7 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
         for update in range(updates):
             if c.anneal_lr:
                 optimizer.param_groups[0]["lr"] = c.learning_rate * (1 - update / updates)
+            clip = c.clip_range * (1 - update / updates) if c.anneal_clip_range else c.clip_range
             ro = collector.collect(c.num_steps)
             adv, ret = ro.advantages(c.gamma, c.gae_lambda)
             adv, ret = adv.reshape(batch), ret.reshape(batch)
@@ -129,7 +133,7 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
                     last = epoch == c.num_epochs - 1 and start + mb == batch  # the minibatch whose stats are logged
                     logp, entropy = policy.evaluate_actions(b_obs[idx], b_act[idx])
                     a = whiten(adv[idx]) if c.normalize_advantage and 1 < mb < batch else adv[idx]
-                    pl, pstats = clipped_policy_loss(logp[:, None], b_logp[idx, None], a[:, None], ones, c.clip_range, with_stats=last)
+                    pl, pstats = clipped_policy_loss(logp[:, None], b_logp[idx, None], a[:, None], ones, clip, with_stats=last)
                     vl, vstats = clipped_value_loss(policy.value(b_obs[idx])[:, None], b_val[idx, None], ret[idx, None], ones, c.clip_range_vf)
                     entropy = entropy.mean()
                     loss = pl.mean() + c.vf_coef * vl.mean() - c.ent_coef * entropy
