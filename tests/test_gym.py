@@ -67,11 +67,11 @@ def test_the_policy_log_probs_entropy_and_samples_match_torch_distributions():
         discrete.actor[-1].weight.mul_(100)  # far from uniform
     x = torch.randn(5, 3)
     actions = torch.tensor([0, 3, 1, 2, 3])
-    logp, ent = discrete.evaluate_actions(x, actions)
+    logp, ent, values = discrete.evaluate_actions(x, actions)
     ref = torch.distributions.Categorical(logits=discrete.actor(x))
     assert torch.allclose(logp, ref.log_prob(actions), atol=1e-5) and torch.allclose(ent, ref.entropy(), atol=1e-5)
     a = torch.randn(5, 2)
-    logp, ent = gaussian.evaluate_actions(x, a)
+    logp, ent, _ = gaussian.evaluate_actions(x, a)
     ref = torch.distributions.Independent(torch.distributions.Normal(gaussian.actor(x), gaussian.log_std.exp()), 1)
     assert torch.allclose(logp, ref.log_prob(a), atol=1e-5) and torch.allclose(ent, ref.entropy(), atol=1e-5)
 
@@ -82,7 +82,8 @@ def test_the_policy_log_probs_entropy_and_samples_match_torch_distributions():
     draws = gaussian.sample(one)
     assert torch.allclose(draws.mean(0), gaussian.actor(x[:1])[0].detach(), atol=0.03)
     assert torch.allclose(draws.std(0), gaussian.log_std.exp().detach(), atol=0.03)
-    actions, logp, ent, values = discrete.act(x)
+    assert torch.allclose(values, discrete.value(x))
+    actions, logp, values = discrete.act(x)
     assert torch.allclose(logp, discrete.evaluate_actions(x, actions)[0]) and torch.allclose(values, discrete.value(x))
 
 

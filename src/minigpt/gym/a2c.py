@@ -95,16 +95,18 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
     updates = -(-total_steps // (c.num_envs * c.num_steps))
     try:
         for update in range(updates):
-            ro = collector.collect(c.num_steps, grad=True)
+            ro = collector.collect(c.num_steps)
             adv, ret = ro.advantages(c.gamma, c.gae_lambda)  # constants
             if c.normalize_advantage:
                 adv = whiten(adv)
-            logp = ro.log_probs.reshape(-1, 1)
+            # one batched pass over the rollout (the same parameters that acted): differentiable
+            # log-probs, entropies and values
+            logp, entropy, values = policy.evaluate_actions(ro.obs.flatten(0, 1), ro.actions.flatten(0, 1))
+            logp, values = logp[:, None], values[:, None]
             ones = torch.ones_like(logp)
             pl, _ = clipped_policy_loss(logp, logp.detach(), adv.reshape(-1, 1), ones)  # ratio 1: the plain policy gradient
-            values = ro.values.reshape(-1, 1)
             vl, _ = clipped_value_loss(values, values.detach(), ret.reshape(-1, 1), ones, None)  # ½(V − R)²
-            entropy = ro.entropies.mean()
+            entropy = entropy.mean()
             loss = pl.mean() + c.vf_coef * vl.mean() - c.ent_coef * entropy
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -41,7 +41,7 @@ class ActorCriticMLP(nn.Module):
 
     The policy is a categorical over `n` actions or a diagonal Gaussian over `action_dim` with a
     learned, state-independent log-std (log-prob summed over dimensions): `sample(x)`,
-    `evaluate_actions(x, actions)`, `act(x)` (both at once, for rollouts); `value(x) -> (N,)`;
+    `evaluate_actions(x, actions)` (with the values), `act(x)` (for rollouts); `value(x) -> (N,)`;
     `encode(observations)` makes `x (N, obs_dim)` (Discrete observations one-hot).
 
     Raises:
@@ -81,12 +81,15 @@ class ActorCriticMLP(nn.Module):
             return torch.nn.functional.one_hot(torch.as_tensor(np.asarray(observations), dtype=torch.long), self.obs_dim).float()
         return torch.as_tensor(np.asarray(observations, dtype=np.float32)).reshape(len(observations), -1)
 
-    def evaluate_actions(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(log_probs, entropy)`, each `(N,)` in nats: log π(a|s) of `actions` (`(N,)` indices,
-        or `(N, action_dim)` for a Gaussian policy, summed over dimensions) and H(π(·|s)), for
-        inputs `x (N, obs_dim)`. Written out rather than through `torch.distributions`, whose
-        per-call checks cost more than the tiny networks here."""
-        return self._log_prob_entropy(self.actor(self.trunk(x)), actions)
+    def evaluate_actions(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(log_probs, entropy, values)`, each `(N,)`, in one pass (the trunk computed once):
+        log π(a|s) of `actions` (`(N,)` indices, or `(N, action_dim)` for a Gaussian policy,
+        summed over dimensions) and H(π(·|s)), in nats, and V(s), for inputs `x (N, obs_dim)`.
+        Written out rather than through `torch.distributions`, whose per-call checks cost more
+        than the tiny networks here."""
+        h = self.trunk(x)
+        logp, entropy = self._log_prob_entropy(self.actor(h), actions)
+        return logp, entropy, self.critic(h).squeeze(-1)
 
     def _log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.discrete:
@@ -111,15 +114,15 @@ class ActorCriticMLP(nn.Module):
         `(N, action_dim)` unclipped Gaussian samples."""
         return self._sample(self.actor(self.trunk(x)))
 
-    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward pass for a rollout step, the trunk computed once: `(actions, log_probs,
-        entropy, values)` for inputs `x (N, obs_dim)`; actions are sampled without gradient, the
-        other three (each `(N,)`) keep it when grad mode is on."""
+    @torch.no_grad()
+    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass for a rollout step, without gradient: `(actions, log_probs, values)`
+        for inputs `x (N, obs_dim)` (log-probs and values `(N,)`)."""
         h = self.trunk(x)
         out = self.actor(h)
         actions = self._sample(out)
-        logp, entropy = self._log_prob_entropy(out, actions)
-        return actions, logp, entropy, self.critic(h).squeeze(-1)
+        logp, _ = self._log_prob_entropy(out, actions)
+        return actions, logp, self.critic(h).squeeze(-1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """V(s) `(N,)`, in return units, for inputs `x (N, obs_dim)`."""
@@ -145,7 +148,7 @@ class ActorCriticMLP(nn.Module):
 class Rollout:
     """`T` steps of `N` environments, time first: `obs (T, N, obs_dim)`, `actions (T, N[, A])`,
     `log_probs`, `rewards` (truncations bootstrapped), `dones` (the episode ended at that
-    step), `values`, `entropies` (T, N; None unless collected with grad); `last_values (N,)`: V of the observation after the
+    step), `values` (T, N); `last_values (N,)`: V of the observation after the
     last step."""
 
     obs: torch.Tensor
@@ -154,7 +157,6 @@ class Rollout:
     rewards: torch.Tensor
     dones: torch.Tensor
     values: torch.Tensor
-    entropies: torch.Tensor | None
     last_values: torch.Tensor
 
     def advantages(self, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,18 +176,15 @@ class RolloutCollector:
         self.obs = policy.encode(obs)
         self.steps = 0
 
-    def collect(self, num_steps: int, grad: bool = False) -> Rollout:
-        """The next `num_steps` steps of every environment. With `grad`, log-probs and values
-        keep their graph (A2C's single update); otherwise they are constants (PPO)."""
+    def collect(self, num_steps: int) -> Rollout:
+        """The next `num_steps` steps of every environment; log-probs and values are constants
+        (the update recomputes what it differentiates with `evaluate_actions`)."""
         p, n = self.policy, self.envs.num_envs
-        obs_l, act_l, logp_l, val_l, rew_l, done_l, ent_l = [], [], [], [], [], [], []
+        obs_l, act_l, logp_l, val_l, rew_l, done_l = [], [], [], [], [], []
         for _ in range(num_steps):
-            with torch.set_grad_enabled(grad):
-                action, logp, entropy, value = p.act(self.obs)
+            action, logp, value = p.act(self.obs)
             logp_l.append(logp)
             val_l.append(value)
-            if grad:
-                ent_l.append(entropy)
             obs_l.append(self.obs)
             act_l.append(action)
             raw, reward, terminated, truncated, info = self.envs.step(p.env_action(action))
@@ -203,7 +202,7 @@ class RolloutCollector:
                 self.on_episode(self.steps, r)
         with torch.no_grad():
             last = p.value(self.obs)
-        return Rollout(torch.stack(obs_l), torch.stack(act_l), torch.stack(logp_l), torch.stack(rew_l), torch.stack(done_l), torch.stack(val_l), torch.stack(ent_l) if grad else None, last)
+        return Rollout(torch.stack(obs_l), torch.stack(act_l), torch.stack(logp_l), torch.stack(rew_l), torch.stack(done_l), torch.stack(val_l), last)
 
 
 __all__ = ["ActorCriticMLP", "Rollout", "RolloutCollector", "observation_size"]

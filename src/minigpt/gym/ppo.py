@@ -132,10 +132,10 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
                     idx = order[start : start + mb]
                     last = epoch == c.num_epochs - 1 and start + mb == batch  # the minibatch whose stats are logged
                     obs = b_obs[idx]
-                    logp, entropy = policy.evaluate_actions(obs, b_act[idx])
+                    logp, entropy, values = policy.evaluate_actions(obs, b_act[idx])
                     a = whiten(adv[idx]) if c.normalize_advantage and 1 < mb < batch else adv[idx]
                     pl, pstats = clipped_policy_loss(logp[:, None], b_logp[idx, None], a[:, None], ones, clip, with_stats=last)
-                    vl, vstats = clipped_value_loss(policy.value(obs)[:, None], b_val[idx, None], ret[idx, None], ones, c.clip_range_vf)
+                    vl, vstats = clipped_value_loss(values[:, None], b_val[idx, None], ret[idx, None], ones, c.clip_range_vf)
                     entropy = entropy.mean()
                     loss = pl.mean() + c.vf_coef * vl.mean() - c.ent_coef * entropy
                     optimizer.zero_grad(set_to_none=True)

@@ -101,8 +101,7 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
                 rec.episode(step, total)
             obs, actions = torch.stack(obs_l), torch.stack(act_l)
             returns = discounted_returns(torch.tensor([rew_l]), torch.tensor([done_l]), c.gamma)[0]
-            logp, _ = policy.evaluate_actions(obs, actions)
-            values = policy.value(obs)
+            logp, _, values = policy.evaluate_actions(obs, actions)
             if c.baseline == "value":
                 adv = returns - values.detach()
             elif c.baseline == "mean":
