@@ -49,6 +49,7 @@ def test_gym_and_rlhf_use_the_same_advantage_and_loss_functions():
     assert gym_ppo.whiten is rlhf_ppo.whiten is advantages.whiten
     assert gym_ppo.clipped_policy_loss is policy.clipped_policy_loss
     assert gym_ppo.clipped_value_loss is policy.clipped_value_loss
+    assert gym_ac.entropy_from_logits is policy.entropy_from_logits
 
 
 def test_the_policy_log_probs_entropy_and_samples_match_torch_distributions():

@@ -16,6 +16,7 @@ from torch import nn
 from minigpt.errors import UserError
 from minigpt.gym.common import finished_returns, mlp
 from minigpt.losses.advantages import gae
+from minigpt.losses.policy import entropy_from_logits
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -88,18 +89,18 @@ class ActorCriticMLP(nn.Module):
         Written out rather than through `torch.distributions`, whose per-call checks cost more
         than the tiny networks here."""
         h = self.trunk(x)
-        logp, entropy = self._log_prob_entropy(self.actor(h), actions)
-        return logp, entropy, self.critic(h).squeeze(-1)
-
-    def _log_prob_entropy(self, out: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.actor(h)
         if self.discrete:
-            log_pi = torch.log_softmax(out, dim=-1)
-            logp = log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-            return logp, -(log_pi.exp() * log_pi).sum(-1)
-        log_std = self.log_std.expand_as(out)
-        z = (actions - out) * torch.exp(-log_std)
-        logp = (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
-        return logp, (0.5 + _HALF_LOG_2PI + log_std).sum(-1)
+            entropy = entropy_from_logits(out)
+        else:  # a diagonal Gaussian: Σ_d (½ + ½·log 2π + log σ_d)
+            entropy = (0.5 + _HALF_LOG_2PI + self.log_std).sum().expand(out.shape[0])
+        return self._log_prob(out, actions), entropy, self.critic(h).squeeze(-1)
+
+    def _log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return torch.log_softmax(out, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        z = (actions - out) * torch.exp(-self.log_std)
+        return (-0.5 * z.square() - self.log_std - _HALF_LOG_2PI).sum(-1)
 
     def _sample(self, out: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -121,8 +122,7 @@ class ActorCriticMLP(nn.Module):
         h = self.trunk(x)
         out = self.actor(h)
         actions = self._sample(out)
-        logp, _ = self._log_prob_entropy(out, actions)
-        return actions, logp, self.critic(h).squeeze(-1)
+        return actions, self._log_prob(out, actions), self.critic(h).squeeze(-1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """V(s) `(N,)`, in return units, for inputs `x (N, obs_dim)`."""
