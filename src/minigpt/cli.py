@@ -33,6 +33,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
     from minigpt.recipes.reward import reward, score
+    from minigpt.recipes.serve import serve
     from minigpt.recipes.sft import sft
     from minigpt.recipes.pipeline import pipeline_command
     from minigpt.recipes.tokenizer import tokenizer_command
@@ -56,6 +57,7 @@ def _commands() -> dict[str, Callable]:
         "merge": merge,
         "generate": generate,
         "chat": chat,
+        "serve": serve,
         "export": export_command,
     }
 

@@ -121,6 +121,96 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return splitter.thinking, splitter.answer
 
 
+class ReplyDecoder:
+    """Generated token ids -> the reply's text, in pieces, as the tokens arrive.
+
+    Special tokens are dropped, except the reasoning tags (`<think>`, `</think>`, `<answer>`,
+    `</answer>`), which stay as text so that `ReasoningSplitter` can split thinking from
+    answer. A piece never ends inside a multi-byte character (a token that ends mid-character
+    is held back until the next completes it). With `stop` strings, the reply ends before the
+    first occurrence of any of them (OpenAI's `stop`): text that might be the start of a stop
+    string is held back until it is known not to be, so no piece of a stop string is ever
+    emitted.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        stop: strings that end the reply (not included in it); empty strings are ignored.
+
+    Example (schematic): `push` each generated id and show what it returns; after the last,
+    show `flush()`; `text` is then the whole reply and `stopped` says whether a stop string
+    ended it.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.token_ids: list[int] = []
+        self.stopped = False
+        self._tag_ids: dict[int, str] = {}
+        for tag in REASONING_TAGS:
+            idx = tokenizer.convert_tokens_to_ids(tag)
+            if isinstance(idx, int) and idx != tokenizer.unk_token_id:
+                self._tag_ids[idx] = tag
+        self._done = ""  # decoded text of the ids up to and including the last tag token
+        self._run: list[int] = []  # ids after the last tag token
+        self._shown = ""  # text emitted so far
+
+    @property
+    def text(self) -> str:
+        """The reply's text emitted so far (after `flush`, all of it)."""
+        return self._shown
+
+    def push(self, token: int) -> str:
+        """Take the next generated id; return the new text it completes ("" if none yet, or
+        after a stop string ended the reply)."""
+        if self.stopped:
+            return ""
+        self.token_ids.append(int(token))
+        if token in self._tag_ids:
+            self._done += self._decode(self._run) + self._tag_ids[token]
+            self._run = []
+            text = self._done
+        else:
+            self._run.append(int(token))
+            text = self._done + self._decode(self._run)
+        if text.endswith("\ufffd"):  # the last token ended inside a multi-byte character
+            return ""
+        return self._release(text, final=False)
+
+    def flush(self) -> str:
+        """The end of generation: the text still held back."""
+        if self.stopped:
+            return ""
+        return self._release(self._done + self._decode(self._run), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        end = len(text)
+        if self.stop:
+            start = max(0, len(self._shown) - max(len(s) for s in self.stop) + 1)
+            hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+            if hits:
+                end = min(hits)
+                self.stopped = True
+            elif not final:
+                end -= self._stop_prefix(text)
+        piece = text[len(self._shown) : end]
+        self._shown += piece
+        return piece
+
+    def _stop_prefix(self, text: str) -> int:
+        """Length of the longest end of `text` that begins some stop string."""
+        best = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:k]):
+                    best = k
+                    break
+        return best
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+
 @dataclass
 class ChatReply:
     """One assistant reply.
@@ -207,12 +297,6 @@ class ChatSession:
         self.seed = seed
         self.eos_token_ids = self._eos_ids(tokenizer)
         self.engine = GenerationEngine(model, eos_token_id=self.eos_token_ids, pad_token_id=tokenizer.pad_token_id, dtype=dtype)
-        # id -> tag text, for the reasoning tags this tokenizer has as single tokens.
-        self._tag_ids: dict[int, str] = {}
-        for tag in REASONING_TAGS:
-            idx = tokenizer.convert_tokens_to_ids(tag)
-            if isinstance(idx, int) and idx != tokenizer.unk_token_id:
-                self._tag_ids[idx] = tag
         self.system: str | None = None
         self.set_system(system)
         self._turns: list[dict[str, str]] = []  # user, assistant, user, assistant, ...
@@ -284,10 +368,7 @@ class ChatSession:
             seed=seed,
         )
         splitter = ReasoningSplitter()
-        ids: list[int] = []
-        done_text = ""  # decoded text of ids up to and including the last tag token
-        run: list[int] = []  # ids after the last tag token
-        shown = ""
+        decoder = ReplyDecoder(self.tokenizer)
 
         def emit(piece: str) -> None:
             if not piece:
@@ -299,20 +380,9 @@ class ChatSession:
                     on_part(kind, text)
 
         for token in stream:
-            ids.append(token)
-            if token in self._tag_ids:
-                done_text += self._decode(run) + self._tag_ids[token]
-                run = []
-                text = done_text
-            else:
-                run.append(token)
-                text = done_text + self._decode(run)
-            # "\ufffd" at the end: the last token ended inside a multi-byte character.
-            if not text.endswith("\ufffd"):
-                emit(text[len(shown) :])
-                shown = text
-        text = done_text + self._decode(run)
-        emit(text[len(shown) :])
+            emit(decoder.push(token))
+        emit(decoder.flush())
+        text, ids = decoder.text, decoder.token_ids
         for kind, piece in splitter.close():
             if on_part is not None:
                 on_part(kind, piece)
@@ -385,9 +455,6 @@ class ChatSession:
                 "(max_position_embeddings): shorten the message"
             )
         return ids, k, min(self.max_new_tokens, room)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
     @staticmethod
     def _eos_ids(tokenizer) -> list[int]:

@@ -678,7 +678,7 @@ class GenerationEngine:
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         mask: torch.Tensor | None,
         linears: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
         last_only: bool,
@@ -688,6 +688,11 @@ class GenerationEngine:
         cos/sin `(B, T, D)`; mask `(B, 1, T, start+T)` bool (True = may attend) or None
         (plain causal for prefill, everything for a single decode token); `linears` from
         `_low_precision_linears`. Returns logits `(B, V)` of the last position.
+
+        `start` may also be a `(B,)` int64 tensor when T == 1: row b's token is written at
+        cache slot `start[b]` (continuous batching, where every row sits at its own position);
+        keys then span slots `0..max(start)`, and `mask` `(B, 1, 1, max(start)+1)` must hide
+        each row's slots beyond its own.
         """
 
         def lin(module: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
@@ -707,7 +712,12 @@ class GenerationEngine:
         b, t, _ = x.shape
         h_, k_, d_ = self.num_heads, self.num_kv_heads, self.head_dim
         rep = h_ // k_
-        end = start + t
+        per_row = isinstance(start, torch.Tensor)
+        if per_row:
+            rows = torch.arange(b, device=x.device)
+            end = int(start.max()) + 1
+        else:
+            end = start + t
         for li, layer in enumerate(model.model.layers):
             attn = layer.self_attn
             h = norm(layer.input_layernorm, x)
@@ -724,8 +734,12 @@ class GenerationEngine:
                 v = v.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             kc, vc = cache[li, 0], cache[li, 1]  # (B, K, S, D) views
-            kc[:, :, start:end] = k
-            vc[:, :, start:end] = v
+            if per_row:
+                kc[rows, :, start] = k[:, :, 0]  # (B, K, D) into each row's own slot
+                vc[rows, :, start] = v[:, :, 0]
+            else:
+                kc[:, :, start:end] = k
+                vc[:, :, start:end] = v
             keys, values = kc[:, :, :end], vc[:, :, :end]  # (B, K, end, D)
             if t == 1:
                 # Grouped-query trick: the `rep` query heads sharing one K/V head become `rep`

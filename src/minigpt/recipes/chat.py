@@ -16,7 +16,7 @@ from minigpt.errors import UserError
 from minigpt.inference.chat import THINKING, ChatReply, ChatSession
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
-from minigpt.recipes.generate import ENGINE_DTYPES, load_model_and_tokenizer
+from minigpt.inference.loading import ENGINE_DTYPES, load_model_and_tokenizer
 from minigpt.train.distributed import pick_precision
 
 #: `minigpt chat`'s sampling defaults.

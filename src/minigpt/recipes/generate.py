@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import torch
-
-from minigpt.errors import UserError
+from minigpt.inference.loading import ENGINE_DTYPES, engine_dtype, load_model_and_tokenizer  # noqa: F401 (re-exported)
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
 
@@ -15,42 +12,10 @@ from minigpt.recipes.common import regroup
 GENERATE_SAMPLING = SamplingOptions(max_new_tokens=200, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0)
 
 
-def load_model_and_tokenizer(
-    model_dir: str | Path, device: str = "auto", tokenizer_dir: str | None = None, allow_base_mismatch: bool = False
-):
-    """Load a saved model directory (and the tokenizer saved beside it) for inference.
-
-    `model_dir` may also be a LoRA/DoRA adapter directory (adapter_config.json, no
-    config.json, as `minigpt sft --lora_rank N` writes): its base is loaded from the
-    `base_model_name_or_path` recorded in adapter_config.json (a local model directory, absolute
-    or relative to the adapter) and the adapter is applied (not merged); a base whose
-    fingerprint differs from the one recorded in `adapter_base.json` is refused unless
-    `allow_base_mismatch`. The tokenizer and generation config then come from the adapter
-    directory when it has them, else from the base.
-
-    Raises:
-        UserError: missing directory, no tokenizer, a tokenizer that is not the model's
-            (`check_tokenizer_fits`), or an adapter whose base is not a local model directory,
-            is not the one it was trained on, or does not fit it.
-    """
-    from minigpt.model.loading import load_model_dir
-    from minigpt.train.distributed import pick_device
-
-    model, tok = load_model_dir(
-        model_dir, tokenizer=tokenizer_dir or True, adapters=True, allow_base_mismatch=allow_base_mismatch
-    )
-    return model.to(pick_device(device)).eval(), tok
-
-
-ENGINE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": torch.int8}
-
-
 def _engine(model, tok, dtype: str = "fp32"):
     from minigpt.inference import GenerationEngine
 
-    if dtype not in ENGINE_DTYPES:
-        raise UserError(f"dtype must be one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
-    return GenerationEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, dtype=ENGINE_DTYPES[dtype])
+    return GenerationEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, dtype=engine_dtype(dtype))
 
 
 def sample_texts(model, tok, prompts: list[str], max_new_tokens: int = 100, dtype: str = "fp32", **sampling) -> list[str]:

@@ -58,7 +58,7 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
     left-padded batch on the fast engine, stopping at `<|im_end|>`.
     """
     from minigpt.data.synthetic import check_answer
-    from minigpt.recipes.generate import ENGINE_DTYPES
+    from minigpt.inference.loading import ENGINE_DTYPES
     from minigpt.inference import GenerationEngine
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.tokenizer import render_prompt
@@ -175,7 +175,8 @@ def quickstart(
     """
     from minigpt.data.corpus import python_docs_corpus
     from minigpt.data.synthetic import arithmetic_conversations, arithmetic_worksheets, docs_conversations, make_arithmetic_prompts
-    from minigpt.recipes.generate import load_model_and_tokenizer, sample_texts
+    from minigpt.inference.loading import load_model_and_tokenizer
+    from minigpt.recipes.generate import sample_texts
     from minigpt.recipes.sft import sft
 
     from minigpt.train.distributed import pick_device, pick_precision

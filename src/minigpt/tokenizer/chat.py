@@ -54,6 +54,7 @@ __all__ = [
     "normalize_messages",
     "render_conversation",
     "render_prompt",
+    "render_prompt_literal",
     "render_text",
     "truncate_example",
 ]
@@ -530,6 +531,48 @@ def render_prompt(tokenizer, messages: Sequence[Mapping[str, Any]], where: str =
     _check_messages(messages, where)
     text = _template(tokenizer, messages, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def render_prompt_literal(tokenizer, messages: Sequence[Mapping[str, Any]], where: str = "conversation") -> list[int]:
+    """`render_prompt` for text from outside (an HTTP client): control tokens typed in a
+    message stay plain text.
+
+    A message whose content holds `<|im_start|>`, `<|im_end|>`, the end-of-text or pad token,
+    or (outside assistant messages) a reasoning tag would, tokenized as the chat template's
+    text, turn into the control id itself and could close its turn and open another (prompt
+    injection). Here every message is rendered through the chat template with its content
+    replaced by a placeholder; the template's own text is tokenized as usual and each content
+    separately with `split_special_tokens=True`, so the typed characters become ordinary
+    byte tokens that read back as the same text. Messages without control tokens give exactly
+    `render_prompt`'s ids.
+
+    Raises:
+        UserError: malformed messages (not role/content dicts) or no chat template.
+    """
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+        raise UserError(f"{where}: messages must be a list of {{'role', 'content'}} dicts")
+    if all(isinstance(m, Mapping) and isinstance(m.get("content"), str)
+           and control_token_in(m["content"], str(m.get("role"))) is None for m in messages):
+        return render_prompt(tokenizer, messages, where)
+    import secrets
+
+    nonce = secrets.token_hex(8)
+    holders = [f"@@{nonce}:{i}@@" for i in range(len(messages))]
+    masked = [{**dict(m), "content": h} if isinstance(m, Mapping) else m for m, h in zip(messages, holders)]
+    _check_messages(masked, where)
+    text = _template(tokenizer, masked, add_generation_prompt=True)
+    ids: list[int] = []
+    cursor = 0
+    for m, holder in zip(messages, holders):
+        at = text.find(holder, cursor)
+        if at < 0:
+            raise UserError(f"{where}: the tokenizer's chat template does not write message contents verbatim")
+        ids += tokenizer(text[cursor:at], add_special_tokens=False)["input_ids"] if at > cursor else []
+        if m["content"]:
+            ids += tokenizer(m["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        cursor = at + len(holder)
+    ids += tokenizer(text[cursor:], add_special_tokens=False)["input_ids"] if cursor < len(text) else []
+    return list(ids)
 
 
 def chat_eos_ids(tok) -> list[int]:
