@@ -18,32 +18,15 @@ from minigpt.inference.chat import ReplyDecoder, split_reasoning
 from minigpt.tokenizer.bpe import IM_START
 from minigpt.tokenizer.chat import chat_eos_ids, render_prompt, render_prompt_literal
 
-from tiny_models import save_tiny_chat_model
+from serving import Running, ScriptedBatcher, save_readable_chat_model
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
 
-TEXTS = ["hello world, the cat sat on the mat.", "a dog ran in the park; 1 + 2 = 3"] * 10
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    # A long context, so a greedy reply can run for a second or two (the disconnect and burst
-    # tests need requests still in flight); this random model emits no EOS in 1,500 greedy
-    # steps from the prompts used here.
-    out = tmp_path_factory.mktemp("serve") / "tiny-chat"
-    tok, model = save_tiny_chat_model(out, TEXTS, max_position_embeddings=2048)
-    # Readable replies: silence the output rows of tokens that are not whole printable text
-    # (byte pieces of multi-byte characters, control tokens), so the random model's greedy
-    # choice is a printable token and replies stream character by character.
-    with torch.no_grad():
-        for i in range(len(tok)):
-            piece = tok.decode([i])
-            if not piece or "\ufffd" in piece or not piece.isprintable():
-                model.lm_head.weight[i] = 0.0
-    model.save_pretrained(out)
-    return out
+    return save_readable_chat_model(tmp_path_factory.mktemp("serve") / "tiny-chat")
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +34,6 @@ def loaded(model_dir):
     from minigpt.inference.loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(model_dir, device="cpu")
-
-
-class Running:
-    """A uvicorn server on a free port of 127.0.0.1, in a thread."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = app
-
-    @property
-    def batcher(self) -> ContinuousBatcher:
-        return self.app.state.server.batcher
-
-    def client(self, api_key: str = "unused", **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kw)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -402,5 +358,60 @@ def test_an_api_key_is_required_when_set(model_dir):
         assert httpx.get(running.url + "/v1/models").status_code == 401
         assert [m.id for m in running.client(api_key="s3cret").models.list().data] == ["tiny-chat"]
         assert httpx.get(running.url + "/health").status_code == 200
+    finally:
+        running.stop()
+
+
+def test_a_lora_adapter_directory_is_served_on_its_base(model_dir, loaded, tmp_path):
+    from minigpt.inference.loading import load_model_and_tokenizer
+    from minigpt.model import MiniGPTForCausalLM
+    from minigpt.model.lora import apply_lora, save_adapter
+    from minigpt.recipes.serve import build_server
+
+    base = MiniGPTForCausalLM.from_pretrained(str(model_dir))
+    apply_lora(base, rank=4, alpha=8, verbose=False)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained-looking adapter: it changes the replies
+    save_adapter(base, tmp_path / "adapter")
+    adapted, tok = load_model_and_tokenizer(tmp_path / "adapter", device="cpu")
+    messages = [{"role": "user", "content": "the cat"}]
+    prompt = render_prompt(tok, messages)
+    want = reply_text(tok, greedy_reference(adapted, tok, prompt, 20))
+    plain = reply_text(tok, greedy_reference(loaded[0], tok, prompt, 20))
+    assert want != plain
+    running = Running(build_server(str(tmp_path / "adapter"), served_model_name="cat-lora", max_batch_size=2, device="cpu"))
+    try:
+        r = running.client().chat.completions.create(model="cat-lora", messages=messages, temperature=0, max_tokens=20)
+        assert r.choices[0].message.content == want
+    finally:
+        running.stop()
+
+
+def test_thinking_goes_to_reasoning_content(loaded):
+    from minigpt.inference.server import OpenAIServer, create_app
+    from minigpt.tokenizer.bpe import THINK_END, THINK_START
+
+    model, tok = loaded
+    script = ([tok.convert_tokens_to_ids(THINK_START)] + tok("1 + 2 is 3", add_special_tokens=False)["input_ids"]
+              + [tok.convert_tokens_to_ids(THINK_END)] + tok("3", add_special_tokens=False)["input_ids"])
+    engine = GenerationEngine(model, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id)
+    running = Running(create_app(OpenAIServer(ScriptedBatcher(engine, script), tok, "thinker")))
+    try:
+        client = running.client()
+        messages = [{"role": "user", "content": "1 + 2?"}]
+        r = client.chat.completions.create(model="thinker", messages=messages, max_tokens=50)
+        message = r.choices[0].message
+        assert message.content == "3" and message.model_extra["reasoning_content"] == "1 + 2 is 3"
+        chunks = list(client.chat.completions.create(model="thinker", messages=messages, max_tokens=50, stream=True))
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        thinking = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+        answer = "".join(d.content or "" for d in deltas)
+        assert thinking == "1 + 2 is 3" and answer == "3"
+        first_answer = next(i for i, d in enumerate(deltas) if d.content)
+        assert all(not (d.model_extra or {}).get("reasoning_content") for d in deltas[first_answer:])
+        assert r.usage.completion_tokens == len(script)
     finally:
         running.stop()

@@ -31,7 +31,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -44,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from minigpt.errors import UserError
 from minigpt.inference.batching import BatchRequest, ContinuousBatcher, QueueFull
 from minigpt.inference.chat import ReasoningSplitter, ReplyDecoder
+from minigpt.inference.web import chat_page, render_markdown
 from minigpt.tokenizer.chat import render_prompt_literal
 
 
@@ -123,6 +123,12 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
+
+
+class RenderRequest(_Body):
+    """Body of `POST /render` (the chat page's Markdown rendering)."""
+
+    text: str = Field(max_length=200_000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +353,11 @@ def create_app(server: OpenAIServer) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("minigpt.inference").joinpath("web/chat.html").read_text(encoding="utf-8"))
+        return HTMLResponse(chat_page())
+
+    @app.post("/render", include_in_schema=False)
+    async def render(body: RenderRequest) -> dict:
+        return {"html": render_markdown(body.text)}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
