@@ -28,6 +28,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.merge import merge
     from minigpt.recipes.contrastive import contrastive
     from minigpt.recipes.embed import embed
+    from minigpt.recipes.eval import evaluate
     from minigpt.recipes.mlm import mlm
     from minigpt.recipes.ppo import ppo
     from minigpt.recipes.pretrain import pretrain
@@ -58,6 +59,7 @@ def _commands() -> dict[str, Callable]:
         "generate": generate,
         "chat": chat,
         "serve": serve,
+        "eval": evaluate,
         "export": export_command,
     }
 

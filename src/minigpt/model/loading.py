@@ -8,13 +8,14 @@ model (`check_tokenizer_fits`), so a bad directory is one clear line wherever it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.model.checks import check_model_dir, check_tokenizer_fits
 
-__all__ = ["load_model_dir"]
+__all__ = ["check_same_tokenizer", "is_reward_model_dir", "load_model_dir", "load_reward_model"]
 
 
 def load_model_dir(
@@ -92,3 +93,64 @@ def load_model_dir(
     if tok is not None:
         check_tokenizer_fits(tok, model.config, tok_src, base)
     return model, tok
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    """True when `path/config.json` describes a `MiniGPTRewardModel`."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "MiniGPTRewardModel" in (config.get("architectures") or [])
+
+
+def load_reward_model(model_dir: str | Path, device: str = "cpu"):
+    """`(MiniGPTRewardModel, tokenizer)` from a directory written by `minigpt reward` (or by
+    `save_pretrained` plus the tokenizer), in eval mode on `device`.
+
+    Raises:
+        UserError: not a reward-model directory (naming what it is instead), no tokenizer, or a
+            tokenizer larger than the model's vocabulary.
+    """
+    from minigpt.model.reward import MiniGPTRewardModel
+    from minigpt.train.distributed import pick_device
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a model directory (no config.json)")
+    if not is_reward_model_dir(path):
+        raise UserError(f"{path} holds a language model, not a reward model; train one with `minigpt reward --model {path}`")
+    from minigpt.model.loading import load_model_dir
+
+    model, tok = load_model_dir(path, MiniGPTRewardModel, "--reward_model")
+    return model.to(pick_device(device)).eval(), tok
+
+
+def check_same_tokenizer(a_dir: str | Path, b_dir: str | Path, role: str = "a reward model") -> None:
+    """A reward model can only score text tokenized the way it was trained: refuse two
+    directories whose tokenizers differ (vocabulary, i.e. the token -> id map, or chat template).
+
+    Use before scoring a policy's samples with a reward model (RLHF, win rates), or before
+    comparing a policy with a reference model (`role` names the second one in the message).
+
+    Raises:
+        UserError: naming both directories and what differs (or a directory without tokenizer).
+    """
+    from minigpt.tokenizer import load_tokenizer
+
+    ta, tb = load_tokenizer(a_dir), load_tokenizer(b_dir)
+    va, vb = ta.get_vocab(), tb.get_vocab()
+    if va != vb:
+        only_a = sorted(set(va) - set(vb))[:3]
+        moved = [t for t in va if t in vb and va[t] != vb[t]][:3]
+        raise UserError(
+            f"{a_dir} and {b_dir} use different tokenizers ({len(va)} vs {len(vb)} tokens; e.g. only in the first: "
+            f"{only_a}, different ids: {moved}); {role} must share the policy's tokenizer"
+        )
+    if getattr(ta, "chat_template", None) != getattr(tb, "chat_template", None):
+        raise UserError(
+            f"{a_dir} and {b_dir} use different chat templates; {role} must see prompts rendered as the policy's are"
+        )

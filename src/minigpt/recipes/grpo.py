@@ -158,7 +158,7 @@ def grpo(
         )
     rm = None
     if reward_model is not None:
-        from minigpt.recipes.reward import check_same_tokenizer, load_reward_model
+        from minigpt.model.loading import check_same_tokenizer, load_reward_model
 
         check_same_tokenizer(model, reward_model, role="the reward model")
         rm, _ = load_reward_model(reward_model)

@@ -153,7 +153,7 @@ def ppo(
     """
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
-    from minigpt.recipes.reward import check_same_tokenizer, is_reward_model_dir, load_reward_model
+    from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
     from minigpt.recipes.sft import chat_eos_ids, load_base_model
     from minigpt.objectives.ppo import ActorCritic, RLHFConfig
     from minigpt.model.reward import create_reward_model
