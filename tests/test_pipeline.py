@@ -46,6 +46,7 @@ def env(tmp_path_factory):
         "sft": _write_jsonl(root / "sft.jsonl", sft),
         "pairs": _write_jsonl(root / "pairs.jsonl", pairs),
         "prompts": _write_jsonl(root / "prompts.jsonl", prompts),
+        "heldout": _write_jsonl(root / "heldout.jsonl", sft[:6]),
     }
 
 
@@ -58,6 +59,7 @@ def _config(env, save_dir: Path, **kw) -> dict:
         "ppo_data_path": str(env["prompts"]), "ppo_iterations": 4, "ppo_lr_policy": 1e-4, "ppo_lr_value": 1e-3,
         "ppo_batch_size": 4, "ppo_mini_batch_size": 2, "ppo_epochs": 2, "ppo_max_new_tokens": 6,
         "max_length": 64, "save_dir": str(save_dir), "save_interval": 2, "log_level": "INFO",
+        "eval_data_path": str(env["heldout"]), "eval_metrics": "bpb,rouge,win_rate", "eval_max_new_tokens": 4,
     }
     c.update(kw)
     return c
@@ -89,11 +91,16 @@ def test_full_pipeline_writes_the_spec_layout(env):
     assert any(not torch.equal(a, b) for a, b in zip(policy.state_dict().values(), sft_policy.state_dict().values()))
     rows = [json.loads(x) for x in (save / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/mean_reward" in r] == list(range(1, 17))
+    # The evaluation stage: the PPO policy against the SFT model, judged by the reward model.
+    report = json.loads((save / "eval" / "report.json").read_text())
+    assert set(report) >= {"bpb", "rouge1", "rougeL", "win_rate"} and report["n"]["win_rate"] == 6
+    assert report["settings"]["model"] == str(save / "ppo") and report["settings"]["reference_model"] == str(save / "sft")
+    assert 0.0 <= report["win_rate"] <= 1.0 and "[eval] done" in (save / "logs" / "pipeline.log").read_text()
 
     # A second run finds every stage finished and redoes nothing: the PPO policy is unchanged.
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     results = create_rlhf_pipeline(cfg_file).run_full_pipeline()
-    assert set(results) == {"sft", "reward", "ppo"}
+    assert set(results) == {"sft", "reward", "ppo", "eval"}
     again = MiniGPTForCausalLM.from_pretrained(save / "ppo").state_dict()
     assert all(torch.equal(before[k], again[k]) for k in before)
 

@@ -55,7 +55,7 @@ _DTYPES = {
     "half": torch.float16,
 }
 
-SUPPORTED_FORMATS = ("llama",)
+SUPPORTED_FORMATS = ("llama", "gguf")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -339,10 +339,14 @@ def export_command(
 
     Args:
         model: the MiniGPT model (or run) directory.
-        to: target format; only `llama` (a `transformers` `LlamaForCausalLM` checkpoint).
-        out: output directory; default `<model>-<to>` beside the model directory.
+        to: target format: `llama` (a `transformers` `LlamaForCausalLM` checkpoint) or `gguf`
+            (one llama.cpp file with the tokenizer, chat template and stop tokens, plus an
+            Ollama `Modelfile` beside it: `ollama create NAME -f OUT/Modelfile`).
+        out: output directory (for gguf: a directory, or a file name ending in .gguf);
+            default `<model>-<to>` beside the model directory.
         tokenizer: tokenizer directory to copy, if not the model directory.
-        dtype: weight dtype of the export (`float32`, `bfloat16`, `float16`); default: as saved.
+        dtype: weight dtype of the export (`float32`, `bfloat16`, `float16`; gguf: `float32`
+            or `float16`); default: as saved (gguf: float32).
 
     Returns:
         The output directory.
@@ -358,6 +362,14 @@ def export_command(
     else:
         src = Path(model).resolve()
         out_dir = src.parent / f"{src.name}-{fmt}"
+    if fmt == "gguf":
+        from minigpt.model.gguf_export import export_to_gguf
+
+        target = out_dir if out_dir.suffix == ".gguf" else out_dir / f"{Path(model).resolve().name}.gguf"
+        path = export_to_gguf(model, target, dtype=dtype, tokenizer_dir=tokenizer)
+        print(f"exported {model} -> {path} (gguf) and {path.parent / 'Modelfile'}; "
+              f"run it with llama.cpp (llama-cli -m {path}) or Ollama (ollama create NAME -f {path.parent / 'Modelfile'})")
+        return path
     path = export_to_llama(model, out_dir, tokenizer_dir=tokenizer, dtype=dtype)
     print(f"exported {model} -> {path} ({fmt}); load it with transformers.LlamaForCausalLM.from_pretrained({str(path)!r})")
     return path
