@@ -16,7 +16,8 @@ first content chunk) and the inter-token latency (ITL: gaps between content chun
 holds one token unless a multi-byte character spans two), p50 and p99 over all requests.
 
 With `--screenshot PNG` (needs Selenium and Chromium) it also opens the chat page at `/` in
-headless Chromium, sends a message, waits for the reply and saves a screenshot.
+headless Chromium, sends two messages (a sum, which the quickstart model works out in its
+thinking, then a question), waits for each reply and saves a screenshot.
 
     python benchmarks/bench_serve.py --model runs/quickstart/chat --clients 64 --max-tokens 128 \\
         --screenshot benchmarks/results/chat_page.png
@@ -126,7 +127,7 @@ def summarize(results: list[dict], wall: float) -> dict:
     }
 
 
-def screenshot(url: str, png: Path, message: str) -> None:
+def screenshot(url: str, png: Path, messages: list[str]) -> None:
     import shutil
 
     from selenium import webdriver
@@ -145,15 +146,15 @@ def screenshot(url: str, png: Path, message: str) -> None:
         deadline = time.time() + 60
         while "connecting" in driver.find_element(By.ID, "model-name").text and time.time() < deadline:
             time.sleep(0.1)
-        driver.execute_script("document.getElementById('system').value = arguments[0];", "You are a helpful assistant.")
-        box = driver.find_element(By.ID, "input")
-        box.send_keys(message)
-        box.send_keys(Keys.ENTER)
-        while time.time() < deadline:
-            stats = driver.execute_script("const s = document.querySelector('.stats'); return s ? s.textContent : ''")
-            if stats:
-                break
-            time.sleep(0.1)
+        for n, message in enumerate(messages, start=1):
+            box = driver.find_element(By.ID, "input")
+            box.send_keys(message)
+            box.send_keys(Keys.ENTER)
+            while time.time() < deadline:
+                done = driver.execute_script("return [...document.querySelectorAll('.stats')].filter(s => s.textContent).length")
+                if done >= n:
+                    break
+                time.sleep(0.1)
         time.sleep(0.5)  # the final Markdown rendering
         png.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(png))
@@ -184,7 +185,7 @@ def main() -> None:
         seq = summarize(*asyncio.run(run(url, name, texts, args.max_tokens, concurrent=False)))
         con = summarize(*asyncio.run(run(url, name, texts, args.max_tokens, concurrent=True)))
         if args.screenshot is not None:
-            screenshot(url, args.screenshot, "Give three tips for staying healthy.")
+            screenshot(url, args.screenshot, ["What is 47 + 38?", "What does `json.dumps` do?"])
     finally:
         server.terminate()
         server.wait(30)

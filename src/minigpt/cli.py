@@ -187,8 +187,9 @@ def _main(argv: list[str] | None) -> int:
         return 128 + e.signum
     except (KeyboardInterrupt, Terminated) as e:
         how, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated by SIGTERM", 143)
-        print(f"minigpt {name}: {how} outside the training loop", file=sys.stderr)
-        if "resume" in inspect.signature(_commands()[name]).parameters:
+        trains = "resume" in inspect.signature(_commands()[name]).parameters
+        print(f"minigpt {name}: {how}" + (" outside the training loop" if trains else ""), file=sys.stderr)
+        if trains:
             print(f"continue with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
         return code
     except Exception as e:
