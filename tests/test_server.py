@@ -415,3 +415,36 @@ def test_thinking_goes_to_reasoning_content(loaded):
         assert r.usage.completion_tokens == len(script)
     finally:
         running.stop()
+
+
+def test_streams_of_several_choices_and_of_text_completions(server):
+    client = server.client()
+    chunks = list(client.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "a dog"}], n=2, seed=5, temperature=1.0,
+        max_tokens=12, stream=True,
+    ))
+    whole = client.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "a dog"}], n=2, seed=5, temperature=1.0, max_tokens=12,
+    )
+    for i in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert "".join(c.delta.content or "" for c in mine) == whole.choices[i].message.content
+        assert [c.finish_reason for c in mine if c.finish_reason] == [whole.choices[i].finish_reason]
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny-chat", prompt="the cat", max_tokens=10, temperature=0, stream=True) if c.choices)
+    assert text == client.completions.create(model="tiny-chat", prompt="the cat", max_tokens=10, temperature=0).choices[0].text
+    assert len(text) > 0
+
+
+def test_the_serve_command_takes_its_key_from_the_environment(model_dir, monkeypatch):
+    import uvicorn
+
+    from minigpt.recipes.serve import serve
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setenv("MINIGPT_API_KEY", "from-env")
+    serve(str(model_dir), port=8123, device="cpu", max_batch_size=3)
+    state = seen["app"].state.server
+    assert (seen["host"], seen["port"], state.api_key, state.batcher.max_batch_size) == ("127.0.0.1", 8123, "from-env", 3)
+    assert state.model_name == "tiny-chat"
