@@ -214,6 +214,7 @@ class OpenAIServer:
     # ------------------------------------------------------------------ helpers
 
     def check_model(self, name: str | None) -> None:
+        """404 (`model_not_found`) unless `name` is None or the served model's id."""
         if name is not None and name != self.model_name:
             raise APIError(404, f"The model `{name}` does not exist; this server serves `{self.model_name}`",
                            param="model", code="model_not_found")
@@ -259,6 +260,7 @@ class OpenAIServer:
         return jobs
 
     def cancel(self, jobs: list[_Job]) -> None:
+        """Cancel every job still running (finished ones are skipped; cancelling twice is harmless)."""
         for job in jobs:
             if job.id is not None:
                 self.batcher.cancel(job.id)
@@ -291,6 +293,7 @@ class OpenAIServer:
         choice.text = decoder.text
 
     def usage(self, prompt_tokens: int, choices: list[_Choice]) -> dict[str, int]:
+        """OpenAI's `usage` object: prompt tokens (all prompts × n), completion tokens so far."""
         completion = sum(c.completion_tokens for c in choices)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
@@ -463,47 +466,39 @@ async def _collect(server: OpenAIServer, jobs: list[_Job], stops: list[str], req
         server.cancel(jobs)
 
 
-async def _chat_stream(server: OpenAIServer, jobs: list[_Job], stops: list[str], head: dict, prompt_tokens: int,
-                       body: ChatCompletionRequest) -> AsyncIterator[str]:
-    """Server-sent events of a streamed chat completion: a role chunk per choice, then content
-    and reasoning_content deltas as they come (choices interleaved), then a finishing chunk
-    per choice with its usage, `[DONE]` last."""
-    head = {**head, "object": "chat.completion.chunk"}
-    choices = [_Choice() for _ in jobs]
+async def _events(server: OpenAIServer, jobs: list[_Job], choices: list[_Choice], produce, render, prompt_tokens: int,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events of a streamed response with one choice per job, the choices
+    interleaved as their pieces come: `produce(i)` yields choice i's `(kind, text)` pieces,
+    `render(i, kind, text)` makes the chunk of one piece, or with kind "finish" the chunk that
+    finishes the choice. A choice whose generation failed sends an error event. Then a
+    usage-only chunk when asked, and `[DONE]`. Leaving early (a disconnect) cancels every job."""
     out: asyncio.Queue = asyncio.Queue()
 
-    async def one(i: int) -> None:
-        splitter = ReasoningSplitter()
+    async def run(i: int) -> None:
         try:
-            async for piece in server.pieces(jobs[i], stops, choices[i]):
-                for kind, text in splitter.feed(piece):
-                    await out.put((i, kind, text))
-            for kind, text in splitter.close():
+            async for kind, text in produce(i):
                 await out.put((i, kind, text))
             await out.put((i, "finish", None))
         except APIError as e:
             await out.put((i, "error", e.message))
 
-    tasks = []
+    tasks = [asyncio.create_task(run(i)) for i in range(len(jobs))]
     try:
-        for i in range(len(jobs)):
-            yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        tasks = [asyncio.create_task(one(i)) for i in range(len(jobs))]
         remaining = len(jobs)
         while remaining:
             i, kind, text = await out.get()
-            if kind == "finish":
+            if kind in ("finish", "error"):
                 remaining -= 1
-                yield _sse({**head, "choices": [{"index": i, "delta": {}, "finish_reason": choices[i].finish_reason}],
-                            "usage": server.usage(prompt_tokens, choices)})
-            elif kind == "error":
-                remaining -= 1
+            if kind == "error":
                 yield _sse({"error": {"message": text, "type": "server_error", "param": None, "code": None}})
-            else:
-                delta = {"reasoning_content": text} if kind == "thinking" else {"content": text}
-                yield _sse({**head, "choices": [{"index": i, "delta": delta, "finish_reason": None}]})
-        if body.stream_options is not None and body.stream_options.include_usage:
-            yield _sse({**head, "choices": [], "usage": server.usage(prompt_tokens, choices)})
+                continue
+            chunk = render(i, kind, text)
+            if kind == "finish":
+                chunk["usage"] = server.usage(prompt_tokens, choices)
+            yield _sse(chunk)
+        if include_usage:
+            yield _sse({**render(0, "usage", None), "choices": [], "usage": server.usage(prompt_tokens, choices)})
         yield "data: [DONE]\n\n"
     finally:
         for t in tasks:
@@ -511,43 +506,61 @@ async def _chat_stream(server: OpenAIServer, jobs: list[_Job], stops: list[str],
         server.cancel(jobs)
 
 
+def _include_usage(body: _Sampling) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
+
+
+async def _chat_stream(server: OpenAIServer, jobs: list[_Job], stops: list[str], head: dict, prompt_tokens: int,
+                       body: ChatCompletionRequest) -> AsyncIterator[str]:
+    """A streamed chat completion: a role chunk per choice, then `content` and
+    `reasoning_content` deltas as they come, a finishing chunk per choice with its usage."""
+    head = {**head, "object": "chat.completion.chunk"}
+    choices = [_Choice() for _ in jobs]
+
+    async def produce(i: int):
+        splitter = ReasoningSplitter()
+        async for piece in server.pieces(jobs[i], stops, choices[i]):
+            for event in splitter.feed(piece):
+                yield event
+        for event in splitter.close():
+            yield event
+
+    def render(i: int, kind: str, text: str | None) -> dict:
+        if kind == "finish":
+            return {**head, "choices": [{"index": i, "delta": {}, "finish_reason": choices[i].finish_reason}]}
+        delta = {"reasoning_content": text} if kind == "thinking" else {"content": text}
+        return {**head, "choices": [{"index": i, "delta": delta, "finish_reason": None}]}
+
+    try:  # a disconnect closes this generator at a yield: the jobs are cancelled here too
+        for i in range(len(jobs)):
+            yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        async for event in _events(server, jobs, choices, produce, render, prompt_tokens, _include_usage(body)):
+            yield event
+    finally:
+        server.cancel(jobs)
+
+
 async def _completion_stream(server: OpenAIServer, jobs: list[_Job], stops: list[str], head: dict, prompt_tokens: int,
                              body: CompletionRequest, echoes: list[str]) -> AsyncIterator[str]:
-    """Server-sent events of a streamed text completion (choices interleaved), `[DONE]` last."""
+    """A streamed text completion: text chunks as they come (after the echoed prompt, with
+    `echo`), a finishing chunk per choice with its usage."""
     head = {**head, "object": "text_completion"}
     choices = [_Choice() for _ in jobs]
-    out: asyncio.Queue = asyncio.Queue()
 
-    async def one(i: int) -> None:
-        try:
-            if echoes[i]:
-                await out.put((i, "text", echoes[i]))
-            async for piece in server.pieces(jobs[i], stops, choices[i]):
-                await out.put((i, "text", piece))
-            await out.put((i, "finish", None))
-        except APIError as e:
-            await out.put((i, "error", e.message))
+    async def produce(i: int):
+        if echoes[i]:
+            yield "text", echoes[i]
+        async for piece in server.pieces(jobs[i], stops, choices[i]):
+            yield "text", piece
 
-    tasks = [asyncio.create_task(one(i)) for i in range(len(jobs))]
+    def render(i: int, kind: str, text: str | None) -> dict:
+        finish = choices[i].finish_reason if kind == "finish" else None
+        return {**head, "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+
     try:
-        remaining = len(jobs)
-        while remaining:
-            i, kind, text = await out.get()
-            if kind == "text":
-                yield _sse({**head, "choices": [{"index": i, "text": text, "finish_reason": None, "logprobs": None}]})
-                continue
-            remaining -= 1
-            if kind == "error":
-                yield _sse({"error": {"message": text, "type": "server_error", "param": None, "code": None}})
-            else:
-                yield _sse({**head, "choices": [{"index": i, "text": "", "finish_reason": choices[i].finish_reason,
-                                                 "logprobs": None}], "usage": server.usage(prompt_tokens, choices)})
-        if body.stream_options is not None and body.stream_options.include_usage:
-            yield _sse({**head, "choices": [], "usage": server.usage(prompt_tokens, choices)})
-        yield "data: [DONE]\n\n"
+        async for event in _events(server, jobs, choices, produce, render, prompt_tokens, _include_usage(body)):
+            yield event
     finally:
-        for t in tasks:
-            t.cancel()
         server.cancel(jobs)
 
 
