@@ -148,6 +148,30 @@ def test_the_batcher_bounds_its_queue_and_cancels(loaded):
         batcher.submit(BatchRequest([5] * 2000, 100))
 
 
+def test_a_failing_step_ends_its_requests_with_the_error_and_the_batcher_goes_on(loaded):
+    model, tok = loaded
+    engine = GenerationEngine(model, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id)
+    batcher = ContinuousBatcher(engine, max_batch_size=2, max_queue=4)
+    real = engine._forward
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated device fault")
+
+    engine._forward = broken
+    reasons: list[str] = []
+    batcher.start()
+    try:
+        for _ in range(2):
+            batcher.submit(BatchRequest([5, 6, 7], 4, on_finish=reasons.append))
+        assert wait_until(lambda: len(reasons) == 2)
+        assert reasons == ["error: RuntimeError: simulated device fault"] * 2 and batcher.num_running == 0
+        engine._forward = real
+        batcher.submit(BatchRequest([5, 6, 7], 4, temperature=0, on_finish=reasons.append))
+        assert wait_until(lambda: len(reasons) == 3) and reasons[2] in ("length", "stop")
+    finally:
+        batcher.close()
+
+
 # ------------------------------------------------------------------------------------------
 # The reply decoder and the injection-proof prompt
 # ------------------------------------------------------------------------------------------

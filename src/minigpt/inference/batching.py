@@ -228,6 +228,20 @@ class ContinuousBatcher:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # the loop itself failed: nobody may wait forever
+            with self._cond:
+                self._closed = True
+                waiting, self._waiting = list(self._waiting), collections.deque()
+            for r in waiting:
+                self._notify_finish(r, f"error: {type(e).__name__}: {e}")
+            for slot, state in enumerate(self._slots):
+                if state is not None:
+                    self._release(slot, f"error: {type(e).__name__}: {e}")
+            raise
+
+    def _loop(self) -> None:
         with self.engine._context():
             linears = self.engine._prepared_linears(self._dtype)
             while True:

@@ -293,7 +293,8 @@ class OpenAIServer:
         choice.text = decoder.text
 
     def usage(self, prompt_tokens: int, choices: list[_Choice]) -> dict[str, int]:
-        """OpenAI's `usage` object: prompt tokens (all prompts × n), completion tokens so far."""
+        """OpenAI's `usage` object: prompt tokens (each prompt once, whatever `n`), and the
+        completion tokens of every choice so far."""
         completion = sum(c.completion_tokens for c in choices)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
@@ -404,7 +405,7 @@ def create_app(server: OpenAIServer) -> FastAPI:
             raise
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         head = {"id": rid, "created": created, "model": server.model_name}
-        prompt_tokens = sum(len(p) * body.n for p in prompts)
+        prompt_tokens = sum(len(p) for p in prompts)  # each prompt once, whatever n is (as OpenAI counts)
         echoes = [server.tokenizer.decode(p, skip_special_tokens=True) if body.echo else "" for p in prompts]
         jobs = [j for js in jobs_per_prompt for j in js]
         if body.stream:
