@@ -557,7 +557,7 @@ def test_export_user_errors(tmp_path):
     with pytest.raises(UserError, match="already a Llama"):
         export_to_llama(str(llama_dir), tmp_path / "again")
     with pytest.raises(UserError, match="format"):
-        export_command(str(llama_dir), to="gguf")
+        export_command(str(llama_dir), to="onnx")
     # head_dim given explicitly with a width Llama rejects (hidden not a multiple of heads)
     odd = MiniGPTForCausalLM(MiniGPTConfig(**{**BASE, "hidden_size": 50, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16}))
     with pytest.raises(UserError, match="multiple"):
