@@ -82,7 +82,18 @@ def test_the_batcher_gives_each_request_the_tokens_of_a_batch_of_one(loaded):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, len(tok), (int(n),), generator=g).tolist() for n in torch.randint(1, 30, (10,), generator=g)]
     lengths = [5, 40, 12, 25, 3, 33, 18, 9, 27, 14]
-    batcher = ContinuousBatcher(engine, max_batch_size=3, max_queue=20).start()
+    # Not started yet: the first requests queue up and are prefilled together, right-padded,
+    # in groups of at most 40 padded tokens (so both one group of several and several groups).
+    batcher = ContinuousBatcher(engine, max_batch_size=3, max_queue=20, prefill_tokens=40)
+    prefills: list[int] = []  # rows of each prefill forward
+    forward = engine._forward
+
+    def spy(x, *args, **kwargs):
+        if x.shape[1] > 1 or not isinstance(args[3], torch.Tensor):  # a prefill (decode passes positions)
+            prefills.append(x.shape[0])
+        return forward(x, *args, **kwargs)
+
+    engine._forward = spy
     got = {i: [] for i in range(len(prompts))}
     reasons: dict[int, str] = {}
     done = threading.Event()
@@ -95,6 +106,8 @@ def test_the_batcher_gives_each_request_the_tokens_of_a_batch_of_one(loaded):
     try:
         for i, (p, n) in enumerate(zip(prompts, lengths)):
             batcher.submit(BatchRequest(p, n, temperature=0, on_token=got[i].append, on_finish=lambda r, i=i: finish(i, r)))
+            if i == 4:
+                batcher.start()
             time.sleep(0.002 * (i % 3))
         assert done.wait(60)
     finally:
@@ -104,6 +117,7 @@ def test_the_batcher_gives_each_request_the_tokens_of_a_batch_of_one(loaded):
         assert got[i] == ref, i
         assert reasons[i] == ("length" if len(ref) == n else "stop")
     assert batcher.num_running == 0 and batcher.steps < sum(lengths)  # rows really shared steps
+    assert max(prefills) >= 2 and len(prefills) < len(prompts)  # prompts were prefilled together
 
 
 def test_a_seeded_request_samples_the_same_whatever_shares_its_batch(loaded):

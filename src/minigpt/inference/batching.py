@@ -7,8 +7,8 @@ scheduling) instead runs one decoding step at a time over whatever requests are 
 
 * the KV cache is allocated once, `(L, 2, max_batch_size, K, max_length, D)`; each running
   request owns one row of it (a *slot*) from its prefill to its last token;
-* between two steps, waiting requests are prefilled into free slots, and finished or cancelled
-  ones give their slot back;
+* between two steps, waiting requests are prefilled into free slots (those arriving together
+  in one right-padded forward), and finished or cancelled ones give their slot back;
 * a decoding step feeds every running row its last token at that row's own position (rows are
   at different lengths) through the engine's per-layer forward (`GenerationEngine._forward`
   with a `(B,)` tensor of positions), so LoRA adapters and low-precision weights behave exactly
@@ -16,8 +16,8 @@ scheduling) instead runs one decoding step at a time over whatever requests are 
 
 `ContinuousBatcher` runs that loop on a background thread and reports tokens through
 callbacks, so any front end (the HTTP server, a benchmark, a test) can drive it. Prompts are
-prefilled one at a time between steps (no chunked prefill): a very long prompt delays the
-next step of the others by its prefill time.
+prefilled whole between steps (no chunked prefill): a very long prompt delays the next step
+of the others by its prefill time.
 
 Shapes: B = rows in the step (the highest busy slot + 1), S = max_length, V = vocab_size.
 """
@@ -90,6 +90,8 @@ class ContinuousBatcher:
         max_length: positions per row (prompt + completion); None = the model's
             `max_position_embeddings` (also the upper bound).
         seed: seeds the generator of requests that bring no seed of their own.
+        prefill_tokens: padded prompt tokens prefilled in one forward at most; requests that
+            arrive together are prefilled together (a longer prompt than this runs alone).
 
     Memory: the cache holds `2 · L · max_batch_size · K · max_length · D` numbers of the
     compute dtype, allocated at construction.
@@ -106,6 +108,7 @@ class ContinuousBatcher:
         max_queue: int = 256,
         max_length: int | None = None,
         seed: int | None = None,
+        prefill_tokens: int = 8192,
     ) -> None:
         cfg = engine.config
         limit = int(cfg.max_position_embeddings)
@@ -118,6 +121,7 @@ class ContinuousBatcher:
         self.max_batch_size = int(max_batch_size)
         self.max_queue = int(max_queue)
         self.max_length = max_length
+        self.prefill_tokens = int(prefill_tokens)
         model = engine.model
         device = engine.device
         self._dtype = engine._compute_dtype()
@@ -266,9 +270,9 @@ class ContinuousBatcher:
                     if state is not None and state.request.id in cancelled:
                         self._release(slot, "cancelled")
                 try:
-                    for slot in admitted:
-                        if self._slots[slot] is not None:
-                            self._prefill(slot, linears)
+                    admitted = [slot for slot in admitted if self._slots[slot] is not None]
+                    if admitted:
+                        self._prefill(admitted, linears)
                     if self.num_running:
                         self._step(linears)
                 except Exception as e:  # a failed step must not leave callers waiting forever
@@ -290,18 +294,43 @@ class ContinuousBatcher:
         gen.manual_seed(int(request.seed))
         return gen
 
-    def _prefill(self, slot: int, linears: dict) -> None:
-        """Run the prompt of the request in `slot` into its cache row; emit its first token."""
+    def _prefill(self, slots: list[int], linears: dict) -> None:
+        """Run the prompts of the requests newly in `slots` into their cache rows and emit each
+        one's first token.
+
+        Prompts are sorted by length and run together in groups of at most `prefill_tokens`
+        padded tokens: each group is one right-padded forward (causal attention needs no mask:
+        a real token never sees the padding after it) into a scratch cache, whose first P
+        positions are then copied into the group's rows; each row's logits are read at its own
+        last prompt token. Padding left in a row beyond its prompt is hidden by the decoding
+        mask and overwritten as the reply grows."""
         model = self.engine.model
-        ids = torch.tensor([self._slots[slot].request.prompt_ids], dtype=torch.long, device=self._pos.device)  # (1, P)
-        p = ids.shape[1]
-        x = model.model.embed_tokens(ids)  # (1, P, C)
-        row = self._cache[:, :, slot : slot + 1]  # (L, 2, 1, K, S, D) view: writes land in the cache
-        logits = self.engine._forward(
-            x, self._cos[None, :p], self._sin[None, :p], row, 0, None, linears, last_only=True
-        )  # (1, V)
-        self._pos[slot] = p
-        self._advance([slot], logits.float())
+        device = self._pos.device
+        order = sorted(slots, key=lambda s: len(self._slots[s].request.prompt_ids))
+        groups: list[list[int]] = []
+        for slot in order:  # lengths ascend, so the newest slot sets the group's padded width
+            n = len(self._slots[slot].request.prompt_ids)
+            if groups and (len(groups[-1]) + 1) * n <= self.prefill_tokens:
+                groups[-1].append(slot)
+            else:
+                groups.append([slot])
+        for group in groups:
+            prompts = [self._slots[s].request.prompt_ids for s in group]
+            p = max(map(len, prompts))
+            ids = torch.full((len(group), p), self.engine.pad_token_id, dtype=torch.long, device=device)
+            for r, prompt in enumerate(prompts):
+                ids[r, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+            lengths = torch.tensor([len(x) for x in prompts], device=device)
+            scratch = self._cache.new_zeros(self._cache.shape[0], 2, len(group), *self._cache.shape[3:4], p,
+                                            self._cache.shape[-1])  # (L, 2, G, K, P, D)
+            logits = self.engine._forward(
+                model.model.embed_tokens(ids), self._cos[None, :p], self._sin[None, :p], scratch, 0, None, linears,
+                last_only=lengths - 1,
+            )  # (G, V)
+            index = torch.tensor(group, device=device)
+            self._cache[:, :, index, :, :p] = scratch
+            self._pos[index] = lengths
+            self._advance(group, logits.float())
 
     def _step(self, linears: dict) -> None:
         """One decoding step over rows `0..B-1`, B = the highest busy slot + 1."""

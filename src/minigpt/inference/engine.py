@@ -681,13 +681,15 @@ class GenerationEngine:
         start: int | torch.Tensor,
         mask: torch.Tensor | None,
         linears: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
-        last_only: bool,
+        last_only: bool | torch.Tensor,
     ) -> torch.Tensor:
         """Run the stack on `x (B, T, C)` whose tokens sit at cache slots `start..start+T-1`.
 
         cos/sin `(B, T, D)`; mask `(B, 1, T, start+T)` bool (True = may attend) or None
         (plain causal for prefill, everything for a single decode token); `linears` from
-        `_low_precision_linears`. Returns logits `(B, V)` of the last position.
+        `_low_precision_linears`. Returns logits `(B, V)` of the last position, or with
+        `last_only` a `(B,)` int64 tensor, of position `last_only[b]` in row b (right-padded
+        prompts of different lengths); only those positions go through the final norm and head.
 
         `start` may also be a `(B,)` int64 tensor when T == 1: row b's token is written at
         cache slot `start[b]` (continuous batching, where every row sits at its own position);
@@ -754,7 +756,9 @@ class GenerationEngine:
                 y = y.transpose(1, 2).reshape(b, t, h_ * d_)
             x = x + lin(attn.o_proj, y)
             x = x + self._mlp(layer.mlp, norm(layer.post_attention_layernorm, x), lin, linears.get(("gate_up", id(layer.mlp))))
-        if last_only:
+        if isinstance(last_only, torch.Tensor):
+            x = x[torch.arange(b, device=x.device), last_only][:, None]  # (B, 1, C)
+        elif last_only:
             x = x[:, -1:]
         return lin(model.lm_head, norm(model.model.norm, x))[:, -1]  # (B, V)
 
