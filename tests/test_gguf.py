@@ -108,7 +108,7 @@ def test_the_export_command_writes_gguf_and_modelfile(exported, tmp_path, capsys
 
 
 def test_llama_cpp_greedy_tokens_equal_ours(exported):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp from source)")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llamacpp]' builds llama.cpp)")
     from minigpt.inference import GenerationEngine
 
     root, tok, model, path = exported

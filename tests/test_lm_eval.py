@@ -17,7 +17,7 @@ import torch
 
 from tiny_models import save_tiny_chat_model
 
-lm_eval = pytest.importorskip("lm_eval")
+lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install -e '.[harness]'")
 
 DOCS = [
     {"question": "The cat sat on the", "choices": ["mat", "moon", "sea"], "label": 0},
