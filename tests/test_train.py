@@ -262,9 +262,10 @@ def test_signal_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path, sig
 
 
 def test_second_signal_stops_at_once(tmp_path):
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under `nohup … &`
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "twice", max_steps=8, save_interval=2, callbacks=[SignalAt(3, signal.SIGINT, times=2)])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     assert ckpt.latest_checkpoint(tmp_path / "twice").name == "step_00000002"  # the last good one, untouched
     resumed = run(tmp_path, "twice", max_steps=8, resume=True)
     assert resumed.step == 8
@@ -275,6 +276,7 @@ def test_a_signal_during_the_final_save_lets_the_run_complete(tmp_path, capsys):
     saying so, rather than promising a checkpoint of a step that will not run."""
     t = Trainer(tiny_model(), CausalLMObjective(), Blocks(64), config(max_steps=4), tmp_path / "f")
     real_save_final = t.save_final
+    before = signal.getsignal(signal.SIGINT)
 
     def save_final_after_ctrl_c():
         os.kill(os.getpid(), signal.SIGINT)
@@ -285,7 +287,7 @@ def test_a_signal_during_the_final_save_lets_the_run_complete(tmp_path, capsys):
     assert t.step == 4 and (tmp_path / "f" / "model.safetensors").is_file()
     err = capsys.readouterr().err
     assert "SIGINT received as the run finishes: completing its final evaluation and save" in err and "finishing step" not in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_second_process_on_the_same_out_is_refused(tmp_path):
