@@ -26,6 +26,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
@@ -168,8 +169,14 @@ class MiniGPTMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class MiniGPTDecoderLayer(nn.Module):
-    """One pre-norm block: attention then SwiGLU, each added to the residual stream."""
+class MiniGPTDecoderLayer(GradientCheckpointingLayer):
+    """One pre-norm block: attention then SwiGLU, each added to the residual stream.
+
+    A `transformers` `GradientCheckpointingLayer`: after `model.activation_checkpointing_enable()`
+    (what `--train.gradient_checkpointing` calls) a training forward keeps only the block's
+    input and recomputes the rest during backward (Chen et al. 2016, "Training Deep Nets with
+    Sublinear Memory Cost"); dropout masks are replayed from the saved RNG state, so gradients
+    are those of the plain forward."""
 
     def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -192,7 +199,7 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
     config_class = MiniGPTConfig
     config: MiniGPTConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["MiniGPTDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True

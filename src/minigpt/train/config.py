@@ -50,6 +50,9 @@ class TrainConfig:
     loss scaling) or fp32."""
     compile: bool = False
     """Wrap the model in torch.compile (first steps are slower while it compiles)."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing: keep only each decoder block's input during the forward and
+    recompute the block in backward (less memory, about a third more compute)."""
     device: str = "auto"
     """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps."""
     seed: int = 1337

@@ -65,6 +65,23 @@ class TrainingInterrupted(Exception):
         super().__init__(f"{name} at step {step}; checkpoint saved in {checkpoint}")
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation checkpointing in a `transformers` model (its
+    `activation_checkpointing_enable`, or the older `gradient_checkpointing_enable`), with
+    non-reentrant `torch.utils.checkpoint`.
+
+    Raises:
+        UserError: the model has neither method, or says it does not support checkpointing.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", True):
+        raise UserError(f"{type(model).__name__} does not support activation checkpointing (--train.gradient_checkpointing)")
+    try:
+        enable()
+    except ValueError as e:  # transformers: "... does not support activation checkpointing"
+        raise UserError(str(e)) from None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     import random
@@ -559,6 +576,8 @@ class Trainer:
         if resume:
             self._resume()
         model = self.model
+        if c.gradient_checkpointing:
+            enable_activation_checkpointing(model)
         if c.compile:
             model = torch.compile(model)
         if self.world_size > 1:
