@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from minigpt.inference.loading import ENGINE_DTYPES, engine_dtype, load_model_and_tokenizer  # noqa: F401 (re-exported)
+from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer  # noqa: F401 (load_model_and_tokenizer: re-exported)
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
 
