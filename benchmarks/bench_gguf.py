@@ -85,10 +85,11 @@ def main() -> None:
     ours_tps = sum(map(len, ours)) / ours_s
     print(f"model {args.model}; {len(prompts)} chat prompts; greedy, at most {args.max_tokens} tokens; "
           f"{args.threads} threads; ours (fp32 engine): {ours_tps:.0f} tokens/s")
-    print("| export | file MB | same prompt tokens | same greedy reply | llama.cpp tokens/s |")
+    print("| export | file MB | same prompt tokens | same greedy reply | llama.cpp tokens/s (ratio to ours) |")
     print("|---|---|---|---|---|")
     for dtype, size, same_tok, same, tps in rows:
-        print(f"| {dtype} | {size / 2**20:.1f} | {same_tok}/{len(prompts)} | {same}/{len(prompts)} | {tps:.0f} |")
+        print(f"| {dtype} | {size / 2**20:.1f} | {same_tok}/{len(prompts)} | {same}/{len(prompts)} | {tps:.0f} "
+              f"({tps / ours_tps:.1f}x ours) |")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class MixedScriptTokenizer:
     """
 
     def tokenize(self, text: str) -> list[str]:
+        """`text` -> its tokens (strings), lower-cased."""
         return _TOKEN_RE.findall(text.lower())
 
 
@@ -75,6 +76,7 @@ class Estimate:
     level: float = 0.95
 
     def as_dict(self) -> dict[str, float]:
+        """`{"value", "ci_low", "ci_high", "n", "level"}`."""
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "n": self.n, "level": self.level}
 
 

@@ -82,10 +82,14 @@ class ChatMessage(_Body):
 
 
 class StreamOptions(_Body):
+    """`stream_options`: `include_usage` adds a last chunk with no choices and the usage."""
+
     include_usage: bool = False
 
 
 class _Sampling(_Body):
+    """The sampling fields both endpoints share (OpenAI's names, plus `top_k`)."""
+
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
