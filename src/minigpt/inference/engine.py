@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import UserError
-from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, apply_rotary
+from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary
 
 
 @dataclass
@@ -764,13 +764,16 @@ class GenerationEngine:
 
     @staticmethod
     def _mlp(mlp: torch.nn.Module, x: torch.Tensor, lin, gate_up=None) -> torch.Tensor:
-        """The model's SwiGLU with cached low-precision weights (fused gate|up when given); any
-        other feed-forward module (e.g. a mixture of experts) is called as is."""
+        """The model's SwiGLU with cached low-precision weights (fused gate|up when given); a
+        mixture of experts with the same weights for its router and every expert (only the
+        experts some token chose run); any other feed-forward module is called as is."""
         if gate_up is not None:
             gate, up = _linear(x, gate_up).chunk(2, dim=-1)
             return lin(mlp.down_proj, F.silu(gate) * up)
         if type(mlp) is MiniGPTMLP:
             return lin(mlp.down_proj, F.silu(lin(mlp.gate_proj, x)) * lin(mlp.up_proj, x))
+        if isinstance(mlp, MiniGPTSparseMoeBlock):
+            return mlp(x, linear=lin)[0]
         return mlp(x)
 
 

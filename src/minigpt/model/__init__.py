@@ -27,4 +27,16 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return total
 
 
-__all__ = ["LoraOptions", "apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "MiniGPTRewardModel", "ScoreHead", "pool_hidden", "count_parameters"]
+def count_active_parameters(model) -> int:
+    """Parameters one token passes through: every parameter, except that of each
+    mixture-of-experts layer only K of its E experts count (tied weights counted once)."""
+    from minigpt.model.moe import sparse_moe_blocks
+
+    total = count_parameters(model)
+    for block in sparse_moe_blocks(model):
+        per_expert = count_parameters(block.experts[0])
+        total -= (block.num_experts - block.top_k) * per_expert
+    return total
+
+
+__all__ = ["count_active_parameters", "LoraOptions", "apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora", "PRESETS", "MiniGPTConfig", "MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel", "MiniGPTRewardModel", "ScoreHead", "pool_hidden", "count_parameters"]

@@ -77,6 +77,15 @@ class MiniGPTConfig(PretrainedConfig):
             its row, before and after it (BERT, Devlin et al. 2019), for masked-LM and
             embedding models; the same blocks and parameter names as the causal decoder
             (transformers' Gemma uses the same field name). False: causal.
+        num_local_experts: E > 0 replaces every block's SwiGLU by a sparse mixture of E SwiGLU
+            experts of `intermediate_size` each (Shazeer et al. 2017, arXiv:1701.06538;
+            Mixtral, Jiang et al. 2024, arXiv:2401.04088); 0 or None: dense.
+        num_experts_per_tok: K, the experts each token is sent to (top-K of the router).
+        router_aux_loss_coef: weight of the load-balancing loss (Fedus et al. 2021) that the LM
+            objectives add to the cross-entropy (per token).
+        router_z_loss_coef: weight of the router z-loss (Zoph et al. 2022); 0 = off.
+        output_router_logits: return the router logits and the router losses from every forward
+            (training objectives ask for them themselves).
 
     Raises:
         UserError: on shapes that cannot form a model (heads that do not divide, etc.).
@@ -108,6 +117,11 @@ class MiniGPTConfig(PretrainedConfig):
         eos_token_id: int | list[int] | None = 0,
         use_cache: bool = True,
         use_bidirectional_attention: bool = False,
+        num_local_experts: int | None = None,
+        num_experts_per_tok: int = 2,
+        router_aux_loss_coef: float = 0.01,
+        router_z_loss_coef: float = 0.0,
+        output_router_logits: bool = False,
         **kwargs: Any,
     ) -> None:
         if intermediate_size is None:
@@ -129,6 +143,15 @@ class MiniGPTConfig(PretrainedConfig):
             )
         if head_dim % 2:
             raise UserError(f"head_dim ({head_dim}) must be even for rotary embeddings")
+        num_local_experts = int(num_local_experts or 0)
+        if num_local_experts < 0:
+            raise UserError(f"num_local_experts must be ≥ 0 (0 = dense), got {num_local_experts}")
+        if num_local_experts and not 1 <= num_experts_per_tok <= num_local_experts:
+            raise UserError(
+                f"num_experts_per_tok must be in 1..num_local_experts ({num_local_experts}), got {num_experts_per_tok}"
+            )
+        if router_aux_loss_coef < 0 or router_z_loss_coef < 0:
+            raise UserError("router_aux_loss_coef and router_z_loss_coef must be ≥ 0")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -145,6 +168,11 @@ class MiniGPTConfig(PretrainedConfig):
         self.hidden_act = "silu"
         self.use_cache = use_cache
         self.use_bidirectional_attention = bool(use_bidirectional_attention)
+        self.num_local_experts = num_local_experts
+        self.num_experts_per_tok = int(num_experts_per_tok)
+        self.router_aux_loss_coef = float(router_aux_loss_coef)
+        self.router_z_loss_coef = float(router_z_loss_coef)
+        self.output_router_logits = bool(output_router_logits)
         # transformers >= 5 keeps every RoPE setting in one dict, `rope_parameters`; accept the
         # classic `rope_theta` / `rope_scaling` arguments and fold them in.
         rope = dict(kwargs.pop("rope_parameters", None) or rope_scaling or {})
@@ -163,6 +191,11 @@ class MiniGPTConfig(PretrainedConfig):
     def rope_theta(self) -> float:
         """RoPE base frequency θ (stored in `rope_parameters`)."""
         return float(self.rope_parameters["rope_theta"])
+
+    @property
+    def is_moe(self) -> bool:
+        """True when the feed-forward of every block is a mixture of experts."""
+        return bool(getattr(self, "num_local_experts", 0))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MiniGPTConfig":

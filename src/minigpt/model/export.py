@@ -55,7 +55,10 @@ _DTYPES = {
     "half": torch.float16,
 }
 
-SUPPORTED_FORMATS = ("llama", "gguf")
+SUPPORTED_FORMATS = ("llama", "mistral", "mixtral", "gguf")
+
+#: `transformers` architectures `export_to_hf` writes.
+HF_FORMATS = ("llama", "mistral", "mixtral")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -114,6 +117,98 @@ def llama_config_from(config: MiniGPTConfig):
         attention_dropout=float(config.dropout),
         mlp_bias=config.mlp_bias,
     )
+
+
+def hf_config_from(config: MiniGPTConfig, fmt: str):
+    """Translate a `MiniGPTConfig` into the `transformers` config of architecture `fmt`.
+
+    - `llama`: a dense model without a sliding window (`llama_config_from`);
+    - `mistral`: a dense model, with or without a sliding window (Mistral has no biases);
+    - `mixtral`: a mixture-of-experts model (`num_local_experts`, `num_experts_per_tok`,
+      `router_aux_loss_coef`), with or without a sliding window.
+
+    Raises:
+        UserError: the model needs something `fmt` cannot express, with the format that can.
+    """
+    from transformers import MistralConfig, MixtralConfig
+
+    if fmt not in HF_FORMATS:
+        raise UserError(f"unsupported export format {fmt!r}; supported: {', '.join(HF_FORMATS)}")
+    window = getattr(config, "sliding_window", None)
+    moe = getattr(config, "num_local_experts", 0)
+    if moe and fmt != "mixtral":
+        raise UserError(f"cannot export to {fmt}: this is a mixture-of-experts model ({moe} experts); use --to mixtral")
+    if not moe and fmt == "mixtral":
+        raise UserError("cannot export to mixtral: this model is dense (num_local_experts is 0); use --to llama or mistral")
+    if fmt == "llama":
+        if window:
+            raise UserError(
+                f"cannot export to llama: the model uses sliding-window attention (sliding_window={window}) "
+                "and Llama attends to the whole context; use --to mistral"
+            )
+        return llama_config_from(config)
+    if getattr(config, "use_bidirectional_attention", False):
+        raise UserError(f"cannot export to {fmt}: this is an encoder (use_bidirectional_attention), and {fmt} is causal")
+    if config.attention_bias or config.mlp_bias:
+        raise UserError(f"cannot export to {fmt}: it has no attention or MLP biases (attention_bias / mlp_bias are set); use --to llama")
+    common = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        rms_norm_eps=config.rms_norm_eps,
+        use_cache=config.use_cache,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        tie_word_embeddings=config.tie_word_embeddings,
+        rope_parameters=dict(config.rope_parameters),
+        sliding_window=window or None,
+        attention_dropout=float(config.dropout),
+    )
+    if fmt == "mistral":
+        return MistralConfig(**common)
+    return MixtralConfig(
+        **common,
+        num_local_experts=config.num_local_experts,
+        num_experts_per_tok=config.num_experts_per_tok,
+        router_aux_loss_coef=config.router_aux_loss_coef,
+        output_router_logits=False,
+        router_jitter_noise=0.0,
+    )
+
+
+def _hf_state(model: MiniGPTForCausalLM, fmt: str) -> dict[str, torch.Tensor]:
+    """MiniGPT's state dict under the parameter names of `fmt`'s `transformers` model.
+
+    Llama and Mistral use MiniGPT's names. Mixtral (transformers ≥ 5) keeps each layer's experts
+    as two stacked tensors: `mlp.experts.gate_up_proj (E, 2F, C)`, gate rows then up rows, and
+    `mlp.experts.down_proj (E, C, F)`; the router is `mlp.gate.weight (E, C)` in both."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if fmt != "mixtral":
+        return state
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        head, sep, rest = key.partition(".mlp.experts.")
+        if not sep:
+            out[key] = value
+            continue
+        index, proj = rest.split(".")[:2]
+        experts.setdefault(head, {}).setdefault(int(index), {})[proj] = value
+    for head, per_expert in experts.items():
+        order = sorted(per_expert)
+        out[f"{head}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([per_expert[e]["gate_proj"], per_expert[e]["up_proj"]]) for e in order]
+        )
+        out[f"{head}.mlp.experts.down_proj"] = torch.stack([per_expert[e]["down_proj"] for e in order])
+    return out
 
 
 def _load_source(model_dir: Path) -> MiniGPTForCausalLM:
@@ -191,7 +286,7 @@ def _verify(source: MiniGPTForCausalLM, llama: torch.nn.Module) -> None:
     err = (ours - theirs).abs().max().item()
     scale = max(1.0, ours.abs().max().item())
     if not err <= tol * scale:
-        raise RuntimeError(f"exported Llama model disagrees with the source: max |Δlogit| = {err:.3g}")
+        raise RuntimeError(f"exported model disagrees with the source: max |Δlogit| = {err:.3g}")
 
 
 def export_to_llama(
@@ -201,7 +296,20 @@ def export_to_llama(
     dtype: str | torch.dtype | None = None,
     verify: bool = True,
 ) -> Path:
-    """Write `model_dir_or_model` as a `transformers` Llama checkpoint in `out_dir`.
+    """`export_to_hf(..., fmt="llama")`: a plain `LlamaForCausalLM` checkpoint."""
+    return export_to_hf(model_dir_or_model, out_dir, "llama", tokenizer_dir, dtype, verify)
+
+
+def export_to_hf(
+    model_dir_or_model: str | os.PathLike | MiniGPTForCausalLM,
+    out_dir: str | os.PathLike,
+    fmt: str = "llama",
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: str | torch.dtype | None = None,
+    verify: bool = True,
+) -> Path:
+    """Write `model_dir_or_model` as a `transformers` checkpoint of architecture `fmt` (`llama`,
+    `mistral` or `mixtral`, see `hf_config_from`) in `out_dir`.
 
     Args:
         model_dir_or_model: a MiniGPT model directory (as written by `save_pretrained`; a run
@@ -214,6 +322,7 @@ def export_to_llama(
             tokenizer files in the default place are not an error.
         dtype: weight dtype of the export (`float32`/`fp32`, `bfloat16`/`bf16`,
             `float16`/`fp16`); None or `auto` keeps the source's.
+        fmt: the target architecture (`llama`, `mistral`, `mixtral`).
         verify: run both models on random ids before saving and check the logits agree.
 
     Returns:
@@ -226,8 +335,11 @@ def export_to_llama(
             non-empty and not a previous export.
         RuntimeError: if `verify` finds the exported model's logits differ from the source's.
     """
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM
 
+    target_class = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "mixtral": MixtralForCausalLM}.get(fmt)
+    if target_class is None:
+        raise UserError(f"unsupported export format {fmt!r}; supported: {', '.join(HF_FORMATS)}")
     target_dtype = _parse_dtype(dtype)
     out = Path(out_dir)
     source_dir: Path | None = None
@@ -267,16 +379,16 @@ def export_to_llama(
 
     old_files = _check_out_dir(out, [p for p in (source_dir, Path(tokenizer_dir) if tokenizer_dir else None) if p])
 
-    llama_config = llama_config_from(model.config)
+    llama_config = hf_config_from(model.config, fmt)
     source_dtype = next(model.parameters()).dtype
-    llama = LlamaForCausalLM(llama_config).to(source_dtype).eval()
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    llama = target_class(llama_config).to(source_dtype).eval()
+    state = _hf_state(model, fmt)
     expected = set(llama.state_dict())
     if set(state) != expected:
         extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
         raise UserError(
-            "this model has no Llama equivalent (e.g. a mixture-of-experts feed-forward): "
-            f"parameters without a Llama counterpart {extra[:5]}, Llama parameters missing {missing[:5]}"
+            f"this model has no {fmt} equivalent: "
+            f"parameters without a {fmt} counterpart {extra[:5]}, {fmt} parameters missing {missing[:5]}"
         )
     llama.load_state_dict(state, strict=True)
     if llama_config.tie_word_embeddings:
@@ -297,7 +409,7 @@ def export_to_llama(
             shutil.copy2(gen_config_file, tmp / gen_config_file.name)
         written = sorted(p.name for p in tmp.iterdir())
         record: dict[str, Any] = {
-            "format": "llama",
+            "format": fmt,
             "source": str(source_dir) if source_dir is not None else None,
             "dtype": str(next(llama.parameters()).dtype).removeprefix("torch."),
             "files": written + [EXPORT_MARKER],
@@ -339,7 +451,8 @@ def export_command(
 
     Args:
         model: the MiniGPT model (or run) directory.
-        to: target format: `llama` (a `transformers` `LlamaForCausalLM` checkpoint) or `gguf`
+        to: target format: `llama` (a `transformers` `LlamaForCausalLM` checkpoint), `mistral`
+            (dense, keeps a sliding window), `mixtral` (mixture of experts), or `gguf`
             (one llama.cpp file with the tokenizer, chat template and stop tokens, plus an
             Ollama `Modelfile` beside it: `ollama create NAME -f OUT/Modelfile`).
         out: output directory (for gguf: a directory, or a file name ending in .gguf);
@@ -370,9 +483,9 @@ def export_command(
         print(f"exported {model} -> {path} (gguf) and {path.parent / 'Modelfile'}; "
               f"run it with llama.cpp (llama-cli -m {path}) or Ollama (ollama create NAME -f {path.parent / 'Modelfile'})")
         return path
-    path = export_to_llama(model, out_dir, tokenizer_dir=tokenizer, dtype=dtype)
-    print(f"exported {model} -> {path} ({fmt}); load it with transformers.LlamaForCausalLM.from_pretrained({str(path)!r})")
+    path = export_to_hf(model, out_dir, fmt, tokenizer_dir=tokenizer, dtype=dtype)
+    print(f"exported {model} -> {path} ({fmt}); load it with transformers.{fmt.capitalize()}ForCausalLM.from_pretrained({str(path)!r})")
     return path
 
 
-__all__ = ["EXPORT_MARKER", "TOKENIZER_FILES", "export_command", "export_to_llama", "llama_config_from"]
+__all__ = ["EXPORT_MARKER", "HF_FORMATS", "TOKENIZER_FILES", "export_command", "export_to_hf", "export_to_llama", "hf_config_from", "llama_config_from"]

@@ -109,7 +109,7 @@ def export_to_gguf(
 
     Raises:
         UserError: a model llama.cpp's `llama` architecture cannot express (biases, an
-            encoder, a mixture of experts, RoPE scaling other than linear), a tokenizer that is
+            encoder, a mixture of experts, a sliding window, RoPE scaling other than linear), a tokenizer that is
             not byte-level BPE or lacks a chat template, or an unknown dtype.
     """
     import gguf
@@ -131,6 +131,10 @@ def export_to_gguf(
         problems.append("it is an encoder")
     if cfg.attention_bias or cfg.mlp_bias:
         problems.append("it has attention or feed-forward biases")
+    if getattr(cfg, "num_local_experts", 0):
+        problems.append("it is a mixture of experts, which this exporter does not write (export --to mixtral for transformers)")
+    if getattr(cfg, "sliding_window", None):
+        problems.append("it uses sliding-window attention, which llama.cpp's llama architecture lacks (export --to mistral)")
     scaling = dict(cfg.rope_parameters or {})
     rope_type = scaling.get("rope_type", "default")
     if rope_type not in ("default", "linear"):

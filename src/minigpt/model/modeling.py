@@ -17,6 +17,7 @@ K = key/value heads, D = head_dim, C = hidden_size, V = vocab_size.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +28,16 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MoeCausalLMOutputWithPast,
+    MoeModelOutputWithPast,
+)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
 from minigpt.losses.lm import IGNORE_INDEX, token_cross_entropy
+from minigpt.losses.moe import expert_load, load_balancing_loss, router_z_loss
 from minigpt.model.configuration import MiniGPTConfig
 
 
@@ -169,6 +176,69 @@ class MiniGPTMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def _swiglu(mlp: MiniGPTMLP, x: torch.Tensor, linear=None) -> torch.Tensor:
+    """`mlp(x)`, or with `linear(module, input)` standing in for each projection's call (the
+    fast engine passes one that uses its cached low-precision weights)."""
+    if linear is None:
+        return mlp(x)
+    return linear(mlp.down_proj, F.silu(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+
+
+class MiniGPTSparseMoeBlock(nn.Module):
+    """Sparse mixture-of-experts feed-forward: a softmax router sends each token to its top-K of
+    E SwiGLU experts and adds their outputs weighted by the renormalised router probabilities
+    (Shazeer et al. 2017, arXiv:1701.06538; Mixtral, Jiang et al. 2024, arXiv:2401.04088):
+
+        p = softmax(gate(x)),  S = top-K(p),  y = Σ_{e ∈ S} (p_e / Σ_{j ∈ S} p_j) · expert_e(x)
+
+    Names follow Mixtral (`gate` = router, `experts.{e}` = one `MiniGPTMLP` each with the dense
+    block's parameter names), so PEFT's LoRA targets (`gate_proj`, `up_proj`, `down_proj`) reach
+    every expert and never the router. Experts run batched: assignments are sorted by expert
+    once and each expert multiplies its contiguous slice, so the Python loop is over the E
+    experts, never over tokens.
+    """
+
+    def __init__(self, config: MiniGPTConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
+        self.experts = nn.ModuleList(MiniGPTMLP(config) for _ in range(self.num_experts))
+
+    def route(self, x: torch.Tensor, linear=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router of `x (N, C)`: `(router_logits (N, E), weights (N, K) fp32 summing to 1 per
+        token, expert indices (N, K) int64)`; the softmax and top-K are computed in fp32."""
+        logits = self.gate(x) if linear is None else linear(self.gate, x)
+        probs = torch.softmax(logits.float(), dim=-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        return logits, weights / weights.sum(-1, keepdim=True), chosen
+
+    def forward(self, x: torch.Tensor, linear=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x (B, T, C) -> (y (B, T, C), router_logits (B·T, E))`.
+
+        `linear(module, input)`, when given, replaces each projection's call (the engine's
+        cached low-precision weights). In training every expert runs, even on an empty slice,
+        so each one stays in the autograd graph (DDP needs no `find_unused_parameters`)."""
+        b, t, c = x.shape
+        flat = x.reshape(-1, c)  # (N, C)
+        logits, weights, chosen = self.route(flat, linear)
+        flat_chosen = chosen.reshape(-1)  # (N·K,) expert of each assignment, token-major
+        order = flat_chosen.argsort(stable=True)  # assignments grouped by expert
+        token = order // self.top_k  # (N·K,) token of each sorted assignment
+        counts = torch.bincount(flat_chosen, minlength=self.num_experts).tolist()
+        slices = flat[token].split(counts)  # E slices of (n_e, C)
+        keep_all = torch.is_grad_enabled()
+        outs = [
+            _swiglu(expert, part, linear)
+            for expert, part in zip(self.experts, slices)
+            if keep_all or part.shape[0]
+        ]
+        y = torch.cat(outs)  # (N·K, C), sorted order
+        y = y * weights.reshape(-1)[order, None].to(y.dtype)
+        out = torch.zeros(flat.shape[0], c, dtype=y.dtype, device=y.device).index_add_(0, token, y)
+        return out.view(b, t, c), logits
+
+
 class MiniGPTDecoderLayer(GradientCheckpointingLayer):
     """One pre-norm block: attention then SwiGLU, each added to the residual stream.
 
@@ -181,16 +251,21 @@ class MiniGPTDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: MiniGPTConfig, layer_idx: int) -> None:
         super().__init__()
         self.self_attn = MiniGPTAttention(config, layer_idx)
-        self.mlp = MiniGPTMLP(config)
+        self.mlp = MiniGPTSparseMoeBlock(config) if getattr(config, "num_local_experts", 0) else MiniGPTMLP(config)
         self.input_layernorm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = MiniGPTRMSNorm(config.hidden_size, config.rms_norm_eps)
         # With p = 0 an nn.Dropout still allocates (and keeps for backward) a copy per call.
         self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, x, rope, mask, past_key_values=None):
-        """`x (B, T, C) -> (B, T, C)`; `rope`, `mask` and the cache as in `MiniGPTAttention`."""
+        """`x (B, T, C) -> (y (B, T, C), router_logits (B·T, E) or None when dense)`; `rope`,
+        `mask` and the cache as in `MiniGPTAttention`."""
         x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
-        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+        h = self.mlp(self.post_attention_layernorm(x))
+        router_logits = None
+        if isinstance(h, tuple):
+            h, router_logits = h
+        return x + self.resid_dropout(h), router_logits
 
 
 class MiniGPTPreTrainedModel(PreTrainedModel):
@@ -343,9 +418,30 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             mask = mask == 0 if torch.is_floating_point(mask) else mask.bool()  # additive -> keep/drop
         rope = self.rotary_emb(x, position_ids)
         x = self.dropout(x)
+        router_logits = []
         for layer in self.layers:
-            x = layer(x, rope, mask, cache)
+            x, z = layer(x, rope, mask, cache)
+            if z is not None:
+                router_logits.append(z)
+        if router_logits:
+            return MoeModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache, router_logits=tuple(router_logits))
         return BaseModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache)
+
+
+@dataclass
+class MiniGPTMoeCausalLMOutput(MoeCausalLMOutputWithPast):
+    """`MoeCausalLMOutputWithPast` (`loss`, `aux_loss`, `logits`, `cache`, `router_logits`) plus
+    the router z-loss and the weighted router loss the LM objectives add per token.
+
+    Attributes:
+        router_z_loss: scalar, `minigpt.losses.moe.router_z_loss`.
+        router_loss: scalar, `router_aux_loss_coef · aux_loss + router_z_loss_coef · router_z_loss`.
+        expert_load: `(L, E)` share of the token→expert assignments per layer (no gradient).
+    """
+
+    router_z_loss: torch.Tensor | None = None
+    router_loss: torch.Tensor | None = None
+    expert_load: torch.Tensor | None = None
 
 
 class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
@@ -377,6 +473,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         cache: Cache | None = None,
+        output_router_logits: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Logits `(B, T, V)` (or of the last `logits_to_keep` positions) and, given targets, the
@@ -391,6 +488,10 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             num_items_in_batch: divide the summed loss by this instead of by the number of
                 supervised tokens (1 gives the sum; the training loop uses it to average over a
                 whole accumulated step).
+            output_router_logits: mixture-of-experts models only (default
+                `config.output_router_logits`): return a `MiniGPTMoeCausalLMOutput` with the
+                router logits, `aux_loss` (load balancing), `router_z_loss`, `router_loss` and
+                `expert_load`; `loss`, when computed, then includes `router_loss` (as Mixtral).
         """
         out = self.model(
             input_ids=input_ids,
@@ -414,7 +515,26 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             loss = token_cross_entropy(logits[:, -shift_labels.shape[1] :], shift_labels, reduction="sum")
             denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
             loss = loss / denom
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        router_logits = getattr(out, "router_logits", None)
+        if not (router_logits and output_router_logits):
+            return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
+        mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        k = self.config.num_experts_per_tok
+        aux = load_balancing_loss(router_logits, k, mask)
+        z = router_z_loss(router_logits, mask)
+        router_loss = self.config.router_aux_loss_coef * aux + self.config.router_z_loss_coef * z
+        return MiniGPTMoeCausalLMOutput(
+            loss=None if loss is None else loss + router_loss.to(loss.dtype),
+            aux_loss=aux,
+            logits=logits,
+            cache=out.cache,
+            router_logits=router_logits,
+            router_z_loss=z,
+            router_loss=router_loss,
+            expert_load=expert_load(router_logits, k, mask),
+        )
 
 
 #: The name users of the original design know.

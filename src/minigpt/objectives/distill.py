@@ -39,8 +39,8 @@ class DistillationObjective:
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         """Summed distillation loss; `sums` carries `kl` and `ce` (nats) for logging."""
         with torch.no_grad():
-            teacher_logits = _forward(self.teacher, batch)
-        student_logits = _forward(model, batch)
+            teacher_logits = _forward(self.teacher, batch).logits
+        student_logits = _forward(model, batch).logits
         loss, parts = distillation_loss(student_logits, teacher_logits, batch["targets"], self.temperature, self.alpha)
         return LossOutput(
             loss_sum=loss,

@@ -8,21 +8,25 @@ from typing import Any, Sequence
 import torch
 
 from minigpt.losses.lm import IGNORE_INDEX, tag_loss_weights, token_cross_entropy
+from minigpt.objectives.lm import router_terms
 from minigpt.train.objective import LossOutput
 
 
-def _forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Logits `(B, T, V)` of an SFT batch (padded: 2-D mask; packed: 4-D mask + position ids)."""
+def _forward(model: torch.nn.Module, batch: dict[str, Any]):
+    """The model output of an SFT batch (padded: 2-D mask; packed: 4-D mask + position ids);
+    `.logits (B, T, V)`, and the router losses of a mixture-of-experts model."""
     return model(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),
         use_cache=False,
-    ).logits
+        output_router_logits=True,
+    )
 
 
 class SFTObjective:
-    """Masked cross-entropy: `L = Σ_t w_t·CE_t / Σ_t w_t` over the assistant tokens.
+    """Masked cross-entropy: `L = Σ_t w_t·CE_t / Σ_t w_t` over the assistant tokens (plus the
+    router losses of a mixture-of-experts model in training, `router_terms`).
 
     Batch (see `minigpt.data.sft`): `input_ids (B, T)`, `targets (B, T)` (−100 outside the
     assistant replies), `attention_mask` `(B, T)` or packed `(B, 1, T, T)`, optional
@@ -56,8 +60,11 @@ class SFTObjective:
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         """Weighted summed cross-entropy (nats) of the assistant tokens."""
         targets = batch["targets"]
-        logits = _forward(model, batch)
+        out = _forward(model, batch)
         w = self._weights(targets, model.training)
-        loss_sum = token_cross_entropy(logits, targets, reduction="sum", weights=w)
+        loss_sum = token_cross_entropy(out.logits, targets, reduction="sum", weights=w)
         units = int((targets != IGNORE_INDEX).sum()) if w is None else float(w.sum())
-        return LossOutput(loss_sum=loss_sum, num_units=units)
+        extra, metrics = router_terms(out, units, model.training)
+        if extra is not None:
+            loss_sum = loss_sum + extra
+        return LossOutput(loss_sum=loss_sum, num_units=units, metrics=metrics)

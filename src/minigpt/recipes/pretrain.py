@@ -40,6 +40,14 @@ class ModelConfig:
     """Dropout probability."""
     tie_word_embeddings: bool | None = None
     """Share the input embedding with the LM head."""
+    num_local_experts: int | None = None
+    """Mixture of experts: E SwiGLU experts of intermediate_size each per block (0 = dense)."""
+    num_experts_per_tok: int | None = None
+    """Mixture of experts: experts per token, K (default 2)."""
+    router_aux_loss_coef: float | None = None
+    """Mixture of experts: weight of the load-balancing loss (default 0.01)."""
+    router_z_loss_coef: float | None = None
+    """Mixture of experts: weight of the router z-loss (default 0)."""
     init_from: str | None = None
     """Start from this saved model directory instead of a fresh initialisation."""
 
@@ -51,7 +59,7 @@ class ModelConfig:
                 the special tokens, or a dropout outside [0, 1).
         """
         for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                      "num_key_value_heads", "max_position_embeddings"):
+                      "num_key_value_heads", "max_position_embeddings", "num_experts_per_tok"):
             value = getattr(self, field, None)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"model.{field}: must be an integer ≥ 1, got {value!r}")
@@ -66,6 +74,16 @@ class ModelConfig:
             raise UserError(f"model.dropout: must be in [0, 1), got {self.dropout!r}")
         if self.rope_theta is not None and not self.rope_theta > 0:
             raise UserError(f"model.rope_theta: must be > 0, got {self.rope_theta!r}")
+        if self.num_local_experts is not None and (isinstance(self.num_local_experts, bool) or self.num_local_experts < 0):
+            raise UserError(f"model.num_local_experts: must be an integer ≥ 0 (0 = dense), got {self.num_local_experts!r}")
+        if self.num_local_experts and (self.num_experts_per_tok or 2) > self.num_local_experts:
+            raise UserError(
+                f"model.num_experts_per_tok: must be ≤ model.num_local_experts ({self.num_local_experts}), got {self.num_experts_per_tok or 2}"
+            )
+        for field in ("router_aux_loss_coef", "router_z_loss_coef"):
+            value = getattr(self, field)
+            if value is not None and not value >= 0:
+                raise UserError(f"model.{field}: must be ≥ 0, got {value!r}")
 
     def build_config(self, vocab_size: int, special_ids: dict[str, int | None]):
         """The `MiniGPTConfig` this describes, for a tokenizer of `vocab_size` ids."""
@@ -270,7 +288,7 @@ def pretrain(
 
     Returns the final training and validation metrics (`val_loss`, `val_bpb`, …).
     """
-    from minigpt.model import MiniGPTForCausalLM, count_parameters
+    from minigpt.model import MiniGPTForCausalLM, count_active_parameters, count_parameters
     from minigpt.objectives.lm import CausalLMObjective
     from minigpt.tokenizer import token_byte_lengths
     from minigpt.train.loop import Trainer, seed_everything
@@ -295,7 +313,10 @@ def pretrain(
     net.generation_config.pad_token_id = tok.pad_token_id
     say = print if rank == 0 else (lambda *a, **k: None)  # one voice under torchrun
     say(
-        f"model: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}); data: {len(train_ds)} train / "
+        f"model: {count_parameters(net) / 1e6:.2f} M parameters ({model.preset}"
+        + (f"; mixture of {net.config.num_local_experts} experts, top-{net.config.num_experts_per_tok}: "
+           f"{count_active_parameters(net) / 1e6:.2f} M active per token" if net.config.is_moe else "")
+        + f"); data: {len(train_ds)} train / "
         f"{len(val_ds) if val_ds else 0} val blocks of {block_size} tokens"
     )
     run_info = {

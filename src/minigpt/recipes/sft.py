@@ -15,6 +15,7 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.tokenizer.chat import chat_eos_ids
 from minigpt.model.lora import LoraOptions
+from minigpt.model.moe import MoeOptions
 from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run, regroup
 from minigpt.train.config import TrainConfig
 
@@ -115,6 +116,7 @@ def sft(
     max_val: int | None = 500,
     reasoning_tag_weight: float = 10.0,
     lora: LoraOptions = LoraOptions(),
+    moe: MoeOptions = MoeOptions(),
     train: TrainConfig = SFT_TRAIN_DEFAULTS,
     resume: bool = False,
     overwrite: bool = False,
@@ -147,6 +149,9 @@ def sft(
         reasoning_tag_weight: loss weight of `<think>`, `</think>`, `<answer>`, `</answer>`.
         lora: LoRA adapters (`--lora.rank 8 --lora.alpha 16 ...`; rank 0 = full fine-tuning):
             rank, alpha, dropout, targets, dora, qlora (see `minigpt.model.lora.LoraOptions`).
+            On a mixture-of-experts model the default targets include every expert's linears.
+        moe: mixture-of-experts options (`--moe.freeze_router true`, `--moe.train_experts
+            [0,3]`; see `minigpt.model.moe.MoeOptions`).
         train: optimisation settings.
         resume: continue from the newest checkpoint in `out`.
         overwrite: discard a run already in `out`.
@@ -203,10 +208,15 @@ def sft(
             quantize=lora.qlora,
             verbose=rank == 0,
         )
+    if moe.enabled:
+        from minigpt.model.moe import apply_moe_options
+
+        apply_moe_options(net, moe)
     tag_ids = [tok.convert_tokens_to_ids(t) for t in REASONING_TAGS]
     objective = SFTObjective(tag_ids=tag_ids, tag_weight=reasoning_tag_weight)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora.rank else 'full'} SFT)")
+    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora.rank else 'full'} SFT"
+        + (f", {net.config.num_local_experts} experts, top-{net.config.num_experts_per_tok}" if net.config.is_moe else "") + ")")
     run_info = {
         "stage": "sft",
         "model": str(Path(model).resolve()),
@@ -218,6 +228,7 @@ def sft(
         "max_val": max_val,
         "reasoning_tag_weight": reasoning_tag_weight,
         "lora": dataclasses.asdict(lora),
+        "moe": dataclasses.asdict(moe),
         "train": dataclasses.asdict(train),
     }
     trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
