@@ -459,3 +459,27 @@ def collate_packed(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, tor
     batch = {k: torch.stack([it[k] for it in items]) for k in ("input_ids", "targets", "position_ids", "segment_ids")}
     batch["attention_mask"] = packed_attention_mask(batch["segment_ids"])
     return batch
+
+
+def replay_examples(replay: Sequence[Example], n_train: int, ratio: float, seed: int = 0) -> list[Example]:
+    """The replay conversations to mix into a training set of `n_train` new ones so that they
+    make up `ratio` of the mixture: `n = round(n_train · ratio / (1 − ratio))` drawn from
+    `replay` by a `random.Random(seed)` permutation (cycled when `replay` is shorter).
+
+    Experience replay (rehearsal; Robins 1995, "Catastrophic forgetting, rehearsal and
+    pseudorehearsal"): each epoch of the mixed set then holds exactly that share of old-task
+    conversations.
+
+    Raises:
+        UserError: `ratio` outside [0, 1) or an empty `replay` with `ratio > 0`.
+    """
+    if not 0 <= ratio < 1:
+        raise UserError(f"--replay_ratio: must be in [0, 1), got {ratio!r}")
+    n = round(n_train * ratio / (1 - ratio))
+    if n == 0:
+        return []
+    if not replay:
+        raise UserError("--replay_data holds no usable conversation")
+    order = list(range(len(replay)))
+    random.Random(seed).shuffle(order)
+    return [replay[order[i % len(order)]] for i in range(n)]

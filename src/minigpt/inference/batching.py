@@ -323,8 +323,13 @@ class ContinuousBatcher:
             lengths = torch.tensor([len(x) for x in prompts], device=device)
             scratch = self._cache.new_zeros(self._cache.shape[0], 2, len(group), *self._cache.shape[3:4], p,
                                             self._cache.shape[-1])  # (L, 2, G, K, P, D)
+            window = getattr(model.config, "sliding_window", None)
+            prefill_mask = None
+            if window and p > window:  # causal within the window (right padding needs nothing more)
+                i = torch.arange(p, device=device)
+                prefill_mask = ((i[None] <= i[:, None]) & (i[None] > i[:, None] - window))[None, None]  # (1, 1, P, P)
             logits = self.engine._forward(
-                model.model.embed_tokens(ids), self._cos[None, :p], self._sin[None, :p], scratch, 0, None, linears,
+                model.model.embed_tokens(ids), self._cos[None, :p], self._sin[None, :p], scratch, 0, prefill_mask, linears,
                 last_only=lengths - 1,
             )  # (G, V)
             index = torch.tensor(group, device=device)
@@ -342,7 +347,12 @@ class ContinuousBatcher:
         pos.masked_fill_(idle, 0)
         tokens = self._last[:b].masked_fill(idle, self.engine.pad_token_id)
         end = int(pos.max()) + 1
-        mask = (torch.arange(end, device=pos.device)[None] <= pos[:, None])[:, None, None]  # (B, 1, 1, end)
+        slots = torch.arange(end, device=pos.device)[None]  # (1, end): slot index = position here
+        mask = slots <= pos[:, None]
+        window = getattr(model.config, "sliding_window", None)
+        if window:  # sliding-window attention: positions pos-W+1..pos only
+            mask = mask & (slots > pos[:, None] - window)
+        mask = mask[:, None, None]  # (B, 1, 1, end)
         x = model.model.embed_tokens(tokens[:, None])  # (B, 1, C)
         logits = self.engine._forward(
             x, self._cos[pos][:, None], self._sin[pos][:, None], self._cache[:, :, :b], pos, mask, linears, last_only=False

@@ -559,6 +559,19 @@ class GenerationEngine:
         else:
             prefill_mask = None
             valid = None
+        window = getattr(cfg, "sliding_window", None)
+        if window:
+            # Sliding-window attention (Mistral): a query at position q sees keys at positions
+            # q-W+1..q only. Positions, not cache slots, decide (left padding shifts slots).
+            slot_pos = torch.cat([prompt_pos, step_pos], dim=1)  # (B, S) position of each cache slot
+            near = slot_pos[:, None, :p] > prompt_pos[:, :, None] - window  # (B, P, P)
+            if prefill_mask is None:
+                prefill_mask = (torch.ones(p, p, dtype=torch.bool, device=device).tril()[None] & near)[:, None]
+            else:
+                prefill_mask = prefill_mask & near[:, None]
+                prefill_mask |= torch.eye(p, dtype=torch.bool, device=device)[None, None]
+            if valid is None:
+                valid = torch.ones(b, 1, 1, s, dtype=torch.bool, device=device)
 
         seen_sink = seen = None
         if sampling.repetition_penalty != 1.0:
@@ -606,6 +619,8 @@ class GenerationEngine:
                 return
             x = model.model.embed_tokens(tok[:, None])  # (B, 1, C)
             mask = None if valid is None else valid[..., : p + i + 1]
+            if window:
+                mask = mask & (slot_pos[:, None, None, : p + i + 1] > step_pos[:, i, None, None, None] - window)
             logits = self._forward(
                 x, cos_step[:, i : i + 1], sin_step[:, i : i + 1], cache, p + i, mask, linears, last_only=False
             )

@@ -84,6 +84,9 @@ class MiniGPTConfig(PretrainedConfig):
         router_aux_loss_coef: weight of the load-balancing loss (Fedus et al. 2021) that the LM
             objectives add to the cross-entropy (per token).
         router_z_loss_coef: weight of the router z-loss (Zoph et al. 2022); 0 = off.
+        sliding_window: W > 0 limits every layer's attention to the last W positions, the query's
+            own included (Mistral, Jiang et al. 2023, arXiv:2310.06825; Longformer's local
+            attention, Beltagy et al. 2020); None: the whole context.
         output_router_logits: return the router logits and the router losses from every forward
             (training objectives ask for them themselves).
 
@@ -122,6 +125,7 @@ class MiniGPTConfig(PretrainedConfig):
         router_aux_loss_coef: float = 0.01,
         router_z_loss_coef: float = 0.0,
         output_router_logits: bool = False,
+        sliding_window: int | None = None,
         **kwargs: Any,
     ) -> None:
         if intermediate_size is None:
@@ -150,6 +154,8 @@ class MiniGPTConfig(PretrainedConfig):
             raise UserError(
                 f"num_experts_per_tok must be in 1..num_local_experts ({num_local_experts}), got {num_experts_per_tok}"
             )
+        if sliding_window is not None and (isinstance(sliding_window, bool) or int(sliding_window) < 1):
+            raise UserError(f"sliding_window must be a positive number of tokens (or None for full attention), got {sliding_window!r}")
         if router_aux_loss_coef < 0 or router_z_loss_coef < 0:
             raise UserError("router_aux_loss_coef and router_z_loss_coef must be ≥ 0")
         self.vocab_size = vocab_size
@@ -173,11 +179,15 @@ class MiniGPTConfig(PretrainedConfig):
         self.router_aux_loss_coef = float(router_aux_loss_coef)
         self.router_z_loss_coef = float(router_z_loss_coef)
         self.output_router_logits = bool(output_router_logits)
+        self.sliding_window = int(sliding_window) if sliding_window else None
         # transformers >= 5 keeps every RoPE setting in one dict, `rope_parameters`; accept the
         # classic `rope_theta` / `rope_scaling` arguments and fold them in.
         rope = dict(kwargs.pop("rope_parameters", None) or rope_scaling or {})
         rope.setdefault("rope_type", rope.pop("type", "default"))
         rope.setdefault("rope_theta", rope_theta)
+        if rope["rope_type"] in ("linear", "dynamic", "yarn", "longrope", "llama3"):
+            # The context the unscaled model was trained for (YaRN's and dynamic NTK's anchor).
+            rope.setdefault("original_max_position_embeddings", max_position_embeddings)
         self.rope_parameters = rope
         super().__init__(
             pad_token_id=pad_token_id,

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -77,8 +77,10 @@ class MiniGPTRotaryEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.rope_type = config.rope_parameters.get("rope_type", "default")
-        self.max_seq_len_cached = config.max_position_embeddings
-        self.original_max_seq_len = config.max_position_embeddings
+        # Dynamic NTK rescales once a sequence outgrows the context the model was trained for.
+        trained = config.rope_parameters.get("original_max_position_embeddings", config.max_position_embeddings)
+        self.max_seq_len_cached = trained
+        self.original_max_seq_len = trained
         fn = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
         inv_freq, self.attention_scaling = fn(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
@@ -98,6 +100,64 @@ class MiniGPTRotaryEmbedding(nn.Module):
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+#: RoPE scaling types `set_rope_scaling` accepts (computed by `transformers`' RoPE functions).
+ROPE_SCALING_TYPES = tuple(sorted(t for t in ROPE_INIT_FUNCTIONS if t != "default"))
+
+
+def set_rope_scaling(model: nn.Module, rope_scaling: dict | None, max_position_embeddings: int | None = None) -> None:
+    """Switch a (trained) MiniGPT model to scaled RoPE and/or a longer context, in place.
+
+    Context extension (Chen et al. 2023, "Extending Context Window of Large Language Models via
+    Positional Interpolation", arXiv:2306.15595 — `linear`; dynamic NTK-aware scaling —
+    `dynamic`; Peng et al. 2023, "YaRN", arXiv:2309.00071 — `yarn`): the rotary frequencies
+    are rescaled so positions beyond the trained context map into the range seen in training.
+
+    Args:
+        model: a `MiniGPTForCausalLM` / `MiniGPTModel` (its config is edited and its rotary
+            module rebuilt).
+        rope_scaling: `transformers`' form, e.g. `{"rope_type": "yarn", "factor": 4.0}`
+            (`type` is accepted for `rope_type`); `original_max_position_embeddings` defaults
+            to the context the model was trained for, and a missing `factor` to
+            new context / trained context. None keeps the current RoPE.
+        max_position_embeddings: the new context length; None keeps it. With `dynamic` it stays
+            the trained context: that type rescales on the fly for longer inputs.
+
+    Raises:
+        UserError: an unknown `rope_type`, or parameters `transformers` rejects for it.
+    """
+    from minigpt.errors import UserError
+
+    config = model.config
+    trained = int(config.rope_parameters.get("original_max_position_embeddings", config.max_position_embeddings))
+    new_max = int(max_position_embeddings or config.max_position_embeddings)
+    if rope_scaling is not None:
+        rope = dict(rope_scaling)
+        rope_type = rope.pop("type", None) or rope.get("rope_type", "default")
+        if rope_type not in ROPE_SCALING_TYPES and rope_type != "default":
+            raise UserError(f"model.rope_scaling: unknown rope_type {rope_type!r}; choose one of {', '.join(ROPE_SCALING_TYPES)}")
+        rope["rope_type"] = rope_type
+        rope["rope_theta"] = float(rope.get("rope_theta", config.rope_theta))
+        if rope_type != "default":
+            rope.setdefault("original_max_position_embeddings", trained)
+            rope.setdefault("factor", max(1.0, new_max / trained))
+        if rope_type == "dynamic":
+            # transformers' dynamic NTK rescales on the fly beyond `max_position_embeddings`,
+            # which must therefore stay the trained context (as in Llama's configs).
+            new_max = trained
+        old = (config.rope_parameters, config.max_position_embeddings)
+        config.rope_parameters, config.max_position_embeddings = rope, new_max
+    else:
+        old = (config.rope_parameters, config.max_position_embeddings)
+        config.max_position_embeddings = new_max
+    base = getattr(model, "model", model)
+    try:
+        rotary = MiniGPTRotaryEmbedding(config)
+    except (KeyError, ValueError, TypeError) as e:
+        config.rope_parameters, config.max_position_embeddings = old
+        raise UserError(f"model.rope_scaling {rope_scaling!r}: {e}") from e
+    base.rotary_emb = rotary.to(base.embed_tokens.weight.device)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -407,7 +467,9 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             # Encoder mode: padding is the only thing masked; None = attend everywhere.
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask, cache=cache)
         else:
-            mask = create_causal_mask(
+            # With `config.sliding_window` each query sees only the last W positions (Mistral).
+            make_mask = create_sliding_window_causal_mask if getattr(self.config, "sliding_window", None) else create_causal_mask
+            mask = make_mask(
                 config=self.config,
                 inputs_embeds=x,
                 attention_mask=attention_mask,

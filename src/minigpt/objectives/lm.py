@@ -68,5 +68,5 @@ class CausalLMObjective:
         extra, metrics = router_terms(out, units, model.training)
         if extra is not None:
             loss_sum = loss_sum + extra
-        return LossOutput(loss_sum=loss_sum, num_units=units, sums=sums, metrics=metrics)
+        return LossOutput(loss_sum=loss_sum, num_units=units, sums=sums, metrics=metrics, logits=out.logits)
 

@@ -67,4 +67,4 @@ class SFTObjective:
         extra, metrics = router_terms(out, units, model.training)
         if extra is not None:
             loss_sum = loss_sum + extra
-        return LossOutput(loss_sum=loss_sum, num_units=units, metrics=metrics)
+        return LossOutput(loss_sum=loss_sum, num_units=units, metrics=metrics, logits=out.logits)

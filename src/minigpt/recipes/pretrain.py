@@ -36,6 +36,13 @@ class ModelConfig:
     """Context length in tokens."""
     rope_theta: float | None = None
     """RoPE base frequency."""
+    rope_scaling: dict | None = None
+    """RoPE scaling for a longer context, as transformers defines it, e.g.
+    '{"rope_type": "yarn", "factor": 4}' (also linear, dynamic, llama3, longrope). With
+    init_from it extends the saved model's context (original_max_position_embeddings defaults
+    to its trained context, factor to the new context over it)."""
+    sliding_window: int | None = None
+    """Attend to the last W positions only (Mistral-style sliding-window attention)."""
     dropout: float | None = None
     """Dropout probability."""
     tie_word_embeddings: bool | None = None
@@ -74,6 +81,14 @@ class ModelConfig:
             raise UserError(f"model.dropout: must be in [0, 1), got {self.dropout!r}")
         if self.rope_theta is not None and not self.rope_theta > 0:
             raise UserError(f"model.rope_theta: must be > 0, got {self.rope_theta!r}")
+        if self.sliding_window is not None and (isinstance(self.sliding_window, bool) or self.sliding_window < 1):
+            raise UserError(f"model.sliding_window: must be an integer ≥ 1, got {self.sliding_window!r}")
+        if self.rope_scaling is not None:
+            from minigpt.model.modeling import ROPE_SCALING_TYPES
+
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ROPE_SCALING_TYPES:
+                raise UserError(f"model.rope_scaling: rope_type must be one of {', '.join(ROPE_SCALING_TYPES)}, got {kind!r}")
         if self.num_local_experts is not None and (isinstance(self.num_local_experts, bool) or self.num_local_experts < 0):
             raise UserError(f"model.num_local_experts: must be an integer ≥ 0 (0 = dense), got {self.num_local_experts!r}")
         if self.num_local_experts and (self.num_experts_per_tok or 2) > self.num_local_experts:
@@ -227,6 +242,35 @@ def prepare_corpus(
     return tok, train_ds, val_ds
 
 
+#: `--model.*` fields that may change a saved model (`--model.init_from`): context, RoPE and
+#: the attention window. Anything else would change its shapes or modules.
+SAVED_MODEL_OVERRIDES = ("max_position_embeddings", "rope_scaling", "rope_theta", "sliding_window")
+
+
+def apply_overrides_to_saved(net, model: ModelConfig) -> None:
+    """Apply the `--model.*` fields given along with `--model.init_from` to the loaded `net`:
+    a longer context with scaled RoPE (`minigpt.model.modeling.set_rope_scaling`; the context
+    extension recipe), a sliding window.
+
+    Raises:
+        UserError: a field that would change the saved model's shapes (hidden_size, experts …)."""
+    from minigpt.model.modeling import set_rope_scaling
+
+    given = {k: v for k, v in dataclasses.asdict(model).items() if v is not None and k not in ("preset", "init_from", "vocab_size")}
+    shaped = sorted(set(given) - set(SAVED_MODEL_OVERRIDES))
+    if shaped:
+        raise UserError(
+            f"--model.{shaped[0]} cannot change a saved model (--model.init_from); only "
+            + ", ".join(f"--model.{k}" for k in SAVED_MODEL_OVERRIDES) + " can"
+        )
+    if "rope_theta" in given:
+        net.config.rope_parameters = {**net.config.rope_parameters, "rope_theta": float(given["rope_theta"])}
+    if "rope_scaling" in given or "max_position_embeddings" in given or "rope_theta" in given:
+        set_rope_scaling(net, given.get("rope_scaling"), given.get("max_position_embeddings"))
+    if "sliding_window" in given:
+        net.config.sliding_window = int(given["sliding_window"]) or None
+
+
 def build_model(model: ModelConfig, model_class, tok, tokenizer_dir: str | Path, block_size: int):
     """A new `model_class` of `model`'s shape for `tok`, or the one saved at `model.init_from`
     (checked against `tok`).
@@ -241,6 +285,7 @@ def build_model(model: ModelConfig, model_class, tok, tokenizer_dir: str | Path,
 
         net, _ = load_model_dir(model.init_from, model_class, "--model.init_from", tokenizer=False)
         check_tokenizer_fits(tok, net.config, tokenizer_dir, model.init_from)
+        apply_overrides_to_saved(net, model)
     else:
         special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
         net = model_class(model.build_config(len(tok), special))

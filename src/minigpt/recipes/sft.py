@@ -59,13 +59,18 @@ def load_sft_data(
     packing: bool,
     seed: int,
     say=print,
+    replay_data: list[str] | None = None,
+    replay_ratio: float = 0.2,
 ):
     """Render every record of `data` and split whole conversations into train / validation.
 
     Returns `(train_dataset, val_dataset | None, collate_fn)`; with `packing`, conversations are
     packed into blocks of `max_length` tokens (position ids restart per conversation and attention
     never crosses one), else each item is one conversation and batches are padded to their
-    longest item. Skipped records are counted and reported through `say`.
+    longest item. Skipped records are counted and reported through `say`. With `replay_data`,
+    conversations of that earlier task are added to the training part so that they make up
+    exactly `replay_ratio` of it (`minigpt.data.sft.replay_examples`); validation stays the new
+    task's alone.
 
     Raises:
         UserError: no data, a malformed record (naming file:line and field), or no usable
@@ -90,6 +95,18 @@ def load_sft_data(
         say(f"{source}: {ds.summary()}")
         examples.extend(ds.examples)
     train_ex, val_ex = split_examples(examples, val_fraction, seed=seed, max_val=max_val)
+    if replay_data:
+        from minigpt.data.sft import replay_examples
+
+        old = []
+        for source in replay_data:
+            ds = SFTDataset(source, tok, max_length=max_length, format=format)
+            say(f"replay {source}: {ds.summary()}")
+            old.extend(ds.examples)
+        replayed = replay_examples(old, len(train_ex), replay_ratio, seed=seed)
+        say(f"replay: {len(replayed)} earlier conversations mixed into {len(train_ex)} new ones "
+            f"({len(replayed) / max(len(replayed) + len(train_ex), 1):.3f} of the training set)")
+        train_ex = train_ex + replayed
     if packing:
         train_ds = PackedSFTDataset(train_ex, max_length, seed=seed)
         val_ds = PackedSFTDataset(val_ex, max_length, seed=seed) if val_ex else None
@@ -103,6 +120,44 @@ def load_sft_data(
         + (f" packed into {len(train_ds)} blocks of {max_length} tokens" if packing else "")
     )
     return train_ds, val_ds, collate
+
+
+def _continual_objective(objective, net, model_dir, ewc_lambda, ewc_data, fisher_rows, kl_to_base, tok, max_length, format, packing, train, rank, say):
+    """Wrap `objective` in a `ContinualObjective` with EWC (Fisher beside the model, else
+    estimated on `ewc_data` and saved there) and/or KL to the starting model."""
+    import copy
+
+    from minigpt.model.lora import adapters_disabled, has_adapters
+    from minigpt.objectives.continual import ContinualObjective, estimate_fisher, load_fisher, save_fisher
+
+    fisher = None
+    if ewc_lambda > 0:
+        fisher = load_fisher(model_dir)
+        if fisher is not None:
+            say(f"EWC: Fisher information read from {Path(model_dir) / 'ewc_fisher.safetensors'}")
+        elif not ewc_data:
+            raise UserError(
+                f"--ewc_lambda needs the previous task's Fisher information: {model_dir} has no ewc_fisher.safetensors "
+                "(train the previous stage with --save_fisher true) and no --ewc_data was given to estimate it from"
+            )
+        else:
+            from torch.utils.data import DataLoader
+
+            old_ds, _, collate = load_sft_data(ewc_data, tok, max_length, format, 0.0, 0, packing, train.seed, say)
+            fisher = estimate_fisher(net, objective, DataLoader(old_ds, batch_size=train.batch_size, shuffle=False, collate_fn=collate), fisher_rows)
+            if rank == 0:
+                try:
+                    path = save_fisher(model_dir, fisher, {"data": ",".join(ewc_data), "rows": str(fisher_rows)})
+                    say(f"EWC: Fisher estimated on {fisher_rows} sequences of {', '.join(ewc_data)}, saved to {path}")
+                except OSError as e:
+                    say(f"EWC: Fisher estimated on {', '.join(ewc_data)} (not saved beside the model: {e})")
+    reference, context = None, None
+    if kl_to_base > 0:
+        if has_adapters(net):
+            reference, context = net, (lambda: adapters_disabled(net))  # the base is the model with adapters off
+        else:
+            reference = copy.deepcopy(net).eval().requires_grad_(False)
+    return ContinualObjective(objective, net, fisher=fisher, ewc_lambda=ewc_lambda, reference=reference, kl_coef=kl_to_base, kl_context=context)
 
 
 def sft(
@@ -129,6 +184,13 @@ def sft(
     lora_targets: list[str] | None = None,
     dora: bool = False,
     qlora: str | None = None,
+    ewc_lambda: float = 0.0,
+    ewc_data: str | list[str] | None = None,
+    fisher_rows: int = 64,
+    save_fisher: bool = False,
+    replay_data: str | list[str] | None = None,
+    replay_ratio: float = 0.2,
+    kl_to_base: float = 0.0,
 ) -> dict[str, Any]:
     """Fine-tune a pretrained model on conversations; loss only on the assistant replies.
 
@@ -164,6 +226,17 @@ def sft(
         lora_targets: deprecated spelling of --lora.targets (one more release).
         dora: deprecated spelling of --lora.dora (one more release).
         qlora: deprecated spelling of --lora.qlora (one more release).
+        ewc_lambda: λ of elastic weight consolidation (Kirkpatrick et al. 2017) towards the
+            starting model; 0 = off. The diagonal Fisher is read from `ewc_fisher.safetensors`
+            beside the model, or estimated on `ewc_data` and saved there.
+        ewc_data: the previous task's conversations, to estimate the Fisher from when the model
+            directory has none.
+        fisher_rows: sequences used to estimate a Fisher.
+        save_fisher: at the end, estimate the Fisher of the trained model on this run's
+            training data and save it beside the model, for a later stage's EWC.
+        replay_data: conversations of an earlier task to mix into the training set (replay).
+        replay_ratio: their share of the training conversations, exact per epoch.
+        kl_to_base: weight of the per-token KL(p_θ ‖ p_start) to the starting model; 0 = off.
 
     Returns the final training and validation metrics, plus `val_loss_before` (the held-out
     assistant-token loss of the starting model).
@@ -191,7 +264,17 @@ def sft(
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:
         raise UserError(f"max_length {max_length} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
-    train_ds, val_ds, collate = load_sft_data(data, tok, max_length, format, val_fraction, max_val, packing, train.seed, say)
+    check_options(
+        ewc_lambda=(ewc_lambda, ewc_lambda >= 0, "≥ 0"),
+        kl_to_base=(kl_to_base, kl_to_base >= 0, "≥ 0"),
+        replay_ratio=(replay_ratio, 0 <= replay_ratio < 1, "in [0, 1)"),
+        fisher_rows=(fisher_rows, fisher_rows >= 1, "≥ 1"),
+    )
+    replay_data = [replay_data] if isinstance(replay_data, str) else list(replay_data or [])
+    ewc_data = [ewc_data] if isinstance(ewc_data, str) else list(ewc_data or [])
+    train_ds, val_ds, collate = load_sft_data(
+        data, tok, max_length, format, val_fraction, max_val, packing, train.seed, say, replay_data=replay_data, replay_ratio=replay_ratio
+    )
     eos_ids = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos_ids[0]  # <|im_end|>: a chat model stops after its reply
     net.generation_config.pad_token_id = tok.pad_token_id
@@ -214,6 +297,10 @@ def sft(
         apply_moe_options(net, moe)
     tag_ids = [tok.convert_tokens_to_ids(t) for t in REASONING_TAGS]
     objective = SFTObjective(tag_ids=tag_ids, tag_weight=reasoning_tag_weight)
+    if ewc_lambda > 0 or kl_to_base > 0:
+        objective = _continual_objective(
+            objective, net, model, ewc_lambda, ewc_data, fisher_rows, kl_to_base, tok, max_length, format, packing, train, rank, say
+        )
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora.rank else 'full'} SFT"
         + (f", {net.config.num_local_experts} experts, top-{net.config.num_experts_per_tok}" if net.config.is_moe else "") + ")")
@@ -230,9 +317,20 @@ def sft(
         "lora": dataclasses.asdict(lora),
         "moe": dataclasses.asdict(moe),
         "train": dataclasses.asdict(train),
+        "continual": {"ewc_lambda": ewc_lambda, "ewc_data": ewc_data, "replay_data": replay_data,
+                      "replay_ratio": replay_ratio if replay_data else 0.0, "kl_to_base": kl_to_base},
     }
     trainer = Trainer(net, objective, train_ds, train, out_dir, val_dataset=val_ds, collate_fn=collate, save_with_model=tok, run_info=run_info)
     metrics = fit_from_start(trainer, resume, overwrite, say, lambda m: f"assistant-token loss {m['val_loss']:.4f} nats/token")
+    if save_fisher and rank == 0:
+        from minigpt.objectives.continual import estimate_fisher, save_fisher as write_fisher
+        from torch.utils.data import DataLoader
+
+        base_objective = getattr(objective, "inner", objective)
+        loader = DataLoader(train_ds, batch_size=train.batch_size, shuffle=False, collate_fn=collate)
+        fisher = estimate_fisher(net, base_objective, loader, max_rows=fisher_rows)
+        path = write_fisher(out_dir, fisher, {"data": ",".join(data), "rows": str(fisher_rows)})
+        say(f"diagonal Fisher of the trained model ({fisher_rows} sequences) saved to {path}, for EWC in a later stage")
     what = "adapter" if lora.rank > 0 else "model"
     say(f"{what} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics

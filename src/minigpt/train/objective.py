@@ -25,12 +25,15 @@ class LossOutput:
             aggregates them across micro-batches and evaluation batches.
         metrics: values that are already means (e.g. an RL rollout's mean reward); the loop
             logs each as its mean over the micro-batches of a step that report it.
+        logits: the model's `(B, T, V)` logits when the objective computed them (LM and SFT),
+            for wrappers that add penalties on them (KL to the base model); the loop ignores it.
     """
 
     loss_sum: torch.Tensor
     num_units: int
     sums: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
 
 
 class Objective(Protocol):
