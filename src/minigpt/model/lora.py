@@ -46,6 +46,9 @@ from minigpt.errors import UserError
 #: The linear projections of every decoder block (Llama names); LoRA's default targets.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+#: Substrings of the parameter names of PEFT adapters injected in place (LoRA/DoRA, IA³).
+ADAPTER_PARAM_MARKERS = ("lora_", "ia3_")
+
 _ADAPTER_CONFIG = "adapter_config.json"
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: Beside an adapter: `{"base_model_sha256": …}`, the fingerprint of the base it was trained on
@@ -502,9 +505,9 @@ def _check_adapter_fits(model: nn.Module, adapter_dir: Path, cfg: dict) -> None:
     available = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linears}))
     with safe_open(str(weights), framework="pt") as f:
         for key in f.keys():
-            m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_magnitude_vector)(?:\.\w+)?(?:\.weight)?", key)
+            m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)(?:\.\w+)?(?:\.weight)?", key)
             if m is None:
-                raise UserError(f"{weights}: unexpected tensor {key!r} (not a LoRA weight)")
+                raise UserError(f"{weights}: unexpected tensor {key!r} (not a LoRA or IA³ weight)")
             module, kind = m.group(1), m.group(2)
             lin = linears.get(module)
             if lin is None:
@@ -514,7 +517,10 @@ def _check_adapter_fits(model: nn.Module, adapter_dir: Path, cfg: dict) -> None:
                     "was it trained on a different base?"
                 )
             shape = tuple(f.get_slice(key).get_shape())
-            want = {"lora_A": (shape[0], lin.in_features), "lora_B": (lin.out_features, shape[-1]), "lora_magnitude_vector": (lin.out_features,)}[kind]
+            if kind == "ia3_l":  # IA³: (out, 1) scales an output, (1, in) a feed-forward module's input
+                want = shape if shape in ((lin.out_features, 1), (1, lin.in_features)) else (lin.out_features, 1)
+            else:
+                want = {"lora_A": (shape[0], lin.in_features), "lora_B": (lin.out_features, shape[-1]), "lora_magnitude_vector": (lin.out_features,)}[kind]
             if shape != want:
                 raise UserError(
                     f"{adapter_dir}: {key} has shape {shape} but this base's {module} is Linear(in={lin.in_features}, "
@@ -545,10 +551,18 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     """
     path = Path(adapter_dir)
     cfg = read_adapter_config(path)
-    if cfg.get("peft_type") != "LORA":
+    from minigpt.model.adapters import BOTTLENECK_TYPE, has_bottleneck_adapters, load_bottleneck_adapters
+
+    if cfg.get("peft_type") == BOTTLENECK_TYPE:
+        if has_lora(model) or has_bottleneck_adapters(model):
+            raise UserError("the model already has adapters; load the adapter into a fresh base model")
+        if check_base:
+            _check_base_identity(model, path)
+        return load_bottleneck_adapters(model, path, trainable=trainable)
+    if cfg.get("peft_type") not in ("LORA", "IA3"):
         raise UserError(
-            f"{path / _ADAPTER_CONFIG}: peft_type {cfg.get('peft_type')!r} cannot be loaded in place (only LORA can); "
-            "load it with peft.PeftModel.from_pretrained(base, dir)"
+            f"{path / _ADAPTER_CONFIG}: peft_type {cfg.get('peft_type')!r} cannot be loaded in place (LORA, IA3 and "
+            "bottleneck adapters can); load it with peft.PeftModel.from_pretrained(base, dir)"
         )
     if has_lora(model):
         raise UserError("the model already has LoRA adapters; load the adapter into a fresh base model")
@@ -567,12 +581,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     if sha:
         model.__dict__["base_model_sha256"] = sha
     result = set_peft_model_state_dict(model, _strip_peft_prefix(load_file(str(path / _ADAPTER_WEIGHTS))))
-    missing = [k for k in result.missing_keys if "lora_" in k]
+    missing = [k for k in result.missing_keys if any(m in k for m in ADAPTER_PARAM_MARKERS)]
     if result.unexpected_keys or missing:
         _remove_adapters(model, merge=False)  # the base stays as it was
         raise UserError(f"{path}: adapter weights do not match its config (unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
     for name, p in model.named_parameters():
-        p.requires_grad_(trainable and "lora_" in name)
+        p.requires_grad_(trainable and any(m in name for m in ADAPTER_PARAM_MARKERS))
     return model
 
 
@@ -596,6 +610,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
         UserError: the model has no adapters, or its base is quantized (merge into a
             full-precision copy of the base instead: `load_adapter` then `merge_lora`).
     """
+    from minigpt.model.adapters import has_bottleneck_adapters
+
+    if has_bottleneck_adapters(model):
+        raise UserError(
+            "bottleneck adapters are non-linear and cannot be merged into the weights; serve the adapter "
+            "directory as it is, or take the adapters out with minigpt.model.adapters.remove_bottleneck_adapters"
+        )
     if not has_lora(model):
         raise UserError("the model has no LoRA adapters to merge")
     if any(type(m.get_base_layer()) is not nn.Linear for m in _tuner_layers(model)):

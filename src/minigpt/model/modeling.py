@@ -348,9 +348,15 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
 
         `adapter_final_dir` (keyword): the folder an adapter written to a staging
         `save_directory` will be moved to; its base path is recorded relative to that folder."""
+        from minigpt.model.adapters import has_bottleneck_adapters, save_bottleneck_adapters
         from minigpt.model.lora import has_lora, save_adapter
 
         final_dir = kwargs.pop("adapter_final_dir", None)
+        if has_bottleneck_adapters(self):
+            save_bottleneck_adapters(self, save_directory, final_dir=final_dir)
+            if self.can_generate() and self.generation_config is not None:
+                self.generation_config.save_pretrained(save_directory)
+            return
         if has_lora(self) and not getattr(self, "_hf_peft_config_loaded", False):
             save_adapter(self, save_directory, final_dir=final_dir)
             if self.can_generate() and self.generation_config is not None:

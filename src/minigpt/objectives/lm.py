@@ -58,7 +58,7 @@ class CausalLMObjective:
         out = model(
             input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False, output_router_logits=True
         )
-        loss_sum = token_cross_entropy(out.logits, targets, reduction="sum")
+        loss_sum = token_cross_entropy(out.logits[:, -targets.shape[1] :], targets, reduction="sum")
         sums = {"nats": float(loss_sum.detach())}
         if self.token_bytes is not None:
             valid = targets != IGNORE_INDEX
@@ -68,5 +68,5 @@ class CausalLMObjective:
         extra, metrics = router_terms(out, units, model.training)
         if extra is not None:
             loss_sum = loss_sum + extra
-        return LossOutput(loss_sum=loss_sum, num_units=units, sums=sums, metrics=metrics, logits=out.logits)
+        return LossOutput(loss_sum=loss_sum, num_units=units, sums=sums, metrics=metrics, logits=out.logits[:, -targets.shape[1] :])
 

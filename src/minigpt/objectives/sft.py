@@ -62,9 +62,9 @@ class SFTObjective:
         targets = batch["targets"]
         out = _forward(model, batch)
         w = self._weights(targets, model.training)
-        loss_sum = token_cross_entropy(out.logits, targets, reduction="sum", weights=w)
+        loss_sum = token_cross_entropy(out.logits[:, -targets.shape[1] :], targets, reduction="sum", weights=w)
         units = int((targets != IGNORE_INDEX).sum()) if w is None else float(w.sum())
         extra, metrics = router_terms(out, units, model.training)
         if extra is not None:
             loss_sum = loss_sum + extra
-        return LossOutput(loss_sum=loss_sum, num_units=units, metrics=metrics, logits=out.logits)
+        return LossOutput(loss_sum=loss_sum, num_units=units, metrics=metrics, logits=out.logits[:, -targets.shape[1] :])

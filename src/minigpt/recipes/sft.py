@@ -14,6 +14,7 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.tokenizer.chat import chat_eos_ids
+from minigpt.model.adapters import AdapterOptions
 from minigpt.model.lora import LoraOptions
 from minigpt.model.moe import MoeOptions
 from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run, regroup
@@ -172,6 +173,7 @@ def sft(
     reasoning_tag_weight: float = 10.0,
     lora: LoraOptions = LoraOptions(),
     moe: MoeOptions = MoeOptions(),
+    adapter: AdapterOptions = AdapterOptions(),
     train: TrainConfig = SFT_TRAIN_DEFAULTS,
     resume: bool = False,
     overwrite: bool = False,
@@ -214,6 +216,9 @@ def sft(
             On a mixture-of-experts model the default targets include every expert's linears.
         moe: mixture-of-experts options (`--moe.freeze_router true`, `--moe.train_experts
             [0,3]`; see `minigpt.model.moe.MoeOptions`).
+        adapter: an adapter method instead of LoRA (`--adapter.method houlsby|pfeiffer|ia3`,
+            `--adapter.reduction_factor 16`; see `minigpt.model.adapters`); the run saves the
+            adapter alone, as with LoRA.
         train: optimisation settings.
         resume: continue from the newest checkpoint in `out`.
         overwrite: discard a run already in `out`.
@@ -291,6 +296,17 @@ def sft(
             quantize=lora.qlora,
             verbose=rank == 0,
         )
+    if adapter.enabled:
+        from minigpt.model.adapters import BOTTLENECK_CONFIGS, apply_bottleneck_adapters, apply_ia3
+
+        if lora.rank > 0:
+            raise UserError(f"--adapter.method {adapter.method} and --{lora_flag['rank']} are two adapter methods; choose one")
+        if adapter.method in BOTTLENECK_CONFIGS:
+            apply_bottleneck_adapters(net, adapter.method, adapter.reduction_factor, adapter.non_linearity, verbose=rank == 0)
+        elif adapter.method == "ia3":
+            apply_ia3(net, verbose=rank == 0)
+        else:
+            raise UserError(f"--adapter.method: must be one of houlsby, pfeiffer, ia3, got {adapter.method!r}")
     if moe.enabled:
         from minigpt.model.moe import apply_moe_options
 
@@ -302,7 +318,7 @@ def sft(
             objective, net, model, ewc_lambda, ewc_data, fisher_rows, kl_to_base, tok, max_length, format, packing, train, rank, say
         )
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora.rank else 'full'} SFT"
+    say(f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable ({'LoRA' if lora.rank else adapter.method or 'full'} SFT"
         + (f", {net.config.num_local_experts} experts, top-{net.config.num_experts_per_tok}" if net.config.is_moe else "") + ")")
     run_info = {
         "stage": "sft",
@@ -316,6 +332,7 @@ def sft(
         "reasoning_tag_weight": reasoning_tag_weight,
         "lora": dataclasses.asdict(lora),
         "moe": dataclasses.asdict(moe),
+        "adapter": dataclasses.asdict(adapter),
         "train": dataclasses.asdict(train),
         "continual": {"ewc_lambda": ewc_lambda, "ewc_data": ewc_data, "replay_data": replay_data,
                       "replay_ratio": replay_ratio if replay_data else 0.0, "kl_to_base": kl_to_base},
@@ -331,6 +348,6 @@ def sft(
         fisher = estimate_fisher(net, base_objective, loader, max_rows=fisher_rows)
         path = write_fisher(out_dir, fisher, {"data": ",".join(data), "rows": str(fisher_rows)})
         say(f"diagonal Fisher of the trained model ({fisher_rows} sequences) saved to {path}, for EWC in a later stage")
-    what = "adapter" if lora.rank > 0 else "model"
+    what = "adapter" if lora.rank > 0 or adapter.enabled else "model"
     say(f"{what} saved to {out_dir}; chat with it: minigpt chat --model {out_dir}")
     return metrics

@@ -53,6 +53,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Activation checkpointing: keep only each decoder block's input during the forward and
     recompute the block in backward (less memory, about a third more compute)."""
+    fsdp: bool = False
+    """Under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2,
+    fully_shard per decoder layer) instead of replicating them (DDP); checkpoints are then
+    sharded (torch.distributed.checkpoint). Ignored in a single process."""
     device: str = "auto"
     """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps."""
     seed: int = 1337

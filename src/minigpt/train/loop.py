@@ -158,11 +158,22 @@ class Trainer:
         if self.precision == "fp16" and self.device.type != "cuda":
             raise UserError("train.precision=fp16 needs CUDA; use bf16 on CPU/MPS")
         self.model = model.to(self.device)
+        self.fsdp = bool(getattr(config, "fsdp", False)) and self.world_size > 1
+        if self.fsdp:
+            # FSDP2 swaps every parameter for a sharded DTensor: before the optimizer sees them.
+            from minigpt.train.fsdp import shard_model
+
+            if config.compile:
+                raise UserError("train.fsdp with train.compile is not supported; drop one of them")
+            if hasattr(objective, "make_batches"):
+                raise UserError("train.fsdp is for objectives that train on given data; online RL runs under DDP")
+            self._model_class = type(model)
+            shard_model(self.model)
         self.optimizer = torch.optim.AdamW(
             param_groups(model, config.weight_decay, config.decay_embeddings, lr=config.lr),
             lr=config.lr,
             betas=(config.beta1, config.beta2),
-            fused=self.device.type in ("cuda", "cpu"),
+            fused=self.device.type in ("cuda", "cpu") and not self.fsdp,
         )
         self.total_steps = self._planned_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -303,6 +314,12 @@ class Trainer:
             result = set_peft_model_state_dict(model, adapter)
             if result.unexpected_keys:
                 raise UserError(f"checkpoint {path} does not match the adapters (unexpected {result.unexpected_keys[:5]})")
+        elif model.__dict__.get("bottleneck_adapter_config"):
+            # Bottleneck adapters (minigpt.model.adapters): the checkpoint holds them alone.
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            lacking = [k for k in missing if ".adapter.adapter_" in k]
+            if unexpected or lacking:
+                raise UserError(f"checkpoint {path} does not match the adapters (missing {lacking[:5]}, unexpected {unexpected[:5]})")
         else:
             try:
                 missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -351,7 +368,10 @@ class Trainer:
         ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def save(self) -> Path | None:
-        """Write a resumable checkpoint now (main rank only); returns its directory."""
+        """Write a resumable checkpoint now (main rank only; with FSDP every rank writes its
+        shards); returns its directory."""
+        if self.fsdp:
+            return self._save_sharded()
         if not self.is_main:
             return None
         extra = {}
@@ -367,16 +387,89 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
+    def _save_sharded(self) -> Path:
+        """FSDP checkpoint: every rank writes its shards of the model and optimizer
+        (`minigpt.train.fsdp.save_sharded`) into a temporary directory; rank 0 adds the trainer
+        state (without the optimizer), the model config and the tokenizer, then renames it into
+        place, so a crash never leaves a half-written `step_N`."""
+        from minigpt.train.fsdp import save_sharded
+
+        root = self.out_dir / "checkpoints"
+        final = root / f"step_{self.step:08d}"
+        tmp = root / f".tmp-{final.name}"
+        if self.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        barrier()
+        save_sharded(self.model, self.optimizer, tmp)
+        barrier()
+        if self.is_main:
+            state = {k: v for k, v in self.state_dict().items() if k != "optimizer"}
+            torch.save(state, tmp / ckpt.STATE_FILE)
+            _unwrap(self.model).config.save_pretrained(tmp)
+            if self.save_with_model is not None:
+                self.save_with_model.save_pretrained(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            ckpt.atomic_write_text(root / ckpt.LATEST, final.name + "\n")
+            if self.config.keep_last > 0:
+                for old in ckpt.checkpoint_dirs(self.out_dir)[: -self.config.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        self.last_checkpoint = final
+        return final
+
+    def _resume_sharded(self) -> None:
+        """Resume an FSDP run from the newest sharded checkpoint (every rank reads its shards)."""
+        from minigpt.train.fsdp import load_sharded
+
+        path = ckpt.latest_checkpoint(self.out_dir) or (ckpt.checkpoint_dirs(self.out_dir) or [None])[-1]
+        if path is None:
+            if self.is_main:
+                warnings.warn(f"--resume: {self.out_dir} has no checkpoint yet; starting from step 0", RuntimeWarning, stacklevel=3)
+                self._truncate_metrics(0)
+            return
+        if not (path / "sharded").is_dir():
+            raise UserError(f"--resume with train.fsdp: {path} is not a sharded checkpoint (was the run started without --train.fsdp?)")
+        state = torch.load(path / ckpt.STATE_FILE, map_location="cpu", weights_only=True)
+        load_sharded(self.model, self.optimizer, path)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        if self.config.max_steps <= 0 and self.config.epochs is None:
+            self.total_steps = state["total_steps"]
+        ckpt.set_rng_state(state["rng"])
+        self.last_checkpoint = path
+        if self.is_main:
+            self._truncate_metrics(self.step)
+
     def save_final(self) -> None:
         """Save the trained model (and tokenizer) at the top of OUT: a directory that
         `AutoModelForCausalLM.from_pretrained(OUT)` loads. Files are written to a temporary
-        directory first and moved in one by one, so a crash never leaves a half-written file."""
+        directory first and moved in one by one, so a crash never leaves a half-written file.
+        With FSDP the full weights are gathered from every rank first (a collective)."""
+        model = _unwrap(self.model)
+        if self.fsdp:
+            from minigpt.train.fsdp import full_state_dict
+
+            full = full_state_dict(model)
+            if not self.is_main:
+                return
+            model = self._model_class(model.config)
+            model.load_state_dict(full, strict=False)
+            if getattr(model.config, "tie_word_embeddings", False):
+                model.tie_weights()
+            model.generation_config = _unwrap(self.model).generation_config
         if not self.is_main:
             return
         tmp = self.out_dir / ".final-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model = _unwrap(self.model)
-        if isinstance(getattr(model, "peft_config", None), dict) and not hasattr(model, "get_base_model"):
+        if (isinstance(getattr(model, "peft_config", None), dict) and not hasattr(model, "get_base_model")) or model.__dict__.get(
+            "bottleneck_adapter_config"
+        ):
             # adapters injected in place (not a peft wrapper): their base path is recorded relative to OUT
             model.save_pretrained(tmp, adapter_final_dir=self.out_dir)
         else:
@@ -440,11 +533,18 @@ class Trainer:
         if self.config.eval_batches > 0:
             n_batches = min(n_batches, self.config.eval_batches)
         loss_sum, units, extra, means, n_seen = 0.0, 0, {}, {}, 0
-        for b in range(self.rank, n_batches, self.world_size):
-            items = [self.val_dataset[i] for i in range(b * bs, min((b + 1) * bs, len(self.val_dataset)))]
+        # With FSDP every forward is a collective: all ranks run as many batches (the extra
+        # ones, past the end, repeat batch 0 and are not counted).
+        rounds = math.ceil(n_batches / self.world_size) * self.world_size if self.fsdp else n_batches
+        for b in range(self.rank, rounds, self.world_size):
+            counted = b < n_batches
+            first = b * bs if counted else 0
+            items = [self.val_dataset[i] for i in range(first, min(first + bs, len(self.val_dataset)))]
             batch = to_device(self.collate_fn(items), self.device)
             with self._autocast():
                 out = self.objective.compute_loss(_unwrap(model), batch)
+            if not counted:
+                continue
             loss_sum += float(out.loss_sum)
             units += out.num_units
             for k, v in out.sums.items():
@@ -574,13 +674,13 @@ class Trainer:
         c = self.config
         self._prepare_out_dir(resume, overwrite)
         if resume:
-            self._resume()
+            self._resume_sharded() if self.fsdp else self._resume()
         model = self.model
         if c.gradient_checkpointing:
             enable_activation_checkpointing(model)
         if c.compile:
             model = torch.compile(model)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

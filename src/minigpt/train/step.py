@@ -180,7 +180,7 @@ class OptimizerStep:
         for i, batch in enumerate(micro_batches):
             batch = to_device(batch, device)
             sync = self.world_size == 1 or i == len(micro_batches) - 1
-            with contextlib.nullcontext() if sync else model.no_sync():
+            with contextlib.nullcontext() if sync else _no_sync(model):
                 with autocast(self.precision, device):
                     out = self.objective.compute_loss(model, batch)
                 # DDP averages gradients over ranks, so scale by world_size / global units to
@@ -205,7 +205,10 @@ class OptimizerStep:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.max_grad_norm if self.max_grad_norm and self.max_grad_norm > 0 else float("inf")  # inf: measure only
         params = [p for p in self.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        grad_norm = 0.0
+        if params:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a sharded DTensor
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -226,6 +229,15 @@ class OptimizerStep:
         for k, vs in means.items():  # already means (an RL rollout's reward …)
             metrics[k] = sum(vs) / len(vs)
         return StepOutput(step_loss, lr, grad_norm, n_tokens, local_units, metrics)
+
+
+def _no_sync(model: torch.nn.Module):
+    """Skip the gradient all-reduce for this micro-batch: DDP's `no_sync`, or FSDP2's switch."""
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    from minigpt.train.fsdp import no_gradient_sync
+
+    return no_gradient_sync(model)
 
 
 __all__ = ["OptimizerStep", "PRECISIONS", "StepOutput", "TrainingDivergedError", "autocast", "to_device"]
