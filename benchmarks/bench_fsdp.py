@@ -3,9 +3,10 @@
 Each setting is one `torchrun --nproc_per_node 2` launch of this script in worker mode: a
 randomly initialised preset (default `base`), `--steps` optimizer steps of the training loop
 (`minigpt.train.loop.Trainer`, AdamW, fp32) on random token blocks, with `--train.fsdp` on or
-off. Every rank reports its peak memory: on CUDA `torch.cuda.max_memory_allocated`, on CPU
-the process's peak resident set (`ru_maxrss`, which also counts the Python/torch runtime,
-~0.4 GB, and the full-size model each rank builds before sharding). Also printed: the losses
+off. Every rank reports its peak memory at the end of the last step (before the final save,
+which gathers the full weights on rank 0): on CUDA `torch.cuda.max_memory_allocated`, on CPU
+the process's peak resident set (`ru_maxrss`, which also counts the Python/torch runtime and
+the full-size model each rank builds before sharding), and how much it grew during training. Also printed: the losses
 of both (equal up to float rounding: sharding does not change the math) and seconds per step.
 
     python benchmarks/bench_fsdp.py --preset base --steps 2          # CPU (gloo) or GPUs (nccl)
@@ -50,15 +51,28 @@ def worker(args) -> None:
     model = MiniGPTForCausalLM(MiniGPTConfig.from_preset(args.preset, vocab_size=6400))
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=0, precision="fp32", device="auto",
                       eval_interval=0, save_interval=0, progress=False, tensorboard=False, fsdp=args.fsdp, log_interval=1)
-    trainer = Trainer(model, CausalLMObjective(), Blocks(64, args.seq), cfg, args.out)
+    from minigpt.train.callbacks import Callback
+
+    def peak_now() -> int:
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    class PeakAtStepEnd(Callback):
+        """The high-water mark at the end of the last training step: before the final save,
+        which gathers the full weights on rank 0."""
+
+        def on_step_end(self, trainer, metrics) -> None:
+            self.peak = peak_now()
+
+    probe = PeakAtStepEnd()
+    trainer = Trainer(model, CausalLMObjective(), Blocks(64, args.seq), cfg, args.out, callbacks=[probe])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    ready = peak_now()  # the model built (full size on every rank) and, with FSDP, sharded
     t0 = time.perf_counter()
     trainer.fit()
     seconds = (time.perf_counter() - t0) / args.steps
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peaks = [None] * trainer.world_size
-    dist.all_gather_object(peaks, peak)
+    dist.all_gather_object(peaks, (ready, probe.peak))
     if trainer.rank == 0:
         Path(args.out, "bench.json").write_text(json.dumps({"peaks": peaks, "losses": [h["loss"] for h in trainer.history],
                                                             "seconds": seconds, "cuda": torch.cuda.is_available()}))
@@ -89,10 +103,14 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     kind = "peak CUDA memory allocated" if rows["DDP"]["cuda"] else "peak resident memory (ru_maxrss)"
     print(f"\n{args.preset}, {args.nproc} ranks × batch {args.batch} × {args.seq} tokens, {args.steps} steps; {kind} per rank, MiB")
-    print(f"{'setting':<8}{'rank 0':>10}{'rank 1':>10}{'s/step':>9}  losses")
+    print("peak = high-water mark at the end of the last step; growth = peak − the mark once the model was built (and sharded)")
+    print(f"{'setting':<8}{'peak r0':>9}{'peak r1':>9}{'growth r0':>11}{'growth r1':>11}{'s/step':>9}  losses")
     for name, r in rows.items():
-        print(f"{name:<8}{r['peaks'][0] / 2**20:>10.0f}{r['peaks'][-1] / 2**20:>10.0f}{r['seconds']:>9.2f}  {[round(x, 5) for x in r['losses']]}")
-    print(f"FSDP2 / DDP, rank 0: {rows['FSDP2']['peaks'][0] / rows['DDP']['peaks'][0]:.2f}×")
+        (b0, p0), (b1, p1) = r["peaks"][0], r["peaks"][-1]
+        print(f"{name:<8}{p0 / 2**20:>9.0f}{p1 / 2**20:>9.0f}{(p0 - b0) / 2**20:>11.0f}{(p1 - b1) / 2**20:>11.0f}{r['seconds']:>9.2f}  "
+              f"{[round(x, 5) for x in r['losses']]}")
+    (db, dp), (fb, fp) = rows["DDP"]["peaks"][0], rows["FSDP2"]["peaks"][0]
+    print(f"FSDP2 / DDP, rank 0: peak {fp / dp:.2f}×, growth during training {(fp - fb) / (dp - db):.2f}×")
 
 
 if __name__ == "__main__":

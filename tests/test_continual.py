@@ -150,6 +150,18 @@ def test_sft_stages_with_save_fisher_ewc_replay_and_kl(chat_env, capsys):
     train_rows = [r for r in rows if "train/loss" in r]
     assert all("train/ewc_penalty" in r and "train/kl_to_base" in r for r in train_rows)
     assert train_rows[0]["train/ewc_penalty"] == 0.0 and train_rows[-1]["train/ewc_penalty"] > 0
+    # Continued pretraining of the stage-1 model, with EWC (its saved Fisher) and KL to it.
+    from minigpt.recipes.pretrain import ModelConfig, pretrain
+    from minigpt.train.config import TrainConfig
+
+    text = root / "more.txt"
+    text.write_text("数到三 一二三. Count to three: 1 2 3. " * 200, encoding="utf-8")
+    train = TrainConfig(max_steps=2, batch_size=2, lr=1e-2, warmup_steps=0, precision="fp32", device="cpu", eval_interval=0,
+                        eval_batches=0, save_interval=0, log_interval=1, progress=False, tensorboard=False)
+    pretrain(data=str(text), out=str(root / "pt"), tokenizer=str(root / "stage1"), model=ModelConfig(init_from=str(root / "stage1")),
+             block_size=32, train=train, ewc_lambda=5.0, kl_to_base=0.1)
+    rows = [json.loads(line) for line in (root / "pt" / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+    assert rows[-1]["train/ewc_penalty"] > 0 and rows[-1]["train/kl_to_base"] > 0
     # No Fisher beside the model and no --ewc_data: a clear error.
     with pytest.raises(UserError, match="save_fisher"):
         _sft(root, "stage3", "zh.jsonl", ewc_lambda=1.0)

@@ -95,7 +95,12 @@ def llama_config_from(config: MiniGPTConfig):
             f"cannot export to Llama: hidden_size ({config.hidden_size}) is not a multiple of "
             f"num_attention_heads ({config.num_attention_heads}), which LlamaConfig requires"
         )
-    return LlamaConfig(
+    return LlamaConfig(**_shared_fields(config), attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
+
+
+def _shared_fields(config: MiniGPTConfig) -> dict[str, Any]:
+    """The config fields Llama, Mistral and Mixtral name as MiniGPT does."""
+    return dict(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -113,9 +118,7 @@ def llama_config_from(config: MiniGPTConfig):
         eos_token_id=config.eos_token_id,
         tie_word_embeddings=config.tie_word_embeddings,
         rope_parameters=dict(config.rope_parameters),
-        attention_bias=config.attention_bias,
         attention_dropout=float(config.dropout),
-        mlp_bias=config.mlp_bias,
     )
 
 
@@ -151,27 +154,7 @@ def hf_config_from(config: MiniGPTConfig, fmt: str):
         raise UserError(f"cannot export to {fmt}: this is an encoder (use_bidirectional_attention), and {fmt} is causal")
     if config.attention_bias or config.mlp_bias:
         raise UserError(f"cannot export to {fmt}: it has no attention or MLP biases (attention_bias / mlp_bias are set); use --to llama")
-    common = dict(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        hidden_act="silu",
-        max_position_embeddings=config.max_position_embeddings,
-        initializer_range=config.initializer_range,
-        rms_norm_eps=config.rms_norm_eps,
-        use_cache=config.use_cache,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        tie_word_embeddings=config.tie_word_embeddings,
-        rope_parameters=dict(config.rope_parameters),
-        sliding_window=window or None,
-        attention_dropout=float(config.dropout),
-    )
+    common = dict(**_shared_fields(config), sliding_window=window or None)
     if fmt == "mistral":
         return MistralConfig(**common)
     return MixtralConfig(

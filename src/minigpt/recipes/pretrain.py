@@ -310,6 +310,8 @@ def pretrain(
     epochs: float | None = None,
     batch_size: int | None = None,
     save_dir: str | None = None,
+    ewc_lambda: float = 0.0,
+    kl_to_base: float = 0.0,
 ) -> dict[str, Any]:
     """Pretrain a causal language model on raw text.
 
@@ -330,6 +332,11 @@ def pretrain(
         epochs: shorthand for `--train.epochs` (the original design's flag).
         batch_size: shorthand for `--train.batch_size`.
         save_dir: shorthand for `--out`.
+        ewc_lambda: continued pretraining of `--model.init_from` with elastic weight
+            consolidation towards it (the Fisher saved beside it, `ewc_fisher.safetensors`,
+            e.g. by `sft --save_fisher true`); 0 = off. Replay needs no option here: list the
+            earlier corpus in `--data` too.
+        kl_to_base: weight of the per-token KL(p_θ ‖ p_init) to the `--model.init_from` model.
 
     Returns the final training and validation metrics (`val_loss`, `val_bpb`, …).
     """
@@ -364,6 +371,19 @@ def pretrain(
         + f"); data: {len(train_ds)} train / "
         f"{len(val_ds) if val_ds else 0} val blocks of {block_size} tokens"
     )
+    objective = CausalLMObjective(token_byte_lengths(tok))
+    if ewc_lambda > 0 or kl_to_base > 0:
+        import copy
+
+        from minigpt.objectives.continual import FISHER_FILE, ContinualObjective, load_fisher
+
+        if not model.init_from:
+            raise UserError("--ewc_lambda and --kl_to_base continue a saved model: give --model.init_from")
+        fisher = load_fisher(model.init_from) if ewc_lambda > 0 else None
+        if ewc_lambda > 0 and fisher is None:
+            raise UserError(f"--ewc_lambda: {model.init_from} has no {FISHER_FILE} (write one with `minigpt sft ... --save_fisher true`)")
+        reference = copy.deepcopy(net).eval().requires_grad_(False) if kl_to_base > 0 else None
+        objective = ContinualObjective(objective, net, fisher=fisher, ewc_lambda=ewc_lambda, reference=reference, kl_coef=kl_to_base)
     run_info = {
         "stage": "pretrain",
         "data": data,
@@ -372,10 +392,11 @@ def pretrain(
         "text_field": text_field,
         "val_fraction": val_fraction,
         "train": dataclasses.asdict(train),
+        "continual": {"ewc_lambda": ewc_lambda, "kl_to_base": kl_to_base},
     }
     trainer = Trainer(
         net,
-        CausalLMObjective(token_byte_lengths(tok)),
+        objective,
         train_ds,
         train,
         out_dir,

@@ -336,17 +336,7 @@ class Trainer:
             model.tie_weights()
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.sampler.load_state_dict(state["sampler"])
-            self.step, self.elapsed = state["step"], state["elapsed"]
-            # A time-budgeted run keeps the step count it fixed; otherwise the settings given now
-            # win, so `--resume --train.max_steps N` can extend a finished run.
-            if self.config.max_steps <= 0 and self.config.epochs is None:
-                self.total_steps = state["total_steps"]
-            ckpt.set_rng_state(state["rng"])
-            if "objective" in state and hasattr(self.objective, "load_state_dict"):
-                self.objective.load_state_dict(state["objective"])
+            self._restore_state(state)
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None
         self.last_checkpoint = path
@@ -421,6 +411,21 @@ class Trainer:
         self.last_checkpoint = final
         return final
 
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        """Scheduler, scaler, sampler, step counters, RNG and the objective's own state from a
+        checkpoint's trainer state (the optimizer is restored by the caller)."""
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        # A time-budgeted run keeps the step count it fixed; otherwise the settings given now
+        # win, so `--resume --train.max_steps N` can extend a finished run.
+        if self.config.max_steps <= 0 and self.config.epochs is None:
+            self.total_steps = state["total_steps"]
+        ckpt.set_rng_state(state["rng"])
+        if "objective" in state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
+
     def _resume_sharded(self) -> None:
         """Resume an FSDP run from the newest sharded checkpoint (every rank reads its shards)."""
         from minigpt.train.fsdp import load_sharded
@@ -435,13 +440,10 @@ class Trainer:
             raise UserError(f"--resume with train.fsdp: {path} is not a sharded checkpoint (was the run started without --train.fsdp?)")
         state = torch.load(path / ckpt.STATE_FILE, map_location="cpu", weights_only=True)
         load_sharded(self.model, self.optimizer, path)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.step, self.elapsed = state["step"], state["elapsed"]
-        if self.config.max_steps <= 0 and self.config.epochs is None:
-            self.total_steps = state["total_steps"]
-        ckpt.set_rng_state(state["rng"])
+        try:
+            self._restore_state(state)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None
         self.last_checkpoint = path
         if self.is_main:
             self._truncate_metrics(self.step)
