@@ -161,7 +161,11 @@ class ContinualObjective:
             raise UserError("KL to the base model needs the base model")
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["inner"], name)
+        """Anything else (`token_bytes`, `state_dict` …) is the wrapped objective's."""
+        inner = self.__dict__.get("inner")
+        if inner is None:  # during copy/unpickling, before __init__ ran
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     def num_units(self, batch: dict[str, Any]) -> Any:
         """The wrapped objective's units."""
