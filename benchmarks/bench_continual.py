@@ -37,7 +37,7 @@ def heldout_loss(model_dir: Path, data: Path, max_length: int, limit: int) -> fl
     from minigpt.model.loading import load_model_dir
     from minigpt.objectives.sft import SFTObjective
 
-    model, tok = load_model_dir(model_dir)
+    model, tok = load_model_dir(model_dir, adapters=True)
     model.eval()
     examples = SFTDataset(str(data), tok, max_length=max_length).examples[:limit]
     loader = DataLoader(PaddedSFTDataset(examples), batch_size=16, collate_fn=lambda b: collate_padded(b, pad_id=tok.pad_token_id))
