@@ -19,8 +19,8 @@ def router_terms(out: Any, units: float, training: bool) -> tuple[torch.Tensor |
     divides the summed loss by the step's units, so the router loss counts once per token, as
     in Switch/Mixtral), None for a dense model or outside training (validation losses stay pure
     cross-entropy). Metrics: `moe_aux_loss`, `moe_z_loss`, and per layer i `moe_load_max/L{i}`,
-    the busiest expert's share of the assignments times E (1.0 = perfectly even, E = one
-    expert takes every token).
+    the busiest expert's share of the assignments times E (1.0 = perfectly even, E/K = one
+    expert is in every token's top-K).
     """
     router_loss = getattr(out, "router_loss", None)
     if router_loss is None:
