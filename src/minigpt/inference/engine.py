@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import UserError
-from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary
+from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary, swiglu
 
 
 @dataclass
@@ -786,7 +786,7 @@ class GenerationEngine:
             gate, up = _linear(x, gate_up).chunk(2, dim=-1)
             return lin(mlp.down_proj, F.silu(gate) * up)
         if type(mlp) is MiniGPTMLP:
-            return lin(mlp.down_proj, F.silu(lin(mlp.gate_proj, x)) * lin(mlp.up_proj, x))
+            return swiglu(mlp, x, lin)
         if isinstance(mlp, MiniGPTSparseMoeBlock):
             return mlp(x, linear=lin)[0]
         return mlp(x)

@@ -22,11 +22,19 @@ from collections.abc import Sequence
 import torch
 
 
-def _flat_mask(attention_mask: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
-    """`(N,)` float weights of real tokens from a `(B, T)` padding mask, or None (all real)."""
-    if attention_mask is None or attention_mask.ndim != 2 or attention_mask.numel() != n:
-        return None
-    return attention_mask.reshape(-1).to(device=device, dtype=torch.float32)
+def _token_weights(z: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """`(N,)` fp32 weights of the routed tokens of router logits `z (N, E)`: 1 for real tokens,
+    0 for padding (from a `(B, T)` mask with B·T = N; any other mask counts every token)."""
+    if attention_mask is None or attention_mask.ndim != 2 or attention_mask.numel() != z.shape[0]:
+        return torch.ones(z.shape[0], dtype=torch.float32, device=z.device)
+    return attention_mask.reshape(-1).to(device=z.device, dtype=torch.float32)
+
+
+def _assignments(z: torch.Tensor, top_k: int, weights: torch.Tensor) -> torch.Tensor:
+    """`(E,)` weighted count of tokens whose top-K experts (by router logit) include each expert."""
+    chosen = z.detach().topk(top_k, dim=-1).indices  # (N, K)
+    counts = torch.zeros(z.shape[-1], dtype=torch.float32, device=z.device)
+    return counts.scatter_add_(0, chosen.reshape(-1), weights.repeat_interleave(top_k))
 
 
 def expert_load(router_logits: Sequence[torch.Tensor], top_k: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,15 +48,8 @@ def expert_load(router_logits: Sequence[torch.Tensor], top_k: int, attention_mas
     Returns:
         `(L, E)` float32, each row summing to 1 (1/E everywhere = perfectly even); no gradient.
     """
-    rows = []
-    for z in router_logits:
-        z = z.detach()
-        mask = _flat_mask(attention_mask, z.shape[0], z.device)
-        chosen = z.topk(top_k, dim=-1).indices  # (N, K)
-        weight = torch.ones_like(chosen, dtype=torch.float32) if mask is None else mask[:, None].expand_as(chosen)
-        counts = torch.zeros(z.shape[-1], dtype=torch.float32, device=z.device).scatter_add_(0, chosen.reshape(-1), weight.reshape(-1))
-        rows.append(counts / counts.sum().clamp(min=1e-9))
-    return torch.stack(rows)
+    rows = [_assignments(z, top_k, _token_weights(z, attention_mask)) for z in router_logits]
+    return torch.stack([r / r.sum().clamp(min=1e-9) for r in rows])
 
 
 def load_balancing_loss(
@@ -72,17 +73,11 @@ def load_balancing_loss(
     num_experts = router_logits[0].shape[-1]
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be in 1..{num_experts}, got {top_k}")
-    device = router_logits[0].device
-    assigned = torch.zeros(num_experts, dtype=torch.float32, device=device)
-    prob = torch.zeros(num_experts, dtype=torch.float32, device=device)
-    total = torch.zeros((), dtype=torch.float32, device=device)
+    assigned = prob = total = 0.0
     for z in router_logits:
-        p = torch.softmax(z.float(), dim=-1)  # (N, E)
-        chosen = p.topk(top_k, dim=-1).indices  # (N, K)
-        mask = _flat_mask(attention_mask, z.shape[0], device)
-        w = torch.ones(z.shape[0], dtype=torch.float32, device=device) if mask is None else mask
-        assigned = assigned.scatter_add(0, chosen.reshape(-1), w.repeat_interleave(top_k))
-        prob = prob + (p * w[:, None]).sum(0)
+        w = _token_weights(z, attention_mask)  # (N,)
+        assigned = assigned + _assignments(z, top_k, w)  # f: counts only, no gradient
+        prob = prob + (torch.softmax(z.float(), dim=-1) * w[:, None]).sum(0)  # P carries the gradient
         total = total + w.sum()
     total = total.clamp(min=1.0)
     return num_experts * torch.sum((assigned / total) * (prob / total))
@@ -97,14 +92,15 @@ def router_z_loss(router_logits: Sequence[torch.Tensor], attention_mask: torch.T
 
     Returns:
         A non-negative scalar (fp32).
+
+    Raises:
+        ValueError: no router logits.
     """
     if not router_logits:
         raise ValueError("router_z_loss needs the router logits of at least one layer")
-    num = torch.zeros((), dtype=torch.float32, device=router_logits[0].device)
-    den = torch.zeros_like(num)
+    num = den = 0.0
     for z in router_logits:
-        sq = torch.logsumexp(z.float(), dim=-1).pow(2)  # (N,)
-        mask = _flat_mask(attention_mask, z.shape[0], z.device)
-        num = num + (sq.sum() if mask is None else (sq * mask).sum())
-        den = den + (sq.numel() if mask is None else mask.sum())
+        w = _token_weights(z, attention_mask)
+        num = num + (torch.logsumexp(z.float(), dim=-1).pow(2) * w).sum()
+        den = den + w.sum()
     return num / den.clamp(min=1.0)

@@ -236,9 +236,10 @@ class MiniGPTMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def _swiglu(mlp: MiniGPTMLP, x: torch.Tensor, linear=None) -> torch.Tensor:
-    """`mlp(x)`, or with `linear(module, input)` standing in for each projection's call (the
-    fast engine passes one that uses its cached low-precision weights)."""
+def swiglu(mlp: MiniGPTMLP, x: torch.Tensor, linear=None) -> torch.Tensor:
+    """A `MiniGPTMLP`'s SwiGLU, `down(silu(gate(x)) · up(x))`, `(…, C) -> (…, C)` (Shazeer 2020,
+    arXiv:2002.05202): `mlp(x)`, or with `linear(module, input)` standing in for each
+    projection's call (the fast engine passes one that uses its cached low-precision weights)."""
     if linear is None:
         return mlp(x)
     return linear(mlp.down_proj, F.silu(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
@@ -289,7 +290,7 @@ class MiniGPTSparseMoeBlock(nn.Module):
         slices = flat[token].split(counts)  # E slices of (n_e, C)
         keep_all = torch.is_grad_enabled()
         outs = [
-            _swiglu(expert, part, linear)
+            swiglu(expert, part, linear)
             for expert, part in zip(self.experts, slices)
             if keep_all or part.shape[0]
         ]

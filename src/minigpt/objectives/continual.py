@@ -23,6 +23,7 @@ from torch import nn
 
 from minigpt.errors import UserError
 from minigpt.losses.continual import ewc_penalty, kl_to_reference
+from minigpt.objectives.sft import _forward as model_forward
 from minigpt.train.objective import LossOutput
 
 #: The diagonal Fisher of a model, saved in its directory (safetensors, parameter names as keys).
@@ -187,12 +188,7 @@ class ContinualObjective:
             import contextlib
 
             with torch.no_grad(), (self.kl_context() if self.kl_context else contextlib.nullcontext()):
-                ref_logits = self.reference(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch.get("attention_mask"),
-                    position_ids=batch.get("position_ids"),
-                    use_cache=False,
-                ).logits
+                ref_logits = model_forward(self.reference, batch).logits[:, -out.logits.shape[1] :]
             kl = kl_to_reference(out.logits, ref_logits, batch["targets"])
             out.loss_sum = out.loss_sum + self.kl_coef * kl
             out.metrics["kl_to_base"] = float(kl.detach()) / max(float(out.num_units), 1.0)

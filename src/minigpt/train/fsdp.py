@@ -46,13 +46,6 @@ def shard_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True for a model `shard_model` (FSDP2) has sharded."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 @contextlib.contextmanager
 def no_gradient_sync(model: nn.Module) -> Iterator[None]:
     """Accumulate gradients locally (FSDP2's `set_requires_gradient_sync(False)`): the
