@@ -70,6 +70,7 @@ def test_bottleneck_save_load_remove_and_no_merge(tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
     assert "model.safetensors" not in files and "adapter_model.safetensors" in files
+    assert "adapter_base.json" in files  # the base's fingerprint, checked on load as for LoRA
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "MINIGPT_BOTTLENECK" and cfg["base_model_name_or_path"] == "../base"
     fresh = MiniGPTForCausalLM.from_pretrained(tmp_path / "base").eval()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,8 +154,15 @@ def apply_bottleneck_adapters(
 
 
 def _base_path(model: nn.Module) -> str | None:
+    """The base's local directory (absolute), also recording its fingerprint on the model for
+    the saved adapter's `adapter_base.json`, as LoRA does; None when not loaded from one."""
+    from minigpt.model.checks import model_fingerprint
+
     name = model.__dict__.get("name_or_path") or ""
-    return str(Path(name).resolve()) if name and (Path(name) / "config.json").is_file() else None
+    if not (name and (Path(name) / "config.json").is_file()):
+        return None
+    model.__dict__["base_model_sha256"] = model_fingerprint(name)
+    return str(Path(name).resolve())
 
 
 def bottleneck_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,9 +178,7 @@ def save_bottleneck_adapters(model: nn.Module, out_dir: str | os.PathLike, final
     Raises:
         UserError: the model carries no bottleneck adapters.
     """
-    from safetensors.torch import save_file
-
-    from minigpt.model.lora import _relative_base
+    from minigpt.model.lora import _relative_base, write_adapter_files
 
     if not has_bottleneck_adapters(model):
         raise UserError("the model carries no bottleneck adapters to save")
@@ -182,14 +186,12 @@ def save_bottleneck_adapters(model: nn.Module, out_dir: str | os.PathLike, final
     out.mkdir(parents=True, exist_ok=True)
     config = dict(model.__dict__["bottleneck_adapter_config"])
     config["base_model_name_or_path"] = _relative_base(config.get("base_model_name_or_path"), Path(final_dir or out))
-    tmp = out / f".tmp-adapter-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file({k: v.detach().contiguous().cpu() for k, v in bottleneck_state_dict(model).items()}, str(tmp / "adapter_model.safetensors"))
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        os.replace(tmp / name, out / name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in bottleneck_state_dict(model).items()}
+
+    def write_config(folder: Path) -> None:
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    write_adapter_files(out, write_config, state, model.__dict__.get("base_model_sha256"))
 
 
 def load_bottleneck_adapters(model: nn.Module, adapter_dir: str | os.PathLike, trainable: bool = False) -> nn.Module:
@@ -200,7 +202,7 @@ def load_bottleneck_adapters(model: nn.Module, adapter_dir: str | os.PathLike, t
     """
     from safetensors.torch import load_file
 
-    from minigpt.model.lora import read_adapter_config
+    from minigpt.model.lora import read_adapter_config, resolved_base
 
     path = Path(adapter_dir)
     cfg = read_adapter_config(path)
@@ -213,10 +215,7 @@ def load_bottleneck_adapters(model: nn.Module, adapter_dir: str | os.PathLike, t
         remove_bottleneck_adapters(model)
         raise UserError(f"{path}: the adapter's tensors do not fit this base model (trained on a different size?)")
     model.load_state_dict(state, strict=False)
-    base = cfg.get("base_model_name_or_path")
-    if base and not Path(base).is_absolute():
-        base = str((path / base).resolve())
-    model.__dict__["bottleneck_adapter_config"]["base_model_name_or_path"] = base
+    model.__dict__["bottleneck_adapter_config"]["base_model_name_or_path"] = resolved_base(path, cfg.get("base_model_name_or_path"))
     for name, p in model.named_parameters():
         p.requires_grad_(trainable and ".adapter.adapter_" in name)
     return model
@@ -284,9 +283,9 @@ def apply_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 20, init_tex
     Raises:
         UserError: `num_virtual_tokens` < 1, or `init_text` without a tokenizer.
     """
-    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+    from peft import PromptTuningConfig, PromptTuningInit
 
-    from minigpt.model.lora import _report
+    from minigpt.model.lora import wrap_with_peft
 
     if num_virtual_tokens < 1:
         raise UserError(f"num_virtual_tokens must be >= 1, not {num_virtual_tokens}")
@@ -297,7 +296,4 @@ def apply_prompt_tuning(model: nn.Module, num_virtual_tokens: int = 20, init_tex
         kwargs = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=init_text,
                       tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None))
     config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens, **kwargs)
-    peft_model = get_peft_model(model, config)
-    if verbose:
-        print(f"prompt tuning ({num_virtual_tokens} virtual tokens): {_report(peft_model)}")
-    return peft_model
+    return wrap_with_peft(model, config, f"prompt tuning ({num_virtual_tokens} virtual tokens)", verbose)

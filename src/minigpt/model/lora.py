@@ -357,7 +357,6 @@ def save_adapter(model: nn.Module, out_dir: str | Path, final_dir: str | Path | 
     import copy
 
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
     if not has_lora(model):
         raise UserError("the model carries no adapters to save")
@@ -367,21 +366,33 @@ def save_adapter(model: nn.Module, out_dir: str | Path, final_dir: str | Path | 
     state = {"base_model.model." + k: v.detach().contiguous().cpu() for k, v in state.items()}
     config = copy.copy(model.peft_config["default"])
     config.base_model_name_or_path = _relative_base(config.base_model_name_or_path, Path(final_dir or out))
+    write_adapter_files(out, lambda tmp: config.save_pretrained(str(tmp)), state, model.__dict__.get("base_model_sha256"))
+
+
+def write_adapter_files(out: Path, write_config, state: dict[str, torch.Tensor], base_sha256: str | None) -> None:
+    """Write an adapter folder in PEFT's layout: `write_config(folder)` writes
+    `adapter_config.json`, `state` goes to `adapter_model.safetensors`, and the base's
+    fingerprint (when known) to `adapter_base.json`. Everything is written to a temporary folder
+    inside `out` first and renamed into place file by file; a fingerprint left by an older
+    adapter is removed when this one has none."""
+    from safetensors.torch import save_file
+
     tmp = out / f".tmp-adapter-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    config.save_pretrained(str(tmp))
-    save_file(state, str(tmp / _ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    names = [_ADAPTER_CONFIG, _ADAPTER_WEIGHTS]
-    sha = model.__dict__.get("base_model_sha256")
-    if sha:
-        (tmp / ADAPTER_BASE_FILE).write_text(json.dumps({"base_model_sha256": sha}, indent=2) + "\n", encoding="utf-8")
-        names.append(ADAPTER_BASE_FILE)
-    elif (out / ADAPTER_BASE_FILE).exists():
-        (out / ADAPTER_BASE_FILE).unlink()  # an older adapter's record would not describe this one
-    for name in names:
-        os.replace(tmp / name, out / name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_config(tmp)
+        save_file(state, str(tmp / _ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        names = [_ADAPTER_CONFIG, _ADAPTER_WEIGHTS]
+        if base_sha256:
+            (tmp / ADAPTER_BASE_FILE).write_text(json.dumps({"base_model_sha256": base_sha256}, indent=2) + "\n", encoding="utf-8")
+            names.append(ADAPTER_BASE_FILE)
+        elif (out / ADAPTER_BASE_FILE).exists():
+            (out / ADAPTER_BASE_FILE).unlink()  # an older adapter's record would not describe this one
+        for name in names:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _strip_peft_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -439,6 +450,14 @@ def _recorded_base(adapter_dir: Path, base: str) -> Path:
     if (beside / "config.json").is_file() or not (Path(base) / "config.json").is_file():
         return Path(os.path.normpath(beside))
     return Path(base)
+
+
+def resolved_base(adapter_dir: Path, base: str | None) -> str | None:
+    """The recorded `base` as an absolute path when it names a local model directory (see
+    `_recorded_base`), else as recorded (a hub id, or None)."""
+    if base and (_recorded_base(adapter_dir, base) / "config.json").is_file():
+        return str(_recorded_base(adapter_dir, base).resolve())
+    return base
 
 
 def adapter_base_path(adapter_dir: str | Path) -> Path:
@@ -574,10 +593,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     config = PeftConfig.from_pretrained(str(path))
     config.inference_mode = not trainable
     inject_adapter_in_model(config, model)
-    base = cfg.get("base_model_name_or_path")
-    if base and (_recorded_base(path, base) / "config.json").is_file():
-        base = str(_recorded_base(path, base).resolve())
-    config.base_model_name_or_path = base
+    config.base_model_name_or_path = resolved_base(path, cfg.get("base_model_name_or_path"))
     if sha:
         model.__dict__["base_model_sha256"] = sha
     result = set_peft_model_state_dict(model, _strip_peft_prefix(load_file(str(path / _ADAPTER_WEIGHTS))))
@@ -668,15 +684,25 @@ def apply_prefix_tuning(
     Raises:
         UserError: `num_virtual_tokens` < 1.
     """
-    from peft import PrefixTuningConfig, get_peft_model
+    from peft import PrefixTuningConfig
 
     if num_virtual_tokens < 1:
         raise UserError(f"num_virtual_tokens must be >= 1, not {num_virtual_tokens}")
     config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens, prefix_projection=prefix_projection)
+    return wrap_with_peft(model, config, f"prefix tuning ({num_virtual_tokens} virtual tokens)", verbose)
+
+
+def wrap_with_peft(model: nn.Module, config, label: str, verbose: bool = True):
+    """`peft.get_peft_model(model, config)` for the methods that cannot be injected in place
+    (prefix and prompt tuning): every model weight frozen, the base's local directory (when
+    `model` was loaded from one) recorded as `base_model_name_or_path`, and with `verbose` the
+    trainable share printed after `label`. Returns the `PeftModelForCausalLM`."""
+    from peft import get_peft_model
+
     peft_model = get_peft_model(model, config)
     name = model.__dict__.get("name_or_path") or ""
     if name and (Path(name) / "config.json").is_file():
         peft_model.peft_config["default"].base_model_name_or_path = str(Path(name).resolve())
     if verbose:
-        print(f"prefix tuning ({num_virtual_tokens} virtual tokens): {_report(peft_model)}")
+        print(f"{label}: {_report(peft_model)}")
     return peft_model
