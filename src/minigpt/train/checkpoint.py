@@ -124,7 +124,16 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
             + (f"the last complete checkpoint, {kept.name}, is kept" if kept else "no earlier checkpoint exists")
             + ": free some space, then continue with --resume",
         ) from e
-    if final.exists():  # the same step saved twice (e.g. final save right after a periodic one)
+    return publish_checkpoint(out_dir, tmp, final, keep_last)
+
+
+def publish_checkpoint(out_dir: str | Path, tmp: Path, final: Path, keep_last: int) -> Path:
+    """Move a fully written checkpoint folder `tmp` to `final` (`OUT/checkpoints/step_N`), point
+    `latest` at it and prune to the newest `keep_last`. A `final` already there (the same step
+    saved twice, e.g. the final save right after a periodic one) is swapped out, not deleted
+    first, so a complete `step_N` exists at every moment. Returns `final`."""
+    root = final.parent
+    if final.exists():
         old = root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)

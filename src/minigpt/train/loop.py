@@ -400,18 +400,7 @@ class Trainer:
             _unwrap(self.model).config.save_pretrained(tmp)
             if self.save_with_model is not None:
                 self.save_with_model.save_pretrained(tmp)
-            if final.exists():  # the same step saved twice: swap, so a complete one always exists
-                old = root / f".old-{final.name}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            ckpt.atomic_write_text(root / ckpt.LATEST, final.name + "\n")
-            if self.config.keep_last > 0:
-                for old in ckpt.checkpoint_dirs(self.out_dir)[: -self.config.keep_last]:
-                    shutil.rmtree(old, ignore_errors=True)
+            ckpt.publish_checkpoint(self.out_dir, tmp, final, self.config.keep_last)
         barrier()
         self.last_checkpoint = final
         return final
