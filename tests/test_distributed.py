@@ -1,4 +1,4 @@
-"""DDP under `torchrun` (gloo on CPU): two ranks train the same model as one process would."""
+"""DDP and FSDP2 under `torchrun` (gloo on CPU): two ranks train the same model as one process would."""
 
 from __future__ import annotations
 
@@ -10,7 +10,23 @@ import sys
 
 import pytest
 
-WORKER = r"""
+# The data both workers train on: n blocks of 8 tokens (targets shifted by one) cut from one
+# seeded stream of 257 ids < 40.
+BLOCKS = r"""
+import torch
+
+class Blocks:
+    def __init__(self, n=32):
+        g = torch.Generator().manual_seed(0)
+        self.n = n
+        self.t = torch.randint(0, 40, (32 * 8 + 1,), generator=g)
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        return {"input_ids": self.t[i * 8:(i + 1) * 8], "targets": self.t[i * 8 + 1:(i + 1) * 8 + 1]}
+"""
+
+WORKER = BLOCKS + r"""
 import json, sys, torch
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.encoder import MiniGPTForMaskedLM
@@ -21,14 +37,6 @@ from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer
 import torch.distributed as dist
 
-class Blocks:
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.t = torch.randint(0, 40, (32 * 8 + 1,), generator=g)
-    def __len__(self):
-        return 32
-    def __getitem__(self, i):
-        return {"input_ids": self.t[i * 8:(i + 1) * 8], "targets": self.t[i * 8 + 1:(i + 1) * 8 + 1]}
 
 mlm = sys.argv[3] == "mlm"
 torch.manual_seed(0)
@@ -77,7 +85,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path, objective):
         assert wb == pytest.approx(wa, rel=1e-4, abs=1e-6)
 
 
-FSDP_WORKER = r"""
+FSDP_WORKER = BLOCKS + r"""
 import json, sys, torch
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.objectives.lm import CausalLMObjective
@@ -85,15 +93,6 @@ from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer
 import torch.distributed as dist
 
-class Blocks:
-    def __init__(self, n=32):
-        g = torch.Generator().manual_seed(0)
-        self.n = n
-        self.t = torch.randint(0, 40, (32 * 8 + 1,), generator=g)
-    def __len__(self):
-        return self.n
-    def __getitem__(self, i):
-        return {"input_ids": self.t[i * 8:(i + 1) * 8], "targets": self.t[i * 8 + 1:(i + 1) * 8 + 1]}
 
 out, batch, steps, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "resume"
 torch.manual_seed(0)
