@@ -32,6 +32,19 @@ def matmul_peak(dtype_name: str = "bfloat16", n: int = 2048, reps: int = 20) -> 
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+def peak_memory_bytes() -> int:
+    """This process's memory high-water mark: CUDA `max_memory_allocated` when a GPU is in use,
+    else the peak resident set (`ru_maxrss`, KiB on Linux, returned in bytes), which also counts
+    the Python/torch runtime."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def story_documents(seed: int, min_chars: int = 2_000_000) -> tuple[list[str], str]:
     """`(documents, source)`: TinyStories stories when ../shared/data has them, else generated
     sentences from a small vocabulary, at least `min_chars` characters of them."""

@@ -20,9 +20,9 @@ import time
 
 
 def worker(args) -> None:
-    import resource
-
     import torch
+
+    from _harness import peak_memory_bytes
 
     from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
     from minigpt.train.loop import enable_activation_checkpointing
@@ -41,7 +41,7 @@ def worker(args) -> None:
     loss.backward()
     opt.step()
     seconds = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory_bytes()
     print(json.dumps({"peak_bytes": peak, "seconds": seconds, "loss": float(loss.detach()), "device": device,
                       "params": sum(p.numel() for p in model.parameters())}))
 

@@ -26,8 +26,6 @@ from pathlib import Path
 
 
 def worker(args) -> None:
-    import resource
-
     import torch
     import torch.distributed as dist
 
@@ -51,23 +49,22 @@ def worker(args) -> None:
     model = MiniGPTForCausalLM(MiniGPTConfig.from_preset(args.preset, vocab_size=6400))
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_steps=0, precision="fp32", device="auto",
                       eval_interval=0, save_interval=0, progress=False, tensorboard=False, fsdp=args.fsdp, log_interval=1)
+    from _harness import peak_memory_bytes
     from minigpt.train.callbacks import Callback
 
-    def peak_now() -> int:
-        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     class PeakAtStepEnd(Callback):
         """The high-water mark at the end of the last training step: before the final save,
         which gathers the full weights on rank 0."""
 
         def on_step_end(self, trainer, metrics) -> None:
-            self.peak = peak_now()
+            self.peak = peak_memory_bytes()
 
     probe = PeakAtStepEnd()
     trainer = Trainer(model, CausalLMObjective(), Blocks(64, args.seq), cfg, args.out, callbacks=[probe])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ready = peak_now()  # the model built (full size on every rank) and, with FSDP, sharded
+    ready = peak_memory_bytes()  # the model built (full size on every rank) and, with FSDP, sharded
     t0 = time.perf_counter()
     trainer.fit()
     seconds = (time.perf_counter() - t0) / args.steps
