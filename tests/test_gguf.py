@@ -5,7 +5,6 @@ when llama-cpp-python is installed, llama.cpp's greedy tokens equal ours."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.errors import UserError

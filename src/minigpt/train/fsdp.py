@@ -110,6 +110,9 @@ def consolidate(checkpoint_dir: str | Path, out_dir: str | Path, model_class: An
 
     Returns:
         `out_dir`.
+
+    Raises:
+        ValueError: the shards do not match the model the saved config builds.
     """
     import shutil
 
