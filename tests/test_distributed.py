@@ -149,7 +149,12 @@ def test_fsdp_two_ranks_match_one_process_and_sharded_checkpoints_resume(tmp_pat
     c = load_file(tmp_path / "consolidated" / "model.safetensors")
     for k in b:
         torch.testing.assert_close(c[k], b[k])
-    # Interrupted at step 2, resumed to 4: the uninterrupted run's losses.
-    launch(tmp_path / "resumed", 2, 2, 2)
+    # As if interrupted after step 2: the run's directory with only its step-2 sharded checkpoint
+    # (written mid-run); resumed to step 4, it gives the uninterrupted run's losses.
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000004")
+    (tmp_path / "resumed" / "checkpoints" / "latest").unlink()
+    (tmp_path / "resumed" / "result.json").unlink()
+    assert (tmp_path / "resumed" / "checkpoints" / "step_00000002" / "sharded").is_dir()
     resumed = launch(tmp_path / "resumed", 2, 2, 4, "resume")
     assert resumed["losses"] == pytest.approx(fsdp["losses"][2:], rel=1e-5)
