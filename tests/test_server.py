@@ -511,9 +511,10 @@ def test_the_serve_command_takes_its_key_from_the_environment(model_dir, monkeyp
     from minigpt.recipes.serve import serve
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: seen.update(config=self.config))
     monkeypatch.setenv("MINIGPT_API_KEY", "from-env")
     serve(str(model_dir), port=8123, device="cpu", max_batch_size=3)
-    state = seen["app"].state.server
-    assert (seen["host"], seen["port"], state.api_key, state.batcher.max_batch_size) == ("127.0.0.1", 8123, "from-env", 3)
+    config = seen["config"]
+    state = config.app.state.server
+    assert (config.host, config.port, state.api_key, state.batcher.max_batch_size) == ("127.0.0.1", 8123, "from-env", 3)
     assert state.model_name == "tiny-chat"

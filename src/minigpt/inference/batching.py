@@ -36,6 +36,10 @@ from minigpt.errors import UserError
 from minigpt.inference.engine import GenerationEngine, filter_logits
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds `torch.Generator.manual_seed` accepts."""
+
+
 class QueueFull(RuntimeError):
     """`ContinuousBatcher.submit` refused a request: `max_queue` requests are already waiting
     for a slot. A server answers 503 and the client retries later."""
@@ -52,6 +56,11 @@ class BatchRequest:
         top_k / top_p: filters of `filter_logits` (0 / 1.0 = off).
         seed: seeds this request's own `torch.Generator`, so its samples do not depend on
             which other requests share the batch; None draws from the batcher's generator.
+            An integer in [-2**63, 2**64 - 1] (what `torch.Generator.manual_seed` takes).
+        presence_penalty / frequency_penalty: in [-2, 2]; subtracted from the logit of every
+            token already generated for this request, once (presence) or once per occurrence
+            (frequency), before temperature and filtering, as OpenAI's API defines them.
+        logit_bias: token id -> bias in [-100, 100] added to that token's logit at every step.
         on_token: called on the batcher's thread with each generated id (EOS ids excluded).
             Must be quick (e.g. put it on a queue); an exception it raises cancels the request.
         on_finish: called once, last, with the reason: "stop" (an EOS id was produced),
@@ -65,6 +74,9 @@ class BatchRequest:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
     on_token: Callable[[int], None] = lambda token: None
     on_finish: Callable[[str], None] = lambda reason: None
     id: int = field(default=-1, init=False)
@@ -77,6 +89,8 @@ class _Slot:
     request: BatchRequest
     generator: torch.Generator | None
     generated: int = 0
+    counts: torch.Tensor | None = None
+    """`(V,)` occurrences of each id generated so far; kept only under a presence or frequency penalty."""
 
 
 class ContinuousBatcher:
@@ -149,6 +163,12 @@ class ContinuousBatcher:
         """Decoding steps run so far."""
         self.tokens_generated = 0
         """Tokens produced so far (all requests)."""
+        self.failure: str | None = None
+        """Why the loop stopped for good (None while it runs or after a clean `close`)."""
+        self.restarts = 0
+        """Times the loop was restarted after failing."""
+        self.max_restarts = 3
+        self.restart_window = 60.0
 
     # ------------------------------------------------------------------ public API
 
@@ -180,7 +200,7 @@ class ContinuousBatcher:
         self._check(request)
         with self._cond:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise RuntimeError(f"the batcher stopped ({self.failure})" if self.failure else "the batcher is closed")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting (max_queue {self.max_queue})")
             request.id = next(self._ids)
@@ -227,23 +247,59 @@ class ContinuousBatcher:
             raise UserError(f"top_k must be an integer >= 0, got {r.top_k!r}")
         if not 0 < r.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {r.top_p}")
+        if r.seed is not None and (isinstance(r.seed, bool) or not isinstance(r.seed, int) or not SEED_MIN <= r.seed <= SEED_MAX):
+            raise UserError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {r.seed!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(r, name)
+            if not -2 <= value <= 2:
+                raise UserError(f"{name} must be in [-2, 2], got {value!r}")
+        for token, bias in (r.logit_bias or {}).items():
+            if not isinstance(token, int) or not 0 <= token < vocab:
+                raise UserError(f"logit_bias: token ids must be integers in [0, {vocab}), got {token!r}")
+            if not -100 <= bias <= 100:
+                raise UserError(f"logit_bias: biases must be in [-100, 100], got {bias!r} for token {token}")
         r.prompt_ids = ids
 
     # ------------------------------------------------------------------ the loop
 
+    @property
+    def alive(self) -> bool:
+        """False once the loop has failed for good (`failure` says why) or the batcher is closed."""
+        return self.failure is None and not self._closed
+
     def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as e:  # the loop itself failed: nobody may wait forever
-            with self._cond:
-                self._closed = True
-                waiting, self._waiting = list(self._waiting), collections.deque()
-            for r in waiting:
-                self._notify_finish(r, f"error: {type(e).__name__}: {e}")
-            for slot, state in enumerate(self._slots):
-                if state is not None:
-                    self._release(slot, f"error: {type(e).__name__}: {e}")
-            raise
+        """The thread's body: `_loop`, restarted after a failure of the loop itself (a failed
+        step or prefill is handled inside it) with every request it held ended by the error.
+        After `max_restarts` failures within `restart_window` seconds the batcher gives up:
+        `failure` holds the reason, `alive` is False and `submit` refuses new requests."""
+        import time
+
+        failures: list[float] = []
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as e:  # the loop itself failed: nobody may wait forever
+                reason = f"error: {type(e).__name__}: {e}"
+                now = time.monotonic()
+                failures = [t for t in failures if now - t < self.restart_window] + [now]
+                give_up = len(failures) > self.max_restarts or not isinstance(e, Exception)
+                with self._cond:
+                    if give_up:
+                        self.failure = reason
+                        self._closed = True
+                        waiting, self._waiting = list(self._waiting), collections.deque()
+                    else:
+                        waiting = []
+                    self._cancelled = set()
+                for r in waiting:
+                    self._notify_finish(r, reason)
+                for slot, state in enumerate(self._slots):
+                    if state is not None:
+                        self._release(slot, reason)
+                self.restarts += 0 if give_up else 1
+                if give_up:
+                    return
 
     def _loop(self) -> None:
         with self.engine._context():
@@ -264,15 +320,20 @@ class ContinuousBatcher:
                             break
                         if self._slots[slot] is None:
                             request = self._waiting.popleft()
-                            self._slots[slot] = _Slot(request, self._request_generator(request))
+                            try:
+                                generator = self._request_generator(request)
+                            except Exception as e:  # this request alone fails
+                                self._notify_finish(request, f"error: {type(e).__name__}: {e}")
+                                continue
+                            self._slots[slot] = _Slot(request, generator)
                             admitted.append(slot)
                 for slot, state in enumerate(self._slots):
                     if state is not None and state.request.id in cancelled:
                         self._release(slot, "cancelled")
+                admitted = [slot for slot in admitted if self._slots[slot] is not None]
+                if admitted:
+                    self._prefill(admitted, linears)
                 try:
-                    admitted = [slot for slot in admitted if self._slots[slot] is not None]
-                    if admitted:
-                        self._prefill(admitted, linears)
                     if self.num_running:
                         self._step(linears)
                 except Exception as e:  # a failed step must not leave callers waiting forever
@@ -303,9 +364,8 @@ class ContinuousBatcher:
         a real token never sees the padding after it) into a scratch cache, whose first P
         positions are then copied into the group's rows; each row's logits are read at its own
         last prompt token. Padding left in a row beyond its prompt is hidden by the decoding
-        mask and overwritten as the reply grows."""
-        model = self.engine.model
-        device = self._pos.device
+        mask and overwritten as the reply grows. A group whose forward fails ends its own
+        requests with the error; the others go on."""
         order = sorted(slots, key=lambda s: len(self._slots[s].request.prompt_ids))
         groups: list[list[int]] = []
         for slot in order:  # lengths ascend, so the newest slot sets the group's padded width
@@ -315,27 +375,38 @@ class ContinuousBatcher:
             else:
                 groups.append([slot])
         for group in groups:
-            prompts = [self._slots[s].request.prompt_ids for s in group]
-            p = max(map(len, prompts))
-            ids = torch.full((len(group), p), self.engine.pad_token_id, dtype=torch.long, device=device)
-            for r, prompt in enumerate(prompts):
-                ids[r, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
-            lengths = torch.tensor([len(x) for x in prompts], device=device)
-            scratch = self._cache.new_zeros(self._cache.shape[0], 2, len(group), *self._cache.shape[3:4], p,
-                                            self._cache.shape[-1])  # (L, 2, G, K, P, D)
-            window = getattr(model.config, "sliding_window", None)
-            prefill_mask = None
-            if window and p > window:  # causal within the window (right padding needs nothing more)
-                i = torch.arange(p, device=device)
-                prefill_mask = ((i[None] <= i[:, None]) & (i[None] > i[:, None] - window))[None, None]  # (1, 1, P, P)
-            logits = self.engine._forward(
-                model.model.embed_tokens(ids), self._cos[None, :p], self._sin[None, :p], scratch, 0, prefill_mask, linears,
-                last_only=lengths - 1,
-            )  # (G, V)
-            index = torch.tensor(group, device=device)
-            self._cache[:, :, index, :, :p] = scratch
-            self._pos[index] = lengths
-            self._advance(group, logits.float())
+            try:
+                self._prefill_group(group, linears)
+            except Exception as e:  # the requests of this group alone fail
+                for slot in group:
+                    if self._slots[slot] is not None:
+                        self._release(slot, f"error: {type(e).__name__}: {e}")
+
+    def _prefill_group(self, group: list[int], linears: dict) -> None:
+        """Prefill one group of `_prefill` (right-padded, one forward) and emit its first tokens."""
+        model = self.engine.model
+        device = self._pos.device
+        prompts = [self._slots[s].request.prompt_ids for s in group]
+        p = max(map(len, prompts))
+        ids = torch.full((len(group), p), self.engine.pad_token_id, dtype=torch.long, device=device)
+        for r, prompt in enumerate(prompts):
+            ids[r, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+        lengths = torch.tensor([len(x) for x in prompts], device=device)
+        scratch = self._cache.new_zeros(self._cache.shape[0], 2, len(group), *self._cache.shape[3:4], p,
+                                        self._cache.shape[-1])  # (L, 2, G, K, P, D)
+        window = getattr(model.config, "sliding_window", None)
+        prefill_mask = None
+        if window and p > window:  # causal within the window (right padding needs nothing more)
+            i = torch.arange(p, device=device)
+            prefill_mask = ((i[None] <= i[:, None]) & (i[None] > i[:, None] - window))[None, None]  # (1, 1, P, P)
+        logits = self.engine._forward(
+            model.model.embed_tokens(ids), self._cos[None, :p], self._sin[None, :p], scratch, 0, prefill_mask, linears,
+            last_only=lengths - 1,
+        )  # (G, V)
+        index = torch.tensor(group, device=device)
+        self._cache[:, :, index, :, :p] = scratch
+        self._pos[index] = lengths
+        self._advance(group, logits.float())
 
     def _step(self, linears: dict) -> None:
         """One decoding step over rows `0..B-1`, B = the highest busy slot + 1."""
@@ -361,14 +432,32 @@ class ContinuousBatcher:
         self.steps += 1
         self._advance(busy, logits.float()[busy])
 
+    def _adjust(self, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """`logits` `(len(slots), V)` with each request's logit bias and presence / frequency
+        penalties applied (OpenAI's definition: `logit[j] -= count[j] * frequency +
+        (count[j] > 0) * presence`, counts over the tokens generated so far)."""
+        for i, slot in enumerate(slots):
+            r = self._slots[slot].request
+            state = self._slots[slot]
+            if r.logit_bias:
+                ids = torch.tensor(list(r.logit_bias), dtype=torch.long, device=logits.device)
+                logits[i, ids] += torch.tensor(list(r.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+            if state.counts is not None:
+                logits[i] -= state.counts * r.frequency_penalty + (state.counts > 0).to(logits.dtype) * r.presence_penalty
+        return logits
+
     def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
         """Sample the next token of each slot from its `(len(slots), V)` logits and deliver it."""
-        tokens = self._sample(slots, logits).tolist()
+        tokens = self._sample(slots, self._adjust(slots, logits)).tolist()
         for slot, token in zip(slots, tokens):
             state = self._slots[slot]
             if token in self._eos:
                 self._release(slot, "stop")
                 continue
+            if state.request.presence_penalty or state.request.frequency_penalty:
+                if state.counts is None:
+                    state.counts = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+                state.counts[token] += 1
             state.generated += 1
             self.tokens_generated += 1
             try:

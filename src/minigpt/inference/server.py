@@ -26,6 +26,7 @@ has its request cancelled, which frees its cache slot before the next decoding s
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import secrets
 import time
@@ -41,21 +42,49 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minigpt.errors import UserError
-from minigpt.inference.batching import BatchRequest, ContinuousBatcher, QueueFull
+from minigpt.inference.batching import SEED_MAX, SEED_MIN, BatchRequest, ContinuousBatcher, QueueFull
 from minigpt.inference.chat import ReasoningSplitter, ReplyDecoder
-from minigpt.inference.web import chat_page, render_markdown
+from minigpt.inference.web import MarkdownWorker, chat_page
 from minigpt.tokenizer.chat import render_prompt_literal
 
+
+INT32_MAX = 2**31 - 1
+RENDER_MAX_CHARS = 100_000
+"""Longest text `POST /render` takes (the chat page sends one reply at a time)."""
+RENDER_SECONDS = 2.0
+"""Time budget of one `/render`: beyond it the text comes back escaped, not rendered."""
+DEFAULT_MAX_REQUEST_BYTES = 4 * 2**20
+"""Largest request body by default (`--max_request_bytes`); larger is a 413 before parsing."""
 
 # --------------------------------------------------------------------------------------------
 # Request bodies (pydantic checks them; a failure becomes a 400 in OpenAI's error shape).
 # --------------------------------------------------------------------------------------------
 
 
+def _check_utf8(value: Any) -> Any:
+    """`value` unchanged, or a ValueError when a string in it holds a lone surrogate
+    (`"\\ud800"` is valid JSON but no text: it cannot be encoded, so it cannot be tokenized)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"the text holds a lone surrogate ({value[e.start:e.end]!r} at character {e.start}); "
+                             "send valid Unicode") from None
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_utf8(item)
+    return value
+
+
 class _Body(BaseModel):
-    # Unknown fields (`user`, `logit_bias`, ...) are accepted and ignored, as most
+    # Unknown fields (`user`, `logprobs`, ...) are accepted and ignored, as most
     # OpenAI-compatible servers do, so that clients written for OpenAI keep working.
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_text(cls, v):
+        return _check_utf8(v)
 
 
 class TextPart(_Body):
@@ -92,11 +121,24 @@ class _Sampling(_Body):
 
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
+    top_k: int = Field(0, ge=0, le=INT32_MAX)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX - 16)  # choice i is seeded seed + i, i < n <= 16
     n: int = Field(1, ge=1, le=16)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = Field(None, max_length=1024)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v):
+        for token, bias in (v or {}).items():
+            if not -100 <= bias <= 100:
+                raise ValueError(f"biases must be in [-100, 100], got {bias} for token {token}")
+            if token < 0:
+                raise ValueError(f"token ids must be >= 0, got {token}")
+        return v
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -116,7 +158,7 @@ class ChatCompletionRequest(_Sampling):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
 
 
 class CompletionRequest(_Sampling):
@@ -125,14 +167,14 @@ class CompletionRequest(_Sampling):
 
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=INT32_MAX)
     echo: bool = False
 
 
 class RenderRequest(_Body):
     """Body of `POST /render` (the chat page's Markdown rendering)."""
 
-    text: str = Field(max_length=200_000)
+    text: str = Field(max_length=RENDER_MAX_CHARS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +256,16 @@ class OpenAIServer:
         self.api_key = api_key
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
+        self.max_token_bytes = _max_token_bytes(tokenizer)
+
+    def check_length(self, texts: list[str], param: str) -> None:
+        """400 (`context_length_exceeded`) without tokenizing when `texts` hold more UTF-8 bytes
+        than `max_length` tokens can cover (no token is longer than `max_token_bytes` bytes),
+        so an oversized prompt costs no tokenizer time."""
+        size = sum(len(t.encode("utf-8")) for t in texts)
+        if size > self.batcher.max_length * self.max_token_bytes:
+            raise APIError(400, f"the prompt has {size} bytes: more than this model's context of "
+                           f"{self.batcher.max_length} tokens can hold", param=param, code="context_length_exceeded")
 
     # ------------------------------------------------------------------ helpers
 
@@ -249,7 +301,9 @@ class OpenAIServer:
                 job = _Job(loop)
                 job.id = self.batcher.submit(BatchRequest(
                     prompt_ids, max_tokens, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                    seed=None if body.seed is None else body.seed + i, on_token=job.on_token, on_finish=job.on_finish,
+                    seed=None if body.seed is None else body.seed + i, presence_penalty=body.presence_penalty,
+                    frequency_penalty=body.frequency_penalty, logit_bias=body.logit_bias,
+                    on_token=job.on_token, on_finish=job.on_finish,
                 ))
                 jobs.append(job)
         except QueueFull as e:
@@ -257,10 +311,11 @@ class OpenAIServer:
             raise APIError(503, f"the server is busy ({e}); retry later", type="server_overloaded", code="queue_full") from None
         except UserError as e:
             self.cancel(jobs)
-            raise APIError(400, str(e)) from None
+            param = next((p for p in ("logit_bias", "seed", "presence_penalty", "frequency_penalty") if str(e).startswith(p)), None)
+            raise APIError(400, str(e), param=param) from None
         except RuntimeError as e:
             self.cancel(jobs)
-            raise APIError(503, f"the server is shutting down ({e})", type="server_overloaded") from None
+            raise APIError(503, f"the server cannot take requests: {e}", type="server_error", code="unavailable") from None
         return jobs
 
     def cancel(self, jobs: list[_Job]) -> None:
@@ -307,23 +362,114 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def create_app(server: OpenAIServer) -> FastAPI:
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+"""The `Host` names a server bound to a loopback address answers by default."""
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """The `Host` header values `serve` accepts when `--allowed_hosts` is not given: the
+    loopback names when `host` is a loopback address (a page from another site that rebinds its
+    DNS name to 127.0.0.1 still sends its own name, and is refused), else any ("*")."""
+    import ipaddress
+
+    if host == "localhost":
+        return list(LOOPBACK_HOSTS)
+    try:
+        return list(LOOPBACK_HOSTS) if ipaddress.ip_address(host.strip("[]")).is_loopback else ["*"]
+    except ValueError:
+        return ["*"]
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than `max_bytes` is answered 413 before any of
+    it is parsed (at once from `Content-Length`; for a chunked body, as soon as the bytes
+    received pass the limit)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = APIError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes "
+                                  "(--max_request_bytes)", code="request_too_large")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await too_large.response()(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # An HTTPException passes through FastAPI's body parsing (anything else would
+                    # become "error parsing the body") to the app's handler: a 413.
+                    raise _BodyTooLarge(413, too_large.message)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await too_large.response()(scope, receive, send)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """A chunked body passed `BodyLimit`'s limit while the app was reading it."""
+
+
+def create_app(server: OpenAIServer, allowed_hosts: list[str] | None = None,
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, on_failure=None) -> FastAPI:
     """The FastAPI application of `server` (its batcher starts and stops with the app).
+
+    Args:
+        server: the serving state.
+        allowed_hosts: `Host` header values answered (Starlette's `TrustedHostMiddleware`;
+            `*.example.com` patterns allowed); others get 400. None = any.
+        max_request_bytes: larger bodies get 413 before parsing.
+        on_failure: called once (on the event loop) if the batcher stops for good, e.g. to shut
+            the server down; `/health` answers 503 from then on either way.
+
+    Tokenizing, chat rendering and Markdown rendering run on worker threads, never on the
+    event loop, so one large request cannot stall the others. When `server.api_key` is set,
+    `/openapi.json` and `/docs` are off and `/render` needs the key too.
 
     Run it with uvicorn: `uvicorn.run(create_app(server), host=..., port=...)`."""
     from contextlib import asynccontextmanager
 
+    from starlette.concurrency import run_in_threadpool
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         server.batcher.start()
+        watch = asyncio.create_task(_watch_batcher(server.batcher, on_failure))
         try:
             yield
         finally:
+            watch.cancel()
+            await renderer.close()
             server.batcher.close()
 
-    app = FastAPI(title="minigpt", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    public = server.api_key is None
+    app = FastAPI(title="minigpt", lifespan=lifespan, docs_url="/docs" if public else None, redoc_url=None,
+                  openapi_url="/openapi.json" if public else None)
     app.state.server = server
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     bearer = HTTPBearer(auto_error=False)
+    renderer = MarkdownWorker(RENDER_SECONDS)
 
     async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if server.api_key is None:
@@ -343,14 +489,18 @@ def create_app(server: OpenAIServer) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        kind = "not_found" if exc.status_code == 404 else None
+        kind = {404: "not_found", 413: "request_too_large"}.get(exc.status_code)
         return APIError(exc.status_code, str(exc.detail), code=kind).response()
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health():
         b = server.batcher
-        return {"status": "ok", "model": server.model_name, "running": b.num_running, "waiting": b.num_waiting,
-                "max_batch_size": b.max_batch_size, "max_queue": b.max_queue}
+        state = {"status": "ok", "model": server.model_name, "running": b.num_running, "waiting": b.num_waiting,
+                 "max_batch_size": b.max_batch_size, "max_queue": b.max_queue, "restarts": b.restarts}
+        if not b.alive:
+            state.update(status="error", error=b.failure or "the batcher is not running")
+            return JSONResponse(state, status_code=503)
+        return state
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict:
@@ -363,16 +513,20 @@ def create_app(server: OpenAIServer) -> FastAPI:
     async def page() -> HTMLResponse:
         return HTMLResponse(chat_page())
 
-    @app.post("/render", include_in_schema=False)
+    @app.post("/render", include_in_schema=False, dependencies=[Depends(authorize)])
     async def render(body: RenderRequest) -> dict:
-        return {"html": render_markdown(body.text)}
+        rendered = await renderer.render(body.text)
+        if rendered is None:  # past the time budget (pathological Markdown): shown as text
+            return {"html": f"<pre>{html.escape(body.text)}</pre>", "rendered": False}
+        return {"html": rendered}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         server.check_model(body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        server.check_length([m["content"] for m in messages], "messages")
         try:
-            prompt_ids = render_prompt_literal(server.tokenizer, messages, where="messages")
+            prompt_ids = await run_in_threadpool(render_prompt_literal, server.tokenizer, messages, "messages")
         except UserError as e:
             raise APIError(400, str(e), param="messages") from None
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -398,7 +552,9 @@ def create_app(server: OpenAIServer) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
         server.check_model(body.model)
-        prompts = _prompt_list(body.prompt, server.tokenizer)
+        if isinstance(body.prompt, str) or (isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], str)):
+            server.check_length([body.prompt] if isinstance(body.prompt, str) else list(body.prompt), "prompt")
+        prompts = await run_in_threadpool(_prompt_list, body.prompt, server.tokenizer)
         budgets = [server.budget(len(p), body.max_tokens, None) for p in prompts]
         jobs_per_prompt: list[list[_Job]] = []
         try:
@@ -425,6 +581,28 @@ def create_app(server: OpenAIServer) -> FastAPI:
         return {**head, "object": "text_completion", "choices": out, "usage": usage}
 
     return app
+
+
+async def _watch_batcher(batcher: ContinuousBatcher, on_failure, period: float = 0.25) -> None:
+    """Wait until the batcher stops for good, then call `on_failure(reason)` once."""
+    while batcher.failure is None:
+        await asyncio.sleep(period)
+    import logging
+
+    logging.getLogger("minigpt.serve").error("the decoding loop stopped: %s", batcher.failure)
+    if on_failure is not None:
+        on_failure(batcher.failure)
+
+
+def _max_token_bytes(tokenizer) -> int:
+    """An upper bound on the UTF-8 bytes one ordinary token stands for: the longest vocabulary
+    entry's own UTF-8 length (byte-level BPE spells each byte with one character of one or two
+    bytes, so this is never below the true figure); 64 when the vocabulary cannot be read."""
+    try:
+        special = set(getattr(tokenizer, "all_special_tokens", []))
+        return max(len(t.encode("utf-8")) for t in tokenizer.get_vocab() if t not in special)
+    except Exception:
+        return 64
 
 
 def _prompt_list(prompt, tokenizer) -> list[list[int]]:

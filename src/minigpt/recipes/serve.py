@@ -20,22 +20,28 @@ def build_server(
     device: str = "auto",
     seed: int | None = None,
     allow_base_mismatch: bool = False,
+    allowed_hosts: list[str] | None = None,
+    max_request_bytes: int = 4 * 2**20,
+    on_failure=None,
 ):
     """Load `model` and wrap it for serving; returns the FastAPI app (see `serve` for the
-    arguments). The batcher starts when the app does."""
+    arguments; `allowed_hosts` None = any host). The batcher starts when the app does."""
     from minigpt.inference.batching import ContinuousBatcher
     from minigpt.inference.engine import GenerationEngine
     from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer
     from minigpt.inference.server import OpenAIServer, create_app
     from minigpt.tokenizer.chat import chat_eos_ids
 
+    if max_request_bytes < 1024:
+        raise UserError(f"--max_request_bytes must be at least 1024, got {max_request_bytes}")
     net, tok = load_model_and_tokenizer(model, device, allow_base_mismatch=allow_base_mismatch)
     if not getattr(tok, "chat_template", None):
         raise UserError(f"{model}: the tokenizer has no chat template; serve a model whose tokenizer `minigpt tokenizer` made")
     engine = GenerationEngine(net, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id, dtype=engine_dtype(dtype))
     batcher = ContinuousBatcher(engine, max_batch_size=max_batch_size, max_queue=max_queue, max_length=max_length, seed=seed)
     name = served_model_name or Path(model).resolve().name
-    return create_app(OpenAIServer(batcher, tok, name, api_key=api_key, default_max_tokens=max_tokens))
+    return create_app(OpenAIServer(batcher, tok, name, api_key=api_key, default_max_tokens=max_tokens),
+                      allowed_hosts=allowed_hosts, max_request_bytes=max_request_bytes, on_failure=on_failure)
 
 
 def serve(
@@ -52,6 +58,8 @@ def serve(
     device: str = "auto",
     seed: int | None = None,
     allow_base_mismatch: bool = False,
+    allowed_hosts: list[str] | None = None,
+    max_request_bytes: int = 4 * 2**20,
     log_level: str = "info",
 ) -> None:
     """Serve a model over HTTP with OpenAI's API, and a chat page at http://HOST:PORT/.
@@ -82,15 +90,43 @@ def serve(
         seed: seed of the sampler for requests that send no seed.
         allow_base_mismatch: serve an adapter on its recorded base even when that base's
             weights are not the ones it was trained on.
+        allowed_hosts: `Host` header values the server answers, e.g. `[mybox.lan, 10.0.0.5]`
+            (others get 400, so a web page that rebinds its DNS name to this machine cannot
+            drive the server). Default: the loopback names when `host` is a loopback address,
+            else any.
+        max_request_bytes: largest request body; larger ones get 413 before being read.
         log_level: uvicorn's log level (debug, info, warning, error).
+
+    Exits with status 1 if the decoding loop stops for good (it is restarted after a failure,
+    up to 3 times a minute); `/health` answers 503 from that moment.
 
     Raises:
         UserError: a bad model directory, a tokenizer without a chat template, or bad limits.
     """
+    import sys
+
     import uvicorn
+
+    from minigpt.inference.server import default_allowed_hosts
 
     if api_key is None:
         api_key = os.environ.get("MINIGPT_API_KEY") or None
+    if allowed_hosts is None:
+        allowed_hosts = default_allowed_hosts(host)
+    failure: list[str] = []
+
+    def stop(reason: str) -> None:
+        failure.append(reason)
+        web.should_exit = True
+
     app = build_server(model, served_model_name, api_key, max_batch_size, max_queue, max_length, max_tokens, dtype,
-                       device, seed, allow_base_mismatch)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+                       device, seed, allow_base_mismatch, allowed_hosts, max_request_bytes, on_failure=stop)
+    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    print(f"minigpt serve: chat page at http://{shown}:{port}/ , OpenAI API at http://{shown}:{port}/v1"
+          + ("" if api_key is None else " (API key required)"), file=sys.stderr, flush=True)
+    web.run()
+    if failure:
+        print(f"minigpt serve: error: the decoding loop stopped ({failure[0]}); the server shut down",
+              file=sys.stderr)
+        raise SystemExit(1)
