@@ -193,8 +193,11 @@ def _main(argv: list[str] | None) -> int:
             print(f"continue with: minigpt {shlex.join(_resume_argv(argv))}", file=sys.stderr)
         return code
     except Exception as e:
-        from minigpt.errors import DiskFullError, first_line, is_disk_full
+        from minigpt.errors import DiskFullError, first_line, is_disk_full, is_unwritable, unwritable_message
 
+        if is_unwritable(e):  # a read-only mount or a folder without permission, found mid-way
+            print(f"minigpt {name}: error: {unwritable_message(e)}", file=sys.stderr)
+            return 2
         if not is_disk_full(e):
             raise
         what = (e.strerror or str(e)) if isinstance(e, DiskFullError) else f"no space left on device ({first_line(e, 300)})"

@@ -46,3 +46,91 @@ def is_disk_full(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def is_unwritable(error: BaseException) -> bool:
+    """True when `error` (or an exception it was raised from) is a write refused by the system:
+    permission denied, or a read-only file system (errno EACCES, EPERM, EROFS)."""
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def unwritable_message(error: BaseException) -> str:
+    """One line for an `is_unwritable` error: the file, and why it could not be used."""
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            where = f" {error.filename}" if error.filename else ""
+            if error.errno == errno.EROFS:
+                return f"cannot write{where}: read-only file system"
+            return f"cannot open{where}: permission denied"
+        error = error.__cause__ or error.__context__
+    return "permission denied"
+
+
+def check_writable(path, option: str = "--out") -> None:
+    """Refuse, before any work, an output `path` (a file or folder, to be created or replaced)
+    that this process cannot write: the nearest folder that exists on the way to it must be a
+    writable folder (not on a read-only file system, and with write permission).
+
+    Raises:
+        UserError: naming `option`, the path, and why (read-only file system, permission
+            denied, or a file where a folder is needed).
+    """
+    import os
+    from pathlib import Path
+
+    target = Path(path).absolute()
+    probe = target if target.is_dir() else target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is a file, not a folder")
+    effective = os.access in os.supports_effective_ids  # writes are checked against the effective user
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=effective):
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        raise UserError(f"{option} {path}: cannot write there: {probe} {why}; choose another {option}")
+
+
+def check_output_file(path, option: str = "--out", inputs: dict | None = None) -> None:
+    """Refuse, before any work, an output file that would destroy an input or cannot be written.
+
+    Args:
+        path: the file the command will write (atomically replacing it if it exists).
+        option: the option that named it, for the message.
+        inputs: option name -> path, list of paths, or None: the command's inputs. `path` may
+            not be one of them (the same file, by any name), nor an existing file inside an
+            input folder (a model directory).
+
+    Raises:
+        UserError: `path` is a folder, is an input or inside an input folder, or cannot be
+            written (`check_writable`).
+    """
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name inside it (e.g. {target / 'out.json'})")
+    for name, value in (inputs or {}).items():
+        for source in value if isinstance(value, (list, tuple)) else [value]:
+            if not source or not Path(source).exists():
+                continue
+            same = target.exists() and os.path.samefile(target, source)
+            inside = target.exists() and Path(source).is_dir() and Path(source).resolve() in target.resolve().parents
+            if same or inside:
+                what = "is" if same else "is inside"
+                raise UserError(f"{option} {path} {what} the --{name} input {source}; writing it would destroy "
+                                f"that input: choose another {option}")
+    check_writable(target, option)

@@ -194,6 +194,34 @@ def _hf_state(model: MiniGPTForCausalLM, fmt: str) -> dict[str, torch.Tensor]:
     return out
 
 
+#: What each non-causal MiniGPT architecture is, for the export's refusal.
+_NOT_A_CAUSAL_LM = {
+    "MiniGPTRewardModel": "a reward model (it scores replies, it does not generate text)",
+    "MiniGPTForMaskedLM": "a masked-language-model encoder (`minigpt mlm`)",
+    "MiniGPTForEmbedding": "a sentence embedder (`minigpt contrastive`)",
+}
+
+
+def check_causal_lm(model_dir: Path) -> None:
+    """Refuse a MiniGPT directory that holds anything but a causal language model (a reward
+    model, an encoder, an embedder): the export formats are text generators.
+
+    Raises:
+        UserError: naming what the directory holds (from config.json's `architectures` and
+            `use_bidirectional_attention`).
+    """
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    archs = [a for a in (config.get("architectures") or []) if isinstance(a, str)]
+    other = [a for a in archs if a != "MiniGPTForCausalLM"]
+    if other:
+        what = _NOT_A_CAUSAL_LM.get(other[0], f"a {other[0]}")
+        raise UserError(f"{str(model_dir)!r} holds {what}, not a causal language model (MiniGPTForCausalLM); "
+                        "only language models can be exported")
+    if config.get("use_bidirectional_attention"):
+        raise UserError(f"{str(model_dir)!r} holds an encoder (bidirectional attention), not a causal language "
+                        "model; only language models can be exported")
+
+
 def _load_source(model_dir: Path) -> MiniGPTForCausalLM:
     """Load a MiniGPT model directory, turning the usual mistakes into `UserError`s."""
     if not model_dir.is_dir():
@@ -214,29 +242,49 @@ def _load_source(model_dir: Path) -> MiniGPTForCausalLM:
         raise UserError(f"{str(model_dir)!r} is already a Llama checkpoint")
     if model_type != MiniGPTConfig.model_type:
         raise UserError(f"{str(model_dir)!r} holds a {model_type!r} model, not a MiniGPT one")
+    check_causal_lm(model_dir)
     from minigpt.model.loading import load_model_dir
 
     return load_model_dir(model_dir, MiniGPTForCausalLM, tokenizer=False)[0]
 
 
-def _check_out_dir(out: Path, sources: list[Path]) -> list[str]:
-    """Refuse an `out` that is a file, a source directory, or a non-empty non-export directory.
+def _check_out_dir(out: Path, sources: list[Path], overwrite: bool = False) -> list[str]:
+    """Refuse an `out` that is a file, a source directory, an unwritable place, or a non-empty
+    directory that no export made (unless `overwrite`: then files of the export's names are
+    replaced and nothing else is touched).
 
     Returns the files a previous export wrote there (to be replaced), or [] for a new directory.
     """
+    from minigpt.errors import check_writable
+
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {str(out)!r} exists and is not a directory")
     resolved = out.resolve()
     for src in sources:
         if resolved == src.resolve():
             raise UserError(f"output directory {str(out)!r} is the source directory; choose another")
+    check_writable(out)
     if not out.exists() or not any(out.iterdir()):
         return []
+    return previous_export_files(out, overwrite)
+
+
+def previous_export_files(out: Path, overwrite: bool = False) -> list[str]:
+    """The files a previous export recorded in `out/minigpt_export.json` (plain names only).
+
+    Raises:
+        UserError: `out` holds files but no record (no export made them), unless `overwrite`
+            (then [] is returned: no file is counted as the export's own).
+    """
     marker = out / EXPORT_MARKER
     if not marker.is_file():
+        if overwrite:
+            return []
+        held = sorted(p.name for p in out.iterdir())
         raise UserError(
-            f"output directory {str(out)!r} is not empty and is not a previous export "
-            f"(no {EXPORT_MARKER}); refusing to overwrite it"
+            f"output directory {str(out)!r} holds files that no export made ({', '.join(held[:4])}"
+            f"{', …' if len(held) > 4 else ''}); choose another --out, or pass --overwrite to write into it "
+            "(files of the export's names are replaced, nothing else is touched)"
         )
     try:
         files = json.loads(marker.read_text(encoding="utf-8")).get("files", [])
@@ -278,9 +326,10 @@ def export_to_llama(
     tokenizer_dir: str | os.PathLike | None = None,
     dtype: str | torch.dtype | None = None,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """`export_to_hf(..., fmt="llama")`: a plain `LlamaForCausalLM` checkpoint."""
-    return export_to_hf(model_dir_or_model, out_dir, "llama", tokenizer_dir, dtype, verify)
+    return export_to_hf(model_dir_or_model, out_dir, "llama", tokenizer_dir, dtype, verify, overwrite)
 
 
 def export_to_hf(
@@ -290,6 +339,7 @@ def export_to_hf(
     tokenizer_dir: str | os.PathLike | None = None,
     dtype: str | torch.dtype | None = None,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write `model_dir_or_model` as a `transformers` checkpoint of architecture `fmt` (`llama`,
     `mistral` or `mixtral`, see `hf_config_from`) in `out_dir`.
@@ -307,6 +357,8 @@ def export_to_hf(
             `float16`/`fp16`); None or `auto` keeps the source's.
         fmt: the target architecture (`llama`, `mistral`, `mixtral`).
         verify: run both models on random ids before saving and check the logits agree.
+        overwrite: write into a non-empty `out_dir` that no export made (files of the
+            export's names are replaced; nothing else is touched).
 
     Returns:
         The output directory as a `Path`.
@@ -360,7 +412,12 @@ def export_to_hf(
 
         check_tokenizer_fits(load_tokenizer(tok_json[0].parent), model.config, tok_json[0].parent, source_dir or "(in memory)")
 
-    old_files = _check_out_dir(out, [p for p in (source_dir, Path(tokenizer_dir) if tokenizer_dir else None) if p])
+    old_files = _check_out_dir(out, [p for p in (source_dir, Path(tokenizer_dir) if tokenizer_dir else None) if p], overwrite)
+    if not tok_files:
+        import warnings
+
+        warnings.warn(f"{source_dir or 'the model'} holds no tokenizer files: the export has no tokenizer "
+                      "(pass --tokenizer DIR to include one)", stacklevel=2)
 
     llama_config = hf_config_from(model.config, fmt)
     source_dtype = next(model.parameters()).dtype
@@ -429,6 +486,7 @@ def export_command(
     out: str | None = None,
     tokenizer: str | None = None,
     dtype: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """`minigpt export`: convert a trained MiniGPT directory to another format.
 
@@ -443,12 +501,17 @@ def export_command(
         tokenizer: tokenizer directory to copy, if not the model directory.
         dtype: weight dtype of the export (`float32`, `bfloat16`, `float16`; gguf: `float32`
             or `float16`); default: as saved (gguf: float32).
+        overwrite: write over files that no export made: an existing `.gguf` file or
+            `Modelfile`, or into a non-empty folder (files of the export's names are replaced;
+            nothing else is touched). Without it those are refused before any work.
 
     Returns:
         The output directory.
 
     Raises:
-        UserError: on an unsupported format, and as `export_to_llama` does.
+        UserError: on an unsupported format, a reward model, encoder or embedder, an output
+            that would overwrite files no export made (without `overwrite`), an unwritable
+            output, and as `export_to_llama` does.
     """
     fmt = to.lower()
     if fmt not in SUPPORTED_FORMATS:
@@ -461,12 +524,13 @@ def export_command(
     if fmt == "gguf":
         from minigpt.model.gguf_export import export_to_gguf
 
-        target = out_dir if out_dir.suffix == ".gguf" else out_dir / f"{Path(model).resolve().name}.gguf"
-        path = export_to_gguf(model, target, dtype=dtype, tokenizer_dir=tokenizer)
+        folder = out_dir.suffix != ".gguf"
+        target = out_dir / f"{Path(model).resolve().name}.gguf" if folder else out_dir
+        path = export_to_gguf(model, target, dtype=dtype, tokenizer_dir=tokenizer, overwrite=overwrite, own_folder=folder)
         print(f"exported {model} -> {path} (gguf) and {path.parent / 'Modelfile'}; "
               f"run it with llama.cpp (llama-cli -m {path}) or Ollama (ollama create NAME -f {path.parent / 'Modelfile'})")
         return path
-    path = export_to_hf(model, out_dir, fmt, tokenizer_dir=tokenizer, dtype=dtype)
+    path = export_to_hf(model, out_dir, fmt, tokenizer_dir=tokenizer, dtype=dtype, overwrite=overwrite)
     print(f"exported {model} -> {path} ({fmt}); load it with transformers.{fmt.capitalize()}ForCausalLM.from_pretrained({str(path)!r})")
     return path
 

@@ -94,6 +94,8 @@ def export_to_gguf(
     dtype: str | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
     modelfile: bool = True,
+    overwrite: bool = False,
+    own_folder: bool = False,
 ) -> Path:
     """Write `model_dir` as one GGUF file `out` (and an Ollama `Modelfile` beside it).
 
@@ -104,24 +106,49 @@ def export_to_gguf(
         tokenizer_dir: where the tokenizer is, if not in `model_dir`.
         modelfile: also write `Modelfile` (Ollama) next to `out`: `FROM ./<file>`, the ChatML
             template, the stop tokens, and the model's generation defaults.
+        overwrite: replace an existing `out` or `Modelfile` that no export made (and with
+            `own_folder`, write into a folder holding other files). Without it they are refused
+            before any work; files a previous export recorded in the folder's
+            `minigpt_export.json` are replaced either way.
+        own_folder: the folder of `out` is the export's own (`minigpt export --out DIR`): it
+            must be new, empty or a previous export, and gets a `minigpt_export.json` record.
 
     Returns the path of the GGUF file.
 
     Raises:
         UserError: a model llama.cpp's `llama` architecture cannot express (biases, an
-            encoder, a mixture of experts, a sliding window, RoPE scaling other than linear), a tokenizer that is
-            not byte-level BPE or lacks a chat template, or an unknown dtype.
+            encoder, a mixture of experts, a sliding window, RoPE scaling other than linear), a
+            reward model or embedder, no tokenizer, a tokenizer that is not byte-level BPE or
+            lacks a chat template, an unknown dtype, or an output that would replace files no
+            export made (without `overwrite`) or cannot be written.
     """
     import gguf
 
-    from minigpt.model.export import _load_source
+    from minigpt.errors import check_writable
+    from minigpt.model.export import EXPORT_MARKER, _load_source, previous_export_files
     from minigpt.tokenizer import load_tokenizer
     from minigpt.tokenizer.bpe import IM_END
 
     src = Path(model_dir)
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give the .gguf file's name")
+    check_writable(out)
+    folder = out.parent
+    owned: list[str] = []
+    if folder.is_dir() and (own_folder or (folder / EXPORT_MARKER).is_file()) and any(folder.iterdir()):
+        owned = previous_export_files(folder, overwrite)
+    for target in [out] + ([folder / "Modelfile"] if modelfile else []):
+        if target.exists() and target.name not in owned and not overwrite:
+            raise UserError(f"{target} already exists and no export made it; choose another --out, or pass "
+                            "--overwrite to replace it")
     model = _load_source(src)
     cfg = model.config
-    tok = load_tokenizer(tokenizer_dir or src)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else src
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise UserError(f"{tok_dir} holds no tokenizer (tokenizer.json), which a GGUF file must carry; "
+                        "pass --tokenizer DIR with the model's tokenizer")
+    tok = load_tokenizer(tok_dir)
     kind = {None: "float32", "auto": "float32", "float32": "float32", "fp32": "float32", "float16": "float16",
             "fp16": "float16"}.get(dtype if dtype is None else str(dtype).lower())
     if kind is None:
@@ -151,7 +178,6 @@ def export_to_gguf(
     if not getattr(tok, "chat_template", None):
         raise UserError(f"{src}: the tokenizer has no chat template to store in the GGUF file")
 
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
@@ -228,6 +254,12 @@ def export_to_gguf(
             tmp.unlink()
     if modelfile:
         _write_modelfile(out, model)
+    if own_folder or (folder / EXPORT_MARKER).is_file():
+        from minigpt.train.checkpoint import atomic_write_text
+
+        files = sorted(set(owned) | {out.name, EXPORT_MARKER} | ({"Modelfile"} if modelfile else set()))
+        atomic_write_text(folder / EXPORT_MARKER, json.dumps({"format": "gguf", "source": str(src), "files": files},
+                                                              indent=2) + "\n")
     return out
 
 

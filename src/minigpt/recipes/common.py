@@ -114,9 +114,12 @@ def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool, inputs: di
         UserError: one of the above, another process is using OUT, or OUT cannot be created
             or written.
     """
+    from minigpt.errors import check_writable
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another --out")
+    check_writable(out)
     for name, value in (inputs or {}).items():
         for path in value if isinstance(value, (list, tuple)) else [value]:
             if path and out.exists() and Path(path).exists() and Path(path).resolve() == out.resolve():

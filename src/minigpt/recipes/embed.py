@@ -53,7 +53,8 @@ def embed(
         `{"count", "dim", "out"}`.
 
     Raises:
-        UserError: not a model directory, no text, an unknown pooling.
+        UserError: not a model directory, no text, an unknown pooling, or an --out that is a
+            folder, an input, or unwritable (checked before any work).
     """
     import numpy as np
     import torch
@@ -62,6 +63,9 @@ def embed(
     from minigpt.model.loading import load_model_dir
     from minigpt.train.distributed import pick_device
 
+    from minigpt.errors import check_output_file
+
+    check_output_file(out, "--out", {"model": model, "data": data})
     if pooling is not None and pooling not in EMBEDDING_POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(EMBEDDING_POOLINGS)}, not {pooling!r}")
     cls = model_class_for(model)

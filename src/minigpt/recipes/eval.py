@@ -100,12 +100,22 @@ def evaluate(
         The report (as written to --out).
 
     Raises:
-        UserError: neither --model/--data nor --predictions, unknown metrics, or data that does
-            not carry what a metric needs.
+        UserError: neither --model/--data nor --predictions, unknown metrics, data that does
+            not carry what a metric needs, or an --out / --save_generations that is a folder,
+            an input, or unwritable (checked before any work).
     """
     from minigpt.evaluation.evaluate import evaluate_model, format_report, load_eval_examples
     from minigpt.evaluation.metrics import METRICS, score_predictions
 
+    from minigpt.errors import check_output_file
+
+    inputs = {"data": data, "predictions": predictions, "model": model, "reference_model": reference_model,
+              "reward_model": reward_model, "judge_model": judge_model}
+    for option, path in (("--out", out), ("--save_generations", save_generations)):
+        if path is not None:
+            check_output_file(path, option, inputs)
+    if out is not None and save_generations is not None and Path(out).absolute() == Path(save_generations).absolute():
+        raise UserError(f"--out and --save_generations are the same file ({out}); give two names")
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:

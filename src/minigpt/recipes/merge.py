@@ -24,6 +24,9 @@ def _check_out(out: Path, sources: list[Path], overwrite: bool) -> None:
     for src in sources:
         if out.resolve() == src.resolve():
             raise UserError(f"--out {out} is an input directory ({src}); choose another")
+    from minigpt.errors import check_writable
+
+    check_writable(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace the model in it, or choose another --out")

@@ -289,8 +289,10 @@ def score(
         raise UserError("give either --data or --prompt/--response, not both")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"--batch_size: must be an integer ≥ 1, got {batch_size!r}")
-    if out is not None and Path(out).is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name for the JSON lines")
+    if out is not None:
+        from minigpt.errors import check_output_file
+
+        check_output_file(out, "--out", {"model": model, "data": data})
     net, tok = load_reward_model(model, device=device)
     if max_length is None:
         max_length = net.config.max_position_embeddings

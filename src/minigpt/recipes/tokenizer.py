@@ -46,9 +46,12 @@ def tokenizer_command(
     """
     if max_chars is not None and max_chars <= 0:
         raise UserError(f"max_chars: must be positive or None, got {max_chars}")
+    from minigpt.errors import check_writable
+
     out_path = Path(out)
     if out_path.exists() and not out_path.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    check_writable(out_path)
     held = sorted(p.name for p in out_path.iterdir()) if out_path.is_dir() else []
     if held and not overwrite:
         model = any(name in held for name in ("config.json", "adapter_config.json")) or any(n.endswith(".safetensors") for n in held)
