@@ -4,9 +4,11 @@ byte and perplexity.
 * BLEU (Papineni et al. 2002) is sacrebleu's corpus BLEU (Post 2018, "A Call for Clarity in
   Reporting BLEU Scores"), with its `13a` tokenizer for English and `zh` for Chinese.
 * ROUGE-1/2/L (Lin 2004) are rouge-score's F-measures, averaged over the examples. rouge-score's
-  own tokenizer keeps only `[a-z0-9]` runs, which deletes Chinese text entirely, so
-  `MixedScriptTokenizer` is used instead: lower-cased latin words and digit runs as
-  rouge-score makes them, and every CJK character as a token of its own (the usual practice for
+  own tokenizer keeps only `[a-z0-9]` runs, which deletes every other script (Chinese,
+  Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, ...) entirely, so `MixedScriptTokenizer` is
+  used instead: words of any script as runs of letters, marks and digits (on ASCII text exactly
+  rouge-score's tokens), and every character of a script written without spaces between words
+  (Han, kana, hangul, Thai, Lao, Khmer, Myanmar) as a token of its own (the usual practice for
   Chinese ROUGE, e.g. the LCSTS and CLUE evaluations, where text is not word-segmented).
 * Every metric gets a percentile bootstrap interval (Efron & Tibshirani 1993, "An
   Introduction to the Bootstrap", ch. 13): the examples are resampled with replacement
@@ -17,6 +19,7 @@ byte and perplexity.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -34,23 +37,33 @@ _CJK = (
     "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
     "\uac00-\ud7af"  # hangul syllables
 )
-_TOKEN_RE = re.compile(rf"[{_CJK}]|[a-z0-9]+")
 _CJK_RE = re.compile(rf"[{_CJK}]")
+#: Scripts written without spaces between words: one token per character (with its marks).
+_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+
+
+@functools.cache
+def _token_re():
+    import regex
+
+    return regex.compile(rf"[{_UNSPACED}]\p{{M}}*|(?:(?![{_UNSPACED}])[\p{{L}}\p{{N}}])(?:(?![{_UNSPACED}])[\p{{L}}\p{{M}}\p{{N}}])*")
 
 
 class MixedScriptTokenizer:
-    """ROUGE tokenizer for English, Chinese and text mixing both.
+    """ROUGE tokenizer for text in any script, and text mixing scripts.
 
-    Lower-cases, then returns every CJK character (ideographs, kana, hangul) as one token and
-    every run of latin letters or digits as one token; everything else (punctuation, spaces)
-    separates tokens. On text without CJK characters this gives the tokens rouge-score's
-    default tokenizer gives (without stemming). `tokenize(text) -> list[str]` is the interface
-    rouge-score expects.
+    Lower-cases (Unicode case folding), then returns every character of a script written
+    without spaces between words (Han, hiragana, katakana, hangul, Thai, Lao, Khmer, Myanmar),
+    with the combining marks after it, as one token, and every run of letters, combining marks
+    and digits of the other scripts (Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, ...) as
+    one token; everything else (punctuation, spaces) separates tokens. On ASCII text this gives
+    the tokens rouge-score's default tokenizer gives (without stemming).
+    `tokenize(text) -> list[str]` is the interface rouge-score expects.
     """
 
     def tokenize(self, text: str) -> list[str]:
-        """`text` -> its tokens (strings), lower-cased."""
-        return _TOKEN_RE.findall(text.lower())
+        """`text` -> its tokens (strings), case-folded."""
+        return _token_re().findall(text.casefold())
 
 
 def has_cjk(texts: Sequence[str]) -> bool:
