@@ -357,13 +357,13 @@ def test_resume_equals_an_uninterrupted_run(env, tmp_path):
 
 
 def test_a_reward_model_dir_continues_with_its_head(env, trained, tmp_path):
-    """Starting from the trained reward model (lr 0, one step): the pre-training evaluation of
+    """Starting from the trained reward model (one step): the pre-training evaluation of
     the same held-out split is the trained run's final evaluation, so the head was loaded, not
     replaced by a fresh one (whose accuracy is near chance); the head options are ignored."""
     _, _, data = env
     out, m = trained
     again = reward(model=str(out), data=str(data), out=str(tmp_path / "again"), max_length=MAX_LENGTH,
-                   val_fraction=0.25, head_hidden_size=99, pooling="max", train=train_config(max_steps=1, lr=0.0))
+                   val_fraction=0.25, head_hidden_size=99, pooling="max", train=train_config(max_steps=1))
     assert again["val_accuracy_before"] == m["val_accuracy"] == 1.0
     assert again["val_loss_before"] == pytest.approx(m["val_loss"], abs=1e-6)
     cfg = json.loads((tmp_path / "again" / "config.json").read_text())

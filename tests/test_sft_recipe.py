@@ -343,11 +343,11 @@ def test_distill_fresh_student(env, tmp_path):
 
 
 def test_distill_student_equal_to_teacher_has_zero_kl(env, tmp_path):
-    """Student = the teacher's own directory, lr 0 (the student never moves): KL(p_T ‖ p_S) is
+    """Student = the teacher's own directory, lr 1e-12 (the student does not move): KL(p_T ‖ p_S) is
     0, and the student's held-out CE is the SFT recipe's `val_loss_before` of that same model
     on the same split (same seed, same packing)."""
     _, teacher, data = env
-    kw = dict(data=str(data), max_length=MAX_LENGTH, val_fraction=0.2, train=train_config(max_steps=1, lr=0.0))
+    kw = dict(data=str(data), max_length=MAX_LENGTH, val_fraction=0.2, train=train_config(max_steps=1, lr=1e-12))
     d = distill(teacher=str(teacher), student=str(teacher), out=str(tmp_path / "d"), **kw)
     s = sft(model=str(teacher), out=str(tmp_path / "s"), **kw)
     assert abs(d["val_kl"]) < 1e-6

@@ -134,3 +134,19 @@ def check_output_file(path, option: str = "--out", inputs: dict | None = None) -
                 raise UserError(f"{option} {path} {what} the --{name} input {source}; writing it would destroy "
                                 f"that input: choose another {option}")
     check_writable(target, option)
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds `torch.manual_seed` and `torch.Generator.manual_seed` accept."""
+
+
+def check_seed(seed, option: str = "--seed") -> None:
+    """Refuse a seed that torch cannot take (it would fail mid-run with an overflow).
+
+    Raises:
+        UserError: `seed` is not None and not an integer in [-2**63, 2**64 - 1].
+    """
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX:
+        raise UserError(f"{option}: must be an integer in [-2**63, 2**64 - 1], got {seed!r}")

@@ -244,6 +244,9 @@ def chat(
     )
     if dtype not in ENGINE_DTYPES and dtype != "auto":
         raise UserError(f"dtype must be auto or one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
+    from minigpt.errors import check_seed
+
+    check_seed(seed)
     net, tok = load_model_and_tokenizer(model, device, allow_base_mismatch=allow_base_mismatch)
     if dtype == "auto":
         dtype = pick_precision("auto", net.device)

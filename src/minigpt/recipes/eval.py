@@ -18,14 +18,20 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str]]:
     """`(predictions, references)` from a JSONL file of `{"prediction", "reference"}` lines.
 
     Raises:
-        UserError: a missing file, bad JSON, or a line without both strings (file:line named).
+        UserError: a missing file, a line that is not UTF-8 or not JSON, or a line without both
+            strings (file:line named).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     preds, refs = [], []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "predictions must be JSON lines in UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -107,8 +113,9 @@ def evaluate(
     from minigpt.evaluation.evaluate import evaluate_model, format_report, load_eval_examples
     from minigpt.evaluation.metrics import METRICS, score_predictions
 
-    from minigpt.errors import check_output_file
+    from minigpt.errors import check_output_file, check_seed
 
+    check_seed(seed)
     inputs = {"data": data, "predictions": predictions, "model": model, "reference_model": reference_model,
               "reward_model": reward_model, "judge_model": judge_model}
     for option, path in (("--out", out), ("--save_generations", save_generations)):

@@ -90,6 +90,9 @@ def generate(
         sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
         top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),
     )
+    from minigpt.errors import check_seed
+
+    check_seed(seed)
     net, tok = load_model_and_tokenizer(model, device, tokenizer, allow_base_mismatch)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     filters = {**sampling.filters(), "seed": seed}

@@ -86,6 +86,11 @@ def gym(
         raise UserError(f"--algo must be one of {', '.join(ALGORITHMS)}, not {algo!r}")
     if total_steps <= 0:
         raise UserError(f"--total_steps must be > 0, got {total_steps}")
+    from minigpt.errors import check_seed
+
+    check_seed(seed)
+    if seed < 0 or seed >= 2**32:
+        raise UserError(f"--seed: Gymnasium environments take seeds in [0, 2**32), got {seed}")
     kwargs = parse_env_kwargs(env_kwargs)
     check_env_id(env)
     _check_spaces(algo, env, kwargs)  # before OUT is touched

@@ -10,7 +10,7 @@ from typing import Any
 
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import apply_shorthands, refuse_existing_run
+from minigpt.recipes.common import apply_shorthands, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 
@@ -348,6 +348,8 @@ def pretrain(
     from minigpt.train.distributed import init_distributed, pick_device
 
     train = apply_shorthands(train, epochs, batch_size)
+    check_options(ewc_lambda=(ewc_lambda, ewc_lambda >= 0, "≥ 0 (0 = no EWC)"),
+                  kl_to_base=(kl_to_base, kl_to_base >= 0, "≥ 0 (0 = no KL penalty)"))
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     if resume and tokenizer is None and (out_dir / "tokenizer" / "tokenizer.json").is_file():

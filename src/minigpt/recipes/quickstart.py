@@ -181,6 +181,11 @@ def quickstart(
 
     from minigpt.train.distributed import pick_device, pick_precision
 
+    from minigpt.errors import UserError, check_seed
+
+    check_seed(seed)
+    if seed < 0 or seed > 2**63 - 4:
+        raise UserError(f"--seed: must be in [0, 2**63 - 4] (stages use seed + 1 .. seed + 3), got {seed}")
     t0 = time.time()
     root = Path(out)
     precision = pick_precision("auto", pick_device(device))

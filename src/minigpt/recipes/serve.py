@@ -32,6 +32,9 @@ def build_server(
     from minigpt.inference.server import OpenAIServer, create_app
     from minigpt.tokenizer.chat import chat_eos_ids
 
+    from minigpt.errors import check_seed
+
+    check_seed(seed)
     if max_request_bytes < 1024:
         raise UserError(f"--max_request_bytes must be at least 1024, got {max_request_bytes}")
     net, tok = load_model_and_tokenizer(model, device, allow_base_mismatch=allow_base_mismatch)

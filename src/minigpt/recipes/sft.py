@@ -261,6 +261,11 @@ def sft(
     check_options(
         **{lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = full fine-tuning)")},
         reasoning_tag_weight=(reasoning_tag_weight, reasoning_tag_weight >= 0, "≥ 0"),
+        ewc_lambda=(ewc_lambda, ewc_lambda >= 0, "≥ 0 (0 = no EWC)"),
+        kl_to_base=(kl_to_base, kl_to_base >= 0, "≥ 0 (0 = no KL penalty)"),
+        fisher_rows=(fisher_rows, fisher_rows >= 1, "an integer ≥ 1"),
+        replay_ratio=(replay_ratio, 0 < replay_ratio < 1, "in (0, 1): the share of each epoch drawn from --replay_data"),
+        ewc_data=(ewc_data, not ewc_data or ewc_lambda > 0, "given only with --ewc_lambda > 0 (without it the data is never read)"),
     )
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
     if lora.rank <= 0 and (lora.dora or lora.qlora):

@@ -98,7 +98,7 @@ class TrainConfig:
         need(self.epochs is None or (number(self.epochs) and self.epochs > 0), "epochs", "None or > 0")
         need(integer(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer ≥ 1")
         need(integer(self.grad_accum) and self.grad_accum >= 1, "grad_accum", "an integer ≥ 1")
-        need(number(self.lr) and self.lr >= 0, "lr", "a number ≥ 0 (0 trains nothing)")
+        need(number(self.lr) and self.lr > 0, "lr", "a number > 0 (with 0 the weights would never change)")
         need(number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         need(integer(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0")
         need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number ≥ 0")
@@ -109,3 +109,4 @@ class TrainConfig:
         for field in ("eval_interval", "eval_batches", "save_interval", "keep_last"):
             need(integer(getattr(self, field)) and getattr(self, field) >= 0, field, "an integer ≥ 0")
         need(integer(self.log_interval) and self.log_interval >= 1, "log_interval", "an integer ≥ 1")
+        need(integer(self.seed) and -(2**63) <= self.seed < 2**63, "seed", "an integer in [-2**63, 2**63)")
