@@ -407,7 +407,7 @@ def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
     "argv, message",
     [
         (["sft", "--train.log_interval", "0"], "train.log_interval: must be an integer ≥ 1, got 0"),
-        (["sft", "--train.lr=-1e-3"], "train.lr: must be a number ≥ 0"),
+        (["sft", "--train.lr=-1e-3"], "train.lr: must be a number > 0"),
         (["sft", "--train.beta2", "1.5"], "train.beta2: must be in [0, 1)"),
         (["sft", "--train.max_time=-1"], "train.max_time: must be None or > 0"),
         (["sft", "--train.epochs", "0"], "train.epochs: must be None or > 0"),
@@ -612,7 +612,7 @@ def test_cli_impossible_model_settings_are_one_line(tiny_run, tmp_path, capsys, 
 
 def test_cli_score_bad_batch_size_and_out_directory(tiny_run, tmp_path, capsys):
     src, _, _ = tiny_run
-    for extra, message in ((["--batch_size", "0"], "--batch_size: must be an integer ≥ 1"), (["--out", str(tmp_path)], "is a directory")):
+    for extra, message in ((["--batch_size", "0"], "--batch_size: must be an integer ≥ 1"), (["--out", str(tmp_path)], "is a folder")):
         assert main(["score", "--model", str(src), "--prompt", "p", "--response", "r", *extra]) == 2
         assert message in capsys.readouterr().err
 

@@ -519,7 +519,7 @@ def test_export_refuses_foreign_directories_and_replaces_previous_export(tmp_pat
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="no export made"):
         export_to_llama(model, busy)
     assert (busy / "notes.txt").read_text() == "mine"
 
