@@ -215,7 +215,8 @@ def worker_minigpt(args, work: Path) -> dict:
 
     from minigpt.data.prompts import PromptDataset, collate_prompts
     from minigpt.objectives.grpo import GRPOObjective
-    from minigpt.recipes.sft import chat_eos_ids, load_base_model
+    from minigpt.recipes.sft import load_base_model
+    from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.rl.grpo import GRPOConfig
     from minigpt.rl.rewards import CombinedReward
     from minigpt.train.callbacks import Callback

@@ -93,7 +93,7 @@ def _done(path: Path) -> bool:
 def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -> dict:
     """Greedy answer accuracy, format rate and mean length on the first `n_test` test problems."""
     from minigpt.data.prompts import PromptDataset
-    from minigpt.recipes.grpo import evaluate_policy
+    from minigpt.rl.evaluation import evaluate_policy
     from minigpt.recipes.sft import load_base_model
     from minigpt.rl.rewards import make_reward
 

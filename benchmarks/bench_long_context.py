@@ -58,7 +58,7 @@ def main() -> None:
 
     import minigpt  # noqa: F401
     from minigpt.model.modeling import set_rope_scaling
-    from minigpt.recipes.generate import load_model_and_tokenizer
+    from minigpt.inference.loading import load_model_and_tokenizer
 
     c = a.context
     with tempfile.TemporaryDirectory() as tmp:

@@ -123,8 +123,8 @@ def win_rate(args, policy_dir: Path, val_examples) -> dict:
     """Reward-model win rate of the PPO policy's replies over the SFT model's on the held-out
     prompts (same prompts, sampling settings and per-batch seeds for both;
     `minigpt.rl.evaluation`)."""
-    from minigpt.recipes.generate import load_model_and_tokenizer
-    from minigpt.recipes.reward import load_reward_model
+    from minigpt.inference.loading import load_model_and_tokenizer
+    from minigpt.model.loading import load_reward_model
     from minigpt.rl.evaluation import sample_replies, win_rate as rm_win_rate
 
     rm, _ = load_reward_model(args.rm)
@@ -151,7 +151,7 @@ def win_rate(args, policy_dir: Path, val_examples) -> dict:
 
 
 def run(args) -> dict:
-    from minigpt.recipes.generate import load_model_and_tokenizer
+    from minigpt.inference.loading import load_model_and_tokenizer
     from minigpt.recipes.reward import check_same_tokenizer
 
     out = Path(args.out)

@@ -87,8 +87,8 @@ def win_rates(args, out: Path) -> dict:
     held-out prompts (same prompts, sampling settings and seed for every model;
     `minigpt.rl.evaluation`)."""
     from minigpt.data.preference import PreferenceDataset, split_preference
-    from minigpt.recipes.generate import load_model_and_tokenizer
-    from minigpt.recipes.reward import load_reward_model
+    from minigpt.inference.loading import load_model_and_tokenizer
+    from minigpt.model.loading import load_reward_model
     from minigpt.rl.evaluation import sample_replies, win_rate
 
     rm, rm_tok = load_reward_model(out / "rm")

@@ -108,7 +108,7 @@ def run(args) -> dict:
 
     if not args.no_chat:
         from minigpt.inference.chat import ChatSession
-        from minigpt.recipes.generate import load_model_and_tokenizer
+        from minigpt.inference.loading import load_model_and_tokenizer
         import torch
 
         transcripts = []

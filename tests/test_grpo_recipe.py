@@ -187,7 +187,7 @@ def test_sampled_evaluation_is_seeded_and_separate_from_greedy(env):
     """`evaluate_policy(samples=k)` adds mean@k rewards at the given temperature: the same call
     twice gives the same figures (seeded draws), the greedy figures are those of a greedy-only
     call, and a length reward's sampled mean differs from its greedy value on a random model."""
-    from minigpt.recipes.grpo import evaluate_policy
+    from minigpt.rl.evaluation import evaluate_policy
     from minigpt.tokenizer import load_tokenizer
 
     tok = load_tokenizer(env[1])

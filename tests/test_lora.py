@@ -18,7 +18,7 @@ from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, count_parameters
 from minigpt.model.lora import adapters_disabled, apply_lora, apply_prefix_tuning, load_adapter, merge_lora
 from minigpt.objectives.lm import CausalLMObjective
-from minigpt.recipes.generate import load_model_and_tokenizer
+from minigpt.inference.loading import load_model_and_tokenizer
 from minigpt.recipes.merge import merge
 from minigpt.model.checks import model_fingerprint
 from minigpt.tokenizer import load_tokenizer, train_tokenizer

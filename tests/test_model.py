@@ -28,7 +28,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 import minigpt
 from minigpt.errors import UserError
 from minigpt.model import PRESETS, MiniGPTConfig, MiniGPTForCausalLM, count_parameters
-from minigpt.model.export import EXPORT_MARKER, export_command, export_to_llama
+from minigpt.model.export import EXPORT_MARKER, export_to_llama
+from minigpt.recipes.export import export_command
 
 ATOL = 1e-5
 RTOL = 1e-5

@@ -165,7 +165,8 @@ def test_save_load_roundtrip_keeps_moe(tmp_path):
 def test_export_to_mixtral_loads_in_plain_transformers_with_the_same_logits(tmp_path):
     from transformers import MixtralForCausalLM
 
-    from minigpt.model.export import export_command, export_to_hf
+    from minigpt.model.export import export_to_hf
+    from minigpt.recipes.export import export_command
 
     model = moe_model(seed=9)
     export_to_hf(model, tmp_path / "mixtral", "mixtral")

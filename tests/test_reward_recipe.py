@@ -23,7 +23,8 @@ import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
 from minigpt.errors import UserError
 from minigpt.model.reward import MiniGPTRewardModel
-from minigpt.recipes.reward import check_same_tokenizer, load_reward_model, reward, score
+from minigpt.model.loading import check_same_tokenizer, load_reward_model
+from minigpt.recipes.reward import reward, score
 from minigpt.tokenizer import load_tokenizer, train_tokenizer
 from minigpt.train.config import TrainConfig
 from tiny_models import save_tiny_chat_model

@@ -224,7 +224,7 @@ def lora_run(env):
 def test_lora_sft_saves_the_adapter_alone_and_leaves_the_base(env, lora_run):
     from safetensors import safe_open
 
-    from minigpt.recipes.generate import load_model_and_tokenizer
+    from minigpt.inference.loading import load_model_and_tokenizer
 
     _, base, _ = env
     out, before = lora_run
@@ -258,7 +258,7 @@ def test_merge_of_an_sft_adapter_equals_the_adapted_model(env, lora_run, tmp_pat
     the adapted model's logits (the only difference is float summation order)."""
     from transformers import AutoModelForCausalLM
 
-    from minigpt.recipes.generate import load_model_and_tokenizer
+    from minigpt.inference.loading import load_model_and_tokenizer
 
     _, base, _ = env
     out, _ = lora_run
@@ -300,7 +300,7 @@ def test_overwrite_replaces_the_previous_kind_of_model(env, tmp_path, first_lora
     + model.safetensors, no adapter files) or an adapter alone (no config.json / model weights),
     and loading OUT gives adapters exactly when the second run was LoRA."""
     from minigpt.model.lora import has_lora
-    from minigpt.recipes.generate import load_model_and_tokenizer
+    from minigpt.inference.loading import load_model_and_tokenizer
 
     out = tmp_path / "out"
     for lora, overwrite in ((first_lora, False), (second_lora, True)):

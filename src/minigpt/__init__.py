@@ -5,26 +5,71 @@ Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `tra
 `AutoModelForCausalLM.from_pretrained(run_dir)`.
 """
 
-from minigpt.errors import UserError
-from minigpt.data.sft import SFTDataset
-from minigpt.model import PRESETS, MiniGPT, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel, MiniGPTRewardModel, apply_lora, count_parameters
-from minigpt.model.encoder import MiniGPTForMaskedLM
-from minigpt.pretraining import ContrastiveConfig, MLMConfig, TextAugmentation, create_contrastive_pretrainer, create_mlm_pretrainer
-from minigpt.rl import (
-    DPOConfig,
-    GRPOConfig,
-    RewardModelTrainer,
-    RLHFConfig,
-    RLHFPipeline,
-    create_dpo_trainer,
-    create_grpo_trainer,
-    create_reward_model,
-    create_rlhf_pipeline,
-    create_rlhf_trainer,
-)
-from minigpt.train.callbacks import Callback
-from minigpt.train.config import TrainConfig
-from minigpt.train.loop import Trainer, TrainingDivergedError
+import sys as _sys
+
+from minigpt._lazy import lazy_exports
+
+_EXPORTS = {
+    "UserError": "minigpt.errors",
+    "SFTDataset": "minigpt.data.sft",
+    **dict.fromkeys(["PRESETS", "MiniGPT", "MiniGPTConfig", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTRewardModel",
+                     "apply_lora", "count_parameters"], "minigpt.model"),
+    "MiniGPTForMaskedLM": "minigpt.model.encoder",
+    **dict.fromkeys(["ContrastiveConfig", "MLMConfig", "TextAugmentation", "create_contrastive_pretrainer",
+                     "create_mlm_pretrainer"], "minigpt.pretraining"),
+    **dict.fromkeys(["DPOConfig", "GRPOConfig", "RewardModelTrainer", "RLHFConfig", "RLHFPipeline", "create_dpo_trainer",
+                     "create_grpo_trainer", "create_reward_model", "create_rlhf_pipeline", "create_rlhf_trainer"],
+                    "minigpt.rl"),
+    "Callback": "minigpt.train.callbacks",
+    "TrainConfig": "minigpt.train.config",
+    **dict.fromkeys(["Trainer", "TrainingDivergedError"], "minigpt.train.loop"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+def _register_with_transformers() -> None:
+    """Register the MiniGPT classes with transformers' Auto classes (importing their modules,
+    which register themselves)."""
+    import minigpt.model.encoder  # noqa: F401
+    import minigpt.model.modeling  # noqa: F401
+    import minigpt.model.reward  # noqa: F401
+
+
+class _RegisterWhenTransformersLoads:
+    """A `sys.meta_path` finder that lets the other finders find `transformers`, and makes its
+    loader register the MiniGPT classes right after the module has run. So `import minigpt`
+    stays cheap (no torch, no transformers), and `AutoModelForCausalLM.from_pretrained(run_dir)`
+    still works after `import minigpt`, whichever of the two is imported first."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        import importlib.util
+
+        if self in _sys.meta_path:
+            _sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            run(module)
+            try:
+                _register_with_transformers()
+            except Exception as e:  # never break the user's import of transformers
+                import warnings
+
+                warnings.warn(f"minigpt could not register its models with transformers: {e}", stacklevel=2)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "transformers" in _sys.modules:
+    _register_with_transformers()
+elif not any(isinstance(f, _RegisterWhenTransformersLoads) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _RegisterWhenTransformersLoads())
 
 try:  # the installed distribution's version: one number, in pyproject.toml
     from importlib.metadata import PackageNotFoundError, version as _version

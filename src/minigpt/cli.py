@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
 def _commands() -> dict[str, Callable]:
-    from minigpt.model.export import export_command
+    from minigpt.recipes.export import export_command
     from minigpt.recipes.chat import chat
     from minigpt.recipes.distill import distill
     from minigpt.recipes.dpo import dpo
@@ -78,16 +78,24 @@ def _underscore_options(argv: list[str]) -> list[str]:
     return out
 
 
-def build_parser():
-    """The `minigpt` argument parser with one subcommand per recipe."""
-    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, set_parsing_settings
+def build_parser(command: str | None = None):
+    """The `minigpt` argument parser with one subcommand per recipe.
+
+    Only `command`'s options are built from its signature (the slow part: types, dataclasses
+    and docstrings); the other subcommands get a name and a description, enough for
+    `minigpt --help`. None builds every subcommand's options."""
+    from jsonargparse import ActionConfigFile, ActionYesNo, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    ArgumentParser = _parser_class()
     parser = ArgumentParser(prog="minigpt", description="Train a small GPT from raw text to a chat model.", env_prefix="MINIGPT", default_env=False)
     sub = parser.add_subcommands(dest="command")
     for name, fn in _commands().items():
         doc = inspect.getdoc(fn) or ""
-        p = ArgumentParser(description=doc.split("\n\nArgs:")[0])
+        p = ArgumentParser(prog=f"minigpt {name}", description=doc.split("\n\nArgs:")[0])
+        if command is not None and name != command:
+            sub.add_subcommand(name, p, help=doc.split("\n")[0])
+            continue
         p.add_argument("--config", action=ActionConfigFile, help="YAML file of option values (later options override it).")
         params = inspect.signature(fn).parameters
         # Plain booleans read better as switches (--resume / --no_resume) than `--resume true`.
@@ -99,6 +107,120 @@ def build_parser():
             p.add_argument(f"--{f}", action=ActionYesNo, default=params[f].default, help=arg_help.get(f, ""))
         sub.add_subcommand(name, p, help=doc.split("\n")[0])
     return parser
+
+
+class CommandLineError(Exception):
+    """The options did not parse; `parser` is the (sub)command's parser, for suggestions."""
+
+    def __init__(self, message: str, parser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+def _parser_class():
+    """jsonargparse's `ArgumentParser` whose errors raise `CommandLineError` instead of printing
+    the whole usage (50 lines for some commands) and exiting: `_main` prints one line."""
+    from jsonargparse import ArgumentParser
+
+    class Parser(ArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            raise CommandLineError(message, getattr(ex, "subcommand_parser", None) or self)
+
+    return Parser
+
+
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+"""The values a boolean option takes (any case)."""
+
+
+def _option_kinds(parser) -> tuple[set[str], set[str], list[str]]:
+    """`(switches, typed_booleans, every_option)` of a subcommand parser: options that are
+    `--x / --no_x` switches, options whose type is bool or bool | None, and all option strings."""
+    import argparse
+
+    switches, typed, every = set(), set(), []
+    for action in parser._actions:
+        every += [o for o in action.option_strings if o.startswith("--") and not o.endswith("+")]
+        if type(action).__name__ == "ActionYesNo":
+            switches.add(action.option_strings[0])
+        elif getattr(action, "_typehint", None) in (bool, bool | None) and not isinstance(action, argparse._HelpAction):
+            typed.update(action.option_strings)
+    return switches, typed, every
+
+
+def normalize_booleans(argv: list[str], switches: set[str], typed: set[str]) -> list[str]:
+    """One spelling for every boolean option: `--x`, `--x true|false` and `--x=false` all work,
+    whether `--x` is a switch (`--packing`, which also has `--no_packing`) or a typed field
+    (`--train.fsdp`). Switches are rewritten to `--x` / `--no_x`; a typed field given alone
+    gets `true`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return out + argv[i:]
+        name, eq, value = arg.partition("=")
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if name in switches:
+            word = value if eq else (following if following is not None and following.lower() in BOOL_WORDS else None)
+            if word is not None and word.lower() in BOOL_WORDS:
+                out.append(name if BOOL_WORDS[word.lower()] else "--no_" + name[2:])
+                i += 1 if eq else 2
+                continue
+        elif name in typed and not eq and (following is None or following.startswith("--")):
+            out += [arg, "true"]
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+_TYPE_WORDS = {"dict": "a JSON object such as '{\"key\": 1}'", "list": "a JSON list such as '[0, 3]'",
+               "NoneType": "null", "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def describe_parse_error(message: str, parser, commands, command: str = "") -> str:
+    """One line for a jsonargparse error: an unknown option with the closest known ones, an
+    unknown command with the closest command, or a value that does not parse with the option
+    named and the expected type."""
+    import difflib
+    import re
+
+    first = message.strip().splitlines()[0] if message.strip() else "bad arguments"
+    see = f" (see minigpt {command} --help)" if command else " (see minigpt --help)"
+    unknown = re.match(r"unrecognized arguments: (.*)", first, re.IGNORECASE)
+    if unknown:
+        _, _, every = _option_kinds(parser)
+        given = [t for t in unknown.group(1).split() if t.startswith("--")]
+        if given:
+            parts = []
+            for opt in given:
+                close = difflib.get_close_matches(opt.split("=")[0], every, n=2, cutoff=0.6)
+                parts.append(f"unknown option {opt.split('=')[0]}" + (f"; did you mean {' or '.join(close)}?" if close else ""))
+            return "; ".join(parts) + see
+        return f"unexpected argument {unknown.group(1)!r}" + see
+    choice = re.search(r"invalid choice: '([^']*)'", first)
+    if choice and "command" in first:
+        close = difflib.get_close_matches(choice.group(1), list(commands), n=1, cutoff=0.5)
+        return f"unknown command {choice.group(1)!r}" + (f"; did you mean {close[0]}?" if close else "") + " (see minigpt --help)"
+    key = re.match(r'Parser key "([^"]+)":', first)
+    if key:
+        body = message.strip()
+        subtypes = re.search(r"Subtypes: \[(.*)\]\s*$", body, re.MULTILINE)
+        got = re.search(r"Given value: (.*)|Got value: (.*)", body)
+        value = next((g for g in (got.groups() if got else ()) if g), None)
+        if subtypes:
+            names = [re.sub(r"<class '([^']+)'>", r"\1", t).strip() for t in re.split(r",\s*(?![^\[]*\])", subtypes.group(1))]
+            expected = " or ".join(_TYPE_WORDS.get(n, n) for n in names)
+        else:
+            kind = re.search(r"Expected a <class '(\w+)'>", body)
+            expected = _TYPE_WORDS.get(kind.group(1), kind.group(1)) if kind else None
+        if expected:
+            return f"--{key.group(1)}: expected {expected}" + (f", got {value.strip()}" if value else "") + see
+        detail = " ".join(line.strip() for line in body.splitlines()[1:3])
+        return f"--{key.group(1)}: {detail[:300]}" + see
+    return " ".join(line.strip() for line in message.strip().splitlines())[:400]
 
 
 def _arg_help(doc: str) -> dict[str, str]:
@@ -154,11 +276,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from minigpt.errors import UserError
-    from minigpt.train.loop import TrainingDivergedError, TrainingInterrupted
+    from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
 
-    parser = build_parser()
     argv = _underscore_options(list(sys.argv[1:] if argv is None else argv))
-    cfg = parser.parse_args(argv)
+    commands = _commands()
+    command = argv[0] if argv and argv[0] in commands else ""
+    parser = build_parser(command)
+    if command:
+        switches, typed, _ = _option_kinds(parser._subcommands_action._name_parser_map[command])
+        argv = [command] + normalize_booleans(argv[1:], switches, typed)
+    try:
+        cfg = parser.parse_args(argv)
+    except CommandLineError as e:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank speaks
+            print(f"minigpt{' ' + command if command else ''}: error: {describe_parse_error(str(e), e.parser, commands, command)}",
+                  file=sys.stderr)
+        return 2
     name = cfg.command
     try:
         init = parser.instantiate(cfg)  # builds the config dataclasses, which validate themselves

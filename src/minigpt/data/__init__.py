@@ -1,33 +1,38 @@
 """Data: raw-text and record loaders, the pretraining token cache, packing, splitting and
 sampling, SFT datasets (rendered conversations with loss masks), preference datasets (pairs
-and KTO examples) and generated SFT sets."""
+and KTO examples) and generated SFT sets.
 
-from minigpt.data.loaders import DOC_SEPARATOR, SUPPORTED_SUFFIXES, iter_documents, iter_records, resolve_source
-from minigpt.data.pretrain import (
-    FORMAT_VERSION,
-    BlockSampler,
-    PackedDataset,
-    TokenFile,
-    build_token_file,
-    split_train_val,
-)
-from minigpt.data.preference import (
-    PreferenceDataset,
-    PreferencePair,
-    UnpairedExample,
-    UnpairedPreferenceDataset,
-    collate_preference,
-    collate_unpaired,
-    split_preference,
-)
-from minigpt.data.sft import (
-    PackedSFTDataset,
-    PaddedSFTDataset,
-    SFTDataset,
-    collate_packed,
-    collate_padded,
-    split_examples,
-)
+The names are imported on first use (`minigpt._lazy`): importing the package is cheap."""
+
+from minigpt._lazy import lazy_exports
+
+_EXPORTS = {
+    "DOC_SEPARATOR": "minigpt.data.loaders",
+    "SUPPORTED_SUFFIXES": "minigpt.data.loaders",
+    "iter_documents": "minigpt.data.loaders",
+    "iter_records": "minigpt.data.loaders",
+    "resolve_source": "minigpt.data.loaders",
+    "FORMAT_VERSION": "minigpt.data.pretrain",
+    "BlockSampler": "minigpt.data.pretrain",
+    "PackedDataset": "minigpt.data.pretrain",
+    "TokenFile": "minigpt.data.pretrain",
+    "build_token_file": "minigpt.data.pretrain",
+    "split_train_val": "minigpt.data.pretrain",
+    "PreferenceDataset": "minigpt.data.preference",
+    "PreferencePair": "minigpt.data.preference",
+    "UnpairedExample": "minigpt.data.preference",
+    "UnpairedPreferenceDataset": "minigpt.data.preference",
+    "collate_preference": "minigpt.data.preference",
+    "collate_unpaired": "minigpt.data.preference",
+    "split_preference": "minigpt.data.preference",
+    "PackedSFTDataset": "minigpt.data.sft",
+    "PaddedSFTDataset": "minigpt.data.sft",
+    "SFTDataset": "minigpt.data.sft",
+    "collate_packed": "minigpt.data.sft",
+    "collate_padded": "minigpt.data.sft",
+    "split_examples": "minigpt.data.sft",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DOC_SEPARATOR",

@@ -4,14 +4,26 @@ advantage and policy-loss functions as RLHF (`minigpt.losses.advantages`, `minig
 Python API, one `train_*` per algorithm, each `train_x(env_id, config, total_steps, seed,
 env_kwargs=None, out_dir=None)` returning the policy, its deterministic evaluation
 (`{"mean_return", "std_return", "episodes"}`) and the episode returns.
-"""
 
-from minigpt.gym.a2c import A2CConfig, train_a2c
-from minigpt.gym.actor_critic import ActorCriticMLP
-from minigpt.gym.dqn import DQNConfig, train_dqn
-from minigpt.gym.ppo import PPOConfig, train_ppo
-from minigpt.gym.qlearning import QLearningConfig, QTable, train_qlearning
-from minigpt.gym.reinforce import REINFORCEConfig, train_reinforce
+The names are imported on first use (`minigpt._lazy`): importing the package is cheap."""
+
+from minigpt._lazy import lazy_exports
+
+_EXPORTS = {
+    "A2CConfig": "minigpt.gym.config",
+    "train_a2c": "minigpt.gym.a2c",
+    "ActorCriticMLP": "minigpt.gym.actor_critic",
+    "DQNConfig": "minigpt.gym.config",
+    "train_dqn": "minigpt.gym.dqn",
+    "PPOConfig": "minigpt.gym.config",
+    "train_ppo": "minigpt.gym.ppo",
+    "QLearningConfig": "minigpt.gym.config",
+    "QTable": "minigpt.gym.qlearning",
+    "train_qlearning": "minigpt.gym.qlearning",
+    "REINFORCEConfig": "minigpt.gym.config",
+    "train_reinforce": "minigpt.gym.reinforce",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "A2CConfig", "ActorCriticMLP", "DQNConfig", "PPOConfig", "QLearningConfig", "QTable", "REINFORCEConfig",

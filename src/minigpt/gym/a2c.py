@@ -17,56 +17,12 @@ import torch
 from torch import nn
 
 from minigpt.config import DictConfig
+from minigpt.gym.config import A2CConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
 from minigpt.gym.common import RunRecorder, make_vector_env, torch_seed
 from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
-
-
-@dataclass
-class A2CConfig(DictConfig):
-    """A2C's hyper-parameters. Defaults are SB3's except the network: a shared trunk here (the
-    A3C paper's form), separate actor and critic networks in SB3. `shared: false, vf_coef: 1.0`
-    is SB3's A2C exactly (configs/gym/a2c_cartpole.yaml); on CartPole-v1 it learns faster than
-    the shared trunk (benchmarks/bench_gym.py)."""
-
-    num_envs: int = 8
-    """Environments stepped together."""
-    num_steps: int = 5
-    """Steps per environment in one rollout (the n of n-step returns)."""
-    gamma: float = 0.99
-    """Discount γ."""
-    gae_lambda: float = 1.0
-    """GAE λ (1: n-step returns bootstrapped from the last value)."""
-    learning_rate: float = 7e-4
-    """Learning rate."""
-    optimizer: str = "rmsprop"
-    """rmsprop (α 0.99, ε 1e-5, as A2C implementations use) or adam."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value-loss coefficient. The value loss is ½(V − R)² (CleanRL's form); SB3 uses (V − R)², so
-    SB3's vf_coef c is 2c here."""
-    max_grad_norm: float = 0.5
-    """Clip the global gradient norm."""
-    normalize_advantage: bool = False
-    """Whiten each rollout's advantages."""
-    shared: bool = True
-    """One trunk for the actor and critic heads (else two networks)."""
-    hidden_size: int = 64
-    """Width of the hidden layers."""
-    eval_episodes: int = 10
-    """Deterministic evaluation episodes after training (eval.json)."""
-
-    def __post_init__(self) -> None:
-        self.require([
-            (self.num_envs >= 1 and self.num_steps >= 1, "num_envs and num_steps must be >= 1"),
-            (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must be in [0, 1]"),
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.optimizer in ("rmsprop", "adam"), "optimizer must be rmsprop or adam"),
-            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
-        ])
 
 
 def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,

@@ -17,62 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from minigpt.config import DictConfig
+from minigpt.gym.config import DQNConfig
 from minigpt.errors import UserError
 from minigpt.gym.common import RunRecorder, make_env, torch_seed
 from minigpt.gym.qlearning import linear_schedule
-
-
-@dataclass
-class DQNConfig(DictConfig):
-    """DQN's hyper-parameters (defaults close to SB3's, for classic control)."""
-
-    learning_rate: float = 1e-3
-    """Adam learning rate."""
-    anneal_lr: bool = False
-    """Decay the learning rate linearly to 0 over the run (steadies the greedy policy late in
-    training, when the buffer holds mostly successful episodes)."""
-    buffer_size: int = 50_000
-    """Transitions kept in the replay buffer (oldest replaced first)."""
-    batch_size: int = 64
-    """Transitions per gradient step."""
-    learning_starts: int = 1000
-    """Environment steps taken (at random) before learning starts."""
-    gamma: float = 0.99
-    """Discount γ."""
-    train_freq: int = 4
-    """Environment steps between training rounds."""
-    gradient_steps: int = 1
-    """Gradient steps per training round."""
-    target_update_interval: int = 500
-    """With tau = 1: environment steps between hard copies of the online network."""
-    tau: float = 1.0
-    """1: hard copies; < 1: soft updates θ' ← τ·θ + (1 − τ)·θ' after every gradient step."""
-    epsilon_start: float = 1.0
-    """ε at the first step."""
-    epsilon_end: float = 0.05
-    """ε after the decay."""
-    exploration_fraction: float = 0.2
-    """Share of total_steps over which ε decays linearly."""
-    double: bool = False
-    """Double DQN: the online network picks the next action, the target network scores it."""
-    dueling: bool = False
-    """Dueling head: Q = V + A − mean(A)."""
-    hidden_size: int = 128
-    """Width of the two hidden (ReLU) layers."""
-    max_grad_norm: float = 10.0
-    """Clip the global gradient norm."""
-    eval_episodes: int = 10
-    """Deterministic (greedy) evaluation episodes after training (eval.json)."""
-
-    def __post_init__(self) -> None:
-        self.require([
-            (self.learning_rate > 0 and 0 <= self.gamma <= 1, "learning_rate must be > 0 and gamma in [0, 1]"),
-            (self.buffer_size >= self.batch_size >= 1, "need buffer_size >= batch_size >= 1"),
-            (self.learning_starts >= 0 and self.train_freq >= 1 and self.gradient_steps >= 1, "learning_starts >= 0, train_freq and gradient_steps >= 1"),
-            (self.target_update_interval >= 1 and 0 < self.tau <= 1, "target_update_interval must be >= 1 and tau in (0, 1]"),
-            (0 <= self.epsilon_end <= self.epsilon_start <= 1, "need 0 <= epsilon_end <= epsilon_start <= 1"),
-            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
-        ])
 
 
 def dueling_q(value: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

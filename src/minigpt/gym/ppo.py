@@ -21,62 +21,12 @@ import torch
 from torch import nn
 
 from minigpt.config import DictConfig
+from minigpt.gym.config import PPOConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
 from minigpt.gym.common import RunRecorder, make_vector_env, torch_seed
 from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
-
-
-@dataclass
-class PPOConfig(DictConfig):
-    """PPO's hyper-parameters (defaults: CleanRL's and SB3's for classic control)."""
-
-    num_envs: int = 4
-    """Environments stepped together (gymnasium.vector.SyncVectorEnv)."""
-    num_steps: int = 128
-    """Steps per environment in one rollout (rollout size = num_envs × num_steps)."""
-    gamma: float = 0.99
-    """Discount γ."""
-    gae_lambda: float = 0.95
-    """GAE λ."""
-    num_epochs: int = 4
-    """Passes over each rollout."""
-    num_minibatches: int = 4
-    """Minibatches per pass."""
-    learning_rate: float = 2.5e-4
-    """Adam learning rate."""
-    anneal_lr: bool = True
-    """Decay the learning rate linearly to 0 over the run."""
-    clip_range: float = 0.2
-    """ε of the clipped surrogate."""
-    anneal_clip_range: bool = False
-    """Decay ε linearly to 0 over the run, as RL Zoo's `lin_0.2` schedules do."""
-    clip_range_vf: float | None = None
-    """Clip the value update to ±this around the rollout's values (None: no clipping)."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value-loss coefficient. The value loss is ½(V − R)² (CleanRL's form); SB3 uses (V − R)², so
-    SB3's vf_coef c is 2c here."""
-    max_grad_norm: float = 0.5
-    """Clip the global gradient norm."""
-    normalize_advantage: bool = True
-    """Whiten advantages per minibatch."""
-    hidden_size: int = 64
-    """Width of the two hidden layers of the actor and of the critic."""
-    eval_episodes: int = 10
-    """Deterministic evaluation episodes after training (eval.json)."""
-
-    def __post_init__(self) -> None:
-        self.require([
-            (self.num_envs >= 1 and self.num_steps >= 1, "num_envs and num_steps must be >= 1"),
-            (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must be in [0, 1]"),
-            (self.num_epochs >= 1 and self.num_minibatches >= 1, "num_epochs and num_minibatches must be >= 1"),
-            ((self.num_envs * self.num_steps) % self.num_minibatches == 0, "num_envs × num_steps must be a multiple of num_minibatches"),
-            (self.learning_rate > 0 and 0 < self.clip_range < 1, "learning_rate must be > 0 and clip_range in (0, 1)"),
-            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
-        ])
 
 
 def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,

@@ -13,35 +13,9 @@ import torch
 from torch import nn
 
 from minigpt.config import DictConfig
+from minigpt.gym.config import QLearningConfig
 from minigpt.errors import UserError
 from minigpt.gym.common import RunRecorder, make_env, torch_seed
-
-
-@dataclass
-class QLearningConfig(DictConfig):
-    """Tabular Q-learning's hyper-parameters."""
-
-    learning_rate: float = 0.1
-    """α of the update."""
-    gamma: float = 0.99
-    """Discount γ."""
-    epsilon_start: float = 1.0
-    """ε at the first step."""
-    epsilon_end: float = 0.05
-    """ε after the decay."""
-    exploration_fraction: float = 0.5
-    """Share of total_steps over which ε decays linearly from epsilon_start to epsilon_end."""
-    eval_episodes: int = 100
-    """Deterministic (greedy) evaluation episodes after training (eval.json)."""
-
-    def __post_init__(self) -> None:
-        self.require([
-            (0 < self.learning_rate <= 1, "learning_rate must be in (0, 1]"),
-            (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
-            (0 <= self.epsilon_end <= self.epsilon_start <= 1, "need 0 <= epsilon_end <= epsilon_start <= 1"),
-            (0 <= self.exploration_fraction <= 1, "exploration_fraction must be in [0, 1]"),
-            (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
-        ])
 
 
 def q_learning_update(q: np.ndarray, state: int, action: int, reward: float, next_state: int, terminal: bool, alpha: float, gamma: float) -> float:

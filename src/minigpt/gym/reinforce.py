@@ -19,45 +19,12 @@ import torch
 from torch import nn
 
 from minigpt.config import DictConfig
+from minigpt.gym.config import BASELINES, REINFORCEConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP
 from minigpt.gym.common import RunRecorder, make_env, torch_seed
 from minigpt.losses.advantages import discounted_returns
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
-
-BASELINES = ("none", "mean", "value")
-
-
-@dataclass
-class REINFORCEConfig(DictConfig):
-    """REINFORCE's hyper-parameters."""
-
-    gamma: float = 0.99
-    """Discount γ."""
-    learning_rate: float = 1e-3
-    """Adam learning rate."""
-    episodes_per_update: int = 4
-    """Whole episodes per gradient step."""
-    baseline: str = "value"
-    """none, mean (the batch's mean return) or value (a learned V(s))."""
-    vf_coef: float = 0.5
-    """Value-loss coefficient (baseline = value)."""
-    normalize_advantage: bool = True
-    """Whiten the advantages of each update (after the baseline)."""
-    max_grad_norm: float = 0.5
-    """Clip the global gradient norm."""
-    hidden_size: int = 64
-    """Width of the hidden layers."""
-    eval_episodes: int = 10
-    """Deterministic evaluation episodes after training (eval.json)."""
-
-    def __post_init__(self) -> None:
-        self.require([
-            (0 <= self.gamma <= 1 and self.learning_rate > 0, "gamma must be in [0, 1] and learning_rate > 0"),
-            (self.episodes_per_update >= 1, "episodes_per_update must be >= 1"),
-            (self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}"),
-            (self.hidden_size >= 1 and self.eval_episodes >= 0, "hidden_size must be >= 1 and eval_episodes >= 0"),
-        ])
 
 
 def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,

@@ -1,16 +1,25 @@
-"""Inference: the fast generation engine, the chat session and the RL rollout engine built on it."""
+"""Inference: the fast generation engine, the chat session and the RL rollout engine built on it.
 
-from minigpt.inference.chat import ChatReply, ChatSession, ReasoningSplitter, split_reasoning
+The names are imported on first use (`minigpt._lazy`): importing the package is cheap."""
 
-from minigpt.inference.engine import (
-    GenerationEngine,
-    GenerationOutput,
-    apply_repetition_penalty,
-    filter_logits,
-    sample_next_token,
-)
-from minigpt.inference.rollout import Rollout, RolloutEngine, completion_logprobs
-from minigpt.inference.sampling import SamplingOptions
+from minigpt._lazy import lazy_exports
+
+_EXPORTS = {
+    "ChatReply": "minigpt.inference.chat",
+    "ChatSession": "minigpt.inference.chat",
+    "ReasoningSplitter": "minigpt.inference.chat",
+    "split_reasoning": "minigpt.inference.chat",
+    "GenerationEngine": "minigpt.inference.engine",
+    "GenerationOutput": "minigpt.inference.engine",
+    "apply_repetition_penalty": "minigpt.inference.engine",
+    "filter_logits": "minigpt.inference.engine",
+    "sample_next_token": "minigpt.inference.engine",
+    "Rollout": "minigpt.inference.rollout",
+    "RolloutEngine": "minigpt.inference.rollout",
+    "completion_logprobs": "minigpt.inference.rollout",
+    "SamplingOptions": "minigpt.inference.sampling",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ChatReply",

@@ -1,19 +1,19 @@
-"""The MiniGPT model: config, decoder and registration with `transformers`' Auto classes."""
+"""The MiniGPT model: config, decoder and registration with `transformers`' Auto classes.
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+The names below are imported on first use (`minigpt._lazy`), so the package itself is cheap."""
 
-from minigpt.model.configuration import PRESETS, MiniGPTConfig
-from minigpt.model.lora import LoraOptions, apply_lora, apply_prefix_tuning, load_adapter, merge_lora
-from minigpt.model.modeling import MiniGPT, MiniGPTForCausalLM, MiniGPTModel, MiniGPTPreTrainedModel
-from minigpt.model.reward import MiniGPTRewardModel, ScoreHead, pool_hidden
+from minigpt._lazy import lazy_exports
 
-# After `import minigpt`, AutoConfig / AutoModelForCausalLM.from_pretrained(run_dir) work.
-AutoConfig.register(MiniGPTConfig.model_type, MiniGPTConfig, exist_ok=True)
-AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
-# ... AutoModel gives the bare decoder stack (what sentence-transformers' Transformer module runs).
-AutoModel.register(MiniGPTConfig, MiniGPTModel, exist_ok=True)
-# ... and AutoModelForSequenceClassification.from_pretrained(reward_model_dir) (num_labels = 1).
-AutoModelForSequenceClassification.register(MiniGPTConfig, MiniGPTRewardModel, exist_ok=True)
+_EXPORTS = {
+    **dict.fromkeys(["PRESETS", "MiniGPTConfig"], "minigpt.model.configuration"),
+    **dict.fromkeys(["apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora"], "minigpt.model.lora"),
+    "LoraOptions": "minigpt.model.options",
+    **dict.fromkeys(["MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel"], "minigpt.model.modeling"),
+    **dict.fromkeys(["MiniGPTRewardModel", "ScoreHead", "pool_hidden"], "minigpt.model.reward"),
+}
+# Imported on first use; each class registers itself with transformers' Auto classes when its
+# module is imported (`import minigpt` arranges that as soon as transformers is imported).
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

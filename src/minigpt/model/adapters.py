@@ -30,28 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minigpt.model.options import AdapterOptions  # noqa: F401 (defined there, used here)
 from minigpt.errors import UserError
 
 #: `peft_type` written in `adapter_config.json` for bottleneck adapters.
 BOTTLENECK_TYPE = "MINIGPT_BOTTLENECK"
 BOTTLENECK_CONFIGS = ("houlsby", "pfeiffer")
-
-
-@dataclass
-class AdapterOptions:
-    """Adapter method of a fine-tuning command other than LoRA (`--adapter.method houlsby`)."""
-
-    method: str | None = None
-    """houlsby or pfeiffer (bottleneck adapters), ia3; None = off."""
-    reduction_factor: int = 16
-    """Bottleneck adapters: hidden_size / bottleneck width."""
-    non_linearity: str = "relu"
-    """Bottleneck adapters: relu, gelu, silu or tanh."""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether an adapter method is chosen."""
-        return self.method is not None
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}

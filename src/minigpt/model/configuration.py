@@ -217,3 +217,10 @@ class MiniGPTConfig(PretrainedConfig):
         if name not in PRESETS:
             raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+# `AutoConfig.from_pretrained(run_dir)` reads a MiniGPT config once this module is imported
+# (`import minigpt` imports it as soon as transformers is).
+from transformers import AutoConfig as _AutoConfig  # noqa: E402
+
+_AutoConfig.register(MiniGPTConfig.model_type, MiniGPTConfig, exist_ok=True)

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minigpt.model.options import LoraOptions  # noqa: F401 (defined there, used here)
 from minigpt.errors import UserError
 
 #: The linear projections of every decoder block (Llama names); LoRA's default targets.
@@ -54,31 +55,6 @@ _ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: Beside an adapter: `{"base_model_sha256": …}`, the fingerprint of the base it was trained on
 #: (`minigpt.model.checks.model_fingerprint`), checked when the adapter is loaded.
 ADAPTER_BASE_FILE = "adapter_base.json"
-
-
-@dataclass
-class LoraOptions:
-    """LoRA settings of a fine-tuning command (`--lora.rank 8 --lora.alpha 16 ...`; LoRA: Hu et
-    al. 2021, arXiv:2106.09685; DoRA: Liu et al. 2024, arXiv:2402.09353; QLoRA: Dettmers et al.
-    2023, arXiv:2305.14314). Passed to `apply_lora` when `rank > 0`."""
-
-    rank: int = 0
-    """0 = train every weight; > 0 = train LoRA adapters of this rank only."""
-    alpha: float = 16.0
-    """Scaling numerator: the adapter's update is scaled by alpha / rank."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    targets: list[str] | None = None
-    """Module names to adapt (default: every linear layer of the blocks)."""
-    dora: bool = False
-    """Weight-decomposed LoRA (DoRA) instead of plain LoRA."""
-    qlora: str | None = None
-    """4bit or 8bit base weights (QLoRA; needs bitsandbytes and CUDA)."""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether adapters are trained (rank > 0)."""
-        return self.rank > 0
 
 
 def _count(model: nn.Module, trainable_only: bool = False) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask, create_sliding_window_causal_mask
@@ -608,3 +608,8 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
 
 #: The name users of the original design know.
 MiniGPT = MiniGPTForCausalLM
+
+# AutoModelForCausalLM.from_pretrained(run_dir) gives the language model, AutoModel the bare
+# decoder stack (what sentence-transformers' Transformer module runs).
+AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
+AutoModel.register(MiniGPTConfig, MiniGPTModel, exist_ok=True)

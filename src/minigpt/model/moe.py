@@ -12,24 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from minigpt.model.options import MoeOptions  # noqa: F401 (defined there, used here)
 from minigpt.errors import UserError
-
-
-@dataclass
-class MoeOptions:
-    """Mixture-of-experts fine-tuning options (`--moe.freeze_router true --moe.train_experts
-    [0,3]`); only valid for a model with `num_local_experts > 0`."""
-
-    freeze_router: bool = False
-    """Keep every layer's router (`mlp.gate`) as it is."""
-    train_experts: list[int] | None = None
-    """Train only these expert indices (in every layer): every other parameter, the routers and
-    attention included, is frozen. With LoRA, only the adapters inside these experts train."""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any option is set."""
-        return self.freeze_router or self.train_experts is not None
 
 
 def sparse_moe_blocks(model: nn.Module) -> list[nn.Module]:

@@ -13,11 +13,8 @@ from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from minigpt.errors import UserError
-from minigpt.inference.chat import THINKING, ChatReply, ChatSession
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
-from minigpt.inference.loading import ENGINE_DTYPES, load_model_and_tokenizer
-from minigpt.train.distributed import pick_precision
 
 #: `minigpt chat`'s sampling defaults.
 CHAT_SAMPLING = SamplingOptions(max_new_tokens=256, temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1)
@@ -41,6 +38,8 @@ class _ReplyPrinter:
         self.kind: str | None = None  # kind of the last text written
 
     def part(self, kind: str, text: str) -> None:
+        from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+
         if kind == THINKING:
             if self.hide:
                 return
@@ -61,6 +60,8 @@ class _ReplyPrinter:
         self.kind = kind
 
     def close(self) -> None:
+        from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+
         if self.kind == THINKING and self.color:
             self._write(_RESET)
         self._write("\n")
@@ -101,6 +102,8 @@ def run_chat(
         it is set, user messages, and assistant messages whose `content` is the answer and,
         when the model thought, `reasoning_content` the thinking.
     """
+    from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+
     out = out or sys.stdout
     color = bool(getattr(out, "isatty", lambda: False)())
     transcript: list[dict[str, str]] = []
@@ -165,6 +168,8 @@ def run_chat(
 
 def _notices(session: ChatSession, reply: ChatReply, dropped_before: int) -> None:
     """Tell the user (on stderr) when the context window cut the reply or the history."""
+    from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+
     if reply.finish_reason == "length" and reply.max_new_tokens < session.max_new_tokens:
         print(
             f"(reply cut at {reply.max_new_tokens} tokens: the {session.context_limit}-token context is full)",
@@ -238,6 +243,10 @@ def chat(
         UserError: unknown dtype, a bad model directory, or a message that does not fit the
             model's context.
     """
+    from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+    from minigpt.inference.loading import ENGINE_DTYPES, load_model_and_tokenizer
+    from minigpt.train.distributed import pick_precision
+
     sampling, _ = regroup(
         sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
         top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),

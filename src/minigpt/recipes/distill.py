@@ -11,7 +11,7 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.recipes.common import check_options, refuse_existing_run
 from minigpt.recipes.pretrain import ModelConfig
-from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, chat_eos_ids, load_base_model, load_sft_data
+from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, load_base_model, load_sft_data
 from minigpt.train.config import TrainConfig
 
 
@@ -82,6 +82,8 @@ def distill(
     Raises:
         UserError: teacher and student tokenizers or vocabulary sizes differ; bad data.
     """
+    from minigpt.tokenizer.chat import chat_eos_ids
+
     from minigpt.model import MiniGPTForCausalLM, count_parameters
     from minigpt.objectives.distill import DistillationObjective
     from minigpt.train.distributed import init_distributed, pick_device

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.losses.preference import DEFAULT_BETA
-from minigpt.model.lora import LoraOptions
+from minigpt.model.options import LoraOptions
 from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run, regroup
 from minigpt.train.config import TrainConfig
 
@@ -107,13 +106,16 @@ def dpo(
     Returns the final training and validation metrics (`val_accuracy` = held-out implicit-reward
     accuracy), plus `val_accuracy_before` for the starting model.
     """
+    from minigpt.losses.preference import DEFAULT_BETA
+
     from functools import partial
 
     from minigpt.data.preference import collate_preference, collate_unpaired
     from minigpt.losses.preference import PREFERENCE_LOSSES
     from minigpt.model import count_parameters
     from minigpt.objectives.preference import KTOObjective, PreferenceObjective, precompute_reference_logps
-    from minigpt.recipes.sft import chat_eos_ids, load_base_model
+    from minigpt.recipes.sft import load_base_model
+    from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
@@ -147,7 +149,7 @@ def dpo(
         objective = PreferenceObjective(loss, beta, label_smoothing, reference_free, simpo_gamma)
     ref_net = None
     if objective.needs_reference and (reference is not None or (lora.rank <= 0 and not precompute_ref)):
-        from minigpt.recipes.reward import check_same_tokenizer
+        from minigpt.model.loading import check_same_tokenizer
 
         ref_dir = reference or model
         check_same_tokenizer(model, ref_dir, role="the reference model")

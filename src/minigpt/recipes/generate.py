@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer  # noqa: F401 (load_model_and_tokenizer: re-exported)
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
 
@@ -13,6 +12,8 @@ GENERATE_SAMPLING = SamplingOptions(max_new_tokens=200, temperature=0.8, top_k=5
 
 
 def _engine(model, tok, dtype: str = "fp32"):
+    from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer
+
     from minigpt.inference import GenerationEngine
 
     return GenerationEngine(model, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, dtype=engine_dtype(dtype))
@@ -86,6 +87,8 @@ def generate(
         top_p: deprecated spelling of --sampling.top_p (one more release).
         repetition_penalty: deprecated spelling of --sampling.repetition_penalty (one more release).
     """
+    from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer
+
     sampling, _ = regroup(
         sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
         top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),

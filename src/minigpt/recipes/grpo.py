@@ -15,9 +15,8 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
-from minigpt.model.lora import LoraOptions
+from minigpt.model.options import LoraOptions
 from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, online_rl_options
-from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy  # re-exported: ppo and users import them from here
 from minigpt.train.config import TrainConfig
 
 #: `minigpt grpo`'s sampling: plain temperature-1 sampling of completions up to 128 tokens.
@@ -125,9 +124,12 @@ def grpo(
     Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
     and `val_..._before` for the starting policy.
     """
+    from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
+
     from minigpt.model import count_parameters
     from minigpt.objectives.grpo import GRPOObjective
-    from minigpt.recipes.sft import chat_eos_ids, load_base_model
+    from minigpt.recipes.sft import load_base_model
+    from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.objectives.grpo import GRPOConfig
     from minigpt.rl.rewards import make_reward
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision

@@ -13,11 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.gym.a2c import A2CConfig
-from minigpt.gym.dqn import DQNConfig
-from minigpt.gym.ppo import PPOConfig
-from minigpt.gym.qlearning import QLearningConfig
-from minigpt.gym.reinforce import REINFORCEConfig
+from minigpt.gym.config import A2CConfig, DQNConfig, PPOConfig, QLearningConfig, REINFORCEConfig
 from minigpt.recipes.common import refuse_existing_run
 
 #: The algorithms `minigpt gym --algo` runs.

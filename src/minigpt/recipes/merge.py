@@ -6,7 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 
 from minigpt.errors import UserError
 
@@ -34,9 +33,12 @@ def _check_out(out: Path, sources: list[Path], overwrite: bool) -> None:
             raise UserError(f"--out {out} is not empty and holds no model (no config.json); refusing to overwrite it")
 
 
-@torch.no_grad()
-def _max_logit_gap(model, probe: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((model(input_ids=probe, use_cache=False).logits.float() - reference).abs().max())
+def _max_logit_gap(model, probe, reference) -> float:
+    """Largest |logit difference| between `model` on `probe` `(1, T)` and `reference` `(1, T, V)`."""
+    import torch
+
+    with torch.no_grad():
+        return float((model(input_ids=probe, use_cache=False).logits.float() - reference).abs().max())
 
 
 def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_base_mismatch: bool = False) -> str:
@@ -67,6 +69,8 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_bas
             --allow_base_mismatch) on another base's weights, a non-LoRA adapter, an --out that
             is an input or already holds files (without --overwrite).
     """
+    import torch
+
     from transformers import GenerationConfig
 
     from minigpt.model.lora import adapter_base_path, load_adapter, merge_lora, read_adapter_config

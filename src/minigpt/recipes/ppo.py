@@ -26,9 +26,8 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
-from minigpt.model.lora import LoraOptions
+from minigpt.model.options import LoraOptions
 from minigpt.recipes.common import fit_policy, load_prompt_data, refuse_existing_run, online_rl_options
-from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
 from minigpt.train.config import TrainConfig
 
 #: `minigpt ppo`'s sampling: plain temperature-1 sampling of completions up to 64 tokens.
@@ -151,10 +150,13 @@ def ppo(
         UserError: the reward model or value model uses another tokenizer (both directories
             named), `model` reward without --reward_model, bad settings or data.
     """
+    from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
+
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
     from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
-    from minigpt.recipes.sft import chat_eos_ids, load_base_model
+    from minigpt.recipes.sft import load_base_model
+    from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.objectives.ppo import ActorCritic, RLHFConfig
     from minigpt.model.reward import create_reward_model
     from minigpt.rl.rewards import make_reward, parse_reward_spec

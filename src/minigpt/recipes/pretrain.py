@@ -70,7 +70,7 @@ class ModelConfig:
             value = getattr(self, field, None)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"model.{field}: must be an integer ≥ 1, got {value!r}")
-        from minigpt.tokenizer.bpe import SPECIAL_TOKENS
+        from minigpt.tokenizer.special import SPECIAL_TOKENS
 
         minimum = 256 + len(SPECIAL_TOKENS)
         if self.vocab_size is not None and self.vocab_size < minimum:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model  # noqa: F401 (re-exported)
 from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
@@ -100,6 +99,8 @@ def reward(
         UserError: bad paths or data, bad head settings, max_length beyond the model's context,
             an OUT that already holds a run.
     """
+    from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
+
     from functools import partial
 
     from minigpt.data.preference import collate_preference
@@ -275,6 +276,8 @@ def score(
         UserError: not a reward-model directory; neither `data` nor `prompt` + `response`;
             a malformed record (naming file:line); no usable record.
     """
+    from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
+
     import torch
 
     from minigpt.data.loaders import iter_records

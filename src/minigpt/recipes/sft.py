@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.tokenizer.chat import chat_eos_ids
-from minigpt.model.adapters import AdapterOptions
-from minigpt.model.lora import LoraOptions
-from minigpt.model.moe import MoeOptions
+from minigpt.model.options import AdapterOptions
+from minigpt.model.options import LoraOptions
+from minigpt.model.options import MoeOptions
 from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run, regroup
 from minigpt.train.config import TrainConfig
 
@@ -246,6 +245,8 @@ def sft(
     Returns the final training and validation metrics, plus `val_loss_before` (the held-out
     assistant-token loss of the starting model).
     """
+    from minigpt.tokenizer.chat import chat_eos_ids
+
     from minigpt.model import count_parameters
     from minigpt.objectives.sft import SFTObjective
     from minigpt.tokenizer import REASONING_TAGS

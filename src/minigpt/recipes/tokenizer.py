@@ -6,10 +6,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from minigpt.data.corpus import python_docs_corpus
-from minigpt.data.loaders import iter_documents
 from minigpt.errors import UserError
-from minigpt.tokenizer import train_tokenizer
 
 __all__ = ["tokenizer_command"]
 
@@ -44,6 +41,10 @@ def tokenizer_command(
             or ``out`` is a file, or holds files (a model, another tokenizer) and ``overwrite``
             is not set: checked before any text is read.
     """
+    from minigpt.data.corpus import python_docs_corpus
+    from minigpt.data.loaders import iter_documents
+    from minigpt.tokenizer import train_tokenizer
+
     if max_chars is not None and max_chars <= 0:
         raise UserError(f"max_chars: must be positive or None, got {max_chars}")
     from minigpt.errors import check_writable

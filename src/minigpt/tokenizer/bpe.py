@@ -23,33 +23,19 @@ from transformers import PreTrainedTokenizerFast
 
 from minigpt.errors import UserError, first_line
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-THINK_START = "<think>"
-THINK_END = "</think>"
-ANSWER_START = "<answer>"
-ANSWER_END = "</answer>"
-
-#: The masked-LM mask token. Tokenizers trained for an encoder (`train_tokenizer(mask_token=True)`,
-#: `minigpt mlm`) hold it at id 8, right after :data:`SPECIAL_TOKENS`, whose ids 0..7 never move.
-MASK_TOKEN = "<|mask|>"
-
-#: All special tokens; a token's position in this list is its id.
-SPECIAL_TOKENS = [
-    EOS_TOKEN,
-    PAD_TOKEN,
-    IM_START,
-    IM_END,
-    THINK_START,
-    THINK_END,
-    ANSWER_START,
+from minigpt.tokenizer.special import (  # noqa: F401 (the names this module has always exported)
     ANSWER_END,
-]
-
-#: The tags a reasoning model writes around its thinking and its final answer.
-REASONING_TAGS = [THINK_START, THINK_END, ANSWER_START, ANSWER_END]
+    ANSWER_START,
+    EOS_TOKEN,
+    IM_END,
+    IM_START,
+    MASK_TOKEN,
+    PAD_TOKEN,
+    REASONING_TAGS,
+    SPECIAL_TOKENS,
+    THINK_END,
+    THINK_START,
+)
 
 #: Default ``model_max_length`` stored with the tokenizer. It only bounds ``truncation=True``
 #: calls; the model's own context length lives in the model config (RoPE scaling can extend it),

@@ -33,7 +33,8 @@ from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed,
 from minigpt.train.optim import param_groups, warmup_cosine
 from minigpt.train.rundir import RUN_MARKER, lock_run_dir, remove_partial_writes, unlock_run_dir
 from minigpt.train.sampler import BlockSampler
-from minigpt.train.step import OptimizerStep, TrainingDivergedError, autocast, to_device
+from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
+from minigpt.train.step import OptimizerStep, autocast, to_device
 
 
 #: Files of a saved model or adapter at the top of a run directory.
@@ -49,20 +50,7 @@ MODEL_FILE_PATTERNS = (
 )
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM stopped `Trainer.fit` between two steps, after it saved a
-    checkpoint. The CLI exits with 128 + `signum` (130 for SIGINT, 143 for SIGTERM).
 
-    Attributes:
-        signum: the signal's number.
-        step: the optimizer steps done, all of them in the checkpoint.
-        checkpoint: the checkpoint directory written (None on ranks other than 0).
-    """
-
-    def __init__(self, signum: int, step: int, checkpoint: Path | None):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}; checkpoint saved in {checkpoint}")
 
 
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:

@@ -22,20 +22,11 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.train.distributed import all_reduce_sum
+from minigpt.train.errors import TrainingDivergedError
 from minigpt.train.objective import Objective
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the update was not applied and nothing was saved after
-    the last good checkpoint.
 
-    Attributes:
-        loss: the non-finite loss (None when raised with a message only).
-    """
-
-    def __init__(self, message: str, loss: float | None = None) -> None:
-        super().__init__(message)
-        self.loss = loss
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
