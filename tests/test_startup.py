@@ -72,3 +72,113 @@ def test_the_public_names_still_resolve():
     for module in (minigpt, minigpt.model, minigpt.inference, minigpt.gym):
         for name in module.__all__:
             assert getattr(module, name) is not None, (module.__name__, name)
+
+
+# ------------------------------------------------------------------------------------------
+# One spelling for booleans; one line for a mistyped option
+# ------------------------------------------------------------------------------------------
+
+
+def parse(command: str, *argv: str):
+    from minigpt.cli import _option_kinds, build_parser, normalize_booleans
+
+    parser = build_parser(command)
+    switches, typed, _ = _option_kinds(parser._subcommands_action._name_parser_map[command])
+    return parser.parse_args([command, *normalize_booleans(list(argv), switches, typed)])[command]
+
+
+def test_every_boolean_takes_a_bare_flag_or_a_value():
+    base = ("--model", "m", "--data", "d.jsonl")
+    for argv, packing, fsdp, fisher in [
+        ((), True, False, False),  # the defaults
+        (("--packing", "false", "--train.fsdp", "--save_fisher", "true"), False, True, True),
+        (("--no_packing", "--train.fsdp", "false", "--save_fisher"), False, False, True),
+        (("--packing=no", "--train.fsdp=true", "--save_fisher=false"), False, True, False),
+        (("--packing", "--train.fsdp", "--out", "x"), True, True, False),
+    ]:
+        cfg = parse("sft", *base, *argv)
+        assert (cfg.packing, cfg.train.fsdp, cfg.save_fisher) == (packing, fsdp, fisher), argv
+    # An optional boolean (`bool | None`) given alone is true.
+    assert parse("eval", "--predictions", "p.jsonl", "--chat").chat is True
+    assert parse("eval", "--predictions", "p.jsonl", "--chat", "false").chat is False
+    assert parse("eval", "--predictions", "p.jsonl").chat is None
+
+
+def test_a_mistyped_option_is_one_line_with_the_closest_names(capsys):
+    from minigpt.cli import main
+
+    cases = [
+        (["generate", "--model", "m", "--promt", "hi"], "unknown option --promt; did you mean --prompt?"),
+        (["generat", "--model", "m"], "unknown command 'generat'; did you mean generate?"),
+        (["pretrain", "--model.rope_scaling", "notjson"], "--model.rope_scaling: expected a JSON object"),
+        (["pretrain", "--train.max_steps", "1.5"], "--train.max_steps: expected an integer, got 1.5"),
+        (["sft", "--model", "m", "--data", "d", "--train.fsdp", "maybe"], "--train.fsdp"),
+    ]
+    for argv, wanted in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "usage" not in err, err
+        assert wanted in err, err
+
+
+def test_under_torchrun_only_rank_0_reports_a_parse_error(capsys, monkeypatch):
+    from minigpt.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    assert main(["pretrain", "--bogus"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["pretrain", "--bogus"]) == 2
+    assert "unknown option --bogus" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# --threads
+# ------------------------------------------------------------------------------------------
+
+
+def test_auto_threads_follow_the_measured_rule(monkeypatch):
+    """bench_threads.py on a 2-core host: batch-1 decoding of `small` ran 0.72× as fast on 2
+    threads as on 1; training ran 1.7–2.0× faster on 2 idle cores, and 0.43× as fast on 2
+    cores when one was busy. So: decoding 1 thread; training the cores left idle."""
+    from minigpt.train import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for load, want in ((0.2, 4), (1.4, 3), (3.6, 1), (9.0, 1)):
+        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, load, load))
+        assert threads.pick_threads("pretrain")[0] == want, load
+    assert threads.pick_threads("generate")[0] == 1 and threads.pick_threads("serve")[0] == 1
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert threads.pick_threads("sft")[0] == 2  # each of 2 ranks gets half
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.pick_threads("sft") == (3, "OMP_NUM_THREADS")  # the user's setting wins over auto
+    assert threads.pick_threads("sft", "5") == (5, "--threads")
+
+
+def test_threads_option_on_the_command_line(capsys):
+    from minigpt.cli import main, pop_threads
+
+    assert pop_threads(["sft", "--threads", "2", "--model", "m"]) == (["sft", "--model", "m"], "2")
+    assert pop_threads(["sft", "--threads=auto"]) == (["sft"], "auto")
+    for bad in ("0", "two", "1.5"):
+        assert main(["generate", "--model", "m", "--prompt", "x", "--threads", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--threads: must be auto or an integer" in err, err
+
+
+def test_a_setting_made_for_one_command_is_undone_after_it(monkeypatch):
+    import os
+
+    import torch
+
+    from minigpt.train.threads import set_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    restore = set_threads(1)
+    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    restore()
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ

@@ -64,6 +64,32 @@ def _commands() -> dict[str, Callable]:
     }
 
 
+#: Commands that print the thread count they use when they start (the others keep their
+#: output clean: `generate` prints only the text).
+_ANNOUNCE_THREADS = frozenset({"quickstart", "pretrain", "mlm", "contrastive", "sft", "distill", "dpo", "reward",
+                               "grpo", "ppo", "pipeline", "gym", "serve"})
+
+
+def pop_threads(argv: list[str]) -> tuple[list[str], str]:
+    """`(argv without --threads, its value)`; the value is "auto" when absent (or the
+    MINIGPT_THREADS environment variable)."""
+    out, value, i = [], os.environ.get("MINIGPT_THREADS", "auto"), 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg == "--threads" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--threads="):
+            value, i = arg.split("=", 1)[1], i + 1
+            continue
+        out.append(arg)
+        i += 1
+    return out, value
+
+
 def _underscore_options(argv: list[str]) -> list[str]:
     """Accept `--lora-rank 8` as well as `--lora_rank 8`: option names use underscores (the
     Python parameter names), and many users type dashes. Values are never touched."""
@@ -88,7 +114,9 @@ def build_parser(command: str | None = None):
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     ArgumentParser = _parser_class()
-    parser = ArgumentParser(prog="minigpt", description="Train a small GPT from raw text to a chat model.", env_prefix="MINIGPT", default_env=False)
+    parser = ArgumentParser(prog="minigpt", description="Train a small GPT from raw text to a chat model. Every command also "
+                            "takes --threads N|auto: torch's CPU threads (auto: 1 for decoding commands, else the idle cores).",
+                            env_prefix="MINIGPT", default_env=False)
     sub = parser.add_subcommands(dest="command")
     for name, fn in _commands().items():
         doc = inspect.getdoc(fn) or ""
@@ -279,6 +307,7 @@ def _main(argv: list[str] | None) -> int:
     from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
 
     argv = _underscore_options(list(sys.argv[1:] if argv is None else argv))
+    argv, threads = pop_threads(argv)
     commands = _commands()
     command = argv[0] if argv and argv[0] in commands else ""
     parser = build_parser(command)
@@ -293,6 +322,13 @@ def _main(argv: list[str] | None) -> int:
                   file=sys.stderr)
         return 2
     name = cfg.command
+    from minigpt.train.threads import pick_threads, set_threads
+
+    try:
+        n_threads, why = pick_threads(name, threads)
+    except UserError as e:
+        print(f"minigpt {name}: error: {e}", file=sys.stderr)
+        return 2
     try:
         init = parser.instantiate(cfg)  # builds the config dataclasses, which validate themselves
     except UserError as e:
@@ -305,6 +341,9 @@ def _main(argv: list[str] | None) -> int:
     hf_logging.disable_progress_bar()
     from minigpt.train.rundir import release_all_locks
 
+    restore_threads = set_threads(n_threads)
+    if name in _ANNOUNCE_THREADS and os.environ.get("RANK", "0") == "0":
+        print(f"minigpt {name}: {n_threads} CPU thread{'s' if n_threads > 1 else ''} ({why}; --threads N to choose)", flush=True)
     try:
         _commands()[name](**kwargs)
     except UserError as e:
@@ -340,6 +379,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     finally:
         release_all_locks()  # the command is over: its run directories are free again
+        restore_threads()
     return 0
 
 

@@ -329,6 +329,12 @@ class Trainer:
             raise UserError(f"checkpoint {path} has an unusable trainer state: {e}") from None
         self.last_checkpoint = path
         self._truncate_metrics(self.step)
+        self._say_resumed(path)
+
+    def _say_resumed(self, path: Path) -> None:
+        """One line on rank 0: which checkpoint a resumed run continues, and from which step."""
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop `metrics.jsonl` rows logged after `step`: the resumed run logs those steps again."""
@@ -429,6 +435,7 @@ class Trainer:
         self.last_checkpoint = path
         if self.is_main:
             self._truncate_metrics(self.step)
+        self._say_resumed(path)
 
     def save_final(self) -> None:
         """Save the trained model (and tokenizer) at the top of OUT: a directory that
