@@ -176,9 +176,12 @@ def test_pretrain_init_from_extends_the_context_with_scaled_rope(tmp_path, capsy
     tiny = ["--model.hidden_size", "32", "--model.intermediate_size", "64", "--model.num_hidden_layers", "2"]
     main(["pretrain", "--data", str(text), "--out", str(tmp_path / "short"), "--model.vocab_size", "300",
           "--model.max_position_embeddings", "32", "--block_size", "32", *tiny, *common])
-    main(["pretrain", "--data", str(text), "--out", str(tmp_path / "long"), "--tokenizer", str(tmp_path / "short" / "tokenizer"),
-          "--model.init_from", str(tmp_path / "short"), "--model.max_position_embeddings", "128",
-          "--model.rope_scaling", '{"rope_type": "yarn", "factor": 4}', "--block_size", "128", *common])
+    # As the README writes it: no --tokenizer, the saved run's own is used (no new one is trained).
+    assert main(["pretrain", "--data", str(text), "--out", str(tmp_path / "long"),
+                 "--model.init_from", str(tmp_path / "short"), "--model.max_position_embeddings", "128",
+                 "--model.rope_scaling", '{"rope_type": "yarn", "factor": 4}', "--block_size", "128", *common]) == 0
+    assert (tmp_path / "long" / "tokenizer.json").read_text() == (tmp_path / "short" / "tokenizer.json").read_text()
+    assert not (tmp_path / "long" / "tokenizer").exists()
     config = json.loads((tmp_path / "long" / "config.json").read_text())
     assert config["max_position_embeddings"] == 128
     assert config["rope_parameters"]["rope_type"] == "yarn"

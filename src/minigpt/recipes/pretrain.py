@@ -354,6 +354,13 @@ def pretrain(
     out_dir = Path(save_dir or out)
     if resume and tokenizer is None and (out_dir / "tokenizer" / "tokenizer.json").is_file():
         tokenizer = str(out_dir / "tokenizer")  # resume with the tokenizer the run was trained with
+    if model.init_from and tokenizer is None:  # continue a saved model with its own tokenizer
+        source = Path(model.init_from)
+        found = next((d for d in (source, source / "tokenizer") if (d / "tokenizer.json").is_file()), None)
+        if found is None:
+            raise UserError(f"--model.init_from {source} holds no tokenizer (tokenizer.json); pass --tokenizer DIR "
+                            "with the tokenizer that model was trained with")
+        tokenizer = str(found)
     rank, _, _ = init_distributed(pick_device(train.device))
     if rank == 0:
         refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})  # before minutes on a tokenizer
