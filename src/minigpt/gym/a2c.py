@@ -20,13 +20,15 @@ from minigpt.config import DictConfig
 from minigpt.gym.config import A2CConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
-from minigpt.gym.common import RunRecorder, make_vector_env, torch_seed
+from minigpt.gym.common import make_vector_env, torch_seed
+from minigpt.gym.session import open_session
 from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
 
 def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
-              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True,
+              eval_every: int = 0, progress: float = 5.0, resume: bool = False) -> dict[str, Any]:
     """Train A2C on `env_id` for `total_steps` environment steps (over all environments).
 
     Returns:
@@ -45,12 +47,24 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
         optimizer = torch.optim.RMSprop(policy.parameters(), lr=c.learning_rate, alpha=0.99, eps=1e-5)
     else:
         optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate)
-    rec = RunRecorder(out_dir, tensorboard)
+    session, rec = open_session(out_dir, tensorboard, total_steps, env_id, env_kwargs, seed, eval_every, c.eval_episodes, progress, resume)
 
     collector = RolloutCollector(envs, policy, c.gamma, seed, rec.episode)
     updates = -(-total_steps // (c.num_envs * c.num_steps))
+    pos = {"update": 0}
+    session.policy = lambda: policy
+    session.state = lambda: {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "update": pos["update"],
+                             "envs": collector.envs, "obs": collector.obs, "steps": collector.steps}
+    loop = session.take_restored()
+    if loop is not None:
+        envs.close()
+        policy.load_state_dict(loop["policy"])
+        optimizer.load_state_dict(loop["optimizer"])
+        envs = collector.envs = loop["envs"]
+        collector.obs, collector.steps, pos["update"] = loop["obs"], loop["steps"], loop["update"]
+    session.listen()
     try:
-        for update in range(updates):
+        for update in range(pos["update"], updates):
             ro = collector.collect(c.num_steps)
             adv, ret = ro.advantages(c.gamma, c.gae_lambda)  # constants
             if c.normalize_advantage:
@@ -70,10 +84,13 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
             optimizer.step()
             if update % 50 == 0:
                 rec.log(collector.steps, policy_loss=float(pl.mean().detach()), value_loss=float(vl.mean().detach()), entropy=float(entropy.detach()))
+            pos["update"] = update + 1
+            session.tick(collector.steps, len(rec.episode_returns))
     finally:
+        session.stop_listening()
         envs.close()
         rec.close()
-    return rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps)
+    return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps), "session": session}
 
 
 __all__ = ["A2CConfig", "train_a2c"]

@@ -58,6 +58,8 @@ def make_env(env_id: str, env_kwargs: dict | None = None, **extra: Any):
         return gymnasium.make(env_id, **(env_kwargs or {}), **extra)
     except TypeError as e:
         raise UserError(f"{env_id}: bad --env_kwargs {env_kwargs}: {e}") from None
+    except gymnasium.error.DependencyNotInstalled as e:  # e.g. MuJoCo, Box2D: the message names the pip extra
+        raise UserError(f"{env_id} needs a package that is not installed: {str(e).strip()}") from None
 
 
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None):
@@ -68,8 +70,12 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict | None = None):
     from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
     check_env_id(env_id)
+    import functools
+
+    # partial, not a lambda: the vector env pickles (a gym checkpoint holds it, mid-episode)
     envs = gymnasium.vector.SyncVectorEnv(
-        [lambda: make_env(env_id, env_kwargs) for _ in range(num_envs)], autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP
+        [functools.partial(make_env, env_id, env_kwargs) for _ in range(num_envs)],
+        autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP,
     )
     return RecordEpisodeStatistics(envs)
 
@@ -126,7 +132,7 @@ class RunRecorder:
     the run's clock, and (with `out_dir`) one JSON object per line in `OUT/metrics.jsonl`,
     mirrored to TensorBoard (`OUT/tensorboard`)."""
 
-    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True, resume_step: int | None = None) -> None:
         import time
 
         self.episode_returns: list[tuple[int, float]] = []
@@ -134,7 +140,12 @@ class RunRecorder:
         self.path = None if out_dir is None else Path(out_dir) / "metrics.jsonl"
         self._tb = None
         if self.path is not None:
-            self.path.write_text("", encoding="utf-8")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kept = ""
+            if resume_step is not None and self.path.is_file():  # a resumed run logs the later steps again
+                rows = self.path.read_text(encoding="utf-8").splitlines()
+                kept = "".join(r + "\n" for r in rows if r.strip() and json.loads(r).get("step", 0) <= resume_step)
+            self.path.write_text(kept, encoding="utf-8")
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 

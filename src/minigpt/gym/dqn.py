@@ -19,7 +19,8 @@ from torch import nn
 from minigpt.config import DictConfig
 from minigpt.gym.config import DQNConfig
 from minigpt.errors import UserError
-from minigpt.gym.common import RunRecorder, make_env, torch_seed
+from minigpt.gym.common import make_env, torch_seed
+from minigpt.gym.session import open_session
 from minigpt.gym.qlearning import linear_schedule
 
 
@@ -126,7 +127,8 @@ class GreedyPolicy(nn.Module):
 
 
 def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
-              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True,
+              eval_every: int = 0, progress: float = 5.0, resume: bool = False) -> dict[str, Any]:
     """Train DQN (optionally Double and/or dueling) on `env_id` for `total_steps` steps.
 
     Returns:
@@ -153,12 +155,25 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
     target = copy.deepcopy(online).requires_grad_(False)
     optimizer = torch.optim.Adam(online.parameters(), lr=c.learning_rate, fused=True)
     buffer = ReplayBuffer(c.buffer_size, obs_dim)
-    rec = RunRecorder(out_dir, tensorboard)
+    session, rec = open_session(out_dir, tensorboard, total_steps, env_id, env_kwargs, seed, eval_every, c.eval_episodes, progress, resume)
     raw, _ = env.reset(seed=seed)
     obs = encode(raw)
-    total, episode = 0.0, 0
+    total, episode, done = 0.0, 0, 0
+    greedy = GreedyPolicy(online, encode)
+    session.policy = lambda: greedy
+    session.state = lambda: {"online": online.state_dict(), "target": target.state_dict(), "optimizer": optimizer.state_dict(),
+                             "buffer": buffer, "rng": rng, "env": env, "obs": obs, "total": total, "episode": episode, "step": done}
+    loop = session.take_restored()
+    if loop is not None:
+        env.close()
+        online.load_state_dict(loop["online"])
+        target.load_state_dict(loop["target"])
+        optimizer.load_state_dict(loop["optimizer"])
+        buffer, rng, env, obs = loop["buffer"], loop["rng"], loop["env"], loop["obs"]
+        total, episode, done = loop["total"], loop["episode"], loop["step"]
+    session.listen()
     try:
-        for step in range(1, total_steps + 1):
+        for step in range(done + 1, total_steps + 1):
             eps = linear_schedule(c.epsilon_start, c.epsilon_end, c.exploration_fraction, step - 1, total_steps)
             if step <= c.learning_starts or rng.random() < eps:
                 action = int(env.action_space.sample())
@@ -198,10 +213,13 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
                     rec.log(step, td_loss=float(loss.detach()), q_mean=float(q.detach().mean()))
             if c.tau == 1 and step % c.target_update_interval == 0:
                 target.load_state_dict(online.state_dict())
+            done = step
+            session.tick(step, episode)
     finally:
+        session.stop_listening()
         env.close()
         rec.close()
-    return rec.finish(GreedyPolicy(online, encode), env_id, env_kwargs, c.eval_episodes, seed, total_steps)
+    return {**rec.finish(greedy, env_id, env_kwargs, c.eval_episodes, seed, total_steps), "session": session}
 
 
 __all__ = ["DQNConfig", "GreedyPolicy", "QNetwork", "ReplayBuffer", "dqn_targets", "dueling_q", "train_dqn"]

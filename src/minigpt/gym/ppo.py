@@ -24,13 +24,15 @@ from minigpt.config import DictConfig
 from minigpt.gym.config import PPOConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
-from minigpt.gym.common import RunRecorder, make_vector_env, torch_seed
+from minigpt.gym.common import make_vector_env, torch_seed
+from minigpt.gym.session import open_session
 from minigpt.losses.advantages import whiten
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
 
 def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
-              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+              env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True,
+              eval_every: int = 0, progress: float = 5.0, resume: bool = False) -> dict[str, Any]:
     """Train a PPO agent on `env_id` for `total_steps` environment steps.
 
     Args:
@@ -41,6 +43,9 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
         env_kwargs: keyword arguments of `gymnasium.make`.
         out_dir: where `metrics.jsonl` and TensorBoard logs go (None: nowhere).
         tensorboard: also write TensorBoard logs.
+        eval_every / progress / resume: see `minigpt.gym.session.GymSession` (evaluation every
+            N steps keeping the best policy, a progress line every N seconds, continuing
+            `out_dir`'s checkpoint).
 
     Returns:
         `{"policy": ActorCriticMLP, "eval": {"mean_return", "std_return", "episodes"},
@@ -56,13 +61,25 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     envs = make_vector_env(env_id, c.num_envs, env_kwargs)
     policy = ActorCriticMLP(envs.single_observation_space, envs.single_action_space, c.hidden_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate, eps=1e-5, fused=True)
-    rec = RunRecorder(out_dir, tensorboard)
+    session, rec = open_session(out_dir, tensorboard, total_steps, env_id, env_kwargs, seed, eval_every, c.eval_episodes, progress, resume)
 
     batch = c.num_envs * c.num_steps
     updates = -(-total_steps // batch)
     collector = RolloutCollector(envs, policy, c.gamma, seed, rec.episode)
+    pos = {"update": 0}
+    session.policy = lambda: policy
+    session.state = lambda: {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "update": pos["update"],
+                             "envs": collector.envs, "obs": collector.obs, "steps": collector.steps}
+    loop = session.take_restored()
+    if loop is not None:
+        envs.close()
+        policy.load_state_dict(loop["policy"])
+        optimizer.load_state_dict(loop["optimizer"])
+        envs = collector.envs = loop["envs"]
+        collector.obs, collector.steps, pos["update"] = loop["obs"], loop["steps"], loop["update"]
+    session.listen()
     try:
-        for update in range(updates):
+        for update in range(pos["update"], updates):
             if c.anneal_lr:
                 optimizer.param_groups[0]["lr"] = c.learning_rate * (1 - update / updates)
             clip = c.clip_range * (1 - update / updates) if c.anneal_clip_range else c.clip_range
@@ -96,10 +113,13 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
                         stats = {"policy_loss": float(pl.mean().detach()), "value_loss": float(vl.mean().detach()), "entropy": float(entropy.detach()),
                                  "approx_kl": pstats["approx_kl"], "clip_fraction": pstats["clip_fraction"], **vstats}
             rec.log(collector.steps, **stats, lr=optimizer.param_groups[0]["lr"])
+            pos["update"] = update + 1
+            session.tick(collector.steps, len(rec.episode_returns))
     finally:
+        session.stop_listening()
         envs.close()
         rec.close()
-    return rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps)
+    return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps), "session": session}
 
 
 __all__ = ["ActorCriticMLP", "PPOConfig", "train_ppo"]  # ActorCriticMLP: re-exported from minigpt.gym.actor_critic

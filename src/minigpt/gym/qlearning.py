@@ -15,7 +15,8 @@ from torch import nn
 from minigpt.config import DictConfig
 from minigpt.gym.config import QLearningConfig
 from minigpt.errors import UserError
-from minigpt.gym.common import RunRecorder, make_env, torch_seed
+from minigpt.gym.common import make_env, torch_seed
+from minigpt.gym.session import open_session
 
 
 def q_learning_update(q: np.ndarray, state: int, action: int, reward: float, next_state: int, terminal: bool, alpha: float, gamma: float) -> float:
@@ -58,7 +59,8 @@ def _greedy(row: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
-                    env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+                    env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True,
+                    eval_every: int = 0, progress: float = 5.0, resume: bool = False) -> dict[str, Any]:
     """Tabular Q-learning on `env_id` for `total_steps` environment steps.
 
     Returns:
@@ -81,11 +83,19 @@ def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, t
     rng = np.random.default_rng(seed)
     table = QTable(int(env.observation_space.n), int(env.action_space.n))
     q = table.q.numpy()  # shares memory with the buffer
-    rec = RunRecorder(out_dir, tensorboard)
+    session, rec = open_session(out_dir, tensorboard, total_steps, env_id, env_kwargs, seed, eval_every, c.eval_episodes, progress, resume)
     obs, _ = env.reset(seed=seed)
-    total, episode = 0.0, 0
+    total, episode, done = 0.0, 0, 0
+    session.policy = lambda: table
+    session.state = lambda: {"q": q.copy(), "rng": rng, "env": env, "obs": obs, "total": total, "episode": episode, "step": done}
+    loop = session.take_restored()
+    if loop is not None:
+        env.close()
+        q[...] = loop["q"]
+        rng, env, obs, total, episode, done = loop["rng"], loop["env"], loop["obs"], loop["total"], loop["episode"], loop["step"]
+    session.listen()
     try:
-        for step in range(1, total_steps + 1):
+        for step in range(done + 1, total_steps + 1):
             eps = linear_schedule(c.epsilon_start, c.epsilon_end, c.exploration_fraction, step - 1, total_steps)
             action = int(rng.integers(q.shape[1])) if rng.random() < eps else _greedy(q[obs], rng)
             next_obs, reward, terminated, truncated, _ = env.step(action)
@@ -97,10 +107,13 @@ def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, t
                 rec.episode(step, total, epsilon=eps)
                 total = 0.0
                 obs, _ = env.reset(seed=seed + episode)
+            done = step
+            session.tick(step, episode)
     finally:
+        session.stop_listening()
         env.close()
         rec.close()
-    return rec.finish(table, env_id, env_kwargs, c.eval_episodes, seed, total_steps)
+    return {**rec.finish(table, env_id, env_kwargs, c.eval_episodes, seed, total_steps), "session": session}
 
 
 __all__ = ["QLearningConfig", "QTable", "linear_schedule", "q_learning_update", "train_qlearning"]

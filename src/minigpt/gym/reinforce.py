@@ -22,13 +22,15 @@ from minigpt.config import DictConfig
 from minigpt.gym.config import BASELINES, REINFORCEConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP
-from minigpt.gym.common import RunRecorder, make_env, torch_seed
+from minigpt.gym.common import make_env, torch_seed
+from minigpt.gym.session import open_session
 from minigpt.losses.advantages import discounted_returns
 from minigpt.losses.policy import clipped_policy_loss, clipped_value_loss
 
 
 def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, total_steps: int = 100_000, seed: int = 0,
-                    env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True) -> dict[str, Any]:
+                    env_kwargs: dict | None = None, out_dir: str | Path | None = None, tensorboard: bool = True,
+                    eval_every: int = 0, progress: float = 5.0, resume: bool = False) -> dict[str, Any]:
     """Train REINFORCE on `env_id` until `total_steps` environment steps have been taken (the
     last update's episodes are finished).
 
@@ -47,8 +49,18 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
     env = make_env(env_id, env_kwargs)
     policy = ActorCriticMLP(env.observation_space, env.action_space, c.hidden_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=c.learning_rate)
-    rec = RunRecorder(out_dir, tensorboard)
+    session, rec = open_session(out_dir, tensorboard, total_steps, env_id, env_kwargs, seed, eval_every, c.eval_episodes, progress, resume)
     step, episode = 0, 0
+    session.policy = lambda: policy
+    session.state = lambda: {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "env": env,
+                             "step": step, "episode": episode}
+    loop = session.take_restored()
+    if loop is not None:
+        env.close()
+        policy.load_state_dict(loop["policy"])
+        optimizer.load_state_dict(loop["optimizer"])
+        env, step, episode = loop["env"], loop["step"], loop["episode"]
+    session.listen()
     try:
         while step < total_steps:
             obs_l, act_l, rew_l, done_l = [], [], [], []
@@ -88,10 +100,12 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
             nn.utils.clip_grad_norm_(policy.parameters(), c.max_grad_norm)
             optimizer.step()
             rec.log(step, policy_loss=float(pl.mean().detach()), mean_return=float(np.mean([r for _, r in rec.episode_returns[-c.episodes_per_update:]])))
+            session.tick(step, episode)
     finally:
+        session.stop_listening()
         env.close()
         rec.close()
-    return rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, step)
+    return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, step), "session": session}
 
 
 __all__ = ["BASELINES", "REINFORCEConfig", "train_reinforce"]

@@ -35,6 +35,9 @@ def gym(
     double: bool | None = None,
     dueling: bool | None = None,
     tensorboard: bool = True,
+    eval_every: int = 0,
+    progress: float = 5.0,
+    resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train an agent on a Gymnasium environment, then evaluate it deterministically.
@@ -56,10 +59,18 @@ def gym(
         double: shorthand for `--dqn.double` (the Double DQN target).
         dueling: shorthand for `--dqn.dueling` (the dueling head).
         tensorboard: also write TensorBoard logs (OUT/tensorboard).
+        eval_every: every this many environment steps, run the algorithm's `eval_episodes`
+            deterministic episodes and keep the best policy so far in OUT/best/ (as
+            Stable-Baselines3's EvalCallback); 0 = only the final evaluation.
+        progress: seconds between progress lines (steps, episodes, mean return of the last 100
+            episodes, steps/s, ETA); 0 = none.
+        resume: continue the checkpoint that Ctrl-C or SIGTERM left in `out` (OUT/checkpoint.pt),
+            with the settings of `out/run.json`.
         overwrite: replace a run already in `out`.
 
     Returns:
-        The evaluation (`eval.json`) plus `seconds` and `steps`.
+        The evaluation (`eval.json`: the final policy's, plus `best` when `eval_every` > 0) and
+        `seconds` and `steps`.
 
     Raises:
         UserError: an unknown algorithm or environment (close matches listed), `env_kwargs`
@@ -90,8 +101,10 @@ def gym(
     kwargs = parse_env_kwargs(env_kwargs)
     check_env_id(env)
     _check_spaces(algo, env, kwargs)  # before OUT is touched
+    if eval_every < 0 or progress < 0:
+        raise UserError(f"--eval_every and --progress must be ≥ 0, got {eval_every} and {progress}")
     out_dir = Path(out)
-    refuse_existing_run(out_dir, False, overwrite)
+    refuse_existing_run(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     if double is not None or dueling is not None:
         dqn = dataclasses.replace(dqn, **{k: v for k, v in (("double", double), ("dueling", dueling)) if v is not None})
@@ -99,11 +112,18 @@ def gym(
         "qlearning": (train_qlearning, qlearning), "dqn": (train_dqn, dqn), "reinforce": (train_reinforce, reinforce),
         "a2c": (train_a2c, a2c), "ppo": (train_ppo, ppo),
     }[algo]
-    atomic_write_text(out_dir / "run.json", json.dumps({
-        "stage": "gym", "algo": algo, "env": env, "env_kwargs": kwargs, "total_steps": total_steps, "seed": seed,
-        algo: dataclasses.asdict(settings),
-    }, indent=2) + "\n")
-    result = train(env, settings, total_steps, seed, kwargs, out_dir, tensorboard)
+    record = {"stage": "gym", "algo": algo, "env": env, "env_kwargs": kwargs, "total_steps": total_steps, "seed": seed,
+              algo: dataclasses.asdict(settings)}
+    if resume and (out_dir / "run.json").is_file():
+        saved = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        changed = [k for k in record if saved.get(k) != record[k]]
+        if changed:
+            raise UserError(f"--resume with settings that differ from the run in {out_dir} ({', '.join(changed)}); "
+                            "give the same options, or --overwrite to start over")
+    atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")
+    result = train(env, settings, total_steps, seed, kwargs, out_dir, tensorboard, eval_every=eval_every, progress=progress,
+                   resume=resume)
+    session = result["session"]
     policy = result["policy"]
     tmp = out_dir / ".policy.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(tmp))
@@ -111,8 +131,12 @@ def gym(
     atomic_write_text(out_dir / "policy.json", json.dumps({"algo": algo, "env": env, "env_kwargs": kwargs, algo: dataclasses.asdict(settings)}, indent=2) + "\n")
     rows = [{"step": s, "episode_return": r} for s, r in result["episode_returns"]]
     plot_learning_curve(rows, out_dir / "learning_curve.png", f"{algo} on {env} (seed {seed})")
-    evaluation = result["eval"]
+    evaluation = dict(result["eval"])
+    if session.best is not None:
+        evaluation["best"] = {**session.best, "path": str(out_dir / "best" / "policy.safetensors")}
+        evaluation["evaluations"] = session.evaluations
     atomic_write_text(out_dir / "eval.json", json.dumps(evaluation, indent=2) + "\n")
+    session.finished()
     print(f"{algo} on {env}: {result['steps']} environment steps in {result['seconds']:.0f} s; deterministic evaluation over "
           f"{len(evaluation.get('episodes', []))} episodes: {evaluation.get('mean_return', float('nan')):.3f} ± {evaluation.get('std_return', float('nan')):.3f} -> {out_dir}")
     return {**evaluation, "seconds": result["seconds"], "steps": result["steps"]}
