@@ -16,25 +16,14 @@ from minigpt.inference import GenerationEngine
 from minigpt.inference.batching import BatchRequest, ContinuousBatcher
 from minigpt.tokenizer.chat import chat_eos_ids
 
-from serving import Running, save_readable_chat_model
+from serving import Running
+from test_server import loaded, model_dir  # noqa: F401 (fixtures: the readable tiny chat model, loaded)
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_readable_chat_model(tmp_path_factory.mktemp("hostile") / "tiny-chat")
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    from minigpt.inference.loading import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -52,16 +52,7 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
     collector = RolloutCollector(envs, policy, c.gamma, seed, rec.episode)
     updates = -(-total_steps // (c.num_envs * c.num_steps))
     pos = {"update": 0}
-    session.policy = lambda: policy
-    session.state = lambda: {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "update": pos["update"],
-                             "envs": collector.envs, "obs": collector.obs, "steps": collector.steps}
-    loop = session.take_restored()
-    if loop is not None:
-        envs.close()
-        policy.load_state_dict(loop["policy"])
-        optimizer.load_state_dict(loop["optimizer"])
-        envs = collector.envs = loop["envs"]
-        collector.obs, collector.steps, pos["update"] = loop["obs"], loop["steps"], loop["update"]
+    envs = session.attach_rollouts(policy, optimizer, collector, pos)
     session.listen()
     try:
         for update in range(pos["update"], updates):

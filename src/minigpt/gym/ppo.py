@@ -67,16 +67,7 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     updates = -(-total_steps // batch)
     collector = RolloutCollector(envs, policy, c.gamma, seed, rec.episode)
     pos = {"update": 0}
-    session.policy = lambda: policy
-    session.state = lambda: {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "update": pos["update"],
-                             "envs": collector.envs, "obs": collector.obs, "steps": collector.steps}
-    loop = session.take_restored()
-    if loop is not None:
-        envs.close()
-        policy.load_state_dict(loop["policy"])
-        optimizer.load_state_dict(loop["optimizer"])
-        envs = collector.envs = loop["envs"]
-        collector.obs, collector.steps, pos["update"] = loop["obs"], loop["steps"], loop["update"]
+    envs = session.attach_rollouts(policy, optimizer, collector, pos)
     session.listen()
     try:
         for update in range(pos["update"], updates):

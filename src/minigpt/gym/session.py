@@ -220,6 +220,22 @@ class GymSession:
         loop, self._payload = self._payload["loop"], None
         return loop
 
+    def attach_rollouts(self, policy, optimizer, collector, pos: dict):
+        """For the on-policy algorithms over vector environments (PPO, A2C): checkpoint the
+        policy, its optimizer, the `RolloutCollector` (environments, current observations, step
+        count) and `pos["update"]`, and continue them from the checkpoint being resumed.
+        Returns the environments the loop steps (the restored ones after a resume)."""
+        self.policy = lambda: policy
+        self.state = lambda: {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "update": pos["update"],
+                              "envs": collector.envs, "obs": collector.obs, "steps": collector.steps}
+        loop = self.take_restored()
+        if loop is not None:
+            collector.envs.close()
+            policy.load_state_dict(loop["policy"])
+            optimizer.load_state_dict(loop["optimizer"])
+            collector.envs, collector.obs, collector.steps, pos["update"] = loop["envs"], loop["obs"], loop["steps"], loop["update"]
+        return collector.envs
+
     def finished(self) -> None:
         """The run completed: its checkpoint is no longer needed."""
         if self.out_dir is not None:
