@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+
+import pytest
 import sys
 import textwrap
 
@@ -146,16 +148,39 @@ def test_auto_threads_follow_the_measured_rule(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    for load, want in ((0.2, 4), (1.4, 3), (3.6, 1), (9.0, 1)):
-        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, load, load))
-        assert threads.pick_threads("pretrain")[0] == want, load
+    for busy, want in ((0, 4), (1, 3), (4, 1), (9, 1)):
+        monkeypatch.setattr(threads, "busy_cores", lambda busy=busy: busy)
+        assert threads.pick_threads("pretrain")[0] == want, busy
     assert threads.pick_threads("generate")[0] == 1 and threads.pick_threads("serve")[0] == 1
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert threads.pick_threads("sft")[0] == 2  # each of 2 ranks gets half
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.pick_threads("sft") == (3, "OMP_NUM_THREADS")  # the user's setting wins over auto
     assert threads.pick_threads("sft", "5") == (5, "--threads")
+
+
+def test_busy_cores_sees_a_busy_neighbour():
+    """/proc/stat over 0.2 s: idle here, then one core spinning in a child process."""
+    import multiprocessing
+    import time
+
+    from minigpt.train.threads import busy_cores, usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("needs 2 cores")
+    spinner = multiprocessing.Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.3)
+        assert busy_cores() >= 1
+    finally:
+        spinner.terminate()
+
+
+def _spin() -> None:
+    while True:
+        pass
 
 
 def test_threads_option_on_the_command_line(capsys):

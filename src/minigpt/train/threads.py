@@ -9,8 +9,9 @@ more time synchronising threads than computing (`benchmarks/bench_threads.py` me
 * decoding commands (generate, chat, serve, eval, score, embed): 1 thread: one token of a
   small model is too little work to split;
 * every other command: the usable cores (its CPU affinity) minus the cores other processes
-  keep busy (the 1-minute load average, rounded), at least 1; under torchrun each local rank
-  gets its share of those.
+  keep busy right now (CPU time in /proc/stat over 0.2 s, rounded; the 1-minute load average
+  where there is no /proc, though it lags: a command that just ended still counts), at least 1;
+  under torchrun each local rank gets its share of those.
 
 An `OMP_NUM_THREADS` the user set is kept when `--threads` is `auto`. No torch import here:
 the choice is applied before torch loads (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`) and again with
@@ -56,14 +57,41 @@ def pick_threads(command: str, requested: str | int | None = "auto") -> tuple[in
     cores = usable_cores()
     if command in DECODING_COMMANDS:
         return 1, "auto: batch-1 decoding"
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:
-        busy = 0
+    busy = busy_cores()
     free = max(1, min(cores, cores - busy))
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     n = max(1, free // max(1, ranks))
     return n, f"auto: {cores} cores, {busy} busy" + (f", {ranks} local ranks" if ranks > 1 else "")
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """`(busy, total)` jiffies of all CPUs from /proc/stat, or None where it cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+def busy_cores(sample: float = 0.2) -> int:
+    """Cores kept busy by other processes: the machine's CPU use over `sample` seconds (this
+    process is idle meanwhile), in cores, rounded; the 1-minute load average without /proc."""
+    import time
+
+    first = _cpu_times()
+    if first is None:
+        try:
+            return int(os.getloadavg()[0] + 0.5)
+        except (AttributeError, OSError):
+            return 0
+    time.sleep(sample)
+    second = _cpu_times()
+    busy, total = second[0] - first[0], second[1] - first[1]
+    cpus = os.cpu_count() or 1
+    return int(busy / total * cpus + 0.5) if total > 0 else 0
 
 
 def set_threads(n: int):
@@ -94,4 +122,4 @@ def set_threads(n: int):
     return restore
 
 
-__all__ = ["DECODING_COMMANDS", "pick_threads", "set_threads", "usable_cores"]
+__all__ = ["DECODING_COMMANDS", "busy_cores", "pick_threads", "set_threads", "usable_cores"]
