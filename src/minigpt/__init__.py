@@ -1,8 +1,10 @@
 """minigpt: raw text to an aligned chat model, end to end, on PyTorch.
 
-Importing the package registers `MiniGPTConfig` / `MiniGPTForCausalLM` with `transformers`'
-`AutoConfig` and `AutoModelForCausalLM`, so a saved run directory loads with
-`AutoModelForCausalLM.from_pretrained(run_dir)`.
+After `import minigpt`, `MiniGPTConfig` / `MiniGPTForCausalLM` (and the reward model, encoder
+and embedder) are registered with `transformers`' Auto classes as soon as those are imported,
+so a saved run directory loads with `AutoModelForCausalLM.from_pretrained(run_dir)`. The
+package's names are imported on first use: `import minigpt` itself loads neither torch nor
+transformers.
 """
 
 import sys as _sys
@@ -35,14 +37,20 @@ def _register_with_transformers() -> None:
     import minigpt.model.reward  # noqa: F401
 
 
+_AUTO = "transformers.models.auto"
+"""The package of transformers' Auto classes: importing it (any use of AutoConfig,
+AutoModelForCausalLM, ...) registers MiniGPT first."""
+
+
 class _RegisterWhenTransformersLoads:
-    """A `sys.meta_path` finder that lets the other finders find `transformers`, and makes its
-    loader register the MiniGPT classes right after the module has run. So `import minigpt`
-    stays cheap (no torch, no transformers), and `AutoModelForCausalLM.from_pretrained(run_dir)`
-    still works after `import minigpt`, whichever of the two is imported first."""
+    """A `sys.meta_path` finder that lets the other finders find transformers' Auto package,
+    and makes its loader register the MiniGPT classes right after the package has run. So
+    `import minigpt` stays cheap (no torch, no transformers), a command that only tokenizes never
+    loads torch, and `AutoModelForCausalLM.from_pretrained(run_dir)` still works after
+    `import minigpt`, whichever of the two is imported first."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "transformers":
+        if name != _AUTO:
             return None
         import importlib.util
 
@@ -66,7 +74,7 @@ class _RegisterWhenTransformersLoads:
         return spec
 
 
-if "transformers" in _sys.modules:
+if _AUTO in _sys.modules:
     _register_with_transformers()
 elif not any(isinstance(f, _RegisterWhenTransformersLoads) for f in _sys.meta_path):
     _sys.meta_path.insert(0, _RegisterWhenTransformersLoads())
