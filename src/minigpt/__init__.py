@@ -29,12 +29,33 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
-def _register_with_transformers() -> None:
-    """Register the MiniGPT classes with transformers' Auto classes (importing their modules,
-    which register themselves)."""
-    import minigpt.model.encoder  # noqa: F401
-    import minigpt.model.modeling  # noqa: F401
-    import minigpt.model.reward  # noqa: F401
+_MODEL_MODULES = ("minigpt.model.configuration", "minigpt.model.modeling", "minigpt.model.reward", "minigpt.model.encoder")
+_pending = False
+
+
+def _register_with_transformers(finishing: str | None = None) -> None:
+    """Register the MiniGPT classes with transformers' Auto classes by importing their modules,
+    which register themselves. While one of those modules is itself being imported (its own
+    transformers imports load the Auto package), the import is postponed: each of them calls
+    `_register_if_pending` at its end (`finishing`: its classes are all defined by then), and
+    the last to finish does it."""
+    global _pending
+    import importlib
+
+    if any(m != finishing and getattr(getattr(_sys.modules.get(m), "__spec__", None), "_initializing", False)
+           for m in _MODEL_MODULES):
+        _pending = True
+        return
+    _pending = False
+    for name in _MODEL_MODULES:
+        importlib.import_module(name)
+
+
+def _register_if_pending(module: str) -> None:
+    """Called at the end of each model module (`module`, its name): finish a registration
+    postponed while it loaded."""
+    if _pending:
+        _register_with_transformers(finishing=module)
 
 
 _AUTO = "transformers.models.auto"

@@ -224,3 +224,8 @@ class MiniGPTConfig(PretrainedConfig):
 from transformers import AutoConfig as _AutoConfig  # noqa: E402
 
 _AutoConfig.register(MiniGPTConfig.model_type, MiniGPTConfig, exist_ok=True)
+
+
+import minigpt as _minigpt  # noqa: E402
+
+_minigpt._register_if_pending(__name__)  # a registration postponed while this module loaded (see minigpt/__init__)

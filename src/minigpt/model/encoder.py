@@ -265,3 +265,8 @@ def write_sentence_transformers_modules(directory: str | Path, pooling: str, hid
 
 
 __all__ += ["EMBEDDING_POOLINGS", "EmbeddingOutput", "MiniGPTForEmbedding", "model_class_for", "write_sentence_transformers_modules", "ProjectionHead", "pool_embeddings"]
+
+
+import minigpt as _minigpt  # noqa: E402
+
+_minigpt._register_if_pending(__name__)  # a registration postponed while this module loaded (see minigpt/__init__)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask, create_sliding_window_causal_mask
@@ -610,6 +610,15 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
 MiniGPT = MiniGPTForCausalLM
 
 # AutoModelForCausalLM.from_pretrained(run_dir) gives the language model, AutoModel the bare
-# decoder stack (what sentence-transformers' Transformer module runs).
-AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
-AutoModel.register(MiniGPTConfig, MiniGPTModel, exist_ok=True)
+# decoder stack (what sentence-transformers' Transformer module runs). Imported here, at the
+# end: importing transformers' Auto package runs `import minigpt`'s registration hook, which
+# imports the reward model and encoder modules, and they need this module's classes.
+from transformers import AutoModel as _AutoModel, AutoModelForCausalLM as _AutoModelForCausalLM  # noqa: E402
+
+_AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM, exist_ok=True)
+_AutoModel.register(MiniGPTConfig, MiniGPTModel, exist_ok=True)
+
+
+import minigpt as _minigpt  # noqa: E402
+
+_minigpt._register_if_pending(__name__)  # a registration postponed while this module loaded (see minigpt/__init__)

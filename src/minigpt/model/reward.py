@@ -412,3 +412,8 @@ __all__ = [
     "set_reward_head_config",
     "stack_pairs",
 ]
+
+
+import minigpt as _minigpt  # noqa: E402
+
+_minigpt._register_if_pending(__name__)  # a registration postponed while this module loaded (see minigpt/__init__)
