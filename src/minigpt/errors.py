@@ -48,15 +48,21 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def is_unwritable(error: BaseException) -> bool:
-    """True when `error` (or an exception it was raised from) is a write refused by the system:
-    permission denied, or a read-only file system (errno EACCES, EPERM, EROFS)."""
+def _path_errnos() -> tuple[int, ...]:
     import errno
 
+    return (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
+
+
+def is_unwritable(error: BaseException) -> bool:
+    """True when `error` (or an exception it was raised from) is the system refusing a path:
+    permission denied, a read-only file system, or a path that cannot exist (a missing or
+    non-folder parent, a name too long: errno EACCES, EPERM, EROFS, ENOENT, ENOTDIR, EISDIR,
+    ENAMETOOLONG) on an `OSError` that names the path."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if isinstance(error, OSError) and error.errno in _path_errnos() and error.filename:
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -69,11 +75,13 @@ def unwritable_message(error: BaseException) -> str:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            where = f" {error.filename}" if error.filename else ""
+        if isinstance(error, OSError) and error.errno in _path_errnos() and error.filename:
+            where = f" {error.filename}"
             if error.errno == errno.EROFS:
                 return f"cannot write{where}: read-only file system"
-            return f"cannot open{where}: permission denied"
+            if error.errno in (errno.EACCES, errno.EPERM):
+                return f"cannot open{where}: permission denied"
+            return f"cannot use{where}: {(error.strerror or 'invalid path').lower()}"
         error = error.__cause__ or error.__context__
     return "permission denied"
 

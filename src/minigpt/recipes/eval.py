@@ -110,7 +110,6 @@ def evaluate(
             not carry what a metric needs, or an --out / --save_generations that is a folder,
             an input, or unwritable (checked before any work).
     """
-    from minigpt.evaluation.evaluate import evaluate_model, format_report, load_eval_examples
     from minigpt.evaluation.metrics import METRICS, score_predictions
 
     from minigpt.errors import check_output_file, check_seed
@@ -127,6 +126,8 @@ def evaluate(
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
         raise UserError(f"--metrics: unknown {unknown or 'empty list'}; choose from {', '.join(METRICS)}")
+    from minigpt.evaluation.evaluate import evaluate_model, format_report, load_eval_examples
+
     kw = {"resamples": resamples, "level": confidence, "seed": seed}
     settings: dict[str, Any] = {"metrics": names, "resamples": resamples, "confidence": confidence, "seed": seed}
     if predictions is not None:
