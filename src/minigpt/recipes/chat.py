@@ -17,7 +17,9 @@ from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
 
 #: `minigpt chat`'s sampling defaults.
-CHAT_SAMPLING = SamplingOptions(max_new_tokens=256, temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1)
+#: `max_new_tokens` 0 = the model's own reply budget (`generation_config.max_new_tokens`, which
+#: `minigpt sft` sets from the replies it trained on), else 256.
+CHAT_SAMPLING = SamplingOptions(max_new_tokens=0, temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1)
 
 HELP = """commands:
   /reset          forget the conversation (the system message stays)
@@ -193,6 +195,22 @@ def _input_lines(prompt: str = ">>> ") -> Iterator[str]:
             return
 
 
+def model_reply_budget(net, asked: int, fallback: int) -> int:
+    """Tokens a reply may take: `asked` when > 0, else the model's own
+    `generation_config.max_new_tokens` (set by `minigpt sft` from its training replies), else
+    `fallback`.
+
+    Raises:
+        UserError: `asked` < 0.
+    """
+    if asked < 0:
+        raise UserError(f"--sampling.max_new_tokens: must be ≥ 1 (0 = the model's own reply length), got {asked}")
+    if asked:
+        return asked
+    own = getattr(getattr(net, "generation_config", None), "max_new_tokens", None)
+    return int(own) if isinstance(own, int) and own > 0 else fallback
+
+
 def chat(
     model: str,
     prompt: str | None = None,
@@ -223,6 +241,9 @@ def chat(
         system: system message.
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
             `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
+            `max_new_tokens` 0 (the default) takes the model's own reply length
+            (`generation_config.max_new_tokens`, set by `minigpt sft` from the replies it
+            trained on), else 256.
         dtype: decoding precision of the fast engine: auto (bf16 where it is the fast path,
             else fp32), fp32, bf16 or int8 (weight-only).
         hide_thinking: do not print the <think> part of replies.
@@ -263,7 +284,7 @@ def chat(
         net,
         tok,
         system=system,
-        max_new_tokens=sampling.max_new_tokens,
+        max_new_tokens=model_reply_budget(net, sampling.max_new_tokens, 256),
         temperature=sampling.temperature,
         top_k=sampling.top_k,
         top_p=sampling.top_p,

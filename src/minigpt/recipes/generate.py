@@ -8,7 +8,8 @@ from minigpt.inference.sampling import SamplingOptions
 from minigpt.recipes.common import regroup
 
 #: `minigpt generate`'s sampling defaults.
-GENERATE_SAMPLING = SamplingOptions(max_new_tokens=200, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0)
+#: `max_new_tokens` 0 = the model's own reply budget (`generation_config.max_new_tokens`), else 200.
+GENERATE_SAMPLING = SamplingOptions(max_new_tokens=0, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0)
 
 
 def _engine(model, tok, dtype: str = "fp32"):
@@ -72,6 +73,9 @@ def generate(
         prompt: one prompt, or several (each streamed in turn).
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
             `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
+            `max_new_tokens` 0 (the default) takes the model's own reply length
+            (`generation_config.max_new_tokens`, set by `minigpt sft` from the replies it
+            trained on), else 200.
         greedy: always take the most likely token.
         seed: random seed for sampling.
         device: auto, cpu, cuda or mps.
@@ -97,6 +101,9 @@ def generate(
 
     check_seed(seed)
     net, tok = load_model_and_tokenizer(model, device, tokenizer, allow_base_mismatch)
+    from minigpt.recipes.chat import model_reply_budget
+
+    budget = model_reply_budget(net, sampling.max_new_tokens, 200)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     filters = {**sampling.filters(), "seed": seed}
     if greedy:
@@ -104,6 +111,6 @@ def generate(
     outs = []
     for p in prompts:
         sys.stdout.write(p)
-        outs.append(stream_text(net, tok, p, sampling.max_new_tokens, dtype=dtype, **filters))
+        outs.append(stream_text(net, tok, p, budget, dtype=dtype, **filters))
         sys.stdout.write("\n")
     return outs
