@@ -110,6 +110,8 @@ def test_cli_resume_and_refusal(tiny_run, capsys):
     assert "already holds" in capsys.readouterr().err
     more = [a if a != "6" else "8" for a in argv]  # --train.max_steps 8
     assert main(more + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"resumed from \S*step_0*6 at step 6", printed), printed  # says what it continues
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 8
 

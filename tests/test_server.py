@@ -505,7 +505,7 @@ def test_streams_of_several_choices_and_of_text_completions(server):
     assert len(text) > 0
 
 
-def test_the_serve_command_takes_its_key_from_the_environment(model_dir, monkeypatch):
+def test_the_serve_command_takes_its_key_from_the_environment(model_dir, monkeypatch, capsys):
     import uvicorn
 
     from minigpt.recipes.serve import serve
@@ -517,4 +517,5 @@ def test_the_serve_command_takes_its_key_from_the_environment(model_dir, monkeyp
     config = seen["config"]
     state = config.app.state.server
     assert (config.host, config.port, state.api_key, state.batcher.max_batch_size) == ("127.0.0.1", 8123, "from-env", 3)
+    assert "chat page at http://127.0.0.1:8123/" in capsys.readouterr().err  # where to point a browser
     assert state.model_name == "tiny-chat"
