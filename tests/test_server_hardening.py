@@ -101,6 +101,7 @@ class Bystander:
     ("logit_bias", {"5": 101}, "logit_bias"),
     ("logit_bias", {"5": -1000}, "logit_bias"),
     ("logit_bias", {"999999": 1}, "logit_bias"),
+    ("stop", ["x" * 1025], "stop"),
 ])
 def test_an_out_of_range_field_is_a_400_naming_it(server, field, value, param):
     r = post(server, {"messages": HI, "max_tokens": 2, field: value})

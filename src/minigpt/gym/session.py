@@ -91,12 +91,6 @@ class GymSession:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def __enter__(self) -> GymSession:
-        self.listen()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_listening()
 
     def _on_signal(self, signum, frame) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop at once, without a checkpoint

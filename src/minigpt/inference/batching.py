@@ -32,12 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minigpt.errors import UserError
+from minigpt.errors import SEED_MAX, SEED_MIN, UserError
 from minigpt.inference.engine import GenerationEngine, filter_logits
-
-
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
-"""The seeds `torch.Generator.manual_seed` accepts."""
 
 
 class QueueFull(RuntimeError):
@@ -297,9 +293,9 @@ class ContinuousBatcher:
                 for slot, state in enumerate(self._slots):
                     if state is not None:
                         self._release(slot, reason)
-                self.restarts += 0 if give_up else 1
                 if give_up:
                     return
+                self.restarts += 1
 
     def _loop(self) -> None:
         with self.engine._context():

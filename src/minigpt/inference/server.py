@@ -42,13 +42,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minigpt.errors import UserError
-from minigpt.inference.batching import SEED_MAX, SEED_MIN, BatchRequest, ContinuousBatcher, QueueFull
+from minigpt.errors import SEED_MAX, SEED_MIN
+from minigpt.inference.batching import BatchRequest, ContinuousBatcher, QueueFull
 from minigpt.inference.chat import ReasoningSplitter, ReplyDecoder
 from minigpt.inference.web import MarkdownWorker, chat_page
 from minigpt.tokenizer.chat import render_prompt_literal
 
 
 INT32_MAX = 2**31 - 1
+STOP_MAX_CHARS = 1024
+"""Longest stop sequence: each one is looked for in the reply at every decoded token."""
 RENDER_MAX_CHARS = 100_000
 """Longest text `POST /render` takes (the chat page sends one reply at a time)."""
 RENDER_SECONDS = 2.0
@@ -147,6 +150,8 @@ class _Sampling(_Body):
     def _at_most_four(cls, v):
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop sequences")
+        if any(len(s) > STOP_MAX_CHARS for s in ([v] if isinstance(v, str) else v or [])):
+            raise ValueError(f"a stop sequence is at most {STOP_MAX_CHARS} characters")  # each is searched at every token
         return v
 
     def stops(self) -> list[str]:
@@ -440,8 +445,9 @@ def create_app(server: OpenAIServer, allowed_hosts: list[str] | None = None,
         on_failure: called once (on the event loop) if the batcher stops for good, e.g. to shut
             the server down; `/health` answers 503 from then on either way.
 
-    Tokenizing, chat rendering and Markdown rendering run on worker threads, never on the
-    event loop, so one large request cannot stall the others. When `server.api_key` is set,
+    Tokenizing and chat rendering run on worker threads and Markdown rendering in a child
+    process (`MarkdownWorker`), never on the event loop, so one large request cannot stall the
+    others. When `server.api_key` is set,
     `/openapi.json` and `/docs` are off and `/render` needs the key too.
 
     Run it with uvicorn: `uvicorn.run(create_app(server), host=..., port=...)`."""
@@ -552,8 +558,9 @@ def create_app(server: OpenAIServer, allowed_hosts: list[str] | None = None,
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
         server.check_model(body.model)
-        if isinstance(body.prompt, str) or (isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], str)):
-            server.check_length([body.prompt] if isinstance(body.prompt, str) else list(body.prompt), "prompt")
+        texts = [body.prompt] if isinstance(body.prompt, str) else [p for p in body.prompt if isinstance(p, str)]
+        for text in texts:  # each prompt has a context of its own
+            server.check_length([text], "prompt")
         prompts = await run_in_threadpool(_prompt_list, body.prompt, server.tokenizer)
         budgets = [server.budget(len(p), body.max_tokens, None) for p in prompts]
         jobs_per_prompt: list[list[_Job]] = []
