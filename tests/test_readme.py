@@ -37,15 +37,14 @@ def test_the_readme_has_commands_to_check():
 
 @pytest.mark.parametrize("line", readme_commands())
 def test_a_readme_command_parses(line, monkeypatch):
-    from minigpt.cli import CommandLineError, _commands, _option_kinds, _underscore_options, build_parser, normalize_booleans, pop_threads
+    from minigpt.cli import CommandLineError, _commands, _underscore_options, parser_for, pop_threads
 
     monkeypatch.chdir(ROOT)  # --config paths are relative to the repository
     argv, _ = pop_threads(_underscore_options(shlex.split(line)[1:]))
     command = argv[0]
     assert command in _commands(), f"README: unknown command {command!r} in {line!r}"
-    parser = build_parser(command)
-    switches, typed, _ = _option_kinds(parser._subcommands_action._name_parser_map[command])
+    parser, argv = parser_for(argv)
     try:
-        parser.parse_args([command] + normalize_booleans(argv[1:], switches, typed))
+        parser.parse_args(argv)
     except CommandLineError as e:
         pytest.fail(f"README command does not parse: {line!r}: {e}")

@@ -82,11 +82,10 @@ def test_the_public_names_still_resolve():
 
 
 def parse(command: str, *argv: str):
-    from minigpt.cli import _option_kinds, build_parser, normalize_booleans
+    from minigpt.cli import parser_for
 
-    parser = build_parser(command)
-    switches, typed, _ = _option_kinds(parser._subcommands_action._name_parser_map[command])
-    return parser.parse_args([command, *normalize_booleans(list(argv), switches, typed)])[command]
+    parser, full = parser_for([command, *argv])
+    return parser.parse_args(full)[command]
 
 
 def test_every_boolean_takes_a_bare_flag_or_a_value():

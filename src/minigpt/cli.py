@@ -208,6 +208,18 @@ _TYPE_WORDS = {"dict": "a JSON object such as '{\"key\": 1}'", "list": "a JSON l
                "NoneType": "null", "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
+def parser_for(argv: list[str]):
+    """`(parser, argv)`: the parser with the options of `argv`'s command built (none when
+    `argv[0]` is not a command), and `argv` with its boolean options in one spelling
+    (`normalize_booleans`), ready for `parser.parse_args`."""
+    command = argv[0] if argv and argv[0] in _commands() else ""
+    parser = build_parser(command)
+    if command:
+        switches, typed, _ = _option_kinds(parser._subcommands_action._name_parser_map[command])
+        argv = [command] + normalize_booleans(argv[1:], switches, typed)
+    return parser, argv
+
+
 def describe_parse_error(message: str, parser, commands, command: str = "") -> str:
     """One line for a jsonargparse error: an unknown option with the closest known ones, an
     unknown command with the closest command, or a value that does not parse with the option
@@ -306,14 +318,10 @@ def _main(argv: list[str] | None) -> int:
     from minigpt.errors import UserError
     from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
 
-    argv = _underscore_options(list(sys.argv[1:] if argv is None else argv))
-    argv, threads = pop_threads(argv)
+    argv, threads = pop_threads(_underscore_options(list(sys.argv[1:] if argv is None else argv)))
     commands = _commands()
     command = argv[0] if argv and argv[0] in commands else ""
-    parser = build_parser(command)
-    if command:
-        switches, typed, _ = _option_kinds(parser._subcommands_action._name_parser_map[command])
-        argv = [command] + normalize_booleans(argv[1:], switches, typed)
+    parser, argv = parser_for(argv)
     try:
         cfg = parser.parse_args(argv)
     except CommandLineError as e:
