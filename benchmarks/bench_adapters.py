@@ -24,8 +24,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--methods", default="full,lora,houlsby,pfeiffer,ia3")
     a = p.parse_args()
-    from minigpt.model.adapters import AdapterOptions
-    from minigpt.model.lora import LoraOptions
+    from minigpt.model.options import AdapterOptions
+    from minigpt.model.options import LoraOptions
     from minigpt.recipes.sft import sft
     from minigpt.train.config import TrainConfig
 

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from minigpt.model.lora import LoraOptions
+from minigpt.model.options import LoraOptions
 from minigpt.recipes.distill import distill
 from minigpt.recipes.pretrain import ModelConfig, pretrain
 from minigpt.recipes.sft import sft

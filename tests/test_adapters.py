@@ -159,7 +159,7 @@ def test_sft_with_houlsby_adapters_saves_the_adapter_alone(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     train = TrainConfig(max_steps=3, batch_size=4, lr=1e-2, warmup_steps=0, precision="fp32", device="cpu", eval_interval=0,
                         eval_batches=0, save_interval=0, progress=False, tensorboard=False)
-    from minigpt.model.adapters import AdapterOptions
+    from minigpt.model.options import AdapterOptions
 
     sft(model=str(tmp_path / "base"), data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "run"), max_length=32, val_fraction=0.1,
         adapter=AdapterOptions(method="houlsby", reduction_factor=4), train=train)
@@ -167,7 +167,7 @@ def test_sft_with_houlsby_adapters_saves_the_adapter_alone(tmp_path):
     net, _ = load_model_dir(tmp_path / "run", MiniGPTForCausalLM, adapters=True)
     assert has_bottleneck_adapters(net)
     with pytest.raises(UserError, match="choose one"):
-        from minigpt.model.lora import LoraOptions
+        from minigpt.model.options import LoraOptions
 
         sft(model=str(tmp_path / "base"), data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "run2"), max_length=32,
             adapter=AdapterOptions(method="ia3"), lora=LoraOptions(rank=4), train=train)

@@ -673,7 +673,7 @@ def test_grouped_sampling_options_and_their_old_spellings_agree(tiny_run, capsys
 def test_lora_group_parses_as_dotted_options_and_nested_yaml(command, tmp_path):
     """`--lora.rank 4 --lora.targets [q_proj]` and `lora: {rank: 4}` in a YAML preset reach the
     command's `LoraOptions`; unset fields keep their defaults."""
-    from minigpt.model.lora import LoraOptions
+    from minigpt.model.options import LoraOptions
 
     cfg = getattr(build_parser().parse_args([command, "--model", "M", "--lora.rank", "4", "--lora.targets", "[q_proj]"]), command)
     assert (cfg.lora.rank, cfg.lora.targets, cfg.lora.alpha) == (4, ["q_proj"], LoraOptions().alpha)

@@ -13,7 +13,8 @@ import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.errors import UserError
 from minigpt.losses.moe import expert_load, load_balancing_loss, router_z_loss
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, count_active_parameters, count_parameters
-from minigpt.model.moe import MoeOptions, apply_moe_options
+from minigpt.model.moe import apply_moe_options
+from minigpt.model.options import MoeOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

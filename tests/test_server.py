@@ -461,7 +461,7 @@ def test_a_lora_adapter_directory_is_served_on_its_base(model_dir, loaded, tmp_p
 
 def test_thinking_goes_to_reasoning_content(loaded):
     from minigpt.inference.server import OpenAIServer, create_app
-    from minigpt.tokenizer.bpe import THINK_END, THINK_START
+    from minigpt.tokenizer.special import THINK_END, THINK_START
 
     model, tok = loaded
     script = ([tok.convert_tokens_to_ids(THINK_START)] + tok("1 + 2 is 3", add_special_tokens=False)["input_ids"]

@@ -128,7 +128,7 @@ def test_thinking_is_shown_apart_collapsed_and_markdown_rendered(model_dir):
     from minigpt.inference.engine import GenerationEngine
     from minigpt.inference.loading import load_model_and_tokenizer
     from minigpt.inference.server import OpenAIServer, create_app
-    from minigpt.tokenizer.bpe import THINK_END, THINK_START
+    from minigpt.tokenizer.special import THINK_END, THINK_START
     from minigpt.tokenizer.chat import chat_eos_ids
 
     model, tok = load_model_and_tokenizer(model_dir, device="cpu")

@@ -9,14 +9,12 @@ policy gradient), the same functions PPO and RLHF use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from minigpt.config import DictConfig
 from minigpt.gym.config import A2CConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
@@ -84,4 +82,4 @@ def train_a2c(env_id: str, config: A2CConfig | dict | None = None, total_steps: 
     return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps), "session": session}
 
 
-__all__ = ["A2CConfig", "train_a2c"]
+__all__ = ["train_a2c"]

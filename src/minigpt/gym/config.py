@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minigpt.config import DictConfig
-from minigpt.errors import UserError
 
 #: REINFORCE baselines: none, the batch's mean return, or a learned state-value baseline.
 BASELINES = ("none", "mean", "value")

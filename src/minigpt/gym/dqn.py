@@ -7,7 +7,6 @@ arXiv:1511.06581). Discrete actions; `Box` or `Discrete` (one-hot) observations.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt.config import DictConfig
 from minigpt.gym.config import DQNConfig
 from minigpt.errors import UserError
 from minigpt.gym.common import make_env, torch_seed
@@ -222,4 +220,4 @@ def train_dqn(env_id: str, config: DQNConfig | dict | None = None, total_steps: 
     return {**rec.finish(greedy, env_id, env_kwargs, c.eval_episodes, seed, total_steps), "session": session}
 
 
-__all__ = ["DQNConfig", "GreedyPolicy", "QNetwork", "ReplayBuffer", "dqn_targets", "dueling_q", "train_dqn"]
+__all__ = ["GreedyPolicy", "QNetwork", "ReplayBuffer", "dqn_targets", "dueling_q", "train_dqn"]

@@ -13,14 +13,12 @@ bootstraps: the reward of that step gets `γ·V(final observation)` added.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from minigpt.config import DictConfig
 from minigpt.gym.config import PPOConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP, RolloutCollector
@@ -113,4 +111,4 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps), "session": session}
 
 
-__all__ = ["ActorCriticMLP", "PPOConfig", "train_ppo"]  # ActorCriticMLP: re-exported from minigpt.gym.actor_critic
+__all__ = ["ActorCriticMLP", "train_ppo"]  # ActorCriticMLP: re-exported from minigpt.gym.actor_critic

@@ -4,7 +4,6 @@ environments whose observations and actions are both `Discrete` (FrozenLake, Tax
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from minigpt.config import DictConfig
 from minigpt.gym.config import QLearningConfig
 from minigpt.errors import UserError
 from minigpt.gym.common import make_env, torch_seed
@@ -116,4 +114,4 @@ def train_qlearning(env_id: str, config: QLearningConfig | dict | None = None, t
     return {**rec.finish(table, env_id, env_kwargs, c.eval_episodes, seed, total_steps), "session": session}
 
 
-__all__ = ["QLearningConfig", "QTable", "linear_schedule", "q_learning_update", "train_qlearning"]
+__all__ = ["QTable", "linear_schedule", "q_learning_update", "train_qlearning"]

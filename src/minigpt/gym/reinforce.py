@@ -10,7 +10,6 @@ default).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minigpt.config import DictConfig
-from minigpt.gym.config import BASELINES, REINFORCEConfig
+from minigpt.gym.config import REINFORCEConfig
 from minigpt.errors import UserError
 from minigpt.gym.actor_critic import ActorCriticMLP
 from minigpt.gym.common import make_env, torch_seed
@@ -108,4 +106,4 @@ def train_reinforce(env_id: str, config: REINFORCEConfig | dict | None = None, t
     return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, step), "session": session}
 
 
-__all__ = ["BASELINES", "REINFORCEConfig", "train_reinforce"]
+__all__ = ["train_reinforce"]

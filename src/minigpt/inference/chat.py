@@ -22,7 +22,7 @@ import torch
 from minigpt.errors import UserError
 from minigpt.inference.engine import GenerationEngine
 from minigpt.tokenizer.chat import render_prompt
-from minigpt.tokenizer.bpe import ANSWER_END, ANSWER_START, IM_END, REASONING_TAGS, THINK_END, THINK_START
+from minigpt.tokenizer.special import ANSWER_END, ANSWER_START, IM_END, REASONING_TAGS, THINK_END, THINK_START
 
 THINKING = "thinking"
 ANSWER = "answer"

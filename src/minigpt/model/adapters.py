@@ -24,13 +24,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from minigpt.model.options import AdapterOptions  # noqa: F401 (defined there, used here)
 from minigpt.errors import UserError
 
 #: `peft_type` written in `adapter_config.json` for bottleneck adapters.

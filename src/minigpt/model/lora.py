@@ -34,14 +34,12 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from minigpt.model.options import LoraOptions  # noqa: F401 (defined there, used here)
 from minigpt.errors import UserError
 
 #: The linear projections of every decoder block (Llama names); LoRA's default targets.

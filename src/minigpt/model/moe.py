@@ -8,11 +8,10 @@ picks the experts a task routes to most and tunes those alone).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from torch import nn
 
-from minigpt.model.options import MoeOptions  # noqa: F401 (defined there, used here)
+from minigpt.model.options import MoeOptions
 from minigpt.errors import UserError
 
 

@@ -40,7 +40,7 @@ class _ReplyPrinter:
         self.kind: str | None = None  # kind of the last text written
 
     def part(self, kind: str, text: str) -> None:
-        from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+        from minigpt.inference.chat import THINKING
 
         if kind == THINKING:
             if self.hide:
@@ -62,7 +62,7 @@ class _ReplyPrinter:
         self.kind = kind
 
     def close(self) -> None:
-        from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+        from minigpt.inference.chat import THINKING
 
         if self.kind == THINKING and self.color:
             self._write(_RESET)
@@ -74,7 +74,7 @@ class _ReplyPrinter:
 
 
 def run_chat(
-    session: ChatSession,
+    session,  # a minigpt.inference.chat.ChatSession
     lines: Iterable[str],
     out: TextIO | None = None,
     hide_thinking: bool = False,
@@ -104,8 +104,6 @@ def run_chat(
         it is set, user messages, and assistant messages whose `content` is the answer and,
         when the model thought, `reasoning_content` the thinking.
     """
-    from minigpt.inference.chat import THINKING, ChatReply, ChatSession
-
     out = out or sys.stdout
     color = bool(getattr(out, "isatty", lambda: False)())
     transcript: list[dict[str, str]] = []
@@ -168,10 +166,8 @@ def run_chat(
     return transcript
 
 
-def _notices(session: ChatSession, reply: ChatReply, dropped_before: int) -> None:
+def _notices(session, reply, dropped_before: int) -> None:
     """Tell the user (on stderr) when the context window cut the reply or the history."""
-    from minigpt.inference.chat import THINKING, ChatReply, ChatSession
-
     if reply.finish_reason == "length" and reply.max_new_tokens < session.max_new_tokens:
         print(
             f"(reply cut at {reply.max_new_tokens} tokens: the {session.context_limit}-token context is full)",
@@ -264,7 +260,7 @@ def chat(
         UserError: unknown dtype, a bad model directory, or a message that does not fit the
             model's context.
     """
-    from minigpt.inference.chat import THINKING, ChatReply, ChatSession
+    from minigpt.inference.chat import ChatSession
     from minigpt.inference.loading import ENGINE_DTYPES, load_model_and_tokenizer
     from minigpt.train.distributed import pick_precision
 

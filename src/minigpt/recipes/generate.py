@@ -13,7 +13,7 @@ GENERATE_SAMPLING = SamplingOptions(max_new_tokens=0, temperature=0.8, top_k=50,
 
 
 def _engine(model, tok, dtype: str = "fp32"):
-    from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer
+    from minigpt.inference.loading import engine_dtype
 
     from minigpt.inference import GenerationEngine
 
@@ -91,7 +91,7 @@ def generate(
         top_p: deprecated spelling of --sampling.top_p (one more release).
         repetition_penalty: deprecated spelling of --sampling.repetition_penalty (one more release).
     """
-    from minigpt.inference.loading import engine_dtype, load_model_and_tokenizer
+    from minigpt.inference.loading import load_model_and_tokenizer
 
     sampling, _ = regroup(
         sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),

@@ -99,7 +99,7 @@ def reward(
         UserError: bad paths or data, bad head settings, max_length beyond the model's context,
             an OUT that already holds a run.
     """
-    from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
+    from minigpt.model.loading import is_reward_model_dir, load_reward_model
 
     from functools import partial
 
@@ -276,7 +276,7 @@ def score(
         UserError: not a reward-model directory; neither `data` nor `prompt` + `response`;
             a malformed record (naming file:line); no usable record.
     """
-    from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
+    from minigpt.model.loading import load_reward_model
 
     import torch
 

@@ -6,8 +6,8 @@ The names are imported on first use (`minigpt._lazy`): importing the package is 
 from minigpt._lazy import lazy_exports
 
 _EXPORTS = {
-    "ANSWER_END": "minigpt.tokenizer.bpe",
-    "ANSWER_START": "minigpt.tokenizer.bpe",
+    "ANSWER_END": "minigpt.tokenizer.special",
+    "ANSWER_START": "minigpt.tokenizer.special",
     "CHATML_TEMPLATE": "minigpt.tokenizer.bpe",
     "EOS_TOKEN": "minigpt.tokenizer.bpe",
     "IM_END": "minigpt.tokenizer.bpe",
@@ -16,8 +16,8 @@ _EXPORTS = {
     "REASONING_TAGS": "minigpt.tokenizer.bpe",
     "MASK_TOKEN": "minigpt.tokenizer.bpe",
     "SPECIAL_TOKENS": "minigpt.tokenizer.bpe",
-    "THINK_END": "minigpt.tokenizer.bpe",
-    "THINK_START": "minigpt.tokenizer.bpe",
+    "THINK_END": "minigpt.tokenizer.special",
+    "THINK_START": "minigpt.tokenizer.special",
     "load_tokenizer": "minigpt.tokenizer.bpe",
     "token_byte_lengths": "minigpt.tokenizer.bpe",
     "train_tokenizer": "minigpt.tokenizer.bpe",

@@ -23,9 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from minigpt.errors import UserError, first_line
 
-from minigpt.tokenizer.special import (  # noqa: F401 (the names this module has always exported)
-    ANSWER_END,
-    ANSWER_START,
+from minigpt.tokenizer.special import (
     EOS_TOKEN,
     IM_END,
     IM_START,
@@ -33,8 +31,6 @@ from minigpt.tokenizer.special import (  # noqa: F401 (the names this module has
     PAD_TOKEN,
     REASONING_TAGS,
     SPECIAL_TOKENS,
-    THINK_END,
-    THINK_START,
 )
 
 #: Default ``model_max_length`` stored with the tokenizer. It only bounds ``truncation=True``

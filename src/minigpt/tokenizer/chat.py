@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from minigpt.errors import UserError, first_line
-from minigpt.tokenizer.bpe import ANSWER_END, ANSWER_START, EOS_TOKEN, IM_END, IM_START, PAD_TOKEN, THINK_END, THINK_START
+from minigpt.tokenizer.special import ANSWER_END, ANSWER_START, EOS_TOKEN, IM_END, IM_START, PAD_TOKEN, THINK_END, THINK_START
 
 __all__ = [
     "FORMATS",
