@@ -177,8 +177,8 @@ def test_gspo_defaults_and_config_errors():
         GRPOConfig.from_dict({"grop_size": 4})
     with pytest.raises(UserError, match="advantage_type"):
         GRPOConfig(advantage_type="zscore")
-    with pytest.raises(UserError, match="relative needs group_size >= 2"):
-        GRPOConfig(advantage_type="relative", group_size=1)
+    with pytest.raises(UserError, match="rloo needs group_size >= 2"):
+        GRPOConfig(advantage_type="rloo", group_size=1)
     trainer = create_grpo_trainer(tiny_policy(), None, {"group_size": 3, "beta": 0.0})
     with pytest.raises(UserError, match="not a multiple of group_size"):
         trainer.train_step(torch.ones(4, 6, dtype=torch.long), torch.ones(4, 6, dtype=torch.long), rewards=[0.0] * 4)
@@ -214,15 +214,18 @@ def test_rollouts_follow_fused_optimizer_updates():
     assert not torch.equal(after.logprobs, before.logprobs)
 
 
-def test_relative_advantage_warns_once_at_the_config_and_trains_as_rloo():
-    """The config says the deprecation once (pointing at the user's line) and stores the meaning
-    it will compute, so run records and the objective see `rloo`, not the ambiguous name."""
-    with pytest.warns(FutureWarning, match="becomes r − mean\\(group\\)") as caught:
-        c = GRPOConfig(advantage_type="relative", group_size=2)
-    assert c.advantage_type == "rloo"
-    assert caught[0].filename == __file__
+def test_relative_advantage_trains_on_r_minus_group_mean():
+    """`GRPOConfig(advantage_type="relative")` keeps its name and computes r − mean(group): the
+    experience of rewards [1, 0, 0, 0] carries advantages (0.75, −0.25, −0.25, −0.25)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert GRPOConfig(advantage_type="rloo", group_size=2).advantage_type == "rloo"
+        c = GRPOConfig(advantage_type="relative", group_size=4, beta=0.0, max_new_tokens=6)
+    assert c.advantage_type == "relative"
+    trainer = create_grpo_trainer(tiny_policy(), None, c)
+    rollout = trainer.generate([[5, 6, 7]])
+    batches = trainer.objective.experience(
+        trainer.policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, torch.tensor([1.0, 0.0, 0.0, 0.0]), None
+    )
+    assert torch.allclose(torch.cat([b["advantages"] for b in batches]), torch.tensor([0.75, -0.25, -0.25, -0.25]))

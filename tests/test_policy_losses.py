@@ -113,11 +113,17 @@ def test_group_advantages_unscaled_is_dr_grpo_mean_centring():
     close(adv, [-1, -1, 1, 1, -3, 1, 5, -3])
 
 
-def test_group_advantages_relative_is_leave_one_out():
-    """Group [1, 2, 6]: the mean of the others is (2+6)/2 = 4, (1+6)/2 = 3.5, (1+2)/2 = 1.5,
-    so A = (−3, −1.5, 4.5). Group [0, 0, 3]: others' means 1.5, 1.5, 0 → (−1.5, −1.5, 3)."""
-    adv = group_advantages(t(1, 2, 6, 0, 0, 3), group_size=3, advantage_type="relative")
-    close(adv, [-3, -1.5, 4.5, -1.5, -1.5, 3])
+def test_group_advantages_relative_is_r_minus_group_mean():
+    """The API guide's `relative`: A = r − mean(group). Rewards [1, 0, 0, 0] (mean 0.25) give
+    (0.75, −0.25, −0.25, −0.25); group [1, 2, 6] (mean 3) gives (−2, −1, 3). No warning: it is
+    the meaning, not a deprecation."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adv = group_advantages(t(1, 0, 0, 0), group_size=4, advantage_type="relative")
+    close(adv, [0.75, -0.25, -0.25, -0.25])
+    close(group_advantages(t(1, 2, 6), group_size=3, advantage_type="relative"), [-2, -1, 3])
 
 
 def test_group_advantages_rank_averages_ties():
@@ -132,13 +138,14 @@ def test_group_advantages_rank_averages_ties():
 
 
 def test_group_advantages_group_of_one():
-    """G = 1: there is nothing to compare with: normalized and rank give 0; leave-one-out has
-    no "others" and raises."""
+    """G = 1: there is nothing to compare with: normalized, relative and rank give 0;
+    leave-one-out has no "others" and raises."""
     r = t(3, -2)
     close(group_advantages(r, 1, "normalized"), [0.0, 0.0])
+    close(group_advantages(r, 1, "relative"), [0.0, 0.0])
     close(group_advantages(r, 1, "rank"), [0.0, 0.0])
     with pytest.raises(UserError, match="group_size >= 2"):
-        group_advantages(r, 1, "relative")
+        group_advantages(r, 1, "rloo")
 
 
 def test_group_advantages_errors():
@@ -151,16 +158,14 @@ def test_group_advantages_errors():
     assert ADVANTAGE_TYPES == ("normalized", "relative", "rank", "rloo")
 
 
-def test_group_advantages_rloo_is_leave_one_out_and_relative_warns_it_will_change():
-    """`rloo` is the leave-one-out baseline: group [1, 2, 6] → (−3, −1.5, 4.5) as above. Group
-    [4, 0] (G = 2): each one's "others" is the other sample, so A = (4, −4), twice r − mean
-    (±2). `relative` still means leave-one-out for one release, with a FutureWarning that names
-    both ways to ask for a meaning explicitly."""
+def test_group_advantages_rloo_is_leave_one_out():
+    """`rloo`: group [1, 2, 6]: the mean of the others is (2+6)/2 = 4, (1+6)/2 = 3.5,
+    (1+2)/2 = 1.5, so A = (−3, −1.5, 4.5); group [4, 0, 2]: others' means 1, 3, 2 → (3, −3, 0).
+    Group [4, 0] (G = 2): each one's "others" is the other sample, so A = (4, −4), twice
+    `relative`'s r − mean (±2)."""
     close(group_advantages(t(1, 2, 6, 4, 0, 2), group_size=3, advantage_type="rloo"), [-3, -1.5, 4.5, 3, -3, 0])
     close(group_advantages(t(4, 0), group_size=2, advantage_type="rloo"), [4, -4])
-    with pytest.warns(FutureWarning, match="'rloo'.*scale_rewards=False"):
-        adv = group_advantages(t(4, 0), group_size=2, advantage_type="relative")
-    close(adv, [4, -4])
+    close(group_advantages(t(4, 0), group_size=2, advantage_type="relative"), [2, -2])
     with pytest.raises(UserError, match="'rloo' .*group_size >= 2"):
         group_advantages(t(1, 2), 1, "rloo")
 

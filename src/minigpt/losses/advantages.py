@@ -11,25 +11,11 @@ grouped consecutively: rows `[g·G, (g+1)·G)` are the `G = group_size` samples 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from minigpt.errors import UserError
 
 ADVANTAGE_TYPES = ("normalized", "relative", "rank", "rloo")
-
-#: Said once per call site when `advantage_type="relative"` is used (see `group_advantages`).
-RELATIVE_DEPRECATION = (
-    "advantage_type='relative' is the leave-one-out baseline (RLOO) in this release and becomes "
-    "r − mean(group) in the next one, as the original design documents it; pass 'rloo' to keep "
-    "leave-one-out, or 'normalized' with scale_rewards=False for r − mean(group) now"
-)
-
-
-def warn_relative(stacklevel: int = 3) -> None:
-    """Emit the `FutureWarning` of `RELATIVE_DEPRECATION`."""
-    warnings.warn(RELATIVE_DEPRECATION, FutureWarning, stacklevel=stacklevel)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -85,8 +71,9 @@ def group_advantages(
       over-weights prompts that are nearly always or never solved). A group of one gets 0.
     - `rloo` (RLOO, Ahmadian et al. 2024, arXiv:2402.14740 eq. 5): the leave-one-out
       baseline `A_i = r_i − mean_{j≠i} r_j = G/(G−1) · (r_i − mean_g)`. Needs `G ≥ 2`.
-    - `relative`: for this release the same as `rloo`, with a `FutureWarning`; it becomes
-      `r_i − mean_g` (the original design's meaning) in the next release.
+    - `relative` (the group baseline of Shao et al. 2024 §4.1.2 without the std division):
+      `A_i = r_i − mean_g`. Rewards [1, 0, 0, 0] give [0.75, −0.25, −0.25, −0.25]. The same
+      as `normalized` with `scale_rewards=False`. A group of one gets 0.
     - `rank`: the 0-based rank of `r_i` in its group (ties get the average of the ranks they
       span) mapped linearly onto [−1, 1]: `A_i = 2·rank_i/(G−1) − 1` (0 when `G = 1`). Invariant
       to any increasing transform of the rewards; zero mean in every group by construction.
@@ -106,7 +93,7 @@ def group_advantages(
 
     Raises:
         UserError (a ValueError): unknown `advantage_type`, `group_size < 1`, `B` not a multiple
-            of `group_size`, `rloo` or `relative` with `group_size == 1`.
+            of `group_size`, `rloo` with `group_size == 1`.
         ValueError: `rewards` not 1-D.
     """
     if advantage_type not in ADVANTAGE_TYPES:
@@ -115,21 +102,17 @@ def group_advantages(
         )
     r = _grouped(rewards, group_size, "group_advantages")
     g = group_size
-    if advantage_type == "relative":
-        warn_relative(stacklevel=4)  # past this function and torch's no_grad wrapper
-    if advantage_type == "normalized":
+    if advantage_type in ("normalized", "relative"):
         centred = r - r.mean(dim=1, keepdim=True)
-        if not scale_rewards:
+        if advantage_type == "relative" or not scale_rewards:
             return centred.reshape(-1)
         if g == 1:
             return torch.zeros_like(centred).reshape(-1)  # unbiased std undefined; no signal anyway
         std = r.std(dim=1, keepdim=True, correction=1)
         return (centred / (std + eps)).reshape(-1)
-    if advantage_type in ("rloo", "relative"):
+    if advantage_type == "rloo":
         if g == 1:
-            raise UserError(
-                f"group_advantages: advantage_type {advantage_type!r} (leave-one-out) needs group_size >= 2, got 1"
-            )
+            raise UserError("group_advantages: advantage_type 'rloo' (leave-one-out) needs group_size >= 2, got 1")
         loo_mean = (r.sum(dim=1, keepdim=True) - r) / (g - 1)
         return (r - loo_mean).reshape(-1)
     # rank

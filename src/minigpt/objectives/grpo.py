@@ -26,7 +26,7 @@ import torch
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.losses.advantages import ADVANTAGE_TYPES, group_advantages, warn_relative
+from minigpt.losses.advantages import ADVANTAGE_TYPES, group_advantages
 from minigpt.losses.kl import KL_ESTIMATORS, kl_estimate
 from minigpt.losses.policy import AGGREGATIONS, aggregate, clipped_policy_loss
 from minigpt.train.objective import LossOutput
@@ -51,9 +51,8 @@ class GRPOConfig(DictConfig):
     group_size: int = 4
     """G: completions sampled per prompt; advantages compare samples of one prompt."""
     advantage_type: str = "normalized"
-    """normalized ((r - mean)/std), rloo (leave-one-out baseline, RLOO), rank, or relative
-    (deprecated: leave-one-out in this release, with a FutureWarning, and r - mean(group) in
-    the next)."""
+    """normalized ((r - mean)/std), relative (r - mean(group)), rloo (leave-one-out baseline,
+    RLOO) or rank."""
     scale_rewards: bool = True
     """Divide normalized advantages by the group std; False is Dr. GRPO (Liu et al. 2025)."""
     learning_rate: float = 1e-5
@@ -118,12 +117,9 @@ class GRPOConfig(DictConfig):
             (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1"),
             (self.temperature > 0, "temperature must be > 0 (RL samples)"),
             (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
-            (self.advantage_type not in ("rloo", "relative") or self.group_size >= 2, f"advantage_type {self.advantage_type} needs group_size >= 2"),
+            (self.advantage_type != "rloo" or self.group_size >= 2, "advantage_type rloo needs group_size >= 2"),
         ]
         self.require(checks)
-        if self.advantage_type == "relative":  # said once here; the objective computes rloo
-            warn_relative(stacklevel=4)
-            self.advantage_type = "rloo"
 
 
 class GRPOObjective(RolloutObjective):

@@ -86,8 +86,8 @@ def grpo(
         reward_model: a reward model directory (`minigpt reward`) for the `model` reward.
         algorithm: grpo (token-level ratio) or gspo (sequence-level ratio and clipping).
         group_size: completions sampled per prompt (G).
-        advantage_type: normalized, rloo (leave-one-out), rank, or relative (deprecated:
-            leave-one-out in this release, r − mean(group) in the next).
+        advantage_type: normalized ((r − mean)/std), relative (r − mean(group)), rloo
+            (leave-one-out) or rank.
         scale_rewards: divide normalized advantages by the group std (off = Dr. GRPO).
         beta: KL penalty weight to the starting policy (0 = no reference is loaded).
         kl_estimator: k1, k2 or k3.
