@@ -64,6 +64,23 @@ def test_moco_key_encoder_is_the_ema_and_the_queue_is_fifo():
     assert torch.equal(queue[:4], first_keys[4:])  # FIFO: the first batch's newer keys stay, in order
 
 
+def test_moco_first_step_has_a_gradient():
+    """The queue is empty at step 1: the batch's other keys are the negatives, so the loss is
+    above 0 (a positive alone gives exactly 0) and reaches the encoder's weights."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    trainer = create_contrastive_pretrainer(MiniGPTModel(_config()), 32, {"use_momentum_encoder": True, "queue_size": 64, "projection_dim": 8})
+    assert trainer.objective.queue is None
+    x1, x2 = _pairs(g, 4)
+    batch = {"input_ids_1": x1, "attention_mask_1": torch.ones_like(x1), "input_ids_2": x2, "attention_mask_2": torch.ones_like(x2)}
+    out = trainer.objective.compute_loss(trainer.model, batch)
+    assert out.loss_sum.item() > 0
+    out.loss_sum.backward()
+    q_proj = trainer.model.model.layers[0].self_attn.q_proj.weight
+    assert q_proj.grad is not None and q_proj.grad.abs().sum() > 0
+    trainer.objective._pending = []  # this probe's keys are not a step's
+
+
 def test_augmentations():
     g = torch.Generator().manual_seed(0)
     ids = torch.arange(10, 30).repeat(50, 1)  # (50, 20)

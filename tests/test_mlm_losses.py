@@ -87,6 +87,19 @@ def test_moco_loss_by_hand():
     assert loss.item() == pytest.approx(expected, rel=1e-6) and acc == 1.0
 
 
+def test_moco_loss_with_an_empty_queue_uses_the_batchs_other_keys():
+    """K = 0: q = (1, 0), (0, 1), keys equal to the queries, τ = 1: logits [[1, 0], [0, 1]], each
+    row's CE is −log(e / (e + 1)); a positive alone would give 0 and no gradient. One pair and
+    no queue has no negative at all: refused."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    loss, acc = moco_loss(q, q.detach().clone(), q.new_zeros(0, 2), temperature=1.0)
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6) and acc == 1.0
+    loss.backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="at least 2 pairs"):
+        moco_loss(q[:1], q[:1].detach(), q.new_zeros(0, 2))
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_encoder_mode_sees_later_tokens_and_causal_mode_does_not(bidirectional):
     from minigpt.model import MiniGPTConfig, MiniGPTModel

@@ -45,8 +45,16 @@ def test_seed_api_learns_to_fill_masks():
 def test_a_causal_model_becomes_the_encoder_with_a_tied_head():
     torch.manual_seed(0)
     causal = MiniGPTForCausalLM(_config())
-    trainer = create_mlm_pretrainer(causal, 32, MLMConfig(mask_token_id=7))
-    assert causal.config.use_bidirectional_attention  # switched in place
+    before_config = causal.config.to_dict()
+    trainer = create_mlm_pretrainer(causal, 32, MLMConfig(mask_token_id=7, use_nsp=False))
+    assert causal.config.to_dict() == before_config  # the caller's model stays causal
+    assert trainer.model.config.use_bidirectional_attention
+    ids = torch.randint(8, VOCAB, (1, 10))
+    later = ids.clone()
+    later[0, -1] = 8 if int(ids[0, -1]) != 8 else 9
+    with torch.no_grad():  # the view sees later tokens at position 0, the causal model does not
+        assert not torch.allclose(trainer.model.eval()(ids).logits[0, 0], trainer.model(later).logits[0, 0])
+        assert torch.equal(causal.eval()(ids).logits[0, 0], causal(later).logits[0, 0])
     assert trainer.model.model is causal.model
     assert trainer.model.lm_head.weight is causal.model.embed_tokens.weight
     before = causal.model.layers[0].self_attn.q_proj.weight.detach().clone()
@@ -87,3 +95,29 @@ def test_bad_input_is_a_clear_error():
         MLMConfig.from_dict({"mask_probability": 0.2})
     with pytest.raises(UserError, match="outside the model's vocabulary"):
         create_mlm_pretrainer(model, 32, {"mask_token_id": VOCAB})
+
+
+def _bidirectional_causal_lm() -> MiniGPTForCausalLM:
+    torch.manual_seed(0)
+    return MiniGPTForCausalLM(_config(use_bidirectional_attention=True, pad_token_id=0, eos_token_id=1))
+
+
+@pytest.mark.parametrize("consumer", ["dpo", "grpo", "rlhf", "reward_model", "generate", "engine"])
+def test_causal_consumers_refuse_a_model_that_attends_both_ways(consumer):
+    """A decoder whose config says `use_bidirectional_attention` would give next-token
+    log-probs that see later tokens; everything that needs causal log-probs refuses it."""
+    from minigpt.inference.engine import GenerationEngine
+    from minigpt.model.reward import create_reward_model
+    from minigpt.rl import create_dpo_trainer, create_grpo_trainer, create_rlhf_trainer
+
+    model = _bidirectional_causal_lm()
+    calls = {
+        "dpo": lambda: create_dpo_trainer(model),
+        "grpo": lambda: create_grpo_trainer(model),
+        "rlhf": lambda: create_rlhf_trainer(model, reward_funcs=lambda **kw: [0.0]),
+        "reward_model": lambda: create_reward_model(model),
+        "generate": lambda: model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2),
+        "engine": lambda: GenerationEngine(model),
+    }
+    with pytest.raises(UserError, match="attends both ways"):
+        calls[consumer]()

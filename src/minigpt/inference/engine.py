@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import UserError
-from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary, swiglu
+from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary, require_causal, swiglu
 
 
 @dataclass
@@ -223,8 +223,9 @@ class GenerationEngine:
             the linear weights cast once per call and the KV cache in that dtype.
 
     Raises:
-        UserError: if `model` does not have the MiniGPT module layout, or `dtype` is neither
-            None, the model's dtype, nor bf16/fp16 for an fp32 model.
+        UserError: if `model` does not have the MiniGPT module layout, attends both ways
+            (`require_causal`), or `dtype` is neither None, the model's dtype, nor bf16/fp16
+            for an fp32 model.
     """
 
     def __init__(
@@ -238,6 +239,7 @@ class GenerationEngine:
             model = model.get_base_model()
         if not (hasattr(model, "model") and hasattr(model.model, "layers") and hasattr(model, "lm_head")):
             raise UserError(f"GenerationEngine needs a MiniGPTForCausalLM, got {type(model).__name__}")
+        require_causal(model, "the generation engine")
         self.model = model
         self.config = model.config
         if eos_token_id is None:

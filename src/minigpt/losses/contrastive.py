@@ -55,19 +55,32 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
 
         logits_i = [q_i·k_i, q_i·queue_1, …, q_i·queue_K] / τ,   L = mean_i CE(logits_i, 0)
 
+    Before the first keys are queued (`K = 0`) the other keys of the batch are the negatives,
+    `logits_i = [q_i·k_1, …, q_i·k_B] / τ` with target `i` (in-batch, as SimCLR): a positive
+    alone would give loss 0, accuracy 1 and no gradient.
+
     Args:
         q: `(B, D)` queries (gradients flow through them).
         k: `(B, D)` keys (detached here: the key encoder is not trained by gradients).
-        queue: `(K, D)` earlier keys (K may be 0 while the queue fills).
+        queue: `(K, D)` earlier keys (K = 0 before the first step has queued any).
         temperature: τ > 0.
 
     Returns:
         `(loss, accuracy)`: the mean loss and the share of queries whose key scores highest.
+
+    Raises:
+        UserError: `temperature <= 0`; an empty queue with `B < 2` (no negative at all).
     """
     if temperature <= 0:
         raise UserError(f"temperature must be > 0, got {temperature}")
     q = F.normalize(q.float(), dim=-1)
     k = F.normalize(k.detach().float(), dim=-1)
+    if queue.shape[0] == 0:
+        if q.shape[0] < 2:
+            raise UserError("MoCo's first step needs a batch of at least 2 pairs: its queue is still empty, so the batch's other keys are the only negatives")
+        logits = q @ k.T / temperature  # (B, B): the diagonal holds the positives
+        target = torch.arange(q.shape[0], device=q.device)
+        return F.cross_entropy(logits, target), float((logits.argmax(-1) == target).float().mean())
     positive = (q * k).sum(-1, keepdim=True)  # (B, 1)
     negative = q @ F.normalize(queue.detach().float(), dim=-1).T  # (B, K)
     logits = torch.cat([positive, negative], dim=1) / temperature

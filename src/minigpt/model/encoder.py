@@ -3,7 +3,9 @@
 sentence embedder `MiniGPTForEmbedding` (pooling + SimCLR's projection head) that contrastive
 training produces.
 
-`MiniGPTForMaskedLM(config)` forces `config.use_bidirectional_attention = True`. Its decoder
+`MiniGPTForMaskedLM(config)` sets `config.use_bidirectional_attention = True` and always runs
+its decoder both ways; a view built over a causal model's decoder (the MLM pretrainer's) gets
+a copy of that model's config, so the causal model stays causal. Its decoder
 keeps the causal model's parameter names (`model.layers.N.self_attn.q_proj` …), so weights move
 between the two (a causal checkpoint can start MLM training, and back). The MLM head is tied to
 the input embeddings by default (`tie_word_embeddings`).
@@ -79,7 +81,7 @@ class MiniGPTForMaskedLM(MiniGPTPreTrainedModel):
         (`(B,)`, 0 = B follows A) the NSP loss is added."""
         from minigpt.losses.mlm import mlm_loss, nsp_loss
 
-        h = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, bidirectional=True).last_hidden_state
         logits = self.lm_head(h)
         nsp_logits = self.nsp_head(h[:, 0]) if self.nsp_head is not None else None
         loss = None
@@ -149,7 +151,8 @@ class EmbeddingOutput(ModelOutput):
 
 
 class MiniGPTForEmbedding(MiniGPTPreTrainedModel):
-    """A sentence embedder: the decoder stack (`model`, causal or in encoder mode), a pooling
+    """A sentence embedder: the decoder stack (`model`, run both ways when this model's config
+    says `use_bidirectional_attention`, else causally), a pooling
     and SimCLR's projection head (`projection`), which the contrastive loss is taken after and
     inference leaves out.
 
@@ -193,7 +196,8 @@ class MiniGPTForEmbedding(MiniGPTPreTrainedModel):
     ) -> EmbeddingOutput:
         """Embeddings of `input_ids (B, T)` (1 in `attention_mask` on real tokens) and, unless
         `project=False`, their projections `(B, projection_dim)`."""
-        h = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        bidirectional = bool(getattr(self.config, "use_bidirectional_attention", False))
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, bidirectional=bidirectional).last_hidden_state
         e = pool_embeddings(h, attention_mask, self.pooling)
         z = self.projection(e.to(self.projection.net[0].weight.dtype)) if project else None
         return EmbeddingOutput(embeddings=e, projections=z, last_hidden_state=h)

@@ -185,7 +185,6 @@ class MiniGPTAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
-        self.config = config  # read at each forward: a model can be switched to encoder mode
         c, d = config.hidden_size, config.head_dim
         self.q_proj = nn.Linear(c, self.num_heads * d, bias=config.attention_bias)
         self.k_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
@@ -198,9 +197,10 @@ class MiniGPTAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         past_key_values: Cache | None = None,
+        causal: bool = True,
     ) -> torch.Tensor:
-        """x `(B, T, C)`; mask `(B, 1, T, S)` bool (True = may attend) or None: plain causal,
-        or in encoder mode (`use_bidirectional_attention`) every position."""
+        """x `(B, T, C)`; mask `(B, 1, T, S)` bool (True = may attend) or None: plain causal
+        attention, or with `causal=False` (encoder mode) every position."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -215,7 +215,7 @@ class MiniGPTAttention(nn.Module):
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and t > 1 and not getattr(self.config, "use_bidirectional_attention", False),
+            is_causal=causal and mask is None and t > 1,
             enable_gqa=self.num_kv_heads != self.num_heads,  # query head h reads K/V head h // (H/K)
         )  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
@@ -318,10 +318,10 @@ class MiniGPTDecoderLayer(GradientCheckpointingLayer):
         # With p = 0 an nn.Dropout still allocates (and keeps for backward) a copy per call.
         self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(self, x, rope, mask, past_key_values=None):
+    def forward(self, x, rope, mask, past_key_values=None, causal=True):
         """`x (B, T, C) -> (y (B, T, C), router_logits (B·T, E) or None when dense)`; `rope`,
-        `mask` and the cache as in `MiniGPTAttention`."""
-        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values))
+        `mask`, the cache and `causal` as in `MiniGPTAttention`."""
+        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask, past_key_values, causal))
         h = self.mlp(self.post_attention_layernorm(x))
         router_logits = None
         if isinstance(h, tuple):
@@ -435,6 +435,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         cache: Cache | None = None,
+        bidirectional: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Run the stack.
@@ -456,6 +457,10 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             past_key_values / cache: a `transformers` `Cache` (e.g. `DynamicCache`,
                 `StaticCache`) updated in place; transformers ≥ 5.24 passes it as `cache`.
             use_cache: create a `DynamicCache` when none is given (not in training mode).
+            bidirectional: attend both ways (encoder mode) or causally; None: as
+                `config.use_bidirectional_attention` says. The encoder heads pass it, so one
+                decoder stack serves a causal LM and an MLM / embedding view of it without its
+                config changing.
 
         Raises:
             ValueError: both or neither of `input_ids` / `inputs_embeds`.
@@ -470,7 +475,9 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = _position_ids(attention_mask, past, x.shape[1], x.device)
-        if getattr(self.config, "use_bidirectional_attention", False):
+        if bidirectional is None:
+            bidirectional = bool(getattr(self.config, "use_bidirectional_attention", False))
+        if bidirectional:
             # Encoder mode: padding is the only thing masked; None = attend everywhere.
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask, cache=cache)
         else:
@@ -489,7 +496,7 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         x = self.dropout(x)
         router_logits = []
         for layer in self.layers:
-            x, z = layer(x, rope, mask, cache)
+            x, z = layer(x, rope, mask, cache, not bidirectional)
             if z is not None:
                 router_logits.append(z)
         if router_logits:
@@ -511,6 +518,31 @@ class MiniGPTMoeCausalLMOutput(MoeCausalLMOutputWithPast):
     router_z_loss: torch.Tensor | None = None
     router_loss: torch.Tensor | None = None
     expert_load: torch.Tensor | None = None
+
+
+def require_causal(model: nn.Module, who: str) -> None:
+    """Refuse a model that attends both ways where next-token log-probs are needed.
+
+    A decoder whose config says `use_bidirectional_attention` (an MLM encoder, or a causal
+    model whose config was switched) lets every position see the tokens after it, so its
+    "next-token" log-probs are wrong without any error: DPO, GRPO, PPO, reward models and
+    generation would train on or sample from them.
+
+    Args:
+        model: any model with a `config` (a PEFT wrapper passes its base's through).
+        who: what needs the causal model, for the message.
+
+    Raises:
+        UserError: `model.config.use_bidirectional_attention` is true.
+    """
+    if getattr(getattr(model, "config", None), "use_bidirectional_attention", False):
+        from minigpt.errors import UserError
+
+        raise UserError(
+            f"{who} needs a causal model, but this one attends both ways (config.use_bidirectional_attention "
+            "is true, as an MLM encoder's): its log-probs would see later tokens. Use the causal model, or set "
+            "config.use_bidirectional_attention = False if it was switched by mistake"
+        )
 
 
 class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
@@ -561,7 +593,13 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
                 `config.output_router_logits`): return a `MiniGPTMoeCausalLMOutput` with the
                 router logits, `aux_loss` (load balancing), `router_z_loss`, `router_loss` and
                 `expert_load`; `loss`, when computed, then includes `router_loss` (as Mixtral).
+
+        Raises:
+            UserError: the config says `use_bidirectional_attention` (an encoder's config): a
+                causal LM's logits must not see later tokens.
         """
+        if self.config.use_bidirectional_attention:
+            require_causal(self, "a causal LM forward (and generate)")
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

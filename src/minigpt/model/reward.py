@@ -369,7 +369,7 @@ def create_reward_model(
 
     Raises:
         UserError: not a MiniGPT model or model directory, a model carrying LoRA adapters (merge
-            them first), bad head settings.
+            them first), an encoder that attends both ways (`require_causal`), bad head settings.
     """
     from minigpt.model.modeling import MiniGPTForCausalLM
 
@@ -380,6 +380,9 @@ def create_reward_model(
         from minigpt.model.loading import load_model_dir
 
         base_model = load_model_dir(path, MiniGPTForCausalLM, "base_model", tokenizer=False)[0]
+    from minigpt.model.modeling import require_causal
+
+    require_causal(base_model, "create_reward_model")
     if getattr(base_model, "_hf_peft_config_loaded", False) or hasattr(base_model, "peft_config"):
         raise UserError("the base model carries adapters; merge them first (minigpt merge) to build a reward model from it")
     if isinstance(base_model, MiniGPTForCausalLM):

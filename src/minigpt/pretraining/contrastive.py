@@ -10,6 +10,7 @@ step (`minigpt.train.step.OptimizerStep`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +22,7 @@ from minigpt.model.encoder import EMBEDDING_POOLINGS, MiniGPTForEmbedding, MiniG
 from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.contrastive import ContrastiveObjective
 from minigpt.train.step import OptimizerStep
+from minigpt.train.statistics import ReportsStatistics
 
 
 @dataclass
@@ -60,14 +62,16 @@ class ContrastiveConfig(DictConfig):
         self.require(checks)
 
 
-class ContrastivePretrainer:
+class ContrastivePretrainer(ReportsStatistics):
     """Contrastive updates of an encoder, one `train_step` per batch of pairs.
 
     Args:
         encoder: a `MiniGPTModel`, `MiniGPTForCausalLM` or `MiniGPTForMaskedLM`; its decoder
-            stack is trained (shared, not copied; its config gains `embedding_pooling` and
-            `projection_dim`). `self.model` is the `MiniGPTForEmbedding` around it. A causal model is used as it is (its last
-            token has seen the whole text: use `pooling="last"`), an MLM encoder attends both ways.
+            stack is trained (shared, not copied). `self.model` is the `MiniGPTForEmbedding`
+            around it, with its own copy of the encoder's config (which gains
+            `embedding_pooling` and `projection_dim`; the caller's config is not changed). A
+            causal model is run causally (its last token has seen the whole text: use
+            `pooling="last"`), an MLM encoder both ways.
         hidden_size: the encoder's width (checked).
         config: `ContrastiveConfig` or a dict of its fields.
 
@@ -86,9 +90,10 @@ class ContrastivePretrainer:
             raise UserError(f"create_contrastive_pretrainer needs a MiniGPT model, not {type(encoder).__name__}")
         if hidden_size != backbone.config.hidden_size:
             raise UserError(f"hidden_size {hidden_size} is not the model's ({backbone.config.hidden_size})")
-        backbone.config.embedding_pooling = c.pooling
-        backbone.config.projection_dim = c.projection_dim
-        model = MiniGPTForEmbedding(backbone.config, backbone=backbone)
+        view = copy.deepcopy(encoder.config)  # the embedder's own; it attends as `encoder` does
+        view.embedding_pooling = c.pooling
+        view.projection_dim = c.projection_dim
+        model = MiniGPTForEmbedding(view, backbone=backbone)
         param = next(backbone.parameters())
         self.model = model.to(device=param.device, dtype=param.dtype)
         self.pad_token_id = backbone.config.pad_token_id if backbone.config.pad_token_id is not None else 0
@@ -134,7 +139,7 @@ class ContrastivePretrainer:
         }
         self.model.train()
         result = self.optimizer_step([batch])  # MoCo's momentum update runs at its end
-        return {"loss": result.loss, "accuracy": result.metrics["accuracy"]}
+        return self.statistics.record({"loss": result.loss, "accuracy": result.metrics["accuracy"]})
 
     @torch.no_grad()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

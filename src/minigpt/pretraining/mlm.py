@@ -8,6 +8,7 @@ through the training loop's optimizer step (`minigpt.train.step.OptimizerStep`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -20,6 +21,7 @@ from minigpt.model.encoder import MiniGPTForMaskedLM
 from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.mlm import MLMObjective
 from minigpt.train.step import OptimizerStep
+from minigpt.train.statistics import ReportsStatistics
 
 
 @dataclass
@@ -54,20 +56,21 @@ class MLMConfig(DictConfig):
             raise UserError(f"MLMConfig.precision must be fp32 or bf16, not {self.precision!r}")
 
 
-class MLMPretrainer:
+class MLMPretrainer(ReportsStatistics):
     """Masked-LM updates of an encoder, one `train_step` per batch.
 
     Args:
         model: a `MiniGPTForMaskedLM`, or a `MiniGPTModel` / `MiniGPTForCausalLM` whose decoder
-            becomes the encoder: it is switched to bidirectional attention in place (its
-            config's `use_bidirectional_attention`) and gets an MLM head tied to its
-            embeddings (and an NSP head with `use_nsp`).
+            is trained as the encoder (shared, not copied): `self.model` is an encoder view
+            over it, with a copy of its config in encoder mode, an MLM head tied to its
+            embeddings (and an NSP head with `use_nsp`). The caller's model and config are
+            not changed: the model stays causal for whoever else holds it.
         hidden_size: the model's width (checked against its config).
         config: `MLMConfig` or a dict of its fields.
 
     Raises:
         UserError: another kind of model, a `hidden_size` that is not the model's, a mask id
-            outside the vocabulary.
+            or a `vocab_size` outside the model's vocabulary.
     """
 
     def __init__(self, model: torch.nn.Module, hidden_size: int, config: MLMConfig | Mapping[str, Any] | None = None) -> None:
@@ -77,8 +80,9 @@ class MLMPretrainer:
             encoder = model
         elif isinstance(model, (MiniGPTModel, MiniGPTForCausalLM)):
             backbone = model.model if isinstance(model, MiniGPTForCausalLM) else model
-            backbone.config.use_nsp = c.use_nsp
-            encoder = MiniGPTForMaskedLM(backbone.config)  # switches the shared config to encoder mode
+            view = copy.deepcopy(backbone.config)  # the encoder's own: the caller's stays causal
+            view.use_nsp = c.use_nsp
+            encoder = MiniGPTForMaskedLM(view)
             encoder.model = backbone
             if backbone.config.tie_word_embeddings:
                 encoder.lm_head.weight = backbone.embed_tokens.weight
@@ -92,6 +96,11 @@ class MLMPretrainer:
             raise UserError("use_nsp needs a model with a next-sentence head (build it with config.use_nsp = True)")
         self.model = encoder
         self.vocab_size = c.vocab_size or encoder.config.vocab_size
+        if self.vocab_size > encoder.config.vocab_size:
+            raise UserError(
+                f"MLMConfig.vocab_size {self.vocab_size} is larger than the model's vocabulary ({encoder.config.vocab_size}): "
+                "random replacements would be ids the model has no embedding for"
+            )
         self.mask_token_id = self.vocab_size - 1 if c.mask_token_id is None else c.mask_token_id
         if not 0 <= self.mask_token_id < encoder.config.vocab_size:
             raise UserError(f"mask_token_id {self.mask_token_id} is outside the model's vocabulary ({encoder.config.vocab_size})")
@@ -148,7 +157,7 @@ class MLMPretrainer:
         if nsp_labels is not None:
             out["nsp_loss"] = result.metrics.get("nsp_loss", 0.0)
             out["nsp_accuracy"] = result.metrics.get("nsp_accuracy", 0.0)
-        return out
+        return self.statistics.record(out)
 
 
 def create_mlm_pretrainer(model: torch.nn.Module, hidden_size: int, config: MLMConfig | Mapping[str, Any] | None = None) -> MLMPretrainer:

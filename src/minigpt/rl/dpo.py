@@ -21,6 +21,7 @@ from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import DEFAULT_BETA, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import has_adapters
 from minigpt.objectives.preference import KTOObjective, PreferenceObjective
+from minigpt.model.modeling import require_causal
 
 
 @dataclass
@@ -94,12 +95,16 @@ class DPOTrainer(PolicyTrainer):
         config: `DPOConfig` or a dict of its fields.
 
     Raises:
-        UserError: bad config values or inputs.
+        UserError: bad config values or inputs; a policy or reference that attends both ways
+            (`require_causal`).
     """
 
     def __init__(self, policy_model: torch.nn.Module, ref_policy_model: torch.nn.Module | None = None, config: DPOConfig | Mapping[str, Any] | None = None) -> None:
         config = DPOConfig() if config is None else config
         self.config = config if isinstance(config, DPOConfig) else DPOConfig.from_dict(config)
+        require_causal(policy_model, "create_dpo_trainer's policy")
+        if ref_policy_model is not None:
+            require_causal(ref_policy_model, "create_dpo_trainer's reference")
         self.policy = policy_model
         c = self.config
         if c.needs_reference and ref_policy_model is None and not has_adapters(policy_model):
@@ -197,7 +202,7 @@ class DPOTrainer(PolicyTrainer):
         self.policy.train()
         result = self.optimizer_step([batch])
         self.step += 1
-        return {"loss": result.loss, **self.objective_metrics(result)}
+        return self.statistics.record({"loss": result.loss, **self.objective_metrics(result)})
 
     @torch.no_grad()
     def evaluate_step(

@@ -21,6 +21,7 @@ from minigpt.objectives.grpo import GRPOConfig, GRPOObjective
 from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
 from minigpt.model.lora import has_adapters
 from minigpt.inference.rollout import Rollout
+from minigpt.model.modeling import require_causal
 
 class GRPOTrainer(PolicyTrainer):
     """Optimise a policy with GRPO / GSPO, one `train_step` per batch of sampled groups.
@@ -39,7 +40,8 @@ class GRPOTrainer(PolicyTrainer):
             adapters disabled (LoRA) or a frozen copy of the policy as it is now.
 
     Raises:
-        UserError: bad config values or inputs.
+        UserError: bad config values or inputs; a policy or reference that attends both ways
+            (`require_causal`).
     """
 
     def __init__(
@@ -53,6 +55,9 @@ class GRPOTrainer(PolicyTrainer):
     ) -> None:
         config = GRPOConfig() if config is None else config
         self.config = c = config if isinstance(config, GRPOConfig) else GRPOConfig.from_dict(config)
+        require_causal(policy_model, "create_grpo_trainer's policy")
+        if ref_model is not None:
+            require_causal(ref_model, "create_grpo_trainer's reference")
         self.policy = policy_model
         self.reward_model = reward_model
         self.tokenizer = tokenizer
@@ -101,7 +106,7 @@ class GRPOTrainer(PolicyTrainer):
         rewards, per_function = score_rollout(self.reward_fn, self.tokenizer, rollout, ids, columns=columns)
         metrics = rollout_metrics(rollout, rewards, per_function)
         out = self._train(rollout.input_ids, rollout.attention_mask, rollout.completion_mask, rewards, rollout.truncated)
-        return {**metrics, **out}
+        return self.statistics.record({**metrics, **out})
 
     # ------------------------------------------------------------------ training
     def train_step(
@@ -155,7 +160,7 @@ class GRPOTrainer(PolicyTrainer):
             raise UserError(f"{rewards.numel()} rewards for {responses.shape[0]} responses")
         stats = {k: float(v) for k, v in group_stats(rewards, self.config.group_size).items()}
         out = self._train(responses, attention_mask, masks[:, start:], rewards, None)
-        return {**stats, **out}
+        return self.statistics.record({**stats, **out})
 
     def _train(self, input_ids, attention_mask, completion_mask, rewards, truncated) -> dict[str, float]:
         dev = self._device()

@@ -22,6 +22,7 @@ from minigpt.errors import UserError
 from minigpt.rl.trainer import PolicyTrainer, sampling_ids
 from minigpt.objectives.ppo import ActorCritic, PPOObjective, RLHFConfig
 from minigpt.model.lora import has_adapters
+from minigpt.model.modeling import require_causal
 
 
 def _default_critic(policy: nn.Module, reward_model: nn.Module | None) -> nn.Module:
@@ -58,7 +59,7 @@ class RLHFTrainer(PolicyTrainer):
 
     Raises:
         UserError: bad config values, no reward model and no reward functions, a policy
-            without trainable parameters.
+            without trainable parameters, a model that attends both ways (`require_causal`).
     """
 
     def __init__(
@@ -78,6 +79,10 @@ class RLHFTrainer(PolicyTrainer):
         self.config = c = config if isinstance(config, RLHFConfig) else RLHFConfig.from_dict(config)
         if reward_model is None and reward_funcs is None:
             raise UserError("create_rlhf_trainer needs a reward model or reward functions to score completions")
+        require_causal(policy_model, "create_rlhf_trainer's policy")
+        for name, m in (("reference", ref_model), ("reward model", reward_model), ("value model", value_model)):
+            if m is not None:
+                require_causal(m, f"create_rlhf_trainer's {name}")
         self.policy = policy_model
         self.reward_model = reward_model
         self.tokenizer = tokenizer
@@ -165,7 +170,7 @@ class RLHFTrainer(PolicyTrainer):
         result = {k: sum(m[k] for m in self.history if k in m) / sum(1 for m in self.history if k in m) for k in keys}
         result["loss"] = sum(losses) / len(losses)
         result["updates"] = float(len(losses))
-        return result
+        return self.statistics.record(result)
 
 
 def create_rlhf_trainer(

@@ -15,9 +15,10 @@ from minigpt.errors import UserError
 from minigpt.model.reward import MiniGPTRewardModel, create_reward_model, stack_pairs
 from minigpt.objectives.reward import RewardObjective
 from minigpt.train.step import OptimizerStep
+from minigpt.train.statistics import ReportsStatistics
 
 
-class RewardModelTrainer:
+class RewardModelTrainer(ReportsStatistics):
     """Bradley–Terry training of a reward model one batch of pairs at a time.
 
     Each step minimises `mean_i [−log σ(r_w,i − r_l,i − m_i) + c·(r_w,i + r_l,i)²]` through
@@ -95,7 +96,7 @@ class RewardModelTrainer:
         if margin is not None:
             batch["margin"] = margin
         result = self.optimizer_step([batch])
-        return {"loss": result.loss, **{k: result.metrics[k] for k in self.METRICS}, "grad_norm": result.grad_norm}
+        return self.statistics.record({"loss": result.loss, **{k: result.metrics[k] for k in self.METRICS}, "grad_norm": result.grad_norm})
 
 
 __all__ = ["create_reward_model", "RewardModelTrainer"]

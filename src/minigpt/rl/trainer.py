@@ -10,12 +10,13 @@ import contextlib
 import torch
 
 from minigpt.train.step import OptimizerStep, StepOutput
+from minigpt.train.statistics import ReportsStatistics
 
 #: `OptimizerStep` metrics that are not the objective's own.
 STEP_KEYS = ("loss", "lr", "grad_norm")
 
 
-class PolicyTrainer:
+class PolicyTrainer(ReportsStatistics):
     """Base of trainers that hold `self.policy` and a config with `precision` (fp32 or bf16)."""
 
     policy: torch.nn.Module
