@@ -20,6 +20,7 @@ import sys
 import pytest
 import torch
 
+from minigpt.inference.sampling import SamplingOptions
 from minigpt.errors import UserError
 from minigpt.inference import GenerationEngine
 from minigpt.inference.chat import ChatSession, ReasoningSplitter, split_reasoning
@@ -37,6 +38,8 @@ TEXTS = [
     ]
 ]
 THINK, END_THINK, ANS, END_ANS = 4, 5, 6, 7  # reasoning tag ids (contract: ids 4..7)
+
+GREEDY = SamplingOptions(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -337,14 +340,14 @@ def saved_models(tok, tmp_path_factory):
 
 
 def test_recipe_prompt_prints_one_reply(saved_models, capsys):
-    transcript = chat(saved_models["plain"], prompt="hello", temperature=0.0, dtype="fp32", device="cpu")
+    transcript = chat(saved_models["plain"], prompt="hello", sampling=GREEDY, dtype="fp32", device="cpu")
     assert capsys.readouterr().out == "hi!\n"
     assert transcript == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi!"}]
 
 
 def test_recipe_reads_a_scripted_chat_from_stdin(saved_models, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\n/system be nice\nagain\n"))
-    transcript = chat(saved_models["plain"], temperature=0.0, device="cpu")  # default dtype bf16
+    transcript = chat(saved_models["plain"], sampling=GREEDY, device="cpu")  # default dtype bf16
     assert capsys.readouterr().out == (
         "user: hello\nassistant: hi!\n(system message set)\nuser: again\nassistant: hi!\n"
     )
@@ -355,7 +358,7 @@ def test_a_bad_scripted_line_is_skipped_and_the_chat_goes_on(saved_models, capsy
     """Piped input: a line longer than the context, or one typing a reasoning tag (which
     would become the control token, not text), is skipped with its line number on stderr."""
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n" + "word " * 3000 + "\nsay <think>x</think>\nagain\n"))
-    transcript = chat(saved_models["plain"], temperature=0.0, dtype="fp32", device="cpu")
+    transcript = chat(saved_models["plain"], sampling=GREEDY, dtype="fp32", device="cpu")
     captured = capsys.readouterr()
     assert [m["content"] for m in transcript if m["role"] == "user"] == ["hello", "again"]
     assert captured.out.count("assistant: hi!") == 2 and captured.out.count("(skipped)") == 2
@@ -366,14 +369,14 @@ def test_a_bad_scripted_line_is_skipped_and_the_chat_goes_on(saved_models, capsy
 def test_prompt_with_a_control_token_is_one_clear_error(saved_models):
     for text in ("<|endoftext|> hi", "a <answer>5</answer>", "<|pad|>"):
         with pytest.raises(UserError, match="control token"):
-            chat(saved_models["plain"], prompt=text, temperature=0.0, dtype="fp32", device="cpu")
+            chat(saved_models["plain"], prompt=text, sampling=GREEDY, dtype="fp32", device="cpu")
 
 
 def test_recipe_shows_thinking_apart_or_hides_it(saved_models, capsys):
-    transcript = chat(saved_models["reasoning"], prompt="q", temperature=0.0, dtype="fp32", device="cpu")
+    transcript = chat(saved_models["reasoning"], prompt="q", sampling=GREEDY, dtype="fp32", device="cpu")
     assert capsys.readouterr().out == "[thinking] h\ni\n"
     assert transcript[-1] == {"role": "assistant", "content": "i", "reasoning_content": "h"}
-    chat(saved_models["reasoning"], prompt="q", temperature=0.0, dtype="fp32", device="cpu", hide_thinking=True)
+    chat(saved_models["reasoning"], prompt="q", sampling=GREEDY, dtype="fp32", device="cpu", hide_thinking=True)
     assert capsys.readouterr().out == "i\n"
     with pytest.raises(UserError, match="dtype"):
         chat(saved_models["reasoning"], prompt="q", dtype="fp64")

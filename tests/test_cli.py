@@ -91,7 +91,7 @@ def test_cli_pretrain_end_to_end(tiny_run):
 
 def test_cli_generate_streams(tiny_run, capsys):
     out, _, _ = tiny_run
-    assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "8", "--greedy"]) == 0
+    assert main(["generate", "--model", str(out), "--prompt", "The quick", "--sampling.max_new_tokens", "8", "--greedy"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("The quick") and len(printed) > len("The quick\n")
 
@@ -146,7 +146,7 @@ def test_cli_corpus_shorter_than_a_block(tmp_path, capsys):
 
 def test_cli_prompt_longer_than_context(tiny_run, capsys):
     out, _, _ = tiny_run
-    code = main(["generate", "--model", str(out), "--prompt", "word " * 600, "--max_new_tokens", "4"])
+    code = main(["generate", "--model", str(out), "--prompt", "word " * 600, "--sampling.max_new_tokens", "4"])
     assert code == 2 and "max_position_embeddings" in capsys.readouterr().err
 
 
@@ -310,7 +310,7 @@ def test_tokenizer_never_sees_the_validation_tail(tmp_path):
 
 
 def test_cli_original_design_flags(tiny_run, tmp_path, capsys):
-    """`--epochs`, `--batch_size` and `--save_dir` (SPEC §4) work as shorthands: one epoch of N
+    """`--epochs`, `--batch_size` and `--save_dir` (the course's spelling) work as shorthands: one epoch of N
     training blocks at batch 8 is ceil(N / 8) steps."""
     import math
     import re
@@ -344,7 +344,7 @@ def _sft(model, data, out, *extra):
             "--train.batch_size", "2", "--train.progress", "false", "--val_fraction", "0", *extra]
 
 
-@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--lora_rank", "4", "--overwrite"]])
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--lora.rank", "4", "--overwrite"]])
 def test_cli_out_that_is_the_input_model_is_refused(tiny_run, tmp_path, capsys, extra):
     import shutil
 
@@ -367,11 +367,11 @@ def test_cli_out_holding_someone_elses_model_is_kept(tiny_run, tmp_path, capsys)
     assert main(["export", "--model", str(src), "--to", "llama", "--out", str(other)]) == 0
     before = _files(other)
     data = _chat_file(tmp_path / "chat.jsonl")
-    assert main(_sft(src, data, other, "--lora_rank", "4")) == 2
+    assert main(_sft(src, data, other, "--lora.rank", "4")) == 2
     assert "no minigpt run wrote" in capsys.readouterr().err
     assert _files(other) == before
     with pytest.warns(RuntimeWarning, match="did not write"):
-        assert main(_sft(src, data, other, "--lora_rank", "4", "--overwrite")) == 0
+        assert main(_sft(src, data, other, "--lora.rank", "4", "--overwrite")) == 0
     after = _files(other)
     assert set(before) <= set(after)  # none of theirs deleted
     assert (after["model.safetensors"], after["config.json"]) == (before["model.safetensors"], before["config.json"])  # their model, untouched
@@ -416,9 +416,9 @@ def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
         (["sft", "--train.warmup_steps=-3"], "train.warmup_steps: must be an integer ≥ 0"),
         (["sft", "--train.weight_decay=-0.1"], "train.weight_decay: must be a number ≥ 0"),
         (["sft", "--train.batch_size", "0"], "train.batch_size: must be an integer ≥ 1"),
-        (["sft", "--lora_rank=-4"], "--lora_rank: must be ≥ 0"),
+        (["sft", "--lora.rank=-4"], "--lora.rank: must be ≥ 0"),
         (["sft", "--reasoning_tag_weight=-1"], "--reasoning_tag_weight: must be ≥ 0"),
-        (["dpo", "--lora_rank=-4"], "--lora_rank: must be ≥ 0"),
+        (["dpo", "--lora.rank=-4"], "--lora.rank: must be ≥ 0"),
         (["grpo", "--group_size", "1"], "--group_size: must be ≥ 2"),
         (["distill", "--alpha", "2"], "--alpha: must be in [0, 1]"),
     ],
@@ -439,7 +439,7 @@ def test_cli_nonsense_settings_are_one_clear_line(tiny_run, tmp_path, capsys, ar
 def lora_adapter(tiny_run, tmp_path_factory):
     src, _, _ = tiny_run
     root = tmp_path_factory.mktemp("adapter")
-    assert main(_sft(src, _chat_file(root / "chat.jsonl"), root / "adapter", "--lora_rank", "4")) == 0
+    assert main(_sft(src, _chat_file(root / "chat.jsonl"), root / "adapter", "--lora.rank", "4")) == 0
     return root / "adapter"
 
 
@@ -517,7 +517,7 @@ def test_cli_tokenizer_with_other_special_ids_is_one_line(tiny_run, tmp_path, ca
     cfg = json.loads((tok / "tokenizer_config.json").read_text(encoding="utf-8"))
     cfg["eos_token"] = "<|im_end|>"
     (tok / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
-    code = main(["generate", "--model", str(src), "--tokenizer", str(tok), "--prompt", "hi", "--max_new_tokens", "2"])
+    code = main(["generate", "--model", str(src), "--tokenizer", str(tok), "--prompt", "hi", "--sampling.max_new_tokens", "2"])
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"has eos_token_id \d+ but the model at .* was trained with 0", err), err[-800:]
 
@@ -539,7 +539,7 @@ def test_cli_chat_template_that_fails_is_one_line(tiny_run, tmp_path, capsys, te
     model = tmp_path / "model"
     shutil.copytree(src, model, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
     (model / "chat_template.jinja").write_text(template, encoding="utf-8")
-    argv = ["chat", "--model", str(model), "--prompt", "hi", "--max_new_tokens", "2"] if command == "chat" else _sft(model, _chat_file(tmp_path / "c.jsonl"), tmp_path / "out")
+    argv = ["chat", "--model", str(model), "--prompt", "hi", "--sampling.max_new_tokens", "2"] if command == "chat" else _sft(model, _chat_file(tmp_path / "c.jsonl"), tmp_path / "out")
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and f"its chat template cannot render this conversation ({kind}" in err and str(model) in err, err[-1500:]
@@ -651,22 +651,13 @@ def test_cli_a_run_stopped_before_training_can_be_started_again(tiny_run, tmp_pa
     assert main(fixed) == 0
 
 
-def test_grouped_sampling_options_and_their_old_spellings_agree(tiny_run, capsys, recwarn):
-    """`--sampling.max_new_tokens 5` is the new spelling of `--max_new_tokens 5`: the same greedy
-    text, and only the old spelling warns, naming the new one."""
-    import warnings
-
+def test_flat_spellings_of_grouped_options_are_unknown(tiny_run, capsys):
+    """`--sampling.max_new_tokens` is the one spelling: the flat `--max_new_tokens` of earlier
+    releases is an unknown option (one line, exit 2), not a silent alias."""
     out, _, _ = tiny_run
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)
-        assert main(["generate", "--model", str(out), "--prompt", "The quick", "--sampling.max_new_tokens", "5", "--greedy"]) == 0
-    new = capsys.readouterr().out
-    with pytest.warns(FutureWarning, match="--max_new_tokens is now --sampling.max_new_tokens"):
-        assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "5", "--greedy"]) == 0
-    assert capsys.readouterr().out == new
-    with pytest.warns(FutureWarning):
-        assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "9", "--greedy"]) == 0
-    assert capsys.readouterr().out != new  # the old spelling is applied, not ignored
+    assert main(["generate", "--model", str(out), "--prompt", "The quick", "--max_new_tokens", "5", "--greedy"]) == 2
+    err = capsys.readouterr().err
+    assert "max_new_tokens" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "grpo", "ppo"])

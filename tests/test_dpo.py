@@ -1,4 +1,4 @@
-"""The DPO family's Python API (SPEC §7) and its objective: `create_dpo_trainer(...).train_step`
+"""The DPO family's Python API and its objective: `create_dpo_trainer(...).train_step`
 with a frozen reference, precomputed reference log-probs, LoRA with adapters disabled as the
 reference, and the reference-free variants (SimPO, ORPO) and KTO.
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
+from minigpt.model.options import LoraOptions
 from minigpt.cli import main
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTForCausalLM
@@ -127,7 +128,7 @@ def test_kto_on_pairs_raises_desirable_rewards_above_undesirable(env, tmp_path):
 def test_lora_dpo_saves_the_adapter_and_uses_the_disabled_adapters_as_reference(env, tmp_path):
     _, base, _ = env
     before = _digest(base)
-    m = run_dpo(env, tmp_path / "lora", lora_rank=4, beta=0.5, train=train_config(lr=2e-2))
+    m = run_dpo(env, tmp_path / "lora", lora=LoraOptions(rank=4), beta=0.5, train=train_config(lr=2e-2))
     assert m["val_accuracy"] >= 0.9
     files = {p.name for p in (tmp_path / "lora").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files

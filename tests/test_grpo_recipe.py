@@ -62,7 +62,7 @@ def env(tmp_path_factory):
 def _args(env, out, *extra):
     root, base, data = env
     return [
-        "grpo", "--model", str(base), "--data", str(data), "--out", str(out), "--max_new_tokens", "8",
+        "grpo", "--model", str(base), "--data", str(data), "--out", str(out), "--sampling.max_new_tokens", "8",
         "--max_prompt_length", "40", "--group_size", "4", "--reward", "format:0.5,answer,length:0.1",
         "--train.batch_size", "4", "--train.lr", "1e-3", "--train.progress", "false", "--train.tensorboard", "false",
         "--train.precision", "fp32", "--train.eval_interval", "2", "--train.save_interval", "2", *extra,
@@ -121,7 +121,7 @@ def test_prompts_longer_than_the_limit_are_skipped_and_counted(env, tmp_path, ca
     with pytest.raises(UserError, match=r"no usable prompt \(max_prompt_length 40\).*skipped_too_long 1"):
         PromptDataset(only_long, tok, max_prompt_length=40)
     # A context too small for prompt + completion is refused before anything is written.
-    args = _args(env, tmp_path / "out", "--train.max_steps", "1", "--max_new_tokens", "90")
+    args = _args(env, tmp_path / "out", "--train.max_steps", "1", "--sampling.max_new_tokens", "90")
     assert main(args) == 2
     assert "exceeds the model's context" in capsys.readouterr().err
 

@@ -264,8 +264,8 @@ def test_adapter_refuses_a_base_with_other_weights(trained, tmp_path):
         load_model_and_tokenizer(root / "adapter", device="cpu")
     forced = load_adapter(MiniGPTForCausalLM.from_pretrained(str(root / "base")), root / "adapter", check_base=False)
     assert not torch.equal(logits(forced), logits(trained.model))
-    assert main(["generate", "--model", str(root / "adapter"), "--prompt", "hi", "--max_new_tokens", "2"]) == 2
-    assert main(["generate", "--model", str(root / "adapter"), "--prompt", "hi", "--max_new_tokens", "2", "--allow_base_mismatch"]) == 0
+    assert main(["generate", "--model", str(root / "adapter"), "--prompt", "hi", "--sampling.max_new_tokens", "2"]) == 2
+    assert main(["generate", "--model", str(root / "adapter"), "--prompt", "hi", "--sampling.max_new_tokens", "2", "--allow_base_mismatch"]) == 0
     with pytest.raises(UserError, match="another base model"):
         merge(str(root / "base"), str(root / "adapter"), str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()

@@ -1,4 +1,4 @@
-"""The masked-LM Python API (`minigpt.pretraining`): seed 001's calls, learning, the encoder
+"""The masked-LM Python API (`minigpt.pretraining`): the API guide's calls, learning, the encoder
 switch, saving and loading, bad input."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The RLHF pipeline (SPEC §10) on a tiny config: `run_full_pipeline` writes exactly the SPEC
-layout (config.json, logs/, sft/, reward_model/, ppo/ with a checkpoint every `save_interval`
+"""The RLHF pipeline on a tiny config: `run_full_pipeline` writes exactly the pipeline
+document's layout (config.json, logs/, sft/, reward_model/, ppo/ with a checkpoint every `save_interval`
 iterations and a final model), each stage's output loads, a re-run resumes instead of
 redoing finished work, and bad configs are one-line errors.
 """
@@ -81,7 +81,7 @@ def test_full_pipeline_writes_the_spec_layout(env):
     policy = MiniGPTForCausalLM.from_pretrained(save / "ppo")
     MiniGPTRewardModel.from_pretrained(save / "ppo" / "value_model")
     steps = sorted(p.name for p in (save / "ppo" / "checkpoints").iterdir() if p.name.startswith("step_"))
-    # ppo_iterations counts rollouts (seed 004): 4 iterations × 2 epochs × 2 micro-batches of 2
+    # ppo_iterations counts rollouts (as the pipeline document counts them): 4 iterations × 2 epochs × 2 micro-batches of 2
     # completions = 16 optimizer updates; a checkpoint every save_interval = 2 iterations.
     assert RLHFPipeline(_config(env, save)).ppo_updates_per_iteration() == 4
     assert steps == ["step_00000008", "step_00000016"]

@@ -1,4 +1,4 @@
-"""PPO-RLHF pieces and the Python API (SPEC §6): the critic's per-token values, the per-token
+"""PPO-RLHF pieces and the Python API: the critic's per-token values, the per-token
 reward (KL penalty plus the score on the last token), GAE wiring inside the objective, the
 adaptive KL controller, the on-policy ratio, the early stop, the two learning rates, and the
 `ActorCritic` checkpoint layout.

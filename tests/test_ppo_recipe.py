@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
+from minigpt.inference.sampling import SamplingOptions
 from minigpt.errors import UserError
 from minigpt.model.reward import MiniGPTRewardModel
 from minigpt.recipes.ppo import ppo
@@ -75,7 +76,7 @@ def train_config(**kw) -> TrainConfig:
 
 def run(env, out: Path, steps: int = 4, resume: bool = False, **kw) -> dict:
     _, base, rm_dir, data = env
-    args = dict(reward_model=str(rm_dir), ppo_epochs=2, max_new_tokens=8, max_prompt_length=32, val_fraction=0.0)
+    args = dict(reward_model=str(rm_dir), ppo_epochs=2, sampling=SamplingOptions(max_new_tokens=8), max_prompt_length=32, val_fraction=0.0)
     return ppo(str(base), str(data), out=str(out), train=train_config(max_steps=steps), resume=resume, **{**args, **kw})
 
 
@@ -176,7 +177,7 @@ def test_cli_ppo_with_rule_rewards_and_dashed_options(env, tmp_path, capsys):
     _, base, _, data = env
     out = tmp_path / "cli"
     argv = ["ppo", "--model", str(base), "--data", str(data), "--out", str(out), "--reward", "length",
-            "--max-new-tokens", "6", "--max-prompt-length", "32", "--ppo-epochs", "1", "--val-fraction", "0",
+            "--sampling.max-new-tokens", "6", "--max-prompt-length", "32", "--ppo-epochs", "1", "--val-fraction", "0",
             "--train.max_steps", "2", "--train.batch_size", "4", "--train.precision", "fp32", "--train.device", "cpu",
             "--train.progress", "false", "--train.tensorboard", "false", "--train.lr", "1e-3"]
     assert cli.main(argv) == 0, capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The reward model (SPEC §5): pooling and score head against hand computations, padding
+"""The reward model: pooling and score head against hand computations, padding
 invariance, save/load round trip, `create_reward_model` copying the backbone, a frozen backbone,
 `RewardModelTrainer` metrics and gradients derived by hand, and 100 % accuracy on a separable
 toy set.

@@ -227,13 +227,14 @@ def test_reward_functions_are_called_by_keyword_as_trl_calls_them():
     assert combined.names == ["reward_len"] and combined(_prompts(3), completions, answer=["a"] * 3)[0] == total
 
 
-def test_a_positional_reward_function_still_works_with_a_warning():
+def test_a_reward_function_that_cannot_take_keywords_is_refused():
+    """Reward functions are called by keyword, as TRL calls them; `lambda p, c, **kw` would get
+    neither argument, so it is refused when the reward is built, naming it."""
     def old_style(p, c, **kw):
         return [float(len(x)) for x in c]
 
-    with pytest.warns(FutureWarning, match="'old_style' takes its prompts and completions positionally"):
-        combined = CombinedReward([("old_style", old_style, 1.0)])
-    assert combined(_prompts(2), ["ab", "abcd"])[0] == [2.0, 4.0]
+    with pytest.raises(UserError, match="'old_style' takes \\(p, c\\).*prompts and completions"):
+        CombinedReward([("old_style", old_style, 1.0)])
 
 
 def test_combined_reward_raising_function_names_sample():
@@ -275,7 +276,7 @@ def test_combined_reward_batch_only_failure():
 )
 def test_combined_reward_checks_values(values, message):
     with pytest.raises(UserError, match=message):
-        CombinedReward([("bad", lambda p, c, **kw: values, 1.0)])(_prompts(3), ["a", "b", "c"])
+        CombinedReward([("bad", lambda prompts, completions, **kw: values, 1.0)])(_prompts(3), ["a", "b", "c"])
 
 
 def test_combined_reward_rejects_bad_functions():
@@ -329,7 +330,7 @@ def test_make_reward():
     assert total == pytest.approx([1.0, 0.0])
     assert per["length"] == pytest.approx([-0.5, 0.0])
 
-    custom = make_reward("answer,bonus:2", functions={"answer": lambda p, c, **kw: [1.0] * len(c), "bonus": lambda p, c, **kw: [0.25] * len(c)})
+    custom = make_reward("answer,bonus:2", functions={"answer": lambda prompts, completions, **kw: [1.0] * len(completions), "bonus": lambda prompts, completions, **kw: [0.25] * len(completions)})
     assert custom(["p"], ["anything"])[0] == [1.5]  # 1 + 2 * 0.25, the built-in answer not used
     assert set(REWARD_FUNCTIONS) == {"format", "answer", "length", "repetition"}
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
+from minigpt.model.options import LoraOptions
 from minigpt.cli import _underscore_options, main
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
@@ -211,12 +212,12 @@ def test_reasoning_tag_weight_changes_the_training_loss_not_the_eval(env, tmp_pa
 
 @pytest.fixture(scope="module")
 def lora_run(env):
-    """`minigpt sft --lora-rank 4` (dashed), its OUT, and the base directory's digest before it."""
+    """`minigpt sft --lora.rank 4` (dashed option names elsewhere), its OUT, and the base directory's digest before it."""
     root, base, data = env
     before = _digest(base)
     out = root / "lora"
     argv = ["sft", "--model", str(base), "--data", str(data), "--out", str(out), "--max-length", str(MAX_LENGTH),
-            "--val-fraction", "0.2", "--lora-rank", "4", "--lora-alpha", "8", *train_argv(max_steps=4, lr=3e-2)]
+            "--val-fraction", "0.2", "--lora.rank", "4", "--lora.alpha", "8", *train_argv(max_steps=4, lr=3e-2)]
     assert main(argv) == 0
     return out, before
 
@@ -279,7 +280,7 @@ def test_lora_resume_equals_an_uninterrupted_run(env, tmp_path):
     random A), the AdamW moments and the data order from the step-2 checkpoint."""
     from safetensors.torch import load_file
 
-    lora = dict(lora_rank=4, lora_alpha=8.0)
+    lora = dict(lora=LoraOptions(rank=4, alpha=8.0))
     straight = run_sft(env, tmp_path / "a", train=train_config(max_steps=4, lr=3e-2), **lora)
     run_sft(env, tmp_path / "b", train=train_config(max_steps=2, save_interval=2, lr=3e-2), **lora)
     resumed = run_sft(env, tmp_path / "b", train=train_config(max_steps=4, save_interval=2, lr=3e-2), resume=True, **lora)
@@ -304,7 +305,7 @@ def test_overwrite_replaces_the_previous_kind_of_model(env, tmp_path, first_lora
 
     out = tmp_path / "out"
     for lora, overwrite in ((first_lora, False), (second_lora, True)):
-        run_sft(env, out, overwrite=overwrite, lora_rank=4 if lora else 0, train=train_config(max_steps=1))
+        run_sft(env, out, overwrite=overwrite, lora=LoraOptions(rank=4 if lora else 0), train=train_config(max_steps=1))
     names = {p.name for p in out.iterdir()}
     if second_lora:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= names
@@ -400,14 +401,14 @@ def test_unknown_role_names_file_and_line(env, tmp_path, capsys):
 
 
 def test_unknown_lora_target_lists_the_available_modules(env, tmp_path, capsys):
-    err = _bad_run(env, tmp_path, capsys, env[2], "--lora-rank", "4", "--lora_targets", "[nope]")
+    err = _bad_run(env, tmp_path, capsys, env[2], "--lora.rank", "4", "--lora.targets", "[nope]")
     assert "nope" in err
     assert all(name in err for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
 
 def test_dora_needs_a_lora_rank(env, tmp_path, capsys):
-    err = _bad_run(env, tmp_path, capsys, env[2], "--dora")
-    assert "--lora_rank" in err
+    err = _bad_run(env, tmp_path, capsys, env[2], "--lora.dora")
+    assert "--lora.rank" in err
 
 
 def test_data_without_a_usable_conversation(env, tmp_path, capsys):
@@ -426,7 +427,7 @@ def test_data_without_a_usable_conversation(env, tmp_path, capsys):
     [
         (["sft", "--max-length", "64"], ["sft", "--max_length", "64"]),
         (["--train.max-steps=5"], ["--train.max_steps=5"]),
-        (["--lora-targets", "[q-proj,v-proj]"], ["--lora_targets", "[q-proj,v-proj]"]),  # value kept
+        (["--eval-data", "[q-proj,v-proj]"], ["--eval_data", "[q-proj,v-proj]"]),  # value kept
         (["--data", "my-file.jsonl", "--out", "runs/my-run"], ["--data", "my-file.jsonl", "--out", "runs/my-run"]),
         (["--prompt=a-b --c-d"], ["--prompt=a-b --c-d"]),  # after '=' nothing changes
         (["--system-prompt=be-brief"], ["--system_prompt=be-brief"]),

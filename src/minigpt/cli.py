@@ -91,7 +91,7 @@ def pop_threads(argv: list[str]) -> tuple[list[str], str]:
 
 
 def _underscore_options(argv: list[str]) -> list[str]:
-    """Accept `--lora-rank 8` as well as `--lora_rank 8`: option names use underscores (the
+    """Accept `--max-length 8` as well as `--max_length 8`: option names use underscores (the
     Python parameter names), and many users type dashes. Values are never touched."""
     out = []
     for i, arg in enumerate(argv):

@@ -29,7 +29,7 @@ def load_model_and_tokenizer(
     """Load a saved model directory (and the tokenizer saved beside it) for inference.
 
     `model_dir` may also be a LoRA/DoRA adapter directory (adapter_config.json, no
-    config.json, as `minigpt sft --lora_rank N` writes): its base is loaded from the
+    config.json, as `minigpt sft --lora.rank N` writes): its base is loaded from the
     `base_model_name_or_path` recorded in adapter_config.json (a local model directory, absolute
     or relative to the adapter) and the adapter is applied (not merged); a base whose
     fingerprint differs from the one recorded in `adapter_base.json` is refused unless

@@ -65,10 +65,6 @@ class Rollout:
         """`(B,)` int64: generated tokens per row (the stop token included)."""
         return self.completion_mask.sum(dim=1)
 
-    @property
-    def num_prompts(self) -> int:
-        return self.prompt_ids.shape[0] // self.group_size
-
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 

@@ -175,7 +175,7 @@ def _check_qlora(quantize: str) -> None:
     if missing:
         raise UserError(
             f"QLoRA (quantize={quantize!r}) needs {' and '.join(missing)}; "
-            "train plain LoRA instead (without --qlora / quantize)"
+            "train plain LoRA instead (without --lora.qlora / quantize)"
         )
 
 

@@ -644,7 +644,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         )
 
 
-#: The name users of the original design know.
+#: The short name of the course and the API guide: `MiniGPT(config)` is the causal LM.
 MiniGPT = MiniGPTForCausalLM
 
 # AutoModelForCausalLM.from_pretrained(run_dir) gives the language model, AutoModel the bare

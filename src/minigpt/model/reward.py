@@ -356,7 +356,7 @@ def create_reward_model(
         base_model: a `MiniGPTForCausalLM`, a `MiniGPTModel`, or a saved model directory (str or
             Path) holding either. Its decoder weights are COPIED: training the reward model
             never changes `base_model` (which can stay the policy / reference of RLHF).
-        hidden_size: width of the head's hidden layers. (The original design passed the
+        hidden_size: width of the head's hidden layers. (The API guide's examples pass the
             backbone width here; the head's input width now comes from the backbone's config.)
         num_layers: linear layers in the head (1 = a single `Linear(C, 1)`).
         use_pooling: `"last"` (last real token), `"mean"` or `"max"` over real tokens.

@@ -14,7 +14,6 @@ from typing import TextIO
 
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
-from minigpt.recipes.common import regroup
 
 #: `minigpt chat`'s sampling defaults.
 #: `max_new_tokens` 0 = the model's own reply budget (`generation_config.max_new_tokens`, which
@@ -217,11 +216,6 @@ def chat(
     seed: int | None = None,
     device: str = "auto",
     allow_base_mismatch: bool = False,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float | None = None,
 ) -> list[dict[str, str]]:
     """Chat with a model: interactively, once with --prompt, or scripted from stdin.
 
@@ -247,11 +241,6 @@ def chat(
         device: auto, cpu, cuda or mps.
         allow_base_mismatch: load an adapter on its recorded base even when that base's
             weights are not the ones it was trained on.
-        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
-        temperature: deprecated spelling of --sampling.temperature (one more release).
-        top_k: deprecated spelling of --sampling.top_k (one more release).
-        top_p: deprecated spelling of --sampling.top_p (one more release).
-        repetition_penalty: deprecated spelling of --sampling.repetition_penalty (one more release).
 
     Returns:
         The transcript: every message in order (see `run_chat`).
@@ -264,10 +253,6 @@ def chat(
     from minigpt.inference.loading import ENGINE_DTYPES, load_model_and_tokenizer
     from minigpt.train.distributed import pick_precision
 
-    sampling, _ = regroup(
-        sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
-        top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),
-    )
     if dtype not in ENGINE_DTYPES and dtype != "auto":
         raise UserError(f"dtype must be auto or one of {sorted(ENGINE_DTYPES)}, not {dtype!r}")
     from minigpt.errors import check_seed

@@ -14,7 +14,7 @@ from minigpt.train.rundir import LOCK_FILE, RUN_MARKER, lock_run_dir, unlock_run
 
 
 def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size: int | None = None) -> TrainConfig:
-    """`train` with the original design's `--epochs` / `--batch_size` shorthands applied (None
+    """`train` with the `--epochs` / `--batch_size` shorthands (the course's commands) applied (None
     keeps the `--train.*` value)."""
     if epochs is None and batch_size is None:
         return train
@@ -23,38 +23,6 @@ def apply_shorthands(train: TrainConfig, epochs: float | None = None, batch_size
         epochs=train.epochs if epochs is None else epochs,
         batch_size=train.batch_size if batch_size is None else batch_size,
     )
-
-
-def regroup(group: Any, prefix: str, stacklevel: int = 3, **old: tuple[str, Any]) -> tuple[Any, dict[str, str]]:
-    """Apply the deprecated flat spellings of grouped options (`--lora_rank 8` for
-    `--lora.rank 8`), each with a `FutureWarning`; they are accepted for one release.
-
-    Args:
-        group: the options dataclass as parsed (e.g. `LoraOptions`).
-        prefix: its option name (`lora`).
-        stacklevel: where the warnings point (3: the caller of the function calling this).
-        **old: old name -> `(field, value)`; a value of None (or False for a switch) means the
-            old spelling was not used.
-
-    Returns:
-        `(group with the old values applied, option names)`: the names map each field to the
-        option that messages should cite: the old names when any old spelling was used (the
-        user's own words), else `prefix.field`.
-    """
-    used = {name: (field, value) for name, (field, value) in old.items() if value is not None and value is not False}
-    names = {f.name: f"{prefix}.{f.name}" for f in dataclasses.fields(group)}
-    if not used:
-        return group, names
-    import warnings
-
-    for name, (field, _) in used.items():
-        warnings.warn(
-            f"--{name} is now --{prefix}.{field} ({prefix}.{field} in Python and YAML); the old name goes in the next release",
-            FutureWarning,
-            stacklevel=stacklevel,
-        )
-    names.update({field: name for name, (field, _) in old.items()})
-    return dataclasses.replace(group, **{field: value for field, value in used.values()}), names
 
 
 def check_options(**rules: tuple[Any, bool, str]) -> None:
@@ -68,33 +36,21 @@ def check_options(**rules: tuple[Any, bool, str]) -> None:
             raise UserError(f"--{name}: must be {rule}, got {value!r}")
 
 
-def online_rl_options(
-    lora: Any, sampling: Any, lora_rank=None, lora_alpha=None, lora_targets=None, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
-) -> tuple[Any, Any, dict[str, str]]:
-    """The `--lora.*` and `--sampling.*` groups of grpo and ppo, with their deprecated flat
-    spellings applied (`regroup`) and what online RL cannot use refused: LoRA dropout (the first
-    pass's importance ratio must be exactly 1), DoRA and QLoRA (offered by sft/dpo only), a
-    repetition penalty (the log-probs are those of plain temperature sampling).
-
-    Returns:
-        `(lora, sampling, sampling option names)`.
+def check_online_rl_options(lora: Any, sampling: Any) -> None:
+    """Refuse what online RL (grpo, ppo) cannot use: a negative LoRA rank, LoRA dropout (the
+    first pass's importance ratio must be exactly 1), DoRA and QLoRA (offered by sft/dpo
+    only), a repetition penalty (the log-probs are those of plain temperature sampling).
 
     Raises:
-        UserError: one of the refused settings, or a negative rank, naming the option as typed.
+        UserError: one of the refused settings, naming its option.
     """
-    lora, lora_flag = regroup(lora, "lora", stacklevel=4, lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_targets=("targets", lora_targets))
-    sampling, sampling_flag = regroup(
-        sampling, "sampling", stacklevel=4, max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
-        top_k=("top_k", top_k), top_p=("top_p", top_p),
-    )
     check_options(**{
-        lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
-        lora_flag["dropout"]: (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
-        lora_flag["dora"]: (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
-        lora_flag["qlora"]: (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
-        sampling_flag["repetition_penalty"]: (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
+        "lora.rank": (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
+        "lora.dropout": (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
+        "lora.dora": (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
+        "lora.qlora": (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
+        "sampling.repetition_penalty": (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
     })
-    return lora, sampling, sampling_flag
 
 
 def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:

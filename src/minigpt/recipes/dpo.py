@@ -3,7 +3,7 @@
 One recipe for the whole DPO family (sigmoid = DPO, cDPO through `--label_smoothing`, ipo,
 hinge, reference-free, simpo, orpo) and for KTO on unpaired data. The reference policy is the
 starting model: its log-probs are computed once per dataset before training (`--precompute_ref`,
-the default), or live at every step from a frozen copy, or, with `--lora_rank`, from the
+the default), or live at every step from a frozen copy, or, with `--lora.rank`, from the
 trained model with its adapters disabled (no second copy of the weights).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.model.options import LoraOptions
-from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run, regroup
+from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 DPO_TRAIN_DEFAULTS = TrainConfig(
@@ -57,11 +57,6 @@ def dpo(
     epochs: float | None = None,
     batch_size: int | None = None,
     save_dir: str | None = None,
-    lora_rank: int | None = None,
-    lora_alpha: float | None = None,
-    lora_dropout: float | None = None,
-    lora_targets: list[str] | None = None,
-    dora: bool = False,
 ) -> dict[str, Any]:
     """Align a chat model to preferences: DPO and its variants (IPO, hinge, cDPO,
     reference-free, SimPO, ORPO) on pairs, or KTO on unpaired examples.
@@ -97,11 +92,6 @@ def dpo(
         epochs: shorthand for `--train.epochs`.
         batch_size: shorthand for `--train.batch_size` (pairs per micro-batch).
         save_dir: shorthand for `--out`.
-        lora_rank: deprecated spelling of --lora.rank (one more release).
-        lora_alpha: deprecated spelling of --lora.alpha (one more release).
-        lora_dropout: deprecated spelling of --lora.dropout (one more release).
-        lora_targets: deprecated spelling of --lora.targets (one more release).
-        dora: deprecated spelling of --lora.dora (one more release).
 
     Returns the final training and validation metrics (`val_accuracy` = held-out implicit-reward
     accuracy), plus `val_accuracy_before` for the starting model.
@@ -119,7 +109,6 @@ def dpo(
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
-    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_dropout=("dropout", lora_dropout), lora_targets=("targets", lora_targets), dora=("dora", dora))
     if loss not in PREFERENCE_LOSSES:
         raise UserError(f"--loss must be one of {', '.join(PREFERENCE_LOSSES)}, not {loss!r}")
     beta = DEFAULT_BETA[loss] if beta is None else beta
@@ -130,10 +119,10 @@ def dpo(
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(**{lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)")})
+    check_options(**{"lora.rank": (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)")})
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reference": reference, "data": data})
     if lora.rank <= 0 and lora.dora:
-        raise UserError(f"--{lora_flag['dora']} needs --{lora_flag['rank']} > 0")
+        raise UserError(f"--lora.dora needs --lora.rank > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from minigpt.inference.sampling import SamplingOptions
-from minigpt.recipes.common import regroup
 
 #: `minigpt generate`'s sampling defaults.
 #: `max_new_tokens` 0 = the model's own reply budget (`generation_config.max_new_tokens`), else 200.
@@ -60,11 +59,6 @@ def generate(
     tokenizer: str | None = None,
     dtype: str = "fp32",
     allow_base_mismatch: bool = False,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float | None = None,
 ) -> list[str]:
     """Generate text from a trained model, streaming each completion as it is produced.
 
@@ -85,18 +79,9 @@ def generate(
             faster at batch 1; approximate).
         allow_base_mismatch: load an adapter on its recorded base even when that base's
             weights are not the ones it was trained on.
-        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
-        temperature: deprecated spelling of --sampling.temperature (one more release).
-        top_k: deprecated spelling of --sampling.top_k (one more release).
-        top_p: deprecated spelling of --sampling.top_p (one more release).
-        repetition_penalty: deprecated spelling of --sampling.repetition_penalty (one more release).
     """
     from minigpt.inference.loading import load_model_and_tokenizer
 
-    sampling, _ = regroup(
-        sampling, "sampling", max_new_tokens=("max_new_tokens", max_new_tokens), temperature=("temperature", temperature),
-        top_k=("top_k", top_k), top_p=("top_p", top_p), repetition_penalty=("repetition_penalty", repetition_penalty),
-    )
     from minigpt.errors import check_seed
 
     check_seed(seed)

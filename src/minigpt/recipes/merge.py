@@ -57,7 +57,7 @@ def merge(model: str, adapter: str, out: str, overwrite: bool = False, allow_bas
     Args:
         model: base model directory the adapter was trained on.
         adapter: adapter directory (adapter_config.json + adapter_model.safetensors), e.g. the
-            output of `minigpt sft --lora_rank 8`.
+            output of `minigpt sft --lora.rank 8`.
         out: directory to write the merged model to.
         overwrite: replace the model already in --out.
         allow_base_mismatch: merge even when --model is not the base the adapter was trained

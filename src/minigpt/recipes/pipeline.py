@@ -39,7 +39,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 @dataclass
 class RLHFPipelineConfig(DictConfig):
-    """Every field of the pipeline's config (the original design's names), with the stage each one drives."""
+    """Every field of the pipeline's config (the names of the RLHF pipeline's config file), with the stage each one drives."""
 
     model_name: str = "tiny"
     """The starting model: a pretrained model directory (`minigpt pretrain`), or a preset name
@@ -193,10 +193,6 @@ class RLHFPipeline:
         base = dict(device=c.device, seed=c.seed, save_interval=c.save_interval, progress=False, tensorboard=False)
         base.update(kw)
         return TrainConfig(**base)
-
-    @staticmethod
-    def _finished(run_dir: Path) -> bool:
-        return (run_dir / "run.json").is_file()
 
     def _starting_model(self) -> str:
         """A model directory for SFT: `model_name` itself, or a fresh preset model saved under

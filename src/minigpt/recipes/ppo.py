@@ -27,7 +27,7 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.model.options import LoraOptions
-from minigpt.recipes.common import fit_policy, load_prompt_data, refuse_existing_run, online_rl_options
+from minigpt.recipes.common import fit_policy, load_prompt_data, refuse_existing_run, check_online_rl_options
 from minigpt.train.config import TrainConfig
 
 #: `minigpt ppo`'s sampling: plain temperature-1 sampling of completions up to 64 tokens.
@@ -80,13 +80,6 @@ def ppo(
     resume: bool = False,
     overwrite: bool = False,
     save_dir: str | None = None,
-    lora_rank: int | None = None,
-    lora_alpha: float | None = None,
-    lora_targets: list[str] | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
 ) -> dict[str, Any]:
     """RLHF with PPO: a policy and a critic trained on a reward model's (or rule rewards') scores.
 
@@ -135,13 +128,6 @@ def ppo(
         resume: continue from the newest checkpoint in `out` (at the next rollout).
         overwrite: discard a run already in `out`.
         save_dir: shorthand for `--out`.
-        lora_rank: deprecated spelling of --lora.rank (one more release).
-        lora_alpha: deprecated spelling of --lora.alpha (one more release).
-        lora_targets: deprecated spelling of --lora.targets (one more release).
-        max_new_tokens: deprecated spelling of --sampling.max_new_tokens (one more release).
-        temperature: deprecated spelling of --sampling.temperature (one more release).
-        top_k: deprecated spelling of --sampling.top_k (one more release).
-        top_p: deprecated spelling of --sampling.top_p (one more release).
 
     Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
     and `val_..._before` for the starting policy.
@@ -163,7 +149,7 @@ def ppo(
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
-    lora, sampling, sampling_flag = online_rl_options(lora, sampling, lora_rank, lora_alpha, lora_targets, max_new_tokens, temperature, top_k, top_p)
+    check_online_rl_options(lora, sampling)
     precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
     config = RLHFConfig(
         ppo_epochs=ppo_epochs, clip_epsilon=clip_epsilon, kl_coef=kl_coef, learning_rate=train.lr,
@@ -191,7 +177,7 @@ def ppo(
     net.config.dropout = 0.0  # ratio == 1 on the first pass needs the same forward as sampling
     if max_prompt_length + sampling.max_new_tokens > net.config.max_position_embeddings:
         raise UserError(
-            f"max_prompt_length {max_prompt_length} + {sampling_flag['max_new_tokens']} {sampling.max_new_tokens} exceeds the model's context "
+            f"max_prompt_length {max_prompt_length} + --sampling.max_new_tokens {sampling.max_new_tokens} exceeds the model's context "
             f"({net.config.max_position_embeddings} tokens)"
         )
     rm = None

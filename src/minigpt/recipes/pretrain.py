@@ -329,7 +329,7 @@ def pretrain(
         train: optimisation settings.
         resume: continue from the newest checkpoint in `out`.
         overwrite: discard a run already in `out`.
-        epochs: shorthand for `--train.epochs` (the original design's flag).
+        epochs: shorthand for `--train.epochs` (the course's spelling).
         batch_size: shorthand for `--train.batch_size`.
         save_dir: shorthand for `--out`.
         ewc_lambda: continued pretraining of `--model.init_from` with elastic weight

@@ -16,7 +16,7 @@ from minigpt.errors import UserError
 from minigpt.model.options import AdapterOptions
 from minigpt.model.options import LoraOptions
 from minigpt.model.options import MoeOptions
-from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run, regroup
+from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
 
 SFT_TRAIN_DEFAULTS = TrainConfig(
@@ -195,12 +195,6 @@ def sft(
     epochs: float | None = None,
     batch_size: int | None = None,
     save_dir: str | None = None,
-    lora_rank: int | None = None,
-    lora_alpha: float | None = None,
-    lora_dropout: float | None = None,
-    lora_targets: list[str] | None = None,
-    dora: bool = False,
-    qlora: str | None = None,
     ewc_lambda: float = 0.0,
     ewc_data: str | list[str] | None = None,
     fisher_rows: int = 64,
@@ -240,12 +234,6 @@ def sft(
         epochs: shorthand for `--train.epochs`.
         batch_size: shorthand for `--train.batch_size`.
         save_dir: shorthand for `--out`.
-        lora_rank: deprecated spelling of --lora.rank (one more release).
-        lora_alpha: deprecated spelling of --lora.alpha (one more release).
-        lora_dropout: deprecated spelling of --lora.dropout (one more release).
-        lora_targets: deprecated spelling of --lora.targets (one more release).
-        dora: deprecated spelling of --lora.dora (one more release).
-        qlora: deprecated spelling of --lora.qlora (one more release).
         ewc_lambda: λ of elastic weight consolidation (Kirkpatrick et al. 2017) towards the
             starting model; 0 = off. The diagonal Fisher is read from `ewc_fisher.safetensors`
             beside the model, or estimated on `ewc_data` and saved there.
@@ -269,14 +257,13 @@ def sft(
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
-    lora, lora_flag = regroup(lora, "lora", lora_rank=("rank", lora_rank), lora_alpha=("alpha", lora_alpha), lora_dropout=("dropout", lora_dropout), lora_targets=("targets", lora_targets), dora=("dora", dora), qlora=("qlora", qlora))
     train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     rank, _, _ = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
     check_options(
-        **{lora_flag["rank"]: (lora.rank, lora.rank >= 0, "≥ 0 (0 = full fine-tuning)")},
+        **{"lora.rank": (lora.rank, lora.rank >= 0, "≥ 0 (0 = full fine-tuning)")},
         reasoning_tag_weight=(reasoning_tag_weight, reasoning_tag_weight >= 0, "≥ 0"),
         ewc_lambda=(ewc_lambda, ewc_lambda >= 0, "≥ 0 (0 = no EWC)"),
         kl_to_base=(kl_to_base, kl_to_base >= 0, "≥ 0 (0 = no KL penalty)"),
@@ -286,7 +273,7 @@ def sft(
     )
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
     if lora.rank <= 0 and (lora.dora or lora.qlora):
-        raise UserError(f"--{lora_flag['dora']} and --{lora_flag['qlora']} need --{lora_flag['rank']} > 0")
+        raise UserError(f"--lora.dora and --lora.qlora need --lora.rank > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:
@@ -317,7 +304,7 @@ def sft(
         from minigpt.model.adapters import BOTTLENECK_CONFIGS, apply_bottleneck_adapters, apply_ia3
 
         if lora.rank > 0:
-            raise UserError(f"--adapter.method {adapter.method} and --{lora_flag['rank']} are two adapter methods; choose one")
+            raise UserError(f"--adapter.method {adapter.method} and --lora.rank are two adapter methods; choose one")
         if adapter.method in BOTTLENECK_CONFIGS:
             apply_bottleneck_adapters(net, adapter.method, adapter.reduction_factor, adapter.non_linearity, verbose=rank == 0)
         elif adapter.method == "ia3":

@@ -2,7 +2,7 @@
 arXiv:2507.18071): `GRPOConfig`, `create_grpo_trainer`, `train_step`.
 
 `GRPOTrainer.train_step(responses, response_masks)` takes sampled sequences as token-id
-tensors, as the original design does; `GRPOTrainer.step(prompts)` samples them itself. Both
+tensors, as the API guide's example does; `GRPOTrainer.step(prompts)` samples them itself. Both
 run `minigpt.objectives.grpo.GRPOObjective`, the objective `minigpt grpo` trains with through
 the one training loop; only the optimizer step lives here.
 """

@@ -2,7 +2,7 @@
 
 `create_reward_model` (defined beside the reward model, `minigpt.model.reward`) turns a
 (supervised fine-tuned) causal LM into a `MiniGPTRewardModel` by copying its decoder and adding
-a fresh score head. `RewardModelTrainer.train_step` is the original design's one-call API for
+a fresh score head. `RewardModelTrainer.train_step` is the one-call API for
 user loops and notebooks; it runs the objective `minigpt reward` trains with
 (`minigpt.objectives.reward.RewardObjective`) through the loop's optimizer step.
 """

@@ -5,9 +5,8 @@ A reward function has the TRL signature, and is called by keyword as TRL calls i
 
     fn(prompts=prompts, completions=completions, **columns) -> list[float | None]
 
-so ``def reward_len(completions, **kwargs)`` works (a function whose first two parameters have
-other names, written for the older positional call, still gets them positionally, with a
-``FutureWarning``).
+so ``def reward_len(completions, **kwargs)`` works; a function whose required parameters have
+other names (``lambda p, c: …``) is refused when the reward is built.
 
 one value per completion; ``None`` means "not applicable to this sample" (it counts as 0 in the
 weighted sum and is kept as ``None`` in the per-function values so it can be logged apart).
@@ -437,7 +436,8 @@ class CombinedReward:
         functions: ``[(name, fn, weight), ...]``; names must be distinct.
 
     Raises:
-        UserError: a duplicate name, a non-callable ``fn``, a weight that is not a finite number.
+        UserError: a duplicate name, a non-callable ``fn`` or one that cannot be called by
+            keyword (``_check_keyword_call``), a weight that is not a finite number.
     """
 
     def __init__(self, functions: Sequence[tuple[str, RewardFn, float]]) -> None:
@@ -450,10 +450,10 @@ class CombinedReward:
                 raise UserError(f"CombinedReward: reward function {name!r} is not callable ({type(fn).__name__})")
             if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
                 raise UserError(f"CombinedReward: weight of {name!r} must be a finite number, got {weight!r}")
+            _check_keyword_call(name, fn)
             seen.add(name)
             checked.append((name, fn, float(weight)))
         self.functions: list[tuple[str, RewardFn, float]] = checked
-        self._positional = {name for name, fn, _ in checked if _takes_positional(name, fn)}
 
     @property
     def names(self) -> list[str]:
@@ -465,10 +465,9 @@ class CombinedReward:
     ) -> Sequence[Any]:
         """``fn`` on the whole batch; on an exception, find the first sample it fails on alone
         (calling it once per sample) and name it in a UserError."""
-        positional = name in self._positional
 
         def call(p: list[str], c: list[str], cols: dict) -> Sequence[Any]:
-            return fn(p, c, **cols) if positional else fn(prompts=p, completions=c, **cols)
+            return fn(prompts=p, completions=c, **cols)
 
         try:
             return call(prompts, completions, columns)
@@ -535,32 +534,26 @@ class CombinedReward:
         return total, per_function
 
 
-def _takes_positional(name: str, fn: RewardFn) -> bool:
-    """Whether `fn` must get prompts and completions positionally: it names its first two
-    parameters otherwise than `prompts` / `completions` (e.g. `lambda p, c, **kw: …`).
+def _check_keyword_call(name: str, fn: RewardFn) -> None:
+    """Refuse a reward function that cannot be called as TRL calls it, by keyword
+    (`fn(prompts=…, completions=…, **columns)`): one with a required parameter of another name
+    and no `completions` parameter (e.g. `lambda p, c: …`).
 
-    Reward functions are called as TRL calls them, by keyword (`fn(prompts=…, completions=…,
-    **columns)`), so `def reward_len(completions, **kwargs)` works. Functions written for the
-    older positional call keep working for now, with a `FutureWarning`."""
+    Raises:
+        UserError: naming the function and the call it must accept.
+    """
     import inspect
-    import warnings
 
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect, use keywords
-        return False
-    if "completions" in params or not any(
-        p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values()
-    ):
-        return False
-    warnings.warn(
-        f"reward function {name!r} takes its prompts and completions positionally; reward functions are "
-        "called by keyword as in TRL (prompts=…, completions=…, **columns): name its parameters so. "
-        "The positional call will be removed in a future release",
-        FutureWarning,
-        stacklevel=4,
-    )
-    return True
+        return
+    required = [p.name for p in params.values() if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if "completions" not in params and required:
+        raise UserError(
+            f"reward function {name!r} takes ({', '.join(required)}): reward functions are called by keyword as in TRL, "
+            "fn(prompts=…, completions=…, **columns); name its parameters prompts and completions"
+        )
 
 
 def make_reward(
