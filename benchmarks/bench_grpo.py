@@ -11,7 +11,7 @@ the same prompts, one side after another (never concurrently), with
 
   minigpt   `minigpt.train.loop.Trainer` + `minigpt.objectives.grpo.GRPOObjective`, wired as
             `minigpt grpo` (`minigpt.recipes.grpo`) wires them: prompts through `PromptDataset`
-            / `collate_prompts`, the reward through `minigpt.rl.rewards.CombinedReward`,
+            / `collate_prompts`, the reward through `minigpt.rewards.functions.CombinedReward`,
             sampling on the rollout engine in bf16, training forward/backward under bf16
             autocast, fused AdamW. `train.batch_size` = `--prompts`, `group_size`,
             `max_new_tokens`, temperature 1.0, one micro-batch per rollout.
@@ -217,8 +217,8 @@ def worker_minigpt(args, work: Path) -> dict:
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.recipes.sft import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
-    from minigpt.rl.grpo import GRPOConfig
-    from minigpt.rl.rewards import CombinedReward
+    from minigpt.trainers.grpo import GRPOConfig
+    from minigpt.rewards.functions import CombinedReward
     from minigpt.train.callbacks import Callback
     from minigpt.train.config import TrainConfig
     from minigpt.train.loop import Trainer

@@ -93,9 +93,9 @@ def _done(path: Path) -> bool:
 def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -> dict:
     """Greedy answer accuracy, format rate and mean length on the first `n_test` test problems."""
     from minigpt.data.prompts import PromptDataset
-    from minigpt.rl.evaluation import evaluate_policy
+    from minigpt.evaluation.policy import evaluate_policy
     from minigpt.recipes.sft import load_base_model
-    from minigpt.rl.rewards import make_reward
+    from minigpt.rewards.functions import make_reward
 
     model, tok = load_base_model(model_dir)
     records = []

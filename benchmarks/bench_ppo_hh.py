@@ -122,10 +122,10 @@ def curve(metrics_file: Path, every: int) -> list[dict]:
 def win_rate(args, policy_dir: Path, val_examples) -> dict:
     """Reward-model win rate of the PPO policy's replies over the SFT model's on the held-out
     prompts (same prompts, sampling settings and per-batch seeds for both;
-    `minigpt.rl.evaluation`)."""
+    `minigpt.evaluation.policy`)."""
     from minigpt.inference.loading import load_model_and_tokenizer
     from minigpt.model.loading import load_reward_model
-    from minigpt.rl.evaluation import sample_replies, win_rate as rm_win_rate
+    from minigpt.evaluation.policy import sample_replies, win_rate as rm_win_rate
 
     rm, _ = load_reward_model(args.rm)
     _, tok = load_model_and_tokenizer(args.sft)

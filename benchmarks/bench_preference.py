@@ -85,11 +85,11 @@ def run(args) -> dict:
 def win_rates(args, out: Path) -> dict:
     """Reward-model win rate of each aligned policy's replies over the SFT model's replies on
     held-out prompts (same prompts, sampling settings and seed for every model;
-    `minigpt.rl.evaluation`)."""
+    `minigpt.evaluation.policy`)."""
     from minigpt.data.preference import PreferenceDataset, split_preference
     from minigpt.inference.loading import load_model_and_tokenizer
     from minigpt.model.loading import load_reward_model
-    from minigpt.rl.evaluation import sample_replies, win_rate
+    from minigpt.evaluation.policy import sample_replies, win_rate
 
     rm, rm_tok = load_reward_model(out / "rm")
     _, sft_tok = load_model_and_tokenizer(args.sft)

@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_retrieval")
     a = p.parse_args()
 
-    from minigpt.pretraining.retrieval import retrieval_metrics
+    from minigpt.evaluation.retrieval import retrieval_metrics
     from minigpt.recipes.contrastive import contrastive
     from minigpt.recipes.mlm import mlm
     from minigpt.recipes.pretrain import ModelConfig, pretrain

@@ -1,4 +1,4 @@
-"""Rollout speed: `minigpt.rl.rollout.RolloutEngine.sample` against `transformers`
+"""Rollout speed: `minigpt.inference.rollout.RolloutEngine.sample` against `transformers`
 `model.generate`, sampled tokens per second with their log-probabilities (issue 5 §1).
 
 Target: the engine in bf16 makes >= 3x the tokens per second of fp32 `generate` at batch 16 x

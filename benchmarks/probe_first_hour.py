@@ -33,7 +33,7 @@ def make_files(root: Path) -> None:
     import torch
 
     from minigpt.model import MiniGPTForCausalLM
-    from minigpt.model.reward import MiniGPTRewardModel
+    from minigpt.model.reward_model import MiniGPTRewardModel
     from tiny_models import save_tiny_chat_model
 
     save_tiny_chat_model(root / "model", TEXTS)

@@ -130,7 +130,7 @@ def test_bad_settings_are_clear_errors(data, capsys):
 
 
 def test_retrieval_metrics_by_hand():
-    from minigpt.pretraining.retrieval import retrieval_metrics
+    from minigpt.evaluation.retrieval import retrieval_metrics
 
     scores = torch.tensor([
         [0.9, 0.1, 0.2],  # own document first: rank 1

@@ -52,7 +52,7 @@ def _pairs(n: int = 2):
 
 def _namespace(**extra) -> dict:
     """The reader's side of the guide's examples."""
-    from minigpt.model.reward import create_reward_model
+    from minigpt.model.reward_model import create_reward_model
 
     ns = {
         "torch": torch, "vocab_size": VOCAB, "batch_size": BATCH, "seq_len": SEQ, "prompt_len": PROMPT,

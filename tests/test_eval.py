@@ -182,7 +182,7 @@ def test_a_judge_asked_in_both_orders_cancels_position_bias(tiny):
 
 
 def test_reward_model_preferences_are_antisymmetric(tiny):
-    from minigpt.model.reward import MiniGPTRewardModel
+    from minigpt.model.reward_model import MiniGPTRewardModel
 
     out, _, tok = tiny
     rm = MiniGPTRewardModel.from_pretrained(str(out)).eval()

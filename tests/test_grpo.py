@@ -15,9 +15,9 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
-from minigpt.model.reward import MiniGPTRewardModel
-from minigpt.rl.grpo import GRPOConfig, create_grpo_trainer
-from minigpt.rl.rollout import RolloutEngine, completion_logprobs
+from minigpt.model.reward_model import MiniGPTRewardModel
+from minigpt.trainers.grpo import GRPOConfig, create_grpo_trainer
+from minigpt.inference.rollout import RolloutEngine, completion_logprobs
 
 EOS, PAD = 0, 1
 

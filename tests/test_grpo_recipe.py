@@ -19,8 +19,8 @@ from minigpt.data.prompts import PromptDataset, collate_prompts
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.objectives.grpo import GRPOObjective
-from minigpt.rl.grpo import GRPOConfig
-from minigpt.rl.rewards import CombinedReward
+from minigpt.trainers.grpo import GRPOConfig
+from minigpt.rewards.functions import CombinedReward
 from minigpt.tokenizer import train_tokenizer
 from tiny_models import save_tiny_chat_model
 
@@ -170,7 +170,7 @@ def test_a_failing_reward_function_names_itself_and_the_sample(env):
 
 
 def test_reward_model_with_another_tokenizer_is_refused(env, tmp_path, capsys):
-    from minigpt.rl.reward_model import create_reward_model
+    from minigpt.trainers.reward_model import create_reward_model
 
     other = tmp_path / "rm"
     tok = train_tokenizer(["completely different text " * 20, "another corpus"] * 5, vocab_size=280, out_dir=other)
@@ -187,7 +187,7 @@ def test_sampled_evaluation_is_seeded_and_separate_from_greedy(env):
     """`evaluate_policy(samples=k)` adds mean@k rewards at the given temperature: the same call
     twice gives the same figures (seeded draws), the greedy figures are those of a greedy-only
     call, and a length reward's sampled mean differs from its greedy value on a random model."""
-    from minigpt.rl.evaluation import evaluate_policy
+    from minigpt.evaluation.policy import evaluate_policy
     from minigpt.tokenizer import load_tokenizer
 
     tok = load_tokenizer(env[1])

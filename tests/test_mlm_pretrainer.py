@@ -107,7 +107,7 @@ def test_causal_consumers_refuse_a_model_that_attends_both_ways(consumer):
     """A decoder whose config says `use_bidirectional_attention` would give next-token
     log-probs that see later tokens; everything that needs causal log-probs refuses it."""
     from minigpt.inference.engine import GenerationEngine
-    from minigpt.model.reward import create_reward_model
+    from minigpt.model.reward_model import create_reward_model
     from minigpt.rl import create_dpo_trainer, create_grpo_trainer, create_rlhf_trainer
 
     model = _bidirectional_causal_lm()

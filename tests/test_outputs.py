@@ -29,7 +29,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
     from minigpt.model import MiniGPTForCausalLM
     from minigpt.model.lora import apply_lora
-    from minigpt.model.reward import MiniGPTRewardModel
+    from minigpt.model.reward_model import MiniGPTRewardModel
 
     root = Path(tempfile.mkdtemp(prefix="minigpt-outputs-"))
     root.chmod(0o755)

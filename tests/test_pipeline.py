@@ -17,7 +17,7 @@ from minigpt import RLHFPipeline, create_rlhf_pipeline
 from minigpt.cli import main
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTForCausalLM
-from minigpt.model.reward import MiniGPTRewardModel
+from minigpt.model.reward_model import MiniGPTRewardModel
 from tiny_models import save_tiny_chat_model
 
 COLOURS = ["red", "blue", "green", "pink", "black", "white", "grey", "gold"]

@@ -19,10 +19,10 @@ from torch import nn
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
-from minigpt.model.reward import MiniGPTRewardModel
+from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.objectives.ppo import AdaptiveKLController, PPOObjective, token_rewards
-from minigpt.rl.ppo import ActorCritic, RLHFConfig, create_rlhf_trainer
-from minigpt.rl.reward_model import create_reward_model
+from minigpt.trainers.rlhf import ActorCritic, RLHFConfig, create_rlhf_trainer
+from minigpt.trainers.reward_model import create_reward_model
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.optim import param_groups
 

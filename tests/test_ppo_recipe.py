@@ -21,9 +21,9 @@ import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.errors import UserError
-from minigpt.model.reward import MiniGPTRewardModel
+from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.recipes.ppo import ppo
-from minigpt.rl.reward_model import create_reward_model
+from minigpt.trainers.reward_model import create_reward_model
 from minigpt.train.config import TrainConfig
 from tiny_models import save_tiny_chat_model
 

@@ -15,8 +15,8 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel
-from minigpt.model.reward import MiniGPTRewardModel, ScoreHead, pool_hidden
-from minigpt.rl.reward_model import RewardModelTrainer, create_reward_model
+from minigpt.model.reward_model import MiniGPTRewardModel, ScoreHead, pool_hidden
+from minigpt.trainers.reward_model import RewardModelTrainer, create_reward_model
 
 VOCAB = 300
 PAD = 1

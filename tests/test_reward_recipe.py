@@ -22,7 +22,7 @@ import torch
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
 from minigpt.errors import UserError
-from minigpt.model.reward import MiniGPTRewardModel
+from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.model.loading import check_same_tokenizer, load_reward_model
 from minigpt.recipes.reward import reward, score
 from minigpt.tokenizer import load_tokenizer, train_tokenizer

@@ -1,4 +1,4 @@
-"""Reward functions for online RL (minigpt.rl.rewards): the format and answer rules on
+"""Reward functions for online RL (minigpt.rewards.functions): the format and answer rules on
 hand-written completions, DAPO's length penalty in each of its three regions, the n-gram
 repetition penalty, the weighted combination and its guards, spec parsing, and the
 reward-model scorer against direct calls of the reward model.
@@ -16,8 +16,8 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig
-from minigpt.model.reward import MiniGPTRewardModel
-from minigpt.rl.rewards import (
+from minigpt.model.reward_model import MiniGPTRewardModel
+from minigpt.rewards.functions import (
     REWARD_FUNCTIONS,
     CombinedReward,
     RewardModelScorer,
@@ -221,7 +221,7 @@ def test_reward_functions_are_called_by_keyword_as_trl_calls_them():
     completions = ["x" * 5, "y" * 20, "z" * 31]
     total, per = CombinedReward([("reward_len", reward_len, 1.0)])(_prompts(3), completions, answer=["a", "b", "c"])
     assert total == [-15.0, 0.0, -11.0] and per == {"reward_len": [-15.0, 0.0, -11.0]}
-    from minigpt.rl.grpo import _reward_fn
+    from minigpt.trainers.grpo import _reward_fn
 
     combined = _reward_fn([reward_len], None, None, 8)  # TRL's reward_funcs=[reward_len]
     assert combined.names == ["reward_len"] and combined(_prompts(3), completions, answer=["a"] * 3)[0] == total

@@ -1,4 +1,4 @@
-"""Reward-model judging (`minigpt.rl.evaluation`): the win rate equals a comparison of rewards
+"""Reward-model judging (`minigpt.evaluation.policy`): the win rate equals a comparison of rewards
 computed one sequence at a time, ties count half, and sampled replies are seeded and stop-free."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
-from minigpt.rl.evaluation import sample_replies, win_rate
-from minigpt.rl.reward_model import create_reward_model
+from minigpt.evaluation.policy import sample_replies, win_rate
+from minigpt.trainers.reward_model import create_reward_model
 from minigpt.tokenizer import IM_END, render_prompt, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -209,7 +209,7 @@ def test_a_setting_made_for_one_command_is_undone_after_it(monkeypatch):
 
 
 @pytest.mark.parametrize("first", [
-    "import minigpt.model.modeling", "import minigpt.model.reward", "from minigpt.model import MiniGPTForCausalLM",
+    "import minigpt.model.modeling", "import minigpt.model.reward_model", "from minigpt.model import MiniGPTForCausalLM",
     "import minigpt; from transformers import AutoConfig", "import transformers; from transformers import AutoConfig; import minigpt",
 ])
 def test_every_import_order_registers_every_class_without_a_warning(first):

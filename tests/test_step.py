@@ -109,8 +109,8 @@ def test_python_api_trainers_share_the_step():
     """The reward-model trainer used to step a NaN loss into its weights; through the shared
     step it refuses, weights intact. DPO, GRPO and PPO hold the same step class."""
     from minigpt.model import MiniGPTConfig
-    from minigpt.model.reward import MiniGPTRewardModel
-    from minigpt.rl.reward_model import RewardModelTrainer
+    from minigpt.model.reward_model import MiniGPTRewardModel
+    from minigpt.trainers.reward_model import RewardModelTrainer
 
     torch.manual_seed(0)
     config = MiniGPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, max_position_embeddings=32)

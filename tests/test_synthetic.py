@@ -19,11 +19,10 @@ from minigpt.data.synthetic import (
     arithmetic_problem,
     arithmetic_split,
     arithmetic_worksheets,
-    check_answer,
     docs_conversations,
-    extract_answer,
     make_arithmetic_prompts,
 )
+from minigpt.rewards.answers import check_answer, extract_answer
 from minigpt.errors import UserError
 
 QUESTION_EXPR = re.compile(r"(\d+) ([-+×]) (\d+)")
@@ -305,7 +304,7 @@ def test_check_answer(answer_text, reference, expected):
 def test_check_answer_and_the_answer_reward_agree(got, reference, expected):
     """One checker: the quickstart's accuracy and the RL answer reward score every answer alike
     (they used to disagree on "$42" and "3/4")."""
-    from minigpt.rl.rewards import answer_reward
+    from minigpt.rewards.functions import answer_reward
 
     text = f"<think>…</think><answer>{got}</answer>"
     assert check_answer(text, reference) is expected

@@ -17,11 +17,17 @@ _EXPORTS = {
     **dict.fromkeys(["PRESETS", "MiniGPT", "MiniGPTConfig", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTRewardModel",
                      "apply_lora", "count_parameters"], "minigpt.model"),
     "MiniGPTForMaskedLM": "minigpt.model.encoder",
-    **dict.fromkeys(["ContrastiveConfig", "MLMConfig", "TextAugmentation", "create_contrastive_pretrainer",
-                     "create_mlm_pretrainer"], "minigpt.pretraining"),
-    **dict.fromkeys(["DPOConfig", "GRPOConfig", "RewardModelTrainer", "RLHFConfig", "RLHFPipeline", "create_dpo_trainer",
-                     "create_grpo_trainer", "create_reward_model", "create_rlhf_pipeline", "create_rlhf_trainer"],
-                    "minigpt.rl"),
+    "TextAugmentation": "minigpt.data.augment",
+    **dict.fromkeys(["ContrastiveConfig", "create_contrastive_pretrainer"], "minigpt.trainers.contrastive"),
+    **dict.fromkeys(["MLMConfig", "create_mlm_pretrainer"], "minigpt.trainers.mlm"),
+    **dict.fromkeys(["DPOConfig", "create_dpo_trainer"], "minigpt.trainers.dpo"),
+    "GRPOConfig": "minigpt.objectives.grpo",
+    "create_grpo_trainer": "minigpt.trainers.grpo",
+    "RLHFConfig": "minigpt.objectives.ppo",
+    "create_rlhf_trainer": "minigpt.trainers.rlhf",
+    "RewardModelTrainer": "minigpt.trainers.reward_model",
+    "create_reward_model": "minigpt.model.reward_model",
+    **dict.fromkeys(["RLHFPipeline", "create_rlhf_pipeline"], "minigpt.recipes.pipeline"),
     "Callback": "minigpt.train.callbacks",
     "TrainConfig": "minigpt.train.config",
     **dict.fromkeys(["Trainer", "TrainingDivergedError"], "minigpt.train.loop"),
@@ -29,7 +35,7 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
-_MODEL_MODULES = ("minigpt.model.configuration", "minigpt.model.modeling", "minigpt.model.reward", "minigpt.model.encoder")
+_MODEL_MODULES = ("minigpt.model.configuration", "minigpt.model.modeling", "minigpt.model.reward_model", "minigpt.model.encoder")
 _pending = False
 
 

@@ -76,7 +76,7 @@ def load_eval_examples(path: str | Path, limit: int | None = None) -> list[EvalE
         UserError: a missing file, a line that is not a JSON object, or a record of no known
             format, naming the file and line.
     """
-    from minigpt.rl.rewards import gsm8k_final_answer
+    from minigpt.rewards.functions import gsm8k_final_answer
     from minigpt.tokenizer.chat import SkipRecord, normalize_messages
 
     path = Path(path)
@@ -291,7 +291,7 @@ def reference_nll(model: torch.nn.Module, tokenizer, examples: Sequence[EvalExam
 def final_answer(text: str) -> str | None:
     """The answer a reply gives: its last `<answer>…</answer>` when it has one, else its last
     number (for models not trained on the reasoning format); None when neither."""
-    from minigpt.data.synthetic import extract_answer
+    from minigpt.rewards.answers import extract_answer
 
     tagged = extract_answer(text)
     if tagged is not None:
@@ -302,13 +302,13 @@ def final_answer(text: str) -> str | None:
 
 def answer_correct(texts: Sequence[str], answers: Sequence[str | None]) -> list[float]:
     """1.0 per reply whose `final_answer` equals the reference by the project's one answer
-    checker (`minigpt.data.synthetic.answers_equal`: exact numbers, `"42" == "42.0" == "$42"`),
+    checker (`minigpt.rewards.answers.answers_equal`: exact numbers, `"42" == "42.0" == "$42"`),
     else 0.0.
 
     Raises:
         UserError: an example without a reference answer.
     """
-    from minigpt.data.synthetic import answers_equal
+    from minigpt.rewards.answers import answers_equal
 
     out = []
     for text, want in zip(texts, answers):
@@ -324,7 +324,7 @@ def reward_model_preferences(reward_model: torch.nn.Module, tokenizer, prompts: 
     """Per prompt: 1 when the reward model scores `replies[i]` above `baseline[i]`, ½ on a tie,
     0 below (Stiennon et al. 2020's head-to-head win rate). Each reply is scored alone, so the
     order of the two cannot matter."""
-    from minigpt.rl.rewards import RewardModelScorer
+    from minigpt.rewards.functions import RewardModelScorer
 
     score = RewardModelScorer(reward_model, tokenizer, max_length=int(reward_model.config.max_position_embeddings))
     n = len(prompts)

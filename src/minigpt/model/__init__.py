@@ -9,7 +9,7 @@ _EXPORTS = {
     **dict.fromkeys(["apply_lora", "apply_prefix_tuning", "load_adapter", "merge_lora"], "minigpt.model.lora"),
     "LoraOptions": "minigpt.model.options",
     **dict.fromkeys(["MiniGPT", "MiniGPTForCausalLM", "MiniGPTModel", "MiniGPTPreTrainedModel"], "minigpt.model.modeling"),
-    **dict.fromkeys(["MiniGPTRewardModel", "ScoreHead", "pool_hidden"], "minigpt.model.reward"),
+    **dict.fromkeys(["MiniGPTRewardModel", "ScoreHead", "pool_hidden"], "minigpt.model.reward_model"),
 }
 # Imported on first use; each class registers itself with transformers' Auto classes when its
 # module is imported (`import minigpt` arranges that as soon as transformers is imported).

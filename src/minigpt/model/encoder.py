@@ -113,7 +113,7 @@ def pool_embeddings(hidden: torch.Tensor, attention_mask: torch.Tensor | None, p
     import torch.nn.functional as F
 
     from minigpt.errors import UserError
-    from minigpt.model.reward import pool_hidden
+    from minigpt.model.reward_model import pool_hidden
 
     if pooling not in EMBEDDING_POOLINGS:
         raise UserError(f"unknown embedding pooling {pooling!r}; choose one of {', '.join(EMBEDDING_POOLINGS)}")

@@ -115,7 +115,7 @@ def load_reward_model(model_dir: str | Path, device: str = "cpu"):
         UserError: not a reward-model directory (naming what it is instead), no tokenizer, or a
             tokenizer larger than the model's vocabulary.
     """
-    from minigpt.model.reward import MiniGPTRewardModel
+    from minigpt.model.reward_model import MiniGPTRewardModel
     from minigpt.train.distributed import pick_device
 
     path = Path(model_dir)

@@ -127,7 +127,7 @@ class GRPOObjective(RolloutObjective):
 
     Args:
         config: a `GRPOConfig` (resolved: `clip_epsilon` etc. set).
-        reward_fn: a `minigpt.rl.rewards.CombinedReward` (or any callable with its contract:
+        reward_fn: a `minigpt.rewards.functions.CombinedReward` (or any callable with its contract:
             `(prompts, completions, **columns) -> (totals, per_function)`); needed by
             `make_batches`.
         tokenizer: decodes completions for the reward functions.

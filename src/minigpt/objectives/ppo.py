@@ -352,7 +352,7 @@ class PPOObjective(RolloutObjective):
 
     Args:
         config: an `RLHFConfig` (or anything with its fields).
-        reward_fn: a `minigpt.rl.rewards.CombinedReward` (`(prompts, completions, **columns)
+        reward_fn: a `minigpt.rewards.functions.CombinedReward` (`(prompts, completions, **columns)
             -> (totals, per_function)`); needs `tokenizer`. Takes precedence over
             `reward_model`.
         tokenizer: decodes prompts and completions for `reward_fn`.

@@ -32,7 +32,7 @@ class RolloutObjective:
 
     Args:
         config: the algorithm's config (needs `temperature`).
-        reward_fn: a `minigpt.rl.rewards.CombinedReward` (`(prompts, completions, **columns)
+        reward_fn: a `minigpt.rewards.functions.CombinedReward` (`(prompts, completions, **columns)
             -> (totals, per_function)`).
         tokenizer: decodes prompts and completions for `reward_fn`.
         ref_model: frozen reference policy, or None (see `reference_or_none`).
@@ -108,7 +108,7 @@ def score_rollout(
 
     Args:
         reward_fn: `(prompts, completions, **columns) -> (totals, per_function)` (a
-            `minigpt.rl.rewards.CombinedReward`).
+            `minigpt.rewards.functions.CombinedReward`).
         tokenizer: decodes the completions (and the prompts when `prompts` is None).
         rollout: `group_size` rows per prompt.
         prompt_ids / prompts / columns: one entry per *prompt* (each column a list); they are

@@ -168,7 +168,7 @@ def contrastive(
     from minigpt.model import count_parameters
     from minigpt.model.encoder import EMBEDDING_POOLINGS, write_sentence_transformers_modules
     from minigpt.objectives.contrastive import ContrastiveObjective
-    from minigpt.pretraining.retrieval import retrieval_metrics
+    from minigpt.evaluation.retrieval import retrieval_metrics
     from minigpt.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything

@@ -122,7 +122,7 @@ def dpo(
     check_options(**{"lora.rank": (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)")})
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reference": reference, "data": data})
     if lora.rank <= 0 and lora.dora:
-        raise UserError(f"--lora.dora needs --lora.rank > 0")
+        raise UserError("--lora.dora needs --lora.rank > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:

@@ -110,14 +110,14 @@ def grpo(
     Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
     and `val_..._before` for the starting policy.
     """
-    from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
+    from minigpt.evaluation.policy import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
 
     from minigpt.model import count_parameters
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.recipes.sft import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.objectives.grpo import GRPOConfig
-    from minigpt.rl.rewards import make_reward
+    from minigpt.rewards.functions import make_reward
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 

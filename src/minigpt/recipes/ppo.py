@@ -136,7 +136,7 @@ def ppo(
         UserError: the reward model or value model uses another tokenizer (both directories
             named), `model` reward without --reward_model, bad settings or data.
     """
-    from minigpt.rl.evaluation import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
+    from minigpt.evaluation.policy import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
 
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
@@ -144,8 +144,8 @@ def ppo(
     from minigpt.recipes.sft import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.objectives.ppo import ActorCritic, RLHFConfig
-    from minigpt.model.reward import create_reward_model
-    from minigpt.rl.rewards import make_reward, parse_reward_spec
+    from minigpt.model.reward_model import create_reward_model
+    from minigpt.rewards.functions import make_reward, parse_reward_spec
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 

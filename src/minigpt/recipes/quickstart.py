@@ -57,7 +57,7 @@ def arithmetic_accuracy(model, tok, problems: list[dict], max_new_tokens: int = 
     The prompts are rendered as one user turn through the chat template and decoded in one
     left-padded batch on the fast engine, stopping at `<|im_end|>`.
     """
-    from minigpt.data.synthetic import check_answer
+    from minigpt.rewards.answers import check_answer
     from minigpt.inference.loading import ENGINE_DTYPES
     from minigpt.inference import GenerationEngine
     from minigpt.tokenizer.chat import chat_eos_ids

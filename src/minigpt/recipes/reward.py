@@ -2,7 +2,7 @@
 loop; `minigpt score` scores prompt/response records (or preference pairs) with a trained one.
 
 A reward model starts from a (supervised fine-tuned) model directory: its decoder is copied and
-a fresh MLP score head reads the pooled hidden state (`minigpt.model.reward`). Training
+a fresh MLP score head reads the pooled hidden state (`minigpt.model.reward_model`). Training
 minimises the Bradley–Terry loss `−log σ(r_chosen − r_rejected − margin)` (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1; the
 margin as in Llama 2, Touvron et al. 2023) per pair;
 evaluation reports `val_accuracy`, the held-out pairwise accuracy. OUT ends up a directory that
@@ -105,10 +105,10 @@ def reward(
 
     from minigpt.data.preference import collate_preference
     from minigpt.model import count_parameters
-    from minigpt.model.reward import MiniGPTRewardModel
-    from minigpt.objectives.reward import RewardObjective
+    from minigpt.model.reward_model import MiniGPTRewardModel
+    from minigpt.objectives.reward_model import RewardObjective
     from minigpt.recipes.sft import load_base_model
-    from minigpt.model.reward import create_reward_model
+    from minigpt.model.reward_model import create_reward_model
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 

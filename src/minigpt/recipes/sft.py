@@ -273,7 +273,7 @@ def sft(
     )
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "data": data})
     if lora.rank <= 0 and (lora.dora or lora.qlora):
-        raise UserError(f"--lora.dora and --lora.qlora need --lora.rank > 0")
+        raise UserError("--lora.dora and --lora.qlora need --lora.rank > 0")
     seed_everything(train.seed)
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:

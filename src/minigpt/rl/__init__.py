@@ -1,45 +1,29 @@
-"""Reinforcement learning for language models, as Python APIs: the reward model, the DPO family
-(Rafailov et al. 2023), the GRPO family (Shao et al. 2024) with its rollout engine and reward
-functions, and RLHF with PPO (Ouyang et al. 2022)."""
+"""`minigpt.rl`: the names the API guide imports for reinforcement learning of language models,
+gathered in one namespace. Nothing is defined here; each name lives in its room:
 
-from minigpt.model.reward import MiniGPTRewardModel
-from minigpt.rl.dpo import DPOConfig, DPOTrainer, create_dpo_trainer
-from minigpt.rl.grpo import GRPOTrainer, create_grpo_trainer
-# The pipeline is a command (it runs the sft, reward and ppo recipes); `minigpt.rl` re-exports it
-# for the original design's users, the one import from a floor above (pyproject.toml, importlinter).
-from minigpt.recipes.pipeline import RLHFPipeline, RLHFPipelineConfig, create_rlhf_pipeline
-from minigpt.objectives.grpo import GRPOConfig
-from minigpt.objectives.ppo import ActorCritic, RLHFConfig
-from minigpt.rl.ppo import RLHFTrainer, create_rlhf_trainer
-from minigpt.rl.rewards import CombinedReward, RewardModelScorer, make_reward
-from minigpt.inference.rollout import Rollout, RolloutEngine
-from minigpt.model.reward import create_reward_model
-from minigpt.rl.reward_model import RewardModelTrainer
+- the reward model (`minigpt.model.reward_model`) and its trainer (`minigpt.trainers.reward_model`)
+- DPO (`minigpt.trainers.dpo`), GRPO (`minigpt.objectives.grpo`, `minigpt.trainers.grpo`),
+  RLHF with PPO (`minigpt.objectives.ppo`, `minigpt.trainers.rlhf`)
+- reward functions (`minigpt.rewards`), the rollout engine (`minigpt.inference.rollout`)
+- the RLHF pipeline, a command that runs the sft, reward and ppo recipes
+  (`minigpt.recipes.pipeline`): this namespace sits above the recipes in the floor plan.
 
-#: The name users of the original design know.
-RewardModel = MiniGPTRewardModel
+The names are imported on first use (`minigpt._lazy`)."""
 
-__all__ = [
-    "ActorCritic",
-    "CombinedReward",
-    "DPOConfig",
-    "DPOTrainer",
-    "GRPOConfig",
-    "GRPOTrainer",
-    "MiniGPTRewardModel",
-    "RLHFConfig",
-    "RLHFPipeline",
-    "RLHFPipelineConfig",
-    "RLHFTrainer",
-    "RewardModel",
-    "RewardModelScorer",
-    "RewardModelTrainer",
-    "Rollout",
-    "RolloutEngine",
-    "create_dpo_trainer",
-    "create_grpo_trainer",
-    "create_reward_model",
-    "create_rlhf_pipeline",
-    "create_rlhf_trainer",
-    "make_reward",
-]
+from minigpt._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(["MiniGPTRewardModel", "create_reward_model"], "minigpt.model.reward_model"),
+    "RewardModelTrainer": "minigpt.trainers.reward_model",
+    **dict.fromkeys(["DPOConfig", "DPOTrainer", "create_dpo_trainer"], "minigpt.trainers.dpo"),
+    "GRPOConfig": "minigpt.objectives.grpo",
+    **dict.fromkeys(["GRPOTrainer", "create_grpo_trainer"], "minigpt.trainers.grpo"),
+    **dict.fromkeys(["ActorCritic", "RLHFConfig"], "minigpt.objectives.ppo"),
+    **dict.fromkeys(["RLHFTrainer", "create_rlhf_trainer"], "minigpt.trainers.rlhf"),
+    **dict.fromkeys(["CombinedReward", "RewardModelScorer", "make_reward"], "minigpt.rewards.functions"),
+    **dict.fromkeys(["Rollout", "RolloutEngine"], "minigpt.inference.rollout"),
+    **dict.fromkeys(["RLHFPipeline", "RLHFPipelineConfig", "create_rlhf_pipeline"], "minigpt.recipes.pipeline"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

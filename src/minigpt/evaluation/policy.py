@@ -48,7 +48,7 @@ def win_rate(
     """Reward-model win rate of `replies` over `baseline_replies` (one each per prompt).
 
     Each reply is scored as `prompt + reply + <|im_end|>` by
-    `minigpt.rl.rewards.RewardModelScorer`; a win counts 1, a tie ½.
+    `minigpt.rewards.functions.RewardModelScorer`; a win counts 1, a tie ½.
 
     Returns floats: `win_rate`, `mean_reward`, `baseline_mean_reward`, `mean_reply_tokens`,
     `baseline_mean_reply_tokens`, and `prompts` (the count).
@@ -56,7 +56,7 @@ def win_rate(
     Raises:
         ValueError: the three sequences differ in length.
     """
-    from minigpt.rl.rewards import RewardModelScorer
+    from minigpt.rewards.functions import RewardModelScorer
 
     if not len(prompts) == len(replies) == len(baseline_replies):
         raise ValueError(f"{len(prompts)} prompts, {len(replies)} replies and {len(baseline_replies)} baseline replies")

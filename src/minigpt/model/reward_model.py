@@ -4,13 +4,13 @@
 
 Trained on preference pairs with the Bradley–Terry loss `−log σ(r_w − r_l)` (Bradley & Terry
 1952; the reward model of InstructGPT, Ouyang et al. 2022, arXiv:2203.02155 §3.5). See
-`minigpt.losses.preference.bradley_terry_loss`, `minigpt.objectives.reward` and
-`minigpt.rl.reward_model`.
+`minigpt.losses.preference.bradley_terry_loss`, `minigpt.objectives.reward_model` and
+`minigpt.trainers.reward_model`.
 
 The head's settings live in the config (`reward_head_hidden_size`, `reward_head_num_layers`,
 `reward_head_dropout`, `reward_pooling`), so a saved reward model is an ordinary `transformers`
 directory: `MiniGPTRewardModel.from_pretrained(dir)` (or `AutoModelForSequenceClassification`
-once `minigpt.model.reward` is imported) rebuilds the same head and gives the same rewards.
+once `minigpt.model.reward_model` is imported) rebuilds the same head and gives the same rewards.
 
 Shapes: B = batch, T = tokens, C = hidden_size.
 """
@@ -337,7 +337,7 @@ def stack_pairs(
     return torch.cat(ids), torch.cat(masks)
 
 
-# After `import minigpt.model.reward`, AutoModelForSequenceClassification.from_pretrained(rm_dir) works.
+# After `import minigpt.model.reward_model`, AutoModelForSequenceClassification.from_pretrained(rm_dir) works.
 AutoModelForSequenceClassification.register(MiniGPTConfig, MiniGPTRewardModel, exist_ok=True)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from minigpt.errors import UserError
-from minigpt.rl.trainer import PolicyTrainer, sampling_ids
+from minigpt.trainers.base import PolicyTrainer, sampling_ids
 from minigpt.objectives.ppo import ActorCritic, PPOObjective, RLHFConfig
 from minigpt.model.lora import has_adapters
 from minigpt.model.modeling import require_causal
@@ -28,7 +28,7 @@ from minigpt.model.modeling import require_causal
 def _default_critic(policy: nn.Module, reward_model: nn.Module | None) -> nn.Module:
     """A trainable critic: a copy of the reward model (as TRL), else a fresh score head on a
     copy of the policy's decoder."""
-    from minigpt.model.reward import create_reward_model
+    from minigpt.model.reward_model import create_reward_model
 
     if reward_model is not None:
         critic = copy.deepcopy(reward_model)
@@ -51,7 +51,7 @@ class RLHFTrainer(PolicyTrainer):
             `reward_model`, or without one a new score head on a copy of the policy's decoder.
         ref_model: frozen reference policy; None: the policy with its adapters disabled
             (LoRA) or a frozen copy of the policy as it is now.
-        reward_funcs: a `minigpt.rl.rewards.CombinedReward`, a spec string such as
+        reward_funcs: a `minigpt.rewards.functions.CombinedReward`, a spec string such as
             `"model,format:0.5"`, a list of `(name, fn, weight)` or a callable; needs
             `tokenizer`.
         tokenizer: decodes completions for reward functions, renders string prompts, and gives
@@ -72,7 +72,7 @@ class RLHFTrainer(PolicyTrainer):
         reward_funcs: Any = None,
         tokenizer=None,
     ) -> None:
-        from minigpt.rl.grpo import _reward_fn
+        from minigpt.trainers.grpo import _reward_fn
         from minigpt.train.optim import param_groups
 
         config = RLHFConfig() if config is None else config

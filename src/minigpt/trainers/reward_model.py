@@ -1,10 +1,10 @@
 """Reward model construction and a standalone Bradley–Terry trainer (Ouyang et al. 2022, eq. 1).
 
-`create_reward_model` (defined beside the reward model, `minigpt.model.reward`) turns a
+`create_reward_model` (defined beside the reward model, `minigpt.model.reward_model`) turns a
 (supervised fine-tuned) causal LM into a `MiniGPTRewardModel` by copying its decoder and adding
 a fresh score head. `RewardModelTrainer.train_step` is the one-call API for
 user loops and notebooks; it runs the objective `minigpt reward` trains with
-(`minigpt.objectives.reward.RewardObjective`) through the loop's optimizer step.
+(`minigpt.objectives.reward_model.RewardObjective`) through the loop's optimizer step.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from minigpt.errors import UserError
-from minigpt.model.reward import MiniGPTRewardModel, create_reward_model, stack_pairs
-from minigpt.objectives.reward import RewardObjective
+from minigpt.model.reward_model import MiniGPTRewardModel, create_reward_model, stack_pairs
+from minigpt.objectives.reward_model import RewardObjective
 from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
 
@@ -22,7 +22,7 @@ class RewardModelTrainer(ReportsStatistics):
     """Bradley–Terry training of a reward model one batch of pairs at a time.
 
     Each step minimises `mean_i [−log σ(r_w,i − r_l,i − m_i) + c·(r_w,i + r_l,i)²]` through
-    `minigpt.objectives.reward.RewardObjective` (the objective `minigpt reward` trains with) and
+    `minigpt.objectives.reward_model.RewardObjective` (the objective `minigpt reward` trains with) and
     the shared `minigpt.train.step.OptimizerStep`: it clips the gradient norm and steps the
     optimizer.
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from minigpt.data.synthetic import answers_equal, extract_answer
+from minigpt.rewards.answers import answers_equal, extract_answer
 from minigpt.errors import UserError
 from minigpt.tokenizer.bpe import IM_END
 
@@ -111,7 +111,7 @@ def answer_reward(
     """1.0 when the completion's final answer equals the reference, else 0.0.
 
     The completion's answer is the content of its last complete ``<answer>…</answer>``
-    (:func:`minigpt.data.synthetic.extract_answer`); none, or an empty one, scores 0.0. The
+    (:func:`minigpt.rewards.answers.extract_answer`); none, or an empty one, scores 0.0. The
     reference is ``answer[i]``: for a GSM8K solution the text after its last ``"####"``
     (:func:`gsm8k_final_answer`), otherwise the whole string (ints are turned into strings).
     Both are compared as exact numbers when both parse as numbers (thousands separators, a
@@ -252,7 +252,7 @@ def repetition_penalty(
 
 
 class RewardModelScorer:
-    """A reward function backed by a :class:`~minigpt.model.reward.MiniGPTRewardModel`.
+    """A reward function backed by a :class:`~minigpt.model.reward_model.MiniGPTRewardModel`.
 
     Each sample is scored as ``prompt_ids + completion_ids + [<|im_end|>]``: the completion
     ids come without their stop token, and the reward model was trained on replies closed by

@@ -16,7 +16,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.config import DictConfig
-from minigpt.rl.trainer import PolicyTrainer
+from minigpt.trainers.base import PolicyTrainer
 from minigpt.data.preference import pad_rows
 from minigpt.losses.preference import DEFAULT_BETA, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import has_adapters

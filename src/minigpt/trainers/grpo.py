@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from minigpt.errors import UserError
-from minigpt.rl.trainer import PolicyTrainer, sampling_ids
+from minigpt.trainers.base import PolicyTrainer, sampling_ids
 from minigpt.losses.advantages import group_stats
 from minigpt.objectives.grpo import GRPOConfig, GRPOObjective
 from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
@@ -31,7 +31,7 @@ class GRPOTrainer(PolicyTrainer):
         reward_model: a `MiniGPTRewardModel` scoring whole sequences, used when
             `train_step` gets no `rewards` and no reward functions are given.
         config: `GRPOConfig` or a dict of its fields.
-        reward_funcs: a `minigpt.rl.rewards.CombinedReward`, a reward spec string such as
+        reward_funcs: a `minigpt.rewards.functions.CombinedReward`, a reward spec string such as
             `"format,answer"`, one function or a list of them as in TRL (each weighted 1 and
             called by keyword: `fn(prompts=…, completions=…, **columns)`), or a list of
             `(name, fn, weight)`; needs `tokenizer`.
@@ -181,7 +181,7 @@ class GRPOTrainer(PolicyTrainer):
 
 def _reward_fn(reward_funcs, reward_model, tokenizer, max_new_tokens):
     """Normalise the reward argument to a `CombinedReward` (or None)."""
-    from minigpt.rl.rewards import CombinedReward, make_reward
+    from minigpt.rewards.functions import CombinedReward, make_reward
 
     if reward_funcs is None:
         return None
