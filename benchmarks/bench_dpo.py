@@ -129,7 +129,7 @@ def prepare(args, work: Path) -> dict:
     init = work / "init"
     n_chars = max(args.batch * (args.steps + args.warmup) * args.seq_len * 8, 400_000)
     if args.model:
-        from minigpt.recipes.sft import load_base_model
+        from minigpt.model.loading import load_base_model
 
         net, tok = load_base_model(args.model)
         docs, source = story_documents(args.seed, n_chars)
@@ -193,7 +193,7 @@ def worker_minigpt(args, work: Path) -> dict:
 
     from minigpt.data.preference import PreferenceDataset, collate_preference
     from minigpt.objectives.preference import PreferenceObjective, precompute_reference_logps
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.train.callbacks import Callback
     from minigpt.train.config import TrainConfig
     from minigpt.train.loop import Trainer

@@ -91,7 +91,8 @@ def _done(path: Path) -> bool:
 
 
 def train_models(out: Path, files: dict[str, Path], args) -> dict[str, float]:
-    from minigpt.recipes.pretrain import ModelConfig, pretrain
+    from minigpt.model.options import ModelConfig
+    from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.reward import reward
     from minigpt.recipes.sft import sft
     from minigpt.train.config import TrainConfig

@@ -143,7 +143,7 @@ def prepare(args, work: Path) -> dict:
     init = work / "init"
     docs, source = story_documents(args.seed)
     if args.model:
-        from minigpt.recipes.sft import load_base_model
+        from minigpt.model.loading import load_base_model
 
         net, tok = load_base_model(args.model)
     else:
@@ -215,7 +215,7 @@ def worker_minigpt(args, work: Path) -> dict:
 
     from minigpt.data.prompts import PromptDataset, collate_prompts
     from minigpt.objectives.grpo import GRPOObjective
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.trainers.grpo import GRPOConfig
     from minigpt.rewards.functions import CombinedReward

@@ -94,7 +94,7 @@ def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -
     """Greedy answer accuracy, format rate and mean length on the first `n_test` test problems."""
     from minigpt.data.prompts import PromptDataset
     from minigpt.evaluation.policy import evaluate_policy
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.rewards.functions import make_reward
 
     model, tok = load_base_model(model_dir)
@@ -120,7 +120,8 @@ def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -
 def run(args) -> dict:
     from minigpt.inference.sampling import SamplingOptions
     from minigpt.recipes.grpo import GRPO_TRAIN_DEFAULTS, grpo
-    from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, sft
+    from minigpt.objectives.config import SFT_TRAIN_DEFAULTS
+    from minigpt.recipes.sft import sft
     import dataclasses
 
     out = Path(args.out)

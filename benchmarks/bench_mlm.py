@@ -46,7 +46,7 @@ def score(run: Path, corpus: Path, block_size: int, seed: int, cache: Path) -> d
 
     from minigpt.data.mlm import MaskedBlocks
     from minigpt.model.encoder import MiniGPTForMaskedLM
-    from minigpt.recipes.pretrain import load_pretrain_data
+    from minigpt.data.prepare import load_pretrain_data
     from minigpt.tokenizer import MASK_TOKEN, SPECIAL_TOKENS, load_tokenizer
 
     tok = load_tokenizer(run / "tokenizer")
@@ -87,7 +87,7 @@ def main() -> None:
     a = p.parse_args()
 
     from minigpt.recipes.mlm import mlm
-    from minigpt.recipes.pretrain import ModelConfig
+    from minigpt.model.options import ModelConfig
     from minigpt.train.config import TrainConfig
 
     out = Path(a.out)

@@ -30,7 +30,8 @@ def run(name: str, data: str, out: Path, cache: Path, tokenizer: Path | None, ma
     from transformers import AutoModelForCausalLM
 
     from minigpt.model import count_active_parameters, count_parameters
-    from minigpt.recipes.pretrain import ModelConfig, pretrain
+    from minigpt.model.options import ModelConfig
+    from minigpt.recipes.pretrain import pretrain
     from minigpt.train.config import TrainConfig
 
     train = TrainConfig(

@@ -85,7 +85,8 @@ def main() -> None:
     from minigpt.evaluation.retrieval import retrieval_metrics
     from minigpt.recipes.contrastive import contrastive
     from minigpt.recipes.mlm import mlm
-    from minigpt.recipes.pretrain import ModelConfig, pretrain
+    from minigpt.model.options import ModelConfig
+    from minigpt.recipes.pretrain import pretrain
     from minigpt.tokenizer import train_tokenizer
     from minigpt.train.config import TrainConfig
 

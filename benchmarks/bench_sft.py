@@ -23,7 +23,8 @@ from pathlib import Path
 
 from minigpt.model.options import LoraOptions
 from minigpt.recipes.distill import distill
-from minigpt.recipes.pretrain import ModelConfig, pretrain
+from minigpt.model.options import ModelConfig
+from minigpt.recipes.pretrain import pretrain
 from minigpt.recipes.sft import sft
 from minigpt.train.config import TrainConfig
 

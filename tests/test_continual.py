@@ -151,7 +151,8 @@ def test_sft_stages_with_save_fisher_ewc_replay_and_kl(chat_env, capsys):
     assert all("train/ewc_penalty" in r and "train/kl_to_base" in r for r in train_rows)
     assert train_rows[0]["train/ewc_penalty"] == 0.0 and train_rows[-1]["train/ewc_penalty"] > 0
     # Continued pretraining of the stage-1 model, with EWC (its saved Fisher) and KL to it.
-    from minigpt.recipes.pretrain import ModelConfig, pretrain
+    from minigpt.model.options import ModelConfig
+    from minigpt.recipes.pretrain import pretrain
     from minigpt.train.config import TrainConfig
 
     text = root / "more.txt"

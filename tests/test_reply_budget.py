@@ -10,8 +10,8 @@ import pytest
 
 from minigpt.cli import main
 from minigpt.errors import UserError
-from minigpt.recipes.chat import model_reply_budget
-from minigpt.recipes.sft import reply_budget
+from minigpt.inference.chat import model_reply_budget
+from minigpt.data.sft import reply_budget
 
 from tiny_models import save_tiny_chat_model
 

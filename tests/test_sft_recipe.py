@@ -26,7 +26,7 @@ from minigpt.cli import _underscore_options, main
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.recipes.distill import distill
-from minigpt.recipes.pretrain import ModelConfig
+from minigpt.model.options import ModelConfig
 from minigpt.recipes.sft import sft
 from minigpt.tokenizer import IM_END, REASONING_TAGS, train_tokenizer
 from minigpt.train.config import TrainConfig

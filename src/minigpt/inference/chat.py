@@ -472,3 +472,19 @@ class ChatSession:
         if not ids:
             raise UserError(f"the tokenizer has no {IM_END} token and no eos token: a reply could never stop")
         return ids
+
+
+def model_reply_budget(net, asked: int, fallback: int) -> int:
+    """Tokens a reply may take: `asked` when > 0, else the model's own
+    `generation_config.max_new_tokens` (set by `minigpt sft` from its training replies), else
+    `fallback`.
+
+    Raises:
+        UserError: `asked` < 0.
+    """
+    if asked < 0:
+        raise UserError(f"--sampling.max_new_tokens: must be ≥ 1 (0 = the model's own reply length), got {asked}")
+    if asked:
+        return asked
+    own = getattr(getattr(net, "generation_config", None), "max_new_tokens", None)
+    return int(own) if isinstance(own, int) and own > 0 else fallback

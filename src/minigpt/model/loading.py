@@ -8,14 +8,21 @@ model (`check_tokenizer_fits`), so a bad directory is one clear line wherever it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minigpt.errors import UserError
 from minigpt.model.checks import check_model_dir, check_tokenizer_fits
 
-__all__ = ["check_same_tokenizer", "is_reward_model_dir", "load_model_dir", "load_reward_model"]
+if TYPE_CHECKING:
+    from minigpt.model.options import ModelConfig
+
+__all__ = [
+    "SAVED_MODEL_OVERRIDES", "apply_overrides_to_saved", "build_model", "check_same_tokenizer", "is_reward_model_dir",
+    "load_base_model", "load_model_dir", "load_reward_model",
+]
 
 
 def load_model_dir(
@@ -154,3 +161,71 @@ def check_same_tokenizer(a_dir: str | Path, b_dir: str | Path, role: str = "a re
         raise UserError(
             f"{a_dir} and {b_dir} use different chat templates; {role} must see prompts rendered as the policy's are"
         )
+
+
+#: `--model.*` fields that may change a saved model (`--model.init_from`): context, RoPE and
+#: the attention window. Anything else would change its shapes or modules.
+SAVED_MODEL_OVERRIDES = ("max_position_embeddings", "rope_scaling", "rope_theta", "sliding_window")
+
+
+def apply_overrides_to_saved(net, model: "ModelConfig") -> None:
+    """Apply the `--model.*` fields given along with `--model.init_from` to the loaded `net`:
+    a longer context with scaled RoPE (`minigpt.model.modeling.set_rope_scaling`; the context
+    extension recipe), a sliding window.
+
+    Raises:
+        UserError: a field that would change the saved model's shapes (hidden_size, experts …)."""
+    from minigpt.model.modeling import set_rope_scaling
+
+    given = {k: v for k, v in dataclasses.asdict(model).items() if v is not None and k not in ("preset", "init_from", "vocab_size")}
+    shaped = sorted(set(given) - set(SAVED_MODEL_OVERRIDES))
+    if shaped:
+        raise UserError(
+            f"--model.{shaped[0]} cannot change a saved model (--model.init_from); only "
+            + ", ".join(f"--model.{k}" for k in SAVED_MODEL_OVERRIDES) + " can"
+        )
+    if "rope_theta" in given:
+        net.config.rope_parameters = {**net.config.rope_parameters, "rope_theta": float(given["rope_theta"])}
+    if "rope_scaling" in given or "max_position_embeddings" in given or "rope_theta" in given:
+        set_rope_scaling(net, given.get("rope_scaling"), given.get("max_position_embeddings"))
+    if "sliding_window" in given:
+        net.config.sliding_window = int(given["sliding_window"]) or None
+
+
+def build_model(model: "ModelConfig", model_class, tok, tokenizer_dir: str | Path, block_size: int):
+    """A new `model_class` of `model`'s shape for `tok`, or the one saved at `model.init_from`
+    (checked against `tok`).
+
+    Raises:
+        UserError: the tokenizer does not fit the saved model, or `block_size` exceeds the
+            model's context.
+    """
+    if model.init_from:
+        from minigpt.model.checks import check_tokenizer_fits
+        from minigpt.model.loading import load_model_dir
+
+        net, _ = load_model_dir(model.init_from, model_class, "--model.init_from", tokenizer=False)
+        check_tokenizer_fits(tok, net.config, tokenizer_dir, model.init_from)
+        apply_overrides_to_saved(net, model)
+    else:
+        special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id}
+        net = model_class(model.build_config(len(tok), special))
+    if block_size > net.config.max_position_embeddings:
+        raise UserError(f"block_size {block_size} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
+    return net
+
+
+def load_base_model(model_dir: str | Path):
+    """`(MiniGPTForCausalLM, tokenizer)` from a saved model directory, for further training.
+
+    The model is loaded from the directory's absolute path, so adapters trained on it record
+    where their base lives (`base_model_name_or_path`).
+
+    Raises:
+        UserError: not a model directory, no tokenizer beside it, or a tokenizer larger than the
+            model's vocabulary.
+    """
+    from minigpt.model.modeling import MiniGPTForCausalLM
+
+    net, tok = load_model_dir(Path(model_dir).resolve(), MiniGPTForCausalLM)
+    return net, tok

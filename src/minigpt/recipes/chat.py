@@ -190,22 +190,6 @@ def _input_lines(prompt: str = ">>> ") -> Iterator[str]:
             return
 
 
-def model_reply_budget(net, asked: int, fallback: int) -> int:
-    """Tokens a reply may take: `asked` when > 0, else the model's own
-    `generation_config.max_new_tokens` (set by `minigpt sft` from its training replies), else
-    `fallback`.
-
-    Raises:
-        UserError: `asked` < 0.
-    """
-    if asked < 0:
-        raise UserError(f"--sampling.max_new_tokens: must be ≥ 1 (0 = the model's own reply length), got {asked}")
-    if asked:
-        return asked
-    own = getattr(getattr(net, "generation_config", None), "max_new_tokens", None)
-    return int(own) if isinstance(own, int) and own > 0 else fallback
-
-
 def chat(
     model: str,
     prompt: str | None = None,
@@ -249,7 +233,7 @@ def chat(
         UserError: unknown dtype, a bad model directory, or a message that does not fit the
             model's context.
     """
-    from minigpt.inference.chat import ChatSession
+    from minigpt.inference.chat import ChatSession, model_reply_budget
     from minigpt.inference.loading import ENGINE_DTYPES, load_model_and_tokenizer
     from minigpt.train.distributed import pick_precision
 

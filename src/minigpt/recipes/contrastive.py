@@ -18,7 +18,7 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.recipes.common import check_options, refuse_existing_run
-from minigpt.recipes.pretrain import ModelConfig
+from minigpt.model.options import ModelConfig
 from minigpt.train.config import TrainConfig
 
 CONTRASTIVE_TRAIN_DEFAULTS = TrainConfig(lr=1e-4, warmup_steps=50, weight_decay=0.01, batch_size=32)

@@ -10,8 +10,8 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.recipes.common import check_options, refuse_existing_run
-from minigpt.recipes.pretrain import ModelConfig
-from minigpt.recipes.sft import SFT_TRAIN_DEFAULTS, load_base_model, load_sft_data
+from minigpt.model.options import ModelConfig
+from minigpt.objectives.config import SFT_TRAIN_DEFAULTS
 from minigpt.train.config import TrainConfig
 
 
@@ -82,12 +82,13 @@ def distill(
     Raises:
         UserError: teacher and student tokenizers or vocabulary sizes differ; bad data.
     """
-    from minigpt.tokenizer.chat import chat_eos_ids
-
+    from minigpt.data.sft import load_sft_data
     from minigpt.model import MiniGPTForCausalLM, count_parameters
+    from minigpt.model.loading import load_base_model
     from minigpt.objectives.distill import DistillationObjective
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
+    from minigpt.tokenizer.chat import chat_eos_ids
 
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(out)

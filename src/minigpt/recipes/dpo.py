@@ -104,7 +104,7 @@ def dpo(
     from minigpt.losses.preference import PREFERENCE_LOSSES
     from minigpt.model import count_parameters
     from minigpt.objectives.preference import KTOObjective, PreferenceObjective, precompute_reference_logps
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything

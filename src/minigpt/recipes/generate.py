@@ -86,7 +86,7 @@ def generate(
 
     check_seed(seed)
     net, tok = load_model_and_tokenizer(model, device, tokenizer, allow_base_mismatch)
-    from minigpt.recipes.chat import model_reply_budget
+    from minigpt.inference.chat import model_reply_budget
 
     budget = model_reply_budget(net, sampling.max_new_tokens, 200)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)

@@ -114,7 +114,7 @@ def grpo(
 
     from minigpt.model import count_parameters
     from minigpt.objectives.grpo import GRPOObjective
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.objectives.grpo import GRPOConfig
     from minigpt.rewards.functions import make_reward

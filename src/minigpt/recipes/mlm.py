@@ -19,7 +19,9 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.recipes.common import check_options, refuse_existing_run
-from minigpt.recipes.pretrain import ModelConfig, build_model, prepare_corpus
+from minigpt.model.options import ModelConfig
+from minigpt.model.loading import build_model
+from minigpt.data.prepare import prepare_corpus
 from minigpt.train.config import TrainConfig
 
 MLM_TRAIN_DEFAULTS = TrainConfig(lr=5e-4, warmup_steps=100, weight_decay=0.01)
@@ -143,7 +145,7 @@ def mlm(
 def _prepare_tokenizer_only(data: list[str], tokenizer, vocab_size: int, text_field: str, out_dir: Path, max_chars, val_fraction: float, rank: int):
     """The run's tokenizer (with `<|mask|>`) without the packed token cache, which next-sentence
     pairs do not use (they need sentence boundaries); rank 0 trains it, the others read it."""
-    from minigpt.recipes.pretrain import prepare_tokenizer, resolve_sources
+    from minigpt.data.prepare import prepare_tokenizer, resolve_sources
     from minigpt.tokenizer import load_tokenizer
     from minigpt.train.distributed import barrier
 
@@ -159,7 +161,7 @@ def _sentence_pair_data(data: list[str], tok, text_field: str, val_fraction: flo
     """Next-sentence training and held-out datasets: documents split into sentences, the last
     `val_fraction` of the documents held out, pairs drawn with `seed` (held out: `seed + 1`)."""
     from minigpt.data.mlm import SentencePairBlocks, build_sentence_pairs, split_sentences
-    from minigpt.recipes.pretrain import iter_corpus, resolve_sources
+    from minigpt.data.prepare import iter_corpus, resolve_sources
 
     docs = [split_sentences(d) for d in iter_corpus(resolve_sources(data), text_field)]
     flat = [s for d in docs for s in d]

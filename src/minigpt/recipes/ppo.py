@@ -141,7 +141,7 @@ def ppo(
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
     from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.objectives.ppo import ActorCritic, RLHFConfig
     from minigpt.model.reward_model import create_reward_model

@@ -17,7 +17,8 @@ import random
 import time
 from pathlib import Path
 
-from minigpt.recipes.pretrain import ModelConfig, pretrain
+from minigpt.model.options import ModelConfig
+from minigpt.recipes.pretrain import pretrain
 from minigpt.train.config import TrainConfig
 
 SAMPLE_PROMPTS = ["Return the", "The with statement", "class Queue"]

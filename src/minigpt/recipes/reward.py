@@ -107,7 +107,7 @@ def reward(
     from minigpt.model import count_parameters
     from minigpt.model.reward_model import MiniGPTRewardModel
     from minigpt.objectives.reward_model import RewardObjective
-    from minigpt.recipes.sft import load_base_model
+    from minigpt.model.loading import load_base_model
     from minigpt.model.reward_model import create_reward_model
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything

@@ -17,126 +17,8 @@ from minigpt.model.options import AdapterOptions
 from minigpt.model.options import LoraOptions
 from minigpt.model.options import MoeOptions
 from minigpt.recipes.common import apply_shorthands, fit_from_start, check_options, refuse_existing_run
+from minigpt.objectives.config import SFT_TRAIN_DEFAULTS
 from minigpt.train.config import TrainConfig
-
-SFT_TRAIN_DEFAULTS = TrainConfig(
-    max_steps=1000,
-    batch_size=8,
-    lr=2e-4,
-    min_lr_ratio=0.1,
-    warmup_steps=20,
-    weight_decay=0.0,
-    eval_interval=200,
-    eval_batches=0,
-    save_interval=500,
-)
-
-
-def load_base_model(model_dir: str | Path):
-    """`(MiniGPTForCausalLM, tokenizer)` from a saved model directory, for further training.
-
-    The model is loaded from the directory's absolute path, so adapters trained on it record
-    where their base lives (`base_model_name_or_path`).
-
-    Raises:
-        UserError: not a model directory, no tokenizer beside it, or a tokenizer larger than the
-            model's vocabulary.
-    """
-    from minigpt.model import MiniGPTForCausalLM
-    from minigpt.model.loading import load_model_dir
-
-    net, tok = load_model_dir(Path(model_dir).resolve(), MiniGPTForCausalLM)
-    return net, tok
-
-
-def reply_budget(reply_tokens: list[int], context: int, quantile: float = 0.99) -> int:
-    """The model's default reply length, saved as `generation_config.max_new_tokens` (what `chat`
-    and `generate` use when not told otherwise): the `quantile` of `reply_tokens` (the trained
-    tokens of each training conversation: its assistant replies and their end-of-turn tokens),
-    times 1.25, rounded up to a multiple of 16, between 16 and `context`. A model trained on
-    short answers thereby stops waiting for long ones: a reply that never emits `<|im_end|>`
-    costs this many tokens, not 256."""
-    import math
-
-    counts = sorted(reply_tokens) or [256]
-    k = counts[min(len(counts) - 1, math.ceil(quantile * len(counts)) - 1)]
-    return int(min(max(16, math.ceil(1.25 * k / 16) * 16), context))
-
-
-def load_sft_data(
-    data: list[str],
-    tok,
-    max_length: int,
-    format: str | None,
-    val_fraction: float,
-    max_val: int | None,
-    packing: bool,
-    seed: int,
-    say=print,
-    replay_data: list[str] | None = None,
-    replay_ratio: float = 0.2,
-):
-    """Render every record of `data` and split whole conversations into train / validation.
-
-    Returns `(train_dataset, val_dataset | None, collate_fn)`; with `packing`, conversations are
-    packed into blocks of `max_length` tokens (position ids restart per conversation and attention
-    never crosses one), else each item is one conversation and batches are padded to their
-    longest item. Skipped records are counted and reported through `say`. With `replay_data`,
-    conversations of that earlier task are added to the training part so that they make up
-    exactly `replay_ratio` of it (`minigpt.data.sft.replay_examples`); validation stays the new
-    task's alone.
-
-    Raises:
-        UserError: no data, a malformed record (naming file:line and field), or no usable
-            conversation at all.
-    """
-    from functools import partial
-
-    from minigpt.data.sft import (
-        PackedSFTDataset,
-        PaddedSFTDataset,
-        SFTDataset,
-        collate_packed,
-        collate_padded,
-        split_examples,
-    )
-
-    if not data:
-        raise UserError("--data is required: JSONL files of conversations (messages / Alpaca / ShareGPT records)")
-    examples = []
-    for source in data:
-        ds = SFTDataset(source, tok, max_length=max_length, format=format)
-        say(f"{source}: {ds.summary()}")
-        examples.extend(ds.examples)
-    train_ex, val_ex = split_examples(examples, val_fraction, seed=seed, max_val=max_val)
-    if replay_data:
-        from minigpt.data.sft import replay_examples
-
-        old = []
-        for source in replay_data:
-            ds = SFTDataset(source, tok, max_length=max_length, format=format)
-            say(f"replay {source}: {ds.summary()}")
-            old.extend(ds.examples)
-        replayed = replay_examples(old, len(train_ex), replay_ratio, seed=seed)
-        say(f"replay: {len(replayed)} earlier conversations mixed into {len(train_ex)} new ones "
-            f"({len(replayed) / max(len(replayed) + len(train_ex), 1):.3f} of the training set)")
-        train_ex = train_ex + replayed
-    reply_tokens = [int(sum(mask)) for _, mask in train_ex]
-    if packing:
-        train_ds = PackedSFTDataset(train_ex, max_length, seed=seed)
-        val_ds = PackedSFTDataset(val_ex, max_length, seed=seed) if val_ex else None
-        collate = collate_packed
-    else:
-        train_ds = PaddedSFTDataset(train_ex)
-        val_ds = PaddedSFTDataset(val_ex) if val_ex else None
-        collate = partial(collate_padded, pad_id=tok.pad_token_id)
-    say(
-        f"SFT data: {len(train_ex)} train / {len(val_ex)} held-out conversations"
-        + (f" packed into {len(train_ds)} blocks of {max_length} tokens" if packing else "")
-    )
-    train_ds.reply_tokens = reply_tokens  # trained tokens per conversation, for `reply_budget`
-    return train_ds, val_ds, collate
-
 
 def _continual_objective(objective, net, model_dir, ewc_lambda, ewc_data, fisher_rows, kl_to_base, tok, max_length, format, packing, train, rank, say):
     """Wrap `objective` in a `ContinualObjective` with EWC (Fisher beside the model, else
@@ -158,6 +40,8 @@ def _continual_objective(objective, net, model_dir, ewc_lambda, ewc_data, fisher
             )
         else:
             from torch.utils.data import DataLoader
+
+            from minigpt.data.sft import load_sft_data
 
             old_ds, _, collate = load_sft_data(ewc_data, tok, max_length, format, 0.0, 0, packing, train.seed, say)
             fisher = estimate_fisher(net, objective, DataLoader(old_ds, batch_size=train.batch_size, shuffle=False, collate_fn=collate), fisher_rows)
@@ -251,7 +135,9 @@ def sft(
     """
     from minigpt.tokenizer.chat import chat_eos_ids
 
+    from minigpt.data.sft import load_sft_data, reply_budget
     from minigpt.model import count_parameters
+    from minigpt.model.loading import load_base_model
     from minigpt.objectives.sft import SFTObjective
     from minigpt.tokenizer import REASONING_TAGS
     from minigpt.train.distributed import init_distributed, pick_device
