@@ -227,7 +227,7 @@ def worker_minigpt(args, work: Path) -> dict:
     )
     trainer = Trainer(net, objective, ds, cfg, work / "run_minigpt", collate_fn=counted, callbacks=[timer], save_with_model=tok)
     t_ref = time.perf_counter()
-    precompute_reference_logps(objective, trainer.model, ds, collate, args.batch, trainer.device, trainer._autocast)
+    precompute_reference_logps(objective, trainer.model, ds, collate, args.batch, trainer.device, trainer.autocast)
     precompute_s = time.perf_counter() - t_ref
     setup_s = time.perf_counter() - t
     trainer.fit(overwrite=True)

@@ -217,7 +217,8 @@ def worker_minigpt(args, work: Path) -> dict:
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
-    from minigpt.trainers.grpo import GRPOConfig
+    from minigpt.inference.sampling import SamplingOptions
+    from minigpt.objectives.config import GRPOConfig
     from minigpt.rewards.functions import CombinedReward
     from minigpt.train.callbacks import Callback
     from minigpt.train.config import TrainConfig
@@ -227,10 +228,8 @@ def worker_minigpt(args, work: Path) -> dict:
     net, tok = load_base_model(work / "init")
     net.config.dropout = 0.0  # as `minigpt grpo`: the first pass's ratio is exactly 1
     ds = PromptDataset(str(work / "prompts.jsonl"), tok)
-    config = GRPOConfig(
-        group_size=args.group, beta=0.0, learning_rate=args.lr, num_iterations=1, max_new_tokens=args.new_tokens,
-        temperature=1.0, top_p=1.0, top_k=0, precision="bf16",
-    )
+    config = GRPOConfig(group_size=args.group, beta=0.0, num_iterations=1)
+    sampling = SamplingOptions(max_new_tokens=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0)
     rollouts = _Rollouts()
 
     class TimedGRPOObjective(GRPOObjective):
@@ -246,7 +245,7 @@ def worker_minigpt(args, work: Path) -> dict:
 
     eos = chat_eos_ids(tok)
     objective = TimedGRPOObjective(
-        config, CombinedReward([("vowel_share", vowel_share, 1.0)]), tok, None, torch.bfloat16, eos, tok.pad_token_id, grad_accum=1
+        config, sampling, CombinedReward([("vowel_share", vowel_share, 1.0)]), tok, None, torch.bfloat16, eos, tok.pad_token_id, grad_accum=1
     )
 
     class StepTimer(Callback):

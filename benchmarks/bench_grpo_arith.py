@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=4, help="sampled completions per held-out problem (mean@k at the training temperature)")
     args = ap.parse_args()
 
+    from minigpt.objectives.config import GRPOConfig
     from minigpt.recipes.grpo import grpo
 
     out = Path(args.out)
@@ -67,7 +68,7 @@ def main() -> None:
             t0 = time.time()
             m = grpo(
                 model=str(start), data=str(prompts), eval_data=str(heldout), out=str(out / f"{algo}_s{seed}"), reward="answer",
-                algorithm=algo, group_size=args.group, beta=args.beta,
+                grpo=GRPOConfig(algorithm=algo, group_size=args.group, beta=args.beta),
                 sampling=SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature), max_val=None, eval_samples=args.eval_samples,
                 train=TrainConfig(
                     max_steps=args.steps, batch_size=args.prompts, lr=args.lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,

@@ -119,7 +119,8 @@ def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -
 
 def run(args) -> dict:
     from minigpt.inference.sampling import SamplingOptions
-    from minigpt.recipes.grpo import GRPO_TRAIN_DEFAULTS, grpo
+    from minigpt.objectives.config import GRPO_TRAIN_DEFAULTS, GRPOConfig
+    from minigpt.recipes.grpo import grpo
     from minigpt.objectives.config import SFT_TRAIN_DEFAULTS
     from minigpt.recipes.sft import sft
     import dataclasses
@@ -182,7 +183,7 @@ def run(args) -> dict:
             )
             t0 = time.time()
             m = grpo(
-                model=str(sft_dir), data=str(TRAIN), out=str(grpo_dir), reward="answer,format:0.1", group_size=8,
+                model=str(sft_dir), data=str(TRAIN), out=str(grpo_dir), reward="answer,format:0.1", grpo=GRPOConfig(group_size=8),
                 sampling=SamplingOptions(max_new_tokens=args.grpo_max_new_tokens, temperature=0.7), val_fraction=0.0, train=train, overwrite=True,
             )
             results["grpo"] = {k: v for k, v in m.items() if isinstance(v, (int, float))}

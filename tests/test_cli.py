@@ -419,7 +419,7 @@ def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
         (["sft", "--lora.rank=-4"], "--lora.rank: must be ≥ 0"),
         (["sft", "--reasoning_tag_weight=-1"], "--reasoning_tag_weight: must be ≥ 0"),
         (["dpo", "--lora.rank=-4"], "--lora.rank: must be ≥ 0"),
-        (["grpo", "--group_size", "1"], "--group_size: must be ≥ 2"),
+        (["grpo", "--grpo.group_size", "1"], "--grpo.group_size: must be ≥ 2"),
         (["distill", "--alpha", "2"], "--alpha: must be in [0, 1]"),
     ],
 )

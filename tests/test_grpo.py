@@ -16,7 +16,8 @@ import torch
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.reward_model import MiniGPTRewardModel
-from minigpt.trainers.grpo import GRPOConfig, create_grpo_trainer
+from minigpt.objectives.config import GRPOConfig
+from minigpt.trainers.grpo import create_grpo_trainer
 from minigpt.inference.rollout import RolloutEngine, completion_logprobs
 
 EOS, PAD = 0, 1
@@ -92,7 +93,7 @@ def test_first_pass_ratio_is_exactly_one_and_loss_is_minus_mean_advantage():
     clipped, and with β = 0 and token aggregation the loss is −Σ_i A_i·n_i / Σ_i n_i, with
     A_i = (r_i − mean_g)/(std_g + 1e-4) (unbiased std) computed here by hand."""
     policy = tiny_policy()
-    trainer = create_grpo_trainer(policy, None, {"group_size": 3, "beta": 0.0, "max_new_tokens": 8, "learning_rate": 1e-3})
+    trainer = create_grpo_trainer(policy, None, {"group_size": 3, "beta": 0.0, "learning_rate": 1e-3}, sampling={"max_new_tokens": 8})
     assert trainer.ref_model is None  # beta = 0 loads no reference
     r, ids, masks = _sampled(trainer)
     rewards = [1.0, 0.0, 0.5, 2.0, 2.0, -1.0, 0.0, 0.0, 3.0]
@@ -114,7 +115,7 @@ def test_first_pass_ratio_is_exactly_one_and_loss_is_minus_mean_advantage():
 
 def test_second_pass_is_off_policy_and_clipped():
     """With two passes the second one sees the updated policy: the ratio moves away from 1."""
-    trainer = create_grpo_trainer(tiny_policy(), None, {"group_size": 3, "beta": 0.0, "max_new_tokens": 8, "learning_rate": 5e-2, "num_iterations": 2})
+    trainer = create_grpo_trainer(tiny_policy(), None, {"group_size": 3, "beta": 0.0, "learning_rate": 5e-2, "num_iterations": 2}, sampling={"max_new_tokens": 8})
     r, ids, masks = _sampled(trainer)
     out = trainer.train_step(ids, masks, rewards=[1.0, 0.0, 0.0] * 3, attention_mask=r.attention_mask)
     assert out["ratio_max"] > 1.0  # averaged over the passes: the second pass's max is above 1
@@ -123,7 +124,7 @@ def test_second_pass_is_off_policy_and_clipped():
 def test_every_parameter_changes_and_the_reference_never_does():
     policy = tiny_policy()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    trainer = create_grpo_trainer(policy, None, GRPOConfig(group_size=3, beta=0.1, max_new_tokens=8, learning_rate=1e-2))
+    trainer = create_grpo_trainer(policy, None, GRPOConfig(group_size=3, beta=0.1, learning_rate=1e-2), sampling={"max_new_tokens": 8})
     ref_before = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
     r, ids, masks = _sampled(trainer)
     out = trainer.train_step(ids, masks, rewards=[1.0, 0.0, 0.5] * 3, attention_mask=r.attention_mask)
@@ -140,7 +141,7 @@ def test_every_parameter_changes_and_the_reference_never_does():
 def test_grpo_learns_a_toy_reward():
     """Reward = share of completion tokens with an id below 32 (half the vocabulary). GRPO
     raises the mean sampled reward well above its starting level within 30 steps."""
-    trainer = create_grpo_trainer(tiny_policy(3), None, {"group_size": 8, "beta": 0.0, "max_new_tokens": 6, "learning_rate": 1e-2})
+    trainer = create_grpo_trainer(tiny_policy(3), None, {"group_size": 8, "beta": 0.0, "learning_rate": 1e-2}, sampling={"max_new_tokens": 6})
     eos_free = [[10, 11, 12], [20, 21], [30, 31, 32, 33]]
     torch.manual_seed(0)
 
@@ -160,7 +161,7 @@ def test_train_step_scores_with_the_reward_model():
     """With no rewards given, the reward model's score of each whole row is the reward."""
     torch.manual_seed(4)
     rm = MiniGPTRewardModel(tiny_config()).eval()
-    trainer = create_grpo_trainer(tiny_policy(), rm, {"group_size": 3, "beta": 0.0, "max_new_tokens": 6})
+    trainer = create_grpo_trainer(tiny_policy(), rm, {"group_size": 3, "beta": 0.0}, sampling={"max_new_tokens": 6})
     r, ids, masks = _sampled(trainer)
     with torch.no_grad():
         expected = rm(input_ids=ids, attention_mask=r.attention_mask).rewards.float().mean().item()
@@ -169,12 +170,14 @@ def test_train_step_scores_with_the_reward_model():
 
 
 def test_gspo_defaults_and_config_errors():
-    c = GRPOConfig(algorithm="gspo")
+    c = GRPOConfig(algorithm="gspo").resolved()
     assert (c.importance_sampling_level, c.aggregation, c.clip_epsilon, c.clip_epsilon_high) == ("sequence", "sequence", 3e-4, 4e-4)
-    g = GRPOConfig()
+    g = GRPOConfig().resolved()
     assert (g.importance_sampling_level, g.aggregation, g.clip_epsilon, g.clip_epsilon_high) == ("token", "token", 0.2, 0.2)
     with pytest.raises(UserError, match="unknown GRPOConfig field"):
         GRPOConfig.from_dict({"grop_size": 4})
+    assert GRPOConfig(algorithm="gspo", clip_epsilon=0.1).resolved().clip_epsilon_high == 4e-4
+    assert GRPOConfig(clip_epsilon=0.1).resolved().clip_epsilon_high == 0.1
     with pytest.raises(UserError, match="advantage_type"):
         GRPOConfig(advantage_type="zscore")
     with pytest.raises(UserError, match="rloo needs group_size >= 2"):
@@ -189,7 +192,7 @@ def test_gspo_defaults_and_config_errors():
 def test_gspo_step_uses_the_sequence_ratio():
     """GSPO's first pass: the sequence ratio is 1 too; a second pass with a large step moves it
     and GSPO's tiny clip range (3e-4 / 4e-4) clips whole sequences."""
-    trainer = create_grpo_trainer(copy.deepcopy(tiny_policy()), None, {"algorithm": "gspo", "group_size": 3, "beta": 0.0, "max_new_tokens": 8, "learning_rate": 5e-2, "num_iterations": 2})
+    trainer = create_grpo_trainer(copy.deepcopy(tiny_policy()), None, {"algorithm": "gspo", "group_size": 3, "beta": 0.0, "learning_rate": 5e-2, "num_iterations": 2}, sampling={"max_new_tokens": 8})
     r, ids, masks = _sampled(trainer)
     out = trainer.train_step(ids, masks, rewards=[1.0, 0.0, 0.0] * 3, attention_mask=r.attention_mask)
     assert out["clip_fraction"] > 0.0
@@ -221,9 +224,9 @@ def test_relative_advantage_trains_on_r_minus_group_mean():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        c = GRPOConfig(advantage_type="relative", group_size=4, beta=0.0, max_new_tokens=6)
+        c = GRPOConfig(advantage_type="relative", group_size=4, beta=0.0)
     assert c.advantage_type == "relative"
-    trainer = create_grpo_trainer(tiny_policy(), None, c)
+    trainer = create_grpo_trainer(tiny_policy(), None, c, sampling={"max_new_tokens": 6})
     rollout = trainer.generate([[5, 6, 7]])
     batches = trainer.objective.experience(
         trainer.policy, rollout.input_ids, rollout.attention_mask, rollout.completion_mask, torch.tensor([1.0, 0.0, 0.0, 0.0]), None

@@ -19,7 +19,8 @@ from minigpt.data.prompts import PromptDataset, collate_prompts
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.objectives.grpo import GRPOObjective
-from minigpt.trainers.grpo import GRPOConfig
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import GRPOConfig
 from minigpt.rewards.functions import CombinedReward
 from minigpt.tokenizer import train_tokenizer
 from tiny_models import save_tiny_chat_model
@@ -63,7 +64,7 @@ def _args(env, out, *extra):
     root, base, data = env
     return [
         "grpo", "--model", str(base), "--data", str(data), "--out", str(out), "--sampling.max_new_tokens", "8",
-        "--max_prompt_length", "40", "--group_size", "4", "--reward", "format:0.5,answer,length:0.1",
+        "--max_prompt_length", "40", "--grpo.group_size", "4", "--reward", "format:0.5,answer,length:0.1",
         "--train.batch_size", "4", "--train.lr", "1e-3", "--train.progress", "false", "--train.tensorboard", "false",
         "--train.precision", "fp32", "--train.eval_interval", "2", "--train.save_interval", "2", *extra,
     ]
@@ -72,7 +73,7 @@ def _args(env, out, *extra):
 def test_grpo_cli_trains_saves_and_logs(env, capsys):
     root = env[0]
     out = root / "run"
-    assert main(_args(env, out, "--train.max_steps", "3", "--beta", "0.05")) == 0
+    assert main(_args(env, out, "--train.max_steps", "3", "--grpo.beta", "0.05")) == 0
     printed = capsys.readouterr().out
     assert "24 records -> 24 prompts" in printed and "held-out before training" in printed
     policy = MiniGPTForCausalLM.from_pretrained(out)
@@ -164,7 +165,7 @@ def test_a_failing_reward_function_names_itself_and_the_sample(env):
         raise RuntimeError("no network")
 
     for fn, pattern in ((nan_on_third, r"nan_on_third.*sample 2"), (boom, r"boom.*sample 0.*no network")):
-        obj = GRPOObjective(GRPOConfig(group_size=2, beta=0.0, max_new_tokens=4), CombinedReward([(fn.__name__, fn, 1.0)]), tok, eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+        obj = GRPOObjective(GRPOConfig(group_size=2, beta=0.0), SamplingOptions(max_new_tokens=4), CombinedReward([(fn.__name__, fn, 1.0)]), tok, eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
         with pytest.raises(UserError, match=pattern):
             obj.make_batches(model, batch)
 

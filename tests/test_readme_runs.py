@@ -34,7 +34,7 @@ SHRINK = {
     "distill": TRAIN + ["--max_length", "64"],
     "reward": TRAIN + ["--max_length", "64"],
     "dpo": TRAIN + ["--max_length", "64"],
-    "grpo": TRAIN + ["--sampling.max_new_tokens", "4", "--group_size", "2", "--max_prompt_length", "32"],
+    "grpo": TRAIN + ["--sampling.max_new_tokens", "4", "--grpo.group_size", "2", "--max_prompt_length", "32"],
     "ppo": TRAIN + ["--sampling.max_new_tokens", "4", "--max_prompt_length", "32"],
     "eval": ["--sampling.max_new_tokens", "4", "--resamples", "20"],
     "chat": ["--sampling.max_new_tokens", "4"],

@@ -21,7 +21,7 @@ _EXPORTS = {
     **dict.fromkeys(["ContrastiveConfig", "create_contrastive_pretrainer"], "minigpt.trainers.contrastive"),
     **dict.fromkeys(["MLMConfig", "create_mlm_pretrainer"], "minigpt.trainers.mlm"),
     **dict.fromkeys(["DPOConfig", "create_dpo_trainer"], "minigpt.trainers.dpo"),
-    "GRPOConfig": "minigpt.objectives.grpo",
+    "GRPOConfig": "minigpt.objectives.config",
     "create_grpo_trainer": "minigpt.trainers.grpo",
     "RLHFConfig": "minigpt.objectives.ppo",
     "create_rlhf_trainer": "minigpt.trainers.rlhf",

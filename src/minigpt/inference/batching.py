@@ -10,7 +10,7 @@ scheduling) instead runs one decoding step at a time over whatever requests are 
 * between two steps, waiting requests are prefilled into free slots (those arriving together
   in one right-padded forward), and finished or cancelled ones give their slot back;
 * a decoding step feeds every running row its last token at that row's own position (rows are
-  at different lengths) through the engine's per-layer forward (`GenerationEngine._forward`
+  at different lengths) through the engine's per-layer forward (`GenerationEngine.forward_layers`
   with a `(B,)` tensor of positions), so LoRA adapters and low-precision weights behave exactly
   as in `generate`.
 
@@ -395,7 +395,7 @@ class ContinuousBatcher:
         if window and p > window:  # causal within the window (right padding needs nothing more)
             i = torch.arange(p, device=device)
             prefill_mask = ((i[None] <= i[:, None]) & (i[None] > i[:, None] - window))[None, None]  # (1, 1, P, P)
-        logits = self.engine._forward(
+        logits = self.engine.forward_layers(
             model.model.embed_tokens(ids), self._cos[None, :p], self._sin[None, :p], scratch, 0, prefill_mask, linears,
             last_only=lengths - 1,
         )  # (G, V)
@@ -421,7 +421,7 @@ class ContinuousBatcher:
             mask = mask & (slots > pos[:, None] - window)
         mask = mask[:, None, None]  # (B, 1, 1, end)
         x = model.model.embed_tokens(tokens[:, None])  # (B, 1, C)
-        logits = self.engine._forward(
+        logits = self.engine.forward_layers(
             x, self._cos[pos][:, None], self._sin[pos][:, None], self._cache[:, :, :b], pos, mask, linears, last_only=False
         )  # (B, V)
         self._pos[:b] += 1

@@ -590,7 +590,7 @@ class GenerationEngine:
 
         linears = self._prepared_linears(compute_dtype)
         x = model.model.embed_tokens(ids)  # (B, P, C)
-        logits = self._forward(
+        logits = self.forward_layers(
             x, cos_tab[prompt_pos], sin_tab[prompt_pos], cache, 0, prefill_mask, linears, last_only=True
         )
         for i in range(max_new):
@@ -623,7 +623,7 @@ class GenerationEngine:
             mask = None if valid is None else valid[..., : p + i + 1]
             if window:
                 mask = mask & (slot_pos[:, None, None, : p + i + 1] > step_pos[:, i, None, None, None] - window)
-            logits = self._forward(
+            logits = self.forward_layers(
                 x, cos_step[:, i : i + 1], sin_step[:, i : i + 1], cache, p + i, mask, linears, last_only=False
             )
 
@@ -689,7 +689,7 @@ class GenerationEngine:
             out = {key: wb if key in superseded else _prepack(*wb) for key, wb in out.items()}
         return out
 
-    def _forward(
+    def forward_layers(
         self,
         x: torch.Tensor,
         cos: torch.Tensor,

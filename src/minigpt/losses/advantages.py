@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from minigpt.losses.names import ADVANTAGE_TYPES
 from minigpt.errors import UserError
 
-ADVANTAGE_TYPES = ("normalized", "relative", "rank", "rloo")
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:

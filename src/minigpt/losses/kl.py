@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from minigpt.losses.names import KL_ESTIMATORS
 from minigpt.errors import UserError
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 _LOG_RATIO_CLAMP = 20.0  # |log r| bound before exp in k3: e^20 ≈ 4.9e8 stays finite in fp32
 

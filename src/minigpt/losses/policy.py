@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from minigpt.losses.names import AGGREGATIONS
 from minigpt.errors import UserError
 
 RATIO_LEVELS = ("token", "sequence")
-AGGREGATIONS = ("token", "sequence")
 
 _ENTROPY_CHUNK_ELEMENTS = 1 << 24  # logits per fp32 chunk in `entropy_from_logits` (64 MiB)
 

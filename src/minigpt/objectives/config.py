@@ -1,9 +1,17 @@
-"""Each training stage's defaults, defined once: the command and its Python API start from the
-same values. Plain dataclass instances with no torch import, so the command line is parsed
-without loading torch."""
+"""Each algorithm's config and each training stage's defaults, defined once: the command and its
+Python API take the same objects and start from the same values. An algorithm config holds only
+the algorithm's knobs; sampling lives in `SamplingOptions`, optimisation in `TrainConfig`,
+adapters in `LoraOptions`. No torch import, so the command line is parsed without loading torch.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
+from minigpt.config import DictConfig
+from minigpt.errors import UserError
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.losses.names import ADVANTAGE_TYPES, AGGREGATIONS, KL_ESTIMATORS
 from minigpt.train.config import TrainConfig
 
 #: Supervised fine-tuning (`minigpt sft`, and `minigpt distill`, which fine-tunes a student on
@@ -21,4 +29,132 @@ SFT_TRAIN_DEFAULTS = TrainConfig(
 )
 
 
-__all__ = ["SFT_TRAIN_DEFAULTS"]
+#: The GRPO family's algorithms.
+GRPO_ALGORITHMS = ("grpo", "gspo")
+
+
+@dataclass
+class GRPOConfig(DictConfig):
+    """The knobs of GRPO / GSPO (names as in TRL's `GRPOConfig` where they exist): `minigpt grpo
+    --grpo.group_size 8` and `create_grpo_trainer(model, config=GRPOConfig(group_size=8))`.
+
+    Fields left as None take the algorithm's own value (`resolved()`): for `gspo` the
+    sequence-level importance ratio, sequence-mean aggregation and clip range 3e-4 / 4e-4
+    (Zheng et al. 2025 §5.1); for `grpo` the token-level ratio, token-mean aggregation and 0.2.
+
+    Raises:
+        UserError: a value outside its range or an unknown name, naming the field.
+    """
+
+    algorithm: str = "grpo"
+    """grpo (token-level ratio) or gspo (sequence-level ratio and clipping)."""
+    group_size: int = 4
+    """G: completions sampled per prompt; advantages compare samples of one prompt."""
+    advantage_type: str = "normalized"
+    """normalized ((r - mean)/std), relative (r - mean(group)), rloo (leave-one-out baseline,
+    RLOO) or rank."""
+    scale_rewards: bool = True
+    """Divide normalized advantages by the group std; False is Dr. GRPO (Liu et al. 2025)."""
+    beta: float = 0.0
+    """Weight of the KL penalty to the reference policy; 0 (TRL's default) loads no reference."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator: k1, k2 or k3 (Schulman 2020; k3 is unbiased and >= 0)."""
+    clip_epsilon: float | None = None
+    """Lower clip range ε of the importance ratio (None: 0.2, GSPO 3e-4)."""
+    clip_epsilon_high: float | None = None
+    """Upper clip range (DAPO's clip-higher; None: as clip_epsilon, GSPO 4e-4)."""
+    importance_sampling_level: str | None = None
+    """token or sequence (None: token for grpo, sequence for gspo)."""
+    aggregation: str | None = None
+    """token (mean over all completion tokens of the step, DAPO) or sequence (mean of each
+    completion's token mean, original GRPO); None: token for grpo, sequence for gspo."""
+    num_iterations: int = 1
+    """μ: optimisation passes over each rollout batch (ratio != 1 from the second on)."""
+    mini_batch_size: int = 0
+    """Completions per micro-batch (0: the whole rollout batch in one)."""
+    mask_truncated_completions: bool = False
+    """Leave completions that hit max_new_tokens out of the loss (DAPO)."""
+    learning_rate: float | None = None
+    """The API guide's spelling of the learning rate, for `create_grpo_trainer(config=...)`: when
+    set it is `train.lr` (None: `train.lr`, whose default is `GRPO_TRAIN_DEFAULTS.lr`). On the
+    command line the learning rate is `--train.lr`."""
+
+    def __post_init__(self) -> None:
+        def is_int(x, low):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+        checks = [
+            (self.algorithm in GRPO_ALGORITHMS, f"algorithm must be one of {', '.join(GRPO_ALGORITHMS)}"),
+            (is_int(self.group_size, 1), "group_size must be an integer >= 1"),
+            (self.advantage_type in ADVANTAGE_TYPES, f"advantage_type must be one of {', '.join(ADVANTAGE_TYPES)}"),
+            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}"),
+            (self.importance_sampling_level in (None, "token", "sequence"), "importance_sampling_level must be token or sequence"),
+            (self.aggregation is None or self.aggregation in AGGREGATIONS, f"aggregation must be one of {', '.join(AGGREGATIONS)}"),
+            (self.beta >= 0, "beta must be >= 0"),
+            (self.clip_epsilon is None or self.clip_epsilon > 0, "clip_epsilon must be > 0"),
+            (self.clip_epsilon_high is None or self.clip_epsilon_high > 0, "clip_epsilon_high must be > 0"),
+            (is_int(self.num_iterations, 1), "num_iterations must be an integer >= 1"),
+            (is_int(self.mini_batch_size, 0), "mini_batch_size must be an integer >= 0"),
+            (self.advantage_type != "rloo" or self.group_size >= 2, "advantage_type rloo needs group_size >= 2"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
+        ]
+        self.require(checks)
+
+    def resolved(self) -> "GRPOConfig":
+        """A copy with the fields left as None set to the algorithm's values (see the class)."""
+        gspo = self.algorithm == "gspo"
+        low = self.clip_epsilon if self.clip_epsilon is not None else (3e-4 if gspo else 0.2)
+        return replace(
+            self,
+            clip_epsilon=low,
+            clip_epsilon_high=self.clip_epsilon_high if self.clip_epsilon_high is not None else (4e-4 if gspo else low),
+            importance_sampling_level=self.importance_sampling_level or ("sequence" if gspo else "token"),
+            aggregation=self.aggregation or ("sequence" if gspo else "token"),
+        )
+
+
+#: GRPO's sampling: plain temperature-1 sampling of completions up to 128 tokens.
+GRPO_SAMPLING = SamplingOptions(max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0)
+
+#: GRPO's optimisation: 200 rollout batches of 8 prompts, constant learning rate 1e-6.
+GRPO_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=200,
+    batch_size=8,
+    lr=1e-6,
+    min_lr_ratio=1.0,
+    warmup_steps=0,
+    weight_decay=0.0,
+    beta2=0.99,
+    eval_interval=50,
+    save_interval=50,
+    log_interval=1,
+)
+
+
+def with_learning_rate(train: TrainConfig, learning_rate: float | None) -> TrainConfig:
+    """`train` with `lr = learning_rate` when an algorithm config's `learning_rate` (the API
+    guide's spelling) is set; `train` itself otherwise."""
+    return train if learning_rate is None else replace(train, lr=float(learning_rate))
+
+
+def check_rl_sampling(sampling: SamplingOptions, option: str = "sampling") -> SamplingOptions:
+    """Refuse sampling settings online RL cannot train on.
+
+    Raises:
+        UserError: `max_new_tokens < 1`, `temperature <= 0` (RL samples; its log-probs are
+            taken at that temperature), a repetition penalty (the log-probs are those of plain
+            temperature sampling).
+    """
+    if isinstance(sampling.max_new_tokens, bool) or not isinstance(sampling.max_new_tokens, int) or sampling.max_new_tokens < 1:
+        raise UserError(f"{option}.max_new_tokens: must be an integer ≥ 1, got {sampling.max_new_tokens!r}")
+    if not sampling.temperature > 0:
+        raise UserError(f"{option}.temperature: must be > 0 in online RL (it samples), got {sampling.temperature!r}")
+    if sampling.repetition_penalty != 1.0:
+        raise UserError(f"{option}.repetition_penalty: must be 1.0 in online RL (log-probs are those of plain temperature sampling)")
+    return sampling
+
+
+__all__ = [
+    "GRPO_ALGORITHMS", "GRPO_SAMPLING", "GRPO_TRAIN_DEFAULTS", "GRPOConfig", "SFT_TRAIN_DEFAULTS", "check_rl_sampling",
+    "with_learning_rate",
+]

@@ -23,7 +23,7 @@ from torch import nn
 
 from minigpt.errors import UserError
 from minigpt.losses.continual import ewc_penalty, kl_to_reference
-from minigpt.objectives.sft import _forward as model_forward
+from minigpt.objectives.sft import model_forward
 from minigpt.train.objective import LossOutput
 
 #: The diagonal Fisher of a model, saved in its directory (safetensors, parameter names as keys).

@@ -9,7 +9,7 @@ import torch
 from minigpt.losses.distill import distillation_loss
 from minigpt.losses.lm import IGNORE_INDEX
 from minigpt.train.objective import LossOutput
-from minigpt.objectives.sft import _forward
+from minigpt.objectives.sft import model_forward
 
 
 class DistillationObjective:
@@ -39,8 +39,8 @@ class DistillationObjective:
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         """Summed distillation loss; `sums` carries `kl` and `ce` (nats) for logging."""
         with torch.no_grad():
-            teacher_logits = _forward(self.teacher, batch).logits
-        student_logits = _forward(model, batch).logits
+            teacher_logits = model_forward(self.teacher, batch).logits
+        student_logits = model_forward(model, batch).logits
         loss, parts = distillation_loss(student_logits, teacher_logits, batch["targets"], self.temperature, self.alpha)
         return LossOutput(
             loss_sum=loss,

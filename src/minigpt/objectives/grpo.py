@@ -19,114 +19,29 @@ the first micro-batch of a rollout `rollout_metrics` (floats).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.losses.advantages import ADVANTAGE_TYPES, group_advantages
-from minigpt.losses.kl import KL_ESTIMATORS, kl_estimate
-from minigpt.losses.policy import AGGREGATIONS, aggregate, clipped_policy_loss
+from minigpt.losses.advantages import group_advantages
+from minigpt.losses.kl import kl_estimate
+from minigpt.losses.policy import aggregate, clipped_policy_loss
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import GRPOConfig, check_rl_sampling
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, rollout_metrics, score_rollout
 from minigpt.inference.rollout import completion_logprobs
 
-__all__ = ["ALGORITHMS", "GRPOConfig", "GRPOObjective"]
-
-ALGORITHMS = ("grpo", "gspo")
-
-
-@dataclass
-class GRPOConfig(DictConfig):
-    """Settings of GRPO / GSPO (names as in TRL's `GRPOConfig` where they exist).
-
-    `algorithm="gspo"` switches the defaults left as None to GSPO's: sequence-level importance
-    ratio, sequence-mean aggregation, clip range 3e-4 / 4e-4 (Zheng et al. 2025 §5.1).
-    """
-
-    algorithm: str = "grpo"
-    """grpo (token-level ratio) or gspo (sequence-level ratio and clipping)."""
-    group_size: int = 4
-    """G: completions sampled per prompt; advantages compare samples of one prompt."""
-    advantage_type: str = "normalized"
-    """normalized ((r - mean)/std), relative (r - mean(group)), rloo (leave-one-out baseline,
-    RLOO) or rank."""
-    scale_rewards: bool = True
-    """Divide normalized advantages by the group std; False is Dr. GRPO (Liu et al. 2025)."""
-    learning_rate: float = 1e-5
-    """AdamW learning rate of `train_step` (constant; the CLI uses the loop's schedule)."""
-    beta: float = 0.0
-    """Weight of the KL penalty to the reference policy; 0 (TRL's default, and `minigpt
-    grpo`'s) loads no reference at all."""
-    kl_estimator: str = "k3"
-    """Per-token KL estimator: k1, k2 or k3 (Schulman 2020; k3 is unbiased and >= 0)."""
-    clip_epsilon: float | None = None
-    """Lower clip range ε of the importance ratio (None: 0.2, GSPO 3e-4)."""
-    clip_epsilon_high: float | None = None
-    """Upper clip range (DAPO's clip-higher; None: as clip_epsilon, GSPO 4e-4)."""
-    importance_sampling_level: str | None = None
-    """token or sequence (None: token for grpo, sequence for gspo)."""
-    aggregation: str | None = None
-    """token (mean over all completion tokens of the step, DAPO) or sequence (mean of each
-    completion's token mean, original GRPO); None: token for grpo, sequence for gspo."""
-    num_iterations: int = 1
-    """μ: optimisation passes over each rollout batch (ratio != 1 from the second on)."""
-    mini_batch_size: int = 0
-    """Completions per micro-batch (0: the whole rollout batch in one)."""
-    max_new_tokens: int = 128
-    """Longest completion sampled."""
-    temperature: float = 1.0
-    """Sampling temperature (log-probs are taken at this temperature too)."""
-    top_k: int = 0
-    """Top-k filter of sampling (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus filter of sampling (1.0 = off)."""
-    mask_truncated_completions: bool = False
-    """Leave completions that hit max_new_tokens out of the loss (DAPO)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    precision: str = "fp32"
-    """fp32, or bf16 (autocast for training forwards and sampling)."""
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise UserError(f"GRPOConfig.algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
-        gspo = self.algorithm == "gspo"
-        if self.clip_epsilon is None:
-            self.clip_epsilon = 3e-4 if gspo else 0.2
-        if self.clip_epsilon_high is None:
-            self.clip_epsilon_high = 4e-4 if gspo else self.clip_epsilon
-        if self.importance_sampling_level is None:
-            self.importance_sampling_level = "sequence" if gspo else "token"
-        if self.aggregation is None:
-            self.aggregation = "sequence" if gspo else "token"
-        checks = [
-            (isinstance(self.group_size, int) and self.group_size >= 1, "group_size must be an integer >= 1"),
-            (self.advantage_type in ADVANTAGE_TYPES, f"advantage_type must be one of {', '.join(ADVANTAGE_TYPES)}"),
-            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}"),
-            (self.importance_sampling_level in ("token", "sequence"), "importance_sampling_level must be token or sequence"),
-            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {', '.join(AGGREGATIONS)}"),
-            (self.beta >= 0, "beta must be >= 0"),
-            (self.clip_epsilon > 0 and self.clip_epsilon_high > 0, "clip_epsilon and clip_epsilon_high must be > 0"),
-            (isinstance(self.num_iterations, int) and self.num_iterations >= 1, "num_iterations must be an integer >= 1"),
-            (isinstance(self.mini_batch_size, int) and self.mini_batch_size >= 0, "mini_batch_size must be an integer >= 0"),
-            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1"),
-            (self.temperature > 0, "temperature must be > 0 (RL samples)"),
-            (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
-            (self.advantage_type != "rloo" or self.group_size >= 2, "advantage_type rloo needs group_size >= 2"),
-        ]
-        self.require(checks)
-
+__all__ = ["GRPOObjective"]
 
 class GRPOObjective(RolloutObjective):
     """GRPO/GSPO for the one training loop (see the module docstring).
 
     Args:
-        config: a `GRPOConfig` (resolved: `clip_epsilon` etc. set).
+        config: a `minigpt.objectives.config.GRPOConfig` (its None fields are resolved here).
+        sampling: how completions are sampled (`SamplingOptions`; log-probs are taken at its
+            temperature).
         reward_fn: a `minigpt.rewards.functions.CombinedReward` (or any callable with its contract:
             `(prompts, completions, **columns) -> (totals, per_function)`); needed by
             `make_batches`.
@@ -138,6 +53,21 @@ class GRPOObjective(RolloutObjective):
         grad_accum: micro-batches per optimizer step (decides whether a micro-batch can still
             be on-policy).
     """
+
+    def __init__(
+        self,
+        config: GRPOConfig,
+        sampling: SamplingOptions,
+        reward_fn=None,
+        tokenizer=None,
+        ref_model: torch.nn.Module | None = None,
+        engine_dtype: torch.dtype | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        grad_accum: int = 1,
+    ) -> None:
+        check_rl_sampling(sampling)
+        super().__init__(config.resolved(), sampling, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
 
     # ------------------------------------------------------------------ consumer
     def num_units(self, batch: dict[str, Any]) -> int:
@@ -159,7 +89,7 @@ class GRPOObjective(RolloutObjective):
         """
         c = self.config
         mask = batch["completion_mask"]
-        logprobs = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], mask, c.temperature)
+        logprobs = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], mask, self.sampling.temperature)
         old = batch.get("old_logprobs")
         old = logprobs.detach() if old is None else old
         per_token, stats = clipped_policy_loss(
@@ -179,11 +109,11 @@ class GRPOObjective(RolloutObjective):
     # ------------------------------------------------------------------ producer
     def make_batches(self, model: torch.nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Prompt batch (`collate_prompts`) -> training micro-batches (see the module docstring)."""
-        c = self.config
+        c, s = self.config, self.sampling
         if self.reward_fn is None or self.tokenizer is None:
             raise UserError("GRPO needs reward functions and a tokenizer to score sampled completions")
         rollout = self.engine(model).sample(
-            batch["prompt_ids"], c.group_size, c.max_new_tokens, c.temperature, c.top_k, c.top_p
+            batch["prompt_ids"], c.group_size, s.max_new_tokens, s.temperature, s.top_k, s.top_p
         )
         rewards, per_function = score_rollout(self.reward_fn, self.tokenizer, rollout, batch["prompt_ids"], batch["prompt"], batch.get("columns"))
         metrics = rollout_metrics(rollout, rewards, per_function)
@@ -217,7 +147,7 @@ class GRPOObjective(RolloutObjective):
         n_micro = rows // size
         on_policy = c.num_iterations == 1 and self.grad_accum % n_micro == 0
         with eval_mode(model):
-            old = None if on_policy else completion_logprobs(model, input_ids, attention_mask, completion_mask, c.temperature)
+            old = None if on_policy else completion_logprobs(model, input_ids, attention_mask, completion_mask, self.sampling.temperature)
             ref = None
             if c.beta > 0:
                 ref = self.reference_logprobs(model, input_ids, attention_mask, completion_mask)

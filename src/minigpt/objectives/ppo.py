@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from minigpt.inference.sampling import SamplingOptions
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
@@ -378,7 +379,8 @@ class PPOObjective(RolloutObjective):
         pad_token_id: int | None = None,
         grad_accum: int = 1,
     ) -> None:
-        super().__init__(config, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
+        sampling = SamplingOptions(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+        super().__init__(config, sampling, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
         self.reward_model = reward_model
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target if config.adaptive_kl else None, config.kl_horizon)
         self._yielded = 0  # micro-batches handed out so far (their position in an optimizer step)

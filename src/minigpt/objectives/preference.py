@@ -77,7 +77,7 @@ class _ReferenceMixin:
 
     reference: torch.nn.Module | None
 
-    def _set_reference(self, reference: torch.nn.Module | None) -> None:
+    def set_reference(self, reference: torch.nn.Module | None) -> None:
         self.reference = reference
         if reference is not None:
             reference.eval()
@@ -153,7 +153,7 @@ class PreferenceObjective(_ReferenceMixin):
         self.label_smoothing = float(label_smoothing)
         self.reference_free = bool(reference_free)
         self.simpo_gamma = float(simpo_gamma)
-        self._set_reference(reference)
+        self.set_reference(reference)
 
     @property
     def needs_reference(self) -> bool:
@@ -230,7 +230,7 @@ class KTOObjective(_ReferenceMixin):
         self.beta = float(beta)
         self.desirable_weight = float(desirable_weight)
         self.undesirable_weight = float(undesirable_weight)
-        self._set_reference(reference)
+        self.set_reference(reference)
 
     needs_reference = True
 
@@ -294,7 +294,7 @@ def precompute_reference_logps(
 
     Args:
         dataset: a `PreferenceDataset` or `UnpairedPreferenceDataset`.
-        autocast: factory of the autocast context (e.g. the trainer's `_autocast`).
+        autocast: factory of the autocast context (e.g. the trainer's `autocast`).
     """
     ref = objective.reference if objective.reference is not None else model
     was_training = ref.training

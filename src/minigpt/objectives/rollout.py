@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from minigpt.inference.sampling import SamplingOptions
 from minigpt.losses.advantages import group_stats
 from minigpt.model.lora import adapters_disabled, has_adapters
 from minigpt.inference.rollout import Rollout, RolloutEngine, completion_logprobs
@@ -31,7 +32,9 @@ class RolloutObjective:
     """Base of the objectives that sample their own training data.
 
     Args:
-        config: the algorithm's config (needs `temperature`).
+        config: the algorithm's config.
+        sampling: how completions are sampled (a `SamplingOptions`: length, temperature,
+            filters); log-probs are taken at its temperature.
         reward_fn: a `minigpt.rewards.functions.CombinedReward` (`(prompts, completions, **columns)
             -> (totals, per_function)`).
         tokenizer: decodes prompts and completions for `reward_fn`.
@@ -45,6 +48,7 @@ class RolloutObjective:
     def __init__(
         self,
         config,
+        sampling: SamplingOptions,
         reward_fn: Callable | None = None,
         tokenizer=None,
         ref_model: torch.nn.Module | None = None,
@@ -54,6 +58,7 @@ class RolloutObjective:
         grad_accum: int = 1,
     ) -> None:
         self.config = config
+        self.sampling = sampling
         self.reward_fn = reward_fn
         self.tokenizer = tokenizer
         self.ref_model = ref_model
@@ -74,7 +79,7 @@ class RolloutObjective:
     def reference_or_none(self, policy, input_ids, attention_mask, completion_mask) -> torch.Tensor | None:
         """`(B, N)` log-probs of the completions under the reference policy (no grad): the
         frozen `ref_model`, else `policy` with its adapters disabled; None when there is neither."""
-        t = self.config.temperature
+        t = self.sampling.temperature
         if self.ref_model is not None:
             with eval_mode(self.ref_model):
                 return completion_logprobs(self.ref_model, input_ids, attention_mask, completion_mask, t)

@@ -12,7 +12,7 @@ from minigpt.objectives.lm import router_terms
 from minigpt.train.objective import LossOutput
 
 
-def _forward(model: torch.nn.Module, batch: dict[str, Any]):
+def model_forward(model: torch.nn.Module, batch: dict[str, Any]):
     """The model output of an SFT batch (padded: 2-D mask; packed: 4-D mask + position ids);
     `.logits (B, T, V)`, and the router losses of a mixture-of-experts model."""
     return model(
@@ -60,7 +60,7 @@ class SFTObjective:
     def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         """Weighted summed cross-entropy (nats) of the assistant tokens."""
         targets = batch["targets"]
-        out = _forward(model, batch)
+        out = model_forward(model, batch)
         w = self._weights(targets, model.training)
         loss_sum = token_cross_entropy(out.logits[:, -targets.shape[1] :], targets, reduction="sum", weights=w)
         units = int((targets != IGNORE_INDEX).sum()) if w is None else float(w.sum())

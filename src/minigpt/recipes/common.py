@@ -183,7 +183,7 @@ class PolicyEvaluation(Callback):
             t0 = time.perf_counter()
             ev = {f"val_{k}": v for k, v in self.evaluate(trainer.model).items()}
             trainer.elapsed += time.perf_counter() - t0
-            trainer._log(ev)
+            trainer.log(ev)
             self.say(f"step {trainer.step}: " + describe(ev))
 
 
@@ -246,7 +246,7 @@ def fit_policy(model, objective, train_ds, train: TrainConfig, out_dir: Path, ev
     metrics["steps"] = trainer.step
     if val_ds:
         after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        trainer._log(after)
+        trainer.log(after)
         metrics.update(after)
         say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
     metrics.update({f"{k}_before": v for k, v in before.items()})

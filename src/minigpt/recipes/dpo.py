@@ -143,7 +143,7 @@ def dpo(
         ref_dir = reference or model
         check_same_tokenizer(model, ref_dir, role="the reference model")
         ref_net, _ = load_base_model(ref_dir)
-        objective._set_reference(ref_net.to(device))
+        objective.set_reference(ref_net.to(device))
     if lora.rank > 0:
         from minigpt.model.lora import apply_lora
 
@@ -178,7 +178,7 @@ def dpo(
         t0 = time.time()
         for ds in (train_ds, val_ds):
             if ds is not None:
-                precompute_reference_logps(objective, trainer.model, ds, collate, train.batch_size, trainer.device, trainer._autocast, progress=train.progress and rank == 0)
+                precompute_reference_logps(objective, trainer.model, ds, collate, train.batch_size, trainer.device, trainer.autocast, progress=train.progress and rank == 0)
         say(f"reference log-probs of {len(train_ds) + (len(val_ds) if val_ds else 0)} records precomputed in {time.time() - t0:.0f} s")
     metrics = fit_from_start(
         trainer, resume, overwrite, say,

@@ -16,24 +16,9 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.model.options import LoraOptions
+from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, GRPOConfig
 from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, check_online_rl_options
 from minigpt.train.config import TrainConfig
-
-#: `minigpt grpo`'s sampling: plain temperature-1 sampling of completions up to 128 tokens.
-GRPO_SAMPLING = SamplingOptions(max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0)
-
-GRPO_TRAIN_DEFAULTS = TrainConfig(
-    max_steps=200,
-    batch_size=8,
-    lr=1e-6,
-    min_lr_ratio=1.0,
-    warmup_steps=0,
-    weight_decay=0.0,
-    beta2=0.99,
-    eval_interval=50,
-    save_interval=50,
-    log_interval=1,
-)
 
 def grpo(
     model: str,
@@ -41,20 +26,9 @@ def grpo(
     out: str = "runs/grpo",
     reward: str = "format,answer",
     reward_model: str | None = None,
-    algorithm: str = "grpo",
-    group_size: int = 4,
-    advantage_type: str = "normalized",
-    scale_rewards: bool = True,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    clip_epsilon: float | None = None,
-    clip_epsilon_high: float | None = None,
-    num_iterations: int = 1,
-    mini_batch_size: int = 0,
-    aggregation: str | None = None,
+    grpo: GRPOConfig = GRPOConfig(),
     sampling: SamplingOptions = GRPO_SAMPLING,
     max_prompt_length: int = 256,
-    mask_truncated_completions: bool = False,
     system: str | None = None,
     eval_data: str | list[str] | None = None,
     eval_samples: int = 0,
@@ -77,22 +51,14 @@ def grpo(
         reward: reward functions and weights, e.g. `format,answer` or `format:0.2,answer`;
             names: format, answer, length, repetition, model (needs --reward_model).
         reward_model: a reward model directory (`minigpt reward`) for the `model` reward.
-        algorithm: grpo (token-level ratio) or gspo (sequence-level ratio and clipping).
-        group_size: completions sampled per prompt (G).
-        advantage_type: normalized ((r − mean)/std), relative (r − mean(group)), rloo
-            (leave-one-out) or rank.
-        scale_rewards: divide normalized advantages by the group std (off = Dr. GRPO).
-        beta: KL penalty weight to the starting policy (0 = no reference is loaded).
-        kl_estimator: k1, k2 or k3.
-        clip_epsilon: lower clip range of the ratio (default 0.2; gspo 3e-4).
-        clip_epsilon_high: upper clip range (default = clip_epsilon; gspo 4e-4).
-        num_iterations: optimisation passes over each batch of samples.
-        mini_batch_size: completions per micro-batch (0 = all of a rollout batch).
-        aggregation: token or sequence mean of the loss (default token; gspo sequence).
+        grpo: the algorithm (`--grpo.algorithm gspo --grpo.group_size 8 --grpo.beta 0.04 ...`;
+            see `minigpt.objectives.config.GRPOConfig`): algorithm, group_size,
+            advantage_type, scale_rewards, beta, kl_estimator, clip ranges, num_iterations,
+            mini_batch_size, aggregation, mask_truncated_completions. The learning rate is
+            `--train.lr`.
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
             `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
         max_prompt_length: prompts with more tokens are skipped (counted).
-        mask_truncated_completions: leave completions cut at max_new_tokens out of the loss.
         system: a system message for prompts that have none.
         eval_data: prompt files to evaluate on instead of a held-out share of `data`.
         eval_samples: also sample this many completions per held-out prompt at the training
@@ -110,31 +76,25 @@ def grpo(
     Returns the final training metrics plus `val_reward`, `val_reward/<name>` after training
     and `val_..._before` for the starting policy.
     """
-    from minigpt.evaluation.policy import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
+    from minigpt.evaluation.policy import ENGINE_DTYPE, evaluate_policy
 
     from minigpt.model import count_parameters
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
-    from minigpt.objectives.grpo import GRPOConfig
     from minigpt.rewards.functions import make_reward
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
     check_online_rl_options(lora, sampling)
+    if grpo.learning_rate is not None:
+        raise UserError("--grpo.learning_rate is the Python API's spelling; on the command line the learning rate is --train.lr")
     precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
-    config = GRPOConfig(
-        algorithm=algorithm, group_size=group_size, advantage_type=advantage_type, scale_rewards=scale_rewards,
-        learning_rate=train.lr, beta=beta, kl_estimator=kl_estimator, clip_epsilon=clip_epsilon,
-        clip_epsilon_high=clip_epsilon_high, num_iterations=num_iterations, mini_batch_size=mini_batch_size,
-        aggregation=aggregation, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        mask_truncated_completions=mask_truncated_completions, precision=precision,
-    )
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(group_size=(group_size, group_size >= 2, "≥ 2 (with one sample per prompt every group-relative advantage is 0)"))
+    check_options(**{"grpo.group_size": (grpo.group_size, grpo.group_size >= 2, "≥ 2 (with one sample per prompt every group-relative advantage is 0)")})
     refuse_existing_run(out_dir, resume, overwrite, inputs={"model": model, "reward_model": reward_model, "data": data, "eval_data": eval_data})
     seed_everything(train.seed)
     net, tok = load_base_model(model)
@@ -161,7 +121,7 @@ def grpo(
     else:
         train_ds, val_ds = load_prompt_data(data, tok, max_prompt_length, val_fraction, max_val, train.seed, system, say)
     ref = None
-    if beta > 0 and lora.rank <= 0:
+    if grpo.beta > 0 and lora.rank <= 0:
         ref, _ = load_base_model(model)
         ref = ref.to(device).eval()
         ref.requires_grad_(False)
@@ -172,11 +132,11 @@ def grpo(
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
-    objective = GRPOObjective(config, reward_fn, tok, ref, _ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
+    objective = GRPOObjective(grpo, sampling, reward_fn, tok, ref, ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     say(
-        f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; {algorithm}, "
-        f"group {group_size} × {train.batch_size} prompts, reward {reward}, beta {beta}"
+        f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; {grpo.algorithm}, "
+        f"group {grpo.group_size} × {train.batch_size} prompts, reward {reward}, beta {grpo.beta}"
     )
     run_info = {
         "stage": "grpo",
@@ -184,7 +144,8 @@ def grpo(
         "data": [d if isinstance(d, str) else "records" for d in data],
         "reward": reward,
         "reward_model": None if reward_model is None else str(Path(reward_model).resolve()),
-        "config": dataclasses.asdict(config),
+        "grpo": dataclasses.asdict(objective.config),
+        "sampling": dataclasses.asdict(sampling),
         "max_prompt_length": max_prompt_length,
         "system": system,
         "eval_data": eval_data,

@@ -136,7 +136,7 @@ def ppo(
         UserError: the reward model or value model uses another tokenizer (both directories
             named), `model` reward without --reward_model, bad settings or data.
     """
-    from minigpt.evaluation.policy import ENGINE_DTYPE as _ENGINE_DTYPE, evaluate_policy
+    from minigpt.evaluation.policy import ENGINE_DTYPE, evaluate_policy
 
     from minigpt.model import count_parameters
     from minigpt.objectives.ppo import PPOObjective
@@ -210,7 +210,7 @@ def ppo(
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
-    objective = PPOObjective(config, reward_fn, tok, None, ref, _ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
+    objective = PPOObjective(config, reward_fn, tok, None, ref, ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
     actor_critic = ActorCritic(net, critic, value_lr_scale=(value_lr or train.lr) / train.lr)
     trainable = sum(p.numel() for p in actor_critic.parameters() if p.requires_grad)
     say(

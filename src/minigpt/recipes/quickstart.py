@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from minigpt.model.options import ModelConfig
+from minigpt.objectives.config import GRPOConfig
 from minigpt.recipes.pretrain import pretrain
 from minigpt.train.config import TrainConfig
 
@@ -288,7 +289,7 @@ def quickstart(
             eval_data=str(root / "data" / "arithmetic_heldout.jsonl"),
             out=str(root / "grpo"),
             reward="answer",
-            group_size=group_size,
+            grpo=GRPOConfig(group_size=group_size),
             sampling=SamplingOptions(max_new_tokens=96, temperature=0.7),
             max_val=None,
             train=_fixed(

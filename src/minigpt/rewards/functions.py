@@ -40,6 +40,7 @@ from minigpt.errors import UserError
 from minigpt.tokenizer.bpe import IM_END
 
 __all__ = [
+    "as_combined_reward",
     "REWARD_FUNCTIONS",
     "CombinedReward",
     "RewardModelScorer",
@@ -593,3 +594,24 @@ def make_reward(
             fn = REWARD_FUNCTIONS[name]
         built.append((name, fn, weight))
     return CombinedReward(built)
+
+
+def as_combined_reward(reward_funcs: Any, reward_model=None, tokenizer=None, max_completion_length: int | None = None) -> CombinedReward | None:
+    """The reward argument of the Python-API trainers as a `CombinedReward` (None stays None):
+    a `CombinedReward` as it is; a spec string or a list of names (`make_reward`); TRL's list of
+    functions (each weighted 1, named by `__name__`) or of `(name, fn, weight)`; one callable.
+
+    Raises:
+        UserError: anything else.
+    """
+    if reward_funcs is None:
+        return None
+    if isinstance(reward_funcs, CombinedReward):
+        return reward_funcs
+    if isinstance(reward_funcs, (str, list)) and all(isinstance(x, str) for x in ([reward_funcs] if isinstance(reward_funcs, str) else reward_funcs)):
+        return make_reward(reward_funcs, reward_model=reward_model, tokenizer=tokenizer, max_completion_length=max_completion_length)
+    if isinstance(reward_funcs, list):  # TRL's `reward_funcs=[f, g]`, or (name, fn, weight) triples
+        return CombinedReward([(getattr(f, "__name__", f"reward_{i}"), f, 1.0) if callable(f) else f for i, f in enumerate(reward_funcs)])
+    if callable(reward_funcs):
+        return CombinedReward([(getattr(reward_funcs, "__name__", "reward"), reward_funcs, 1.0)])
+    raise UserError("reward_funcs must be a CombinedReward, a spec string like 'format,answer', a list or a callable")

@@ -2,7 +2,7 @@
 gathered in one namespace. Nothing is defined here; each name lives in its room:
 
 - the reward model (`minigpt.model.reward_model`) and its trainer (`minigpt.trainers.reward_model`)
-- DPO (`minigpt.trainers.dpo`), GRPO (`minigpt.objectives.grpo`, `minigpt.trainers.grpo`),
+- DPO (`minigpt.trainers.dpo`), GRPO (`minigpt.objectives.config`, `minigpt.trainers.grpo`),
   RLHF with PPO (`minigpt.objectives.ppo`, `minigpt.trainers.rlhf`)
 - reward functions (`minigpt.rewards`), the rollout engine (`minigpt.inference.rollout`)
 - the RLHF pipeline, a command that runs the sft, reward and ppo recipes
@@ -16,7 +16,7 @@ _EXPORTS = {
     **dict.fromkeys(["MiniGPTRewardModel", "create_reward_model"], "minigpt.model.reward_model"),
     "RewardModelTrainer": "minigpt.trainers.reward_model",
     **dict.fromkeys(["DPOConfig", "DPOTrainer", "create_dpo_trainer"], "minigpt.trainers.dpo"),
-    "GRPOConfig": "minigpt.objectives.grpo",
+    "GRPOConfig": "minigpt.objectives.config",
     **dict.fromkeys(["GRPOTrainer", "create_grpo_trainer"], "minigpt.trainers.grpo"),
     **dict.fromkeys(["ActorCritic", "RLHFConfig"], "minigpt.objectives.ppo"),
     **dict.fromkeys(["RLHFTrainer", "create_rlhf_trainer"], "minigpt.trainers.rlhf"),

@@ -30,7 +30,7 @@ from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
-from minigpt.train.optim import param_groups, warmup_cosine
+from minigpt.train.optim import make_adamw, warmup_cosine
 from minigpt.train.rundir import RUN_MARKER, lock_run_dir, remove_partial_writes, unlock_run_dir
 from minigpt.train.sampler import BlockSampler
 from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
@@ -157,12 +157,7 @@ class Trainer:
                 raise UserError("train.fsdp is for objectives that train on given data; online RL runs under DDP")
             self._model_class = type(model)
             shard_model(self.model)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, config.weight_decay, config.decay_embeddings, lr=config.lr),
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            fused=self.device.type in ("cuda", "cpu") and not self.fsdp,
-        )
+        self.optimizer = make_adamw(model, config, fused=self.device.type in ("cuda", "cpu") and not self.fsdp)
         self.total_steps = self._planned_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, lambda: self.total_steps, config.min_lr_ratio)
@@ -190,7 +185,7 @@ class Trainer:
             return 1_000_000  # fixed after the first timed steps (see _calibrate)
         return c.max_steps
 
-    def _autocast(self):
+    def autocast(self):
         return autocast(self.precision, self.device)
 
     def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
@@ -503,7 +498,7 @@ class Trainer:
             if produce is None:
                 yield batch
             else:
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self.autocast():
                     produced = produce(_unwrap(self.model), to_device(batch, self.device))
                 yield from produced
             if self.sampler.epoch != epoch:
@@ -532,7 +527,7 @@ class Trainer:
             first = b * bs if counted else 0
             items = [self.val_dataset[i] for i in range(first, min(first + bs, len(self.val_dataset)))]
             batch = to_device(self.collate_fn(items), self.device)
-            with self._autocast():
+            with self.autocast():
                 out = self.objective.compute_loss(_unwrap(model), batch)
             if not counted:
                 continue
@@ -562,7 +557,7 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ logging
-    def _log(self, metrics: dict[str, float]) -> None:
+    def log(self, metrics: dict[str, float]) -> None:
         if not self.is_main:
             return
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -727,7 +722,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
             if self.step % c.log_interval == 0 or self.step == self.total_steps:
-                self._log({f"train/{k}": v for k, v in metrics.items()})
+                self.log({f"train/{k}": v for k, v in metrics.items()})
             self.callbacks.fire("on_step_end", self, metrics)
             done = self.step >= self.total_steps or self.should_stop or (c.max_time and self.elapsed >= c.max_time)
             if c.eval_interval > 0 and (self.step % c.eval_interval == 0) and not done:
@@ -735,7 +730,7 @@ class Trainer:
                 ev = self.evaluate()
                 self.elapsed += time.perf_counter() - t_eval
                 if ev:
-                    self._log(ev)
+                    self.log(ev)
                     self.callbacks.fire("on_evaluate", self, ev)
                     if self.is_main:
                         bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
@@ -759,7 +754,7 @@ class Trainer:
             raise TrainingInterrupted(interrupted, self.step, path)
         ev = self.evaluate()
         if ev:
-            self._log(ev)
+            self.log(ev)
             self.callbacks.fire("on_evaluate", self, ev)
         self.save()
         self.save_final()

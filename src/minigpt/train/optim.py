@@ -63,6 +63,22 @@ def param_groups(
     return out
 
 
+def make_adamw(model: torch.nn.Module, train, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over `model`'s trainable parameters as a `TrainConfig` describes it: learning rate
+    `train.lr`, betas `(train.beta1, train.beta2)`, decoupled weight decay `train.weight_decay`
+    on matrices only (`param_groups`; the embedding too with `train.decay_embeddings`), groups
+    with an `lr_scale` at their scaled rate (Loshchilov & Hutter 2019). The training loop and
+    the Python-API trainers build their optimizer here.
+
+    Args:
+        fused: torch's fused kernel (None: on CUDA and CPU parameters).
+    """
+    if fused is None:
+        fused = next(model.parameters()).device.type in ("cuda", "cpu")
+    groups = param_groups(model, train.weight_decay, train.decay_embeddings, lr=train.lr)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=fused)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: Callable[[], int], min_lr_ratio: float) -> Callable[[int], float]:
     """LR multiplier for `LambdaLR`: linear warmup from 0 over `warmup_steps`, then cosine decay
     to `min_lr_ratio` at `total_steps()` (a callable, so a time-budgeted run can fix it late).

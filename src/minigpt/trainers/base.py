@@ -6,9 +6,12 @@ through `minigpt.train.loop.Trainer`, which runs the same step.)"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from typing import Any, Mapping
 
 import torch
 
+from minigpt.errors import UserError
 from minigpt.train.step import OptimizerStep, StepOutput
 from minigpt.train.statistics import ReportsStatistics
 
@@ -17,18 +20,22 @@ STEP_KEYS = ("loss", "lr", "grad_norm")
 
 
 class PolicyTrainer(ReportsStatistics):
-    """Base of trainers that hold `self.policy` and a config with `precision` (fp32 or bf16)."""
+    """Base of the trainers that hold `self.policy` and `self.objective`, with `precision` (fp32
+    or bf16: autocast of their forwards and of sampling) and `max_grad_norm` (0 = no clipping)
+    set by the subclass from its config."""
 
     policy: torch.nn.Module
-    config: object
+    objective: object
+    precision: str = "fp32"
+    max_grad_norm: float = 1.0
 
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
+        """Where the policy's parameters are."""
         return next(self.policy.parameters()).device
 
-    def _optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, empty: str = "error") -> OptimizerStep:
-        """The shared optimizer step over `model` with this trainer's precision and clipping
-        (`config.max_grad_norm`, 0 = none)."""
-        return OptimizerStep(model, self.objective, optimizer, precision=self.config.precision, max_grad_norm=self.config.max_grad_norm, empty=empty)
+    def make_optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, empty: str = "error") -> OptimizerStep:
+        """The shared optimizer step over `model` with this trainer's precision and clipping."""
+        return OptimizerStep(model, self.objective, optimizer, precision=self.precision, max_grad_norm=self.max_grad_norm, empty=empty)
 
     @staticmethod
     def objective_metrics(result: StepOutput) -> dict[str, float]:
@@ -36,11 +43,31 @@ class PolicyTrainer(ReportsStatistics):
         step's own `loss`, `lr` and `grad_norm`."""
         return {k: v for k, v in result.metrics.items() if k not in STEP_KEYS}
 
-    def _autocast(self):
-        """bf16 autocast on the policy's device when `config.precision == "bf16"`, else nothing."""
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self._device().type, dtype=torch.bfloat16)
+    def autocast(self):
+        """bf16 autocast on the policy's device when `precision == "bf16"`, else nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device().type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def as_options(value: Any, cls: type, default: Any, name: str) -> Any:
+    """An options dataclass from what a Python-API trainer was given: `default` for None, the
+    object itself, or a dict of fields applied over `default`.
+
+    Raises:
+        UserError: a dict with a field `cls` does not have (naming `name.field`), or another type.
+    """
+    if value is None:
+        return default
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise UserError(f"unknown {name} field {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(default, **value)
+    raise UserError(f"{name} must be a {cls.__name__} or a dict of its fields, not {type(value).__name__}")
 
 
 def sampling_ids(policy: torch.nn.Module, tokenizer=None) -> tuple[int | list[int] | None, int]:

@@ -121,8 +121,9 @@ class DPOTrainer(PolicyTrainer):
         params = [p for p in policy_model.parameters() if p.requires_grad]
         if not params:
             raise UserError("the policy has no trainable parameter")
+        self.precision, self.max_grad_norm = c.precision, c.max_grad_norm
         self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
-        self.optimizer_step = self._optimizer_step(policy_model, self.optimizer)
+        self.optimizer_step = self.make_optimizer_step(policy_model, self.optimizer)
         self.step = 0
 
     def make_batch(
@@ -174,7 +175,7 @@ class DPOTrainer(PolicyTrainer):
         return self._rows_batch(chosen + rejected, plen + plen)
 
     def _rows_batch(self, rows: list[torch.Tensor], plens: list[int]) -> dict[str, torch.Tensor]:
-        dev = self._device()
+        dev = self.device()
         return {k: v.to(dev) for k, v in pad_rows(rows, plens, self.pad_token_id).items()}
 
     def _metrics(self, out, units: int) -> dict[str, float]:
@@ -217,7 +218,7 @@ class DPOTrainer(PolicyTrainer):
         batch = self.make_batch(chosen_ids, rejected_ids, chosen_attention_mask, rejected_attention_mask, prompt_lengths)
         was = self.policy.training
         self.policy.eval()
-        with self._autocast():
+        with self.autocast():
             out = self.objective.compute_loss(self.policy, batch)
         self.policy.train(was)
         return self._metrics(out, self.objective.num_units(batch))

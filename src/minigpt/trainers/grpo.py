@@ -15,9 +15,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from minigpt.errors import UserError
-from minigpt.trainers.base import PolicyTrainer, sampling_ids
+from minigpt.trainers.base import PolicyTrainer, as_options, sampling_ids
 from minigpt.losses.advantages import group_stats
-from minigpt.objectives.grpo import GRPOConfig, GRPOObjective
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, GRPOConfig, with_learning_rate
+from minigpt.objectives.grpo import GRPOObjective
+from minigpt.train.config import TrainConfig
+from minigpt.train.optim import make_adamw
 from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
 from minigpt.model.lora import has_adapters
 from minigpt.inference.rollout import Rollout
@@ -30,7 +34,7 @@ class GRPOTrainer(PolicyTrainer):
         policy_model: the causal LM to train (e.g. the SFT model), optionally with LoRA.
         reward_model: a `MiniGPTRewardModel` scoring whole sequences, used when
             `train_step` gets no `rewards` and no reward functions are given.
-        config: `GRPOConfig` or a dict of its fields.
+        config: `GRPOConfig` (the algorithm's knobs) or a dict of its fields.
         reward_funcs: a `minigpt.rewards.functions.CombinedReward`, a reward spec string such as
             `"format,answer"`, one function or a list of them as in TRL (each weighted 1 and
             called by keyword: `fn(prompts=…, completions=…, **columns)`), or a list of
@@ -38,6 +42,13 @@ class GRPOTrainer(PolicyTrainer):
         tokenizer: decodes completions for reward functions.
         ref_model: frozen reference for the KL term; None with `beta > 0`: the policy with its
             adapters disabled (LoRA) or a frozen copy of the policy as it is now.
+        sampling: how completions are sampled (`SamplingOptions`, or a dict of its fields;
+            default `GRPO_SAMPLING`, as `minigpt grpo`).
+        train: optimisation (`TrainConfig`, or a dict of its fields; default
+            `GRPO_TRAIN_DEFAULTS`, as `minigpt grpo`): `lr` (or `config.learning_rate`),
+            `weight_decay`, `beta1` / `beta2`, `grad_clip`, `precision` (auto: bf16 where it is
+            the fast path). `train_step` keeps the learning rate constant; the command's loop
+            follows the schedule.
 
     Raises:
         UserError: bad config values or inputs; a policy or reference that attends both ways
@@ -52,9 +63,16 @@ class GRPOTrainer(PolicyTrainer):
         reward_funcs: Any = None,
         tokenizer=None,
         ref_model: torch.nn.Module | None = None,
+        sampling: SamplingOptions | Mapping[str, Any] | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
+        from minigpt.rewards.functions import as_combined_reward
+        from minigpt.train.distributed import pick_precision
+
         config = GRPOConfig() if config is None else config
         self.config = c = config if isinstance(config, GRPOConfig) else GRPOConfig.from_dict(config)
+        self.sampling = as_options(sampling, SamplingOptions, GRPO_SAMPLING, "sampling")
+        self.train = with_learning_rate(as_options(train, TrainConfig, GRPO_TRAIN_DEFAULTS, "train"), c.learning_rate)
         require_causal(policy_model, "create_grpo_trainer's policy")
         if ref_model is not None:
             require_causal(ref_model, "create_grpo_trainer's reference")
@@ -65,16 +83,15 @@ class GRPOTrainer(PolicyTrainer):
             ref_model = copy.deepcopy(policy_model).eval()
             ref_model.requires_grad_(False)
         self.ref_model = ref_model if c.beta > 0 else None
-        self.reward_fn = _reward_fn(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
+        self.reward_fn = as_combined_reward(reward_funcs, reward_model, tokenizer, self.sampling.max_new_tokens)
         eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
-        dtype = torch.bfloat16 if c.precision == "bf16" else None
-        self.objective = GRPOObjective(c, self.reward_fn, tokenizer, self.ref_model, dtype, eos, self.pad_token_id)
-        params = [p for p in policy_model.parameters() if p.requires_grad]
-        if not params:
-            raise UserError("the policy has no trainable parameter")
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.precision = pick_precision(self.train.precision, self.device())
+        self.max_grad_norm = self.train.grad_clip
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        self.objective = GRPOObjective(c, self.sampling, self.reward_fn, tokenizer, self.ref_model, dtype, eos, self.pad_token_id)
+        self.optimizer = make_adamw(policy_model, self.train)
         # A micro-batch whose completions are all masked out (mask_truncated_completions) is skipped.
-        self.optimizer_step = self._optimizer_step(policy_model, self.optimizer, empty="skip")
+        self.optimizer_step = self.make_optimizer_step(policy_model, self.optimizer, empty="skip")
         self.step_count = 0
 
     # ------------------------------------------------------------------ sampling
@@ -83,9 +100,9 @@ class GRPOTrainer(PolicyTrainer):
         """Sample `group_size` completions per prompt (token-id lists, or strings rendered as one
         user turn through the tokenizer's chat template)."""
         ids = self._prompt_ids(prompts)
-        c = self.config
-        with self._autocast():
-            return self.objective.engine(self.policy).sample(ids, c.group_size, c.max_new_tokens, c.temperature, c.top_k, c.top_p)
+        s = self.sampling
+        with self.autocast():
+            return self.objective.engine(self.policy).sample(ids, self.config.group_size, s.max_new_tokens, s.temperature, s.top_k, s.top_p)
 
     def _prompt_ids(self, prompts) -> list[list[int]]:
         if prompts and isinstance(prompts[0], str):
@@ -135,7 +152,7 @@ class GRPOTrainer(PolicyTrainer):
         """
         if not isinstance(responses, torch.Tensor) or responses.ndim != 2:
             raise UserError("responses must be a (batch, length) tensor of token ids")
-        dev = self._device()
+        dev = self.device()
         responses = responses.to(dev).long()
         masks = torch.as_tensor(response_masks).to(dev).long()
         if masks.shape != responses.shape:
@@ -153,7 +170,7 @@ class GRPOTrainer(PolicyTrainer):
         if rewards is None:
             if self.reward_model is None:
                 raise UserError("train_step needs rewards, or a reward model to score the responses")
-            with torch.no_grad(), eval_mode(self.reward_model), self._autocast():
+            with torch.no_grad(), eval_mode(self.reward_model), self.autocast():
                 rewards = self.reward_model(input_ids=responses, attention_mask=attention_mask).rewards.float()
         rewards = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
         if rewards.numel() != responses.shape[0]:
@@ -163,8 +180,8 @@ class GRPOTrainer(PolicyTrainer):
         return self.statistics.record({**stats, **out})
 
     def _train(self, input_ids, attention_mask, completion_mask, rewards, truncated) -> dict[str, float]:
-        dev = self._device()
-        with torch.no_grad(), self._autocast():
+        dev = self.device()
+        with torch.no_grad(), self.autocast():
             batches = self.objective.experience(self.policy, input_ids.to(dev), attention_mask.to(dev), completion_mask.to(dev), rewards.to(dev), truncated)
         self.policy.train()
         losses, seen = [], {}
@@ -179,23 +196,6 @@ class GRPOTrainer(PolicyTrainer):
         return result
 
 
-def _reward_fn(reward_funcs, reward_model, tokenizer, max_new_tokens):
-    """Normalise the reward argument to a `CombinedReward` (or None)."""
-    from minigpt.rewards.functions import CombinedReward, make_reward
-
-    if reward_funcs is None:
-        return None
-    if isinstance(reward_funcs, CombinedReward):
-        return reward_funcs
-    if isinstance(reward_funcs, (str, list)) and all(isinstance(x, str) for x in ([reward_funcs] if isinstance(reward_funcs, str) else reward_funcs)):
-        return make_reward(reward_funcs, reward_model=reward_model, tokenizer=tokenizer, max_completion_length=max_new_tokens)
-    if isinstance(reward_funcs, list):  # TRL's `reward_funcs=[f, g]`, or (name, fn, weight) triples
-        return CombinedReward([(getattr(f, "__name__", f"reward_{i}"), f, 1.0) if callable(f) else f for i, f in enumerate(reward_funcs)])
-    if callable(reward_funcs):
-        return CombinedReward([(getattr(reward_funcs, "__name__", "reward"), reward_funcs, 1.0)])
-    raise UserError("reward_funcs must be a CombinedReward, a spec string like 'format,answer', a list or a callable")
-
-
 def create_grpo_trainer(
     policy_model: torch.nn.Module,
     reward_model: torch.nn.Module | None = None,
@@ -203,5 +203,6 @@ def create_grpo_trainer(
     **kwargs: Any,
 ) -> GRPOTrainer:
     """Build a `GRPOTrainer`; `config` may be a dict of `GRPOConfig` fields. Keyword arguments go to
-    `GRPOTrainer` (`reward_funcs`, `tokenizer`, `ref_model`)."""
+    `GRPOTrainer` (`reward_funcs`, `tokenizer`, `ref_model`, `sampling`, `train`): the objects
+    `minigpt grpo` takes as `--grpo.*`, `--sampling.*` and `--train.*`, with the same defaults."""
     return GRPOTrainer(policy_model, reward_model, config, **kwargs)

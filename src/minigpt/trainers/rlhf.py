@@ -72,7 +72,7 @@ class RLHFTrainer(PolicyTrainer):
         reward_funcs: Any = None,
         tokenizer=None,
     ) -> None:
-        from minigpt.trainers.grpo import _reward_fn
+        from minigpt.rewards.functions import as_combined_reward
         from minigpt.train.optim import param_groups
 
         config = RLHFConfig() if config is None else config
@@ -95,7 +95,7 @@ class RLHFTrainer(PolicyTrainer):
         self.ref_model = ref_model
         value_lr = c.value_learning_rate or c.learning_rate
         self.model = ActorCritic(policy_model, value_model, value_lr / c.learning_rate)
-        self.reward_fn = _reward_fn(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
+        self.reward_fn = as_combined_reward(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
         eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
         dtype = torch.bfloat16 if c.precision == "bf16" else None
         self.objective = PPOObjective(
@@ -103,9 +103,10 @@ class RLHFTrainer(PolicyTrainer):
         )
         if not any(p.requires_grad for p in policy_model.parameters()):
             raise UserError("the policy has no trainable parameter")
+        self.precision, self.max_grad_norm = c.precision, c.max_grad_norm
         groups = param_groups(self.model, c.weight_decay, lr=c.learning_rate)
         self.optimizer = torch.optim.AdamW(groups, lr=c.learning_rate)
-        self.optimizer_step = self._optimizer_step(self.model, self.optimizer, empty="skip")
+        self.optimizer_step = self.make_optimizer_step(self.model, self.optimizer, empty="skip")
         self.step_count = 0
         self.history: list[dict[str, float]] = []  # the last train_step's metrics per micro-batch
 
@@ -156,7 +157,7 @@ class RLHFTrainer(PolicyTrainer):
             UserError: malformed prompts, a reward function that fails.
         """
         ids = self._prompt_ids(prompts, prompt_masks)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             batches = self.objective.rollout(self.model, ids, None, dict(columns))
         self.model.train()
         self.history = []
