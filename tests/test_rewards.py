@@ -221,9 +221,9 @@ def test_reward_functions_are_called_by_keyword_as_trl_calls_them():
     completions = ["x" * 5, "y" * 20, "z" * 31]
     total, per = CombinedReward([("reward_len", reward_len, 1.0)])(_prompts(3), completions, answer=["a", "b", "c"])
     assert total == [-15.0, 0.0, -11.0] and per == {"reward_len": [-15.0, 0.0, -11.0]}
-    from minigpt.trainers.grpo import _reward_fn
+    from minigpt.rewards.functions import as_combined_reward
 
-    combined = _reward_fn([reward_len], None, None, 8)  # TRL's reward_funcs=[reward_len]
+    combined = as_combined_reward([reward_len], None, None, 8)  # TRL's reward_funcs=[reward_len]
     assert combined.names == ["reward_len"] and combined(_prompts(3), completions, answer=["a"] * 3)[0] == total
 
 

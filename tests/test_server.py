@@ -86,14 +86,14 @@ def test_the_batcher_gives_each_request_the_tokens_of_a_batch_of_one(loaded):
     # in groups of at most 40 padded tokens (so both one group of several and several groups).
     batcher = ContinuousBatcher(engine, max_batch_size=3, max_queue=20, prefill_tokens=40)
     prefills: list[int] = []  # rows of each prefill forward
-    forward = engine._forward
+    forward = engine.forward_layers
 
     def spy(x, *args, **kwargs):
         if x.shape[1] > 1 or not isinstance(args[3], torch.Tensor):  # a prefill (decode passes positions)
             prefills.append(x.shape[0])
         return forward(x, *args, **kwargs)
 
-    engine._forward = spy
+    engine.forward_layers = spy
     got = {i: [] for i in range(len(prompts))}
     reasons: dict[int, str] = {}
     done = threading.Event()
@@ -166,12 +166,12 @@ def test_a_failing_step_ends_its_requests_with_the_error_and_the_batcher_goes_on
     model, tok = loaded
     engine = GenerationEngine(model, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id)
     batcher = ContinuousBatcher(engine, max_batch_size=2, max_queue=4)
-    real = engine._forward
+    real = engine.forward_layers
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device fault")
 
-    engine._forward = broken
+    engine.forward_layers = broken
     reasons: list[str] = []
     batcher.start()
     try:
@@ -179,7 +179,7 @@ def test_a_failing_step_ends_its_requests_with_the_error_and_the_batcher_goes_on
             batcher.submit(BatchRequest([5, 6, 7], 4, on_finish=reasons.append))
         assert wait_until(lambda: len(reasons) == 2)
         assert reasons == ["error: RuntimeError: simulated device fault"] * 2 and batcher.num_running == 0
-        engine._forward = real
+        engine.forward_layers = real
         batcher.submit(BatchRequest([5, 6, 7], 4, temperature=0, on_finish=reasons.append))
         assert wait_until(lambda: len(reasons) == 3) and reasons[2] in ("length", "stop")
     finally:
