@@ -92,6 +92,7 @@ def hh_split(tok, max_length: int, seed: int):
 
 def run_ppo(args, out: Path, records) -> dict:
     from minigpt.inference.sampling import SamplingOptions
+    from minigpt.objectives.config import RLHFConfig
     from minigpt.recipes.ppo import ppo
     from minigpt.train.config import TrainConfig
 
@@ -102,7 +103,7 @@ def run_ppo(args, out: Path, records) -> dict:
     )
     return ppo(
         model=args.sft, data=records, out=str(out), reward_model=args.rm, reward="model",
-        ppo_epochs=args.ppo_epochs, kl_coef=args.kl_coef, value_lr=args.value_lr, mini_batch_size=args.mini_batch,
+        ppo=RLHFConfig(ppo_epochs=args.ppo_epochs, kl_coef=args.kl_coef, value_learning_rate=args.value_lr, mini_batch_size=args.mini_batch),
         sampling=SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature), max_prompt_length=args.max_prompt_length,
         val_fraction=0.0, train=train, overwrite=True,
     )

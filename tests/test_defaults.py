@@ -22,32 +22,53 @@ def test_dpo_beta_default_is_the_losss_own_in_both(loss):
     assert DEFAULT_BETA["simpo"] == 2.0 and DEFAULT_BETA["sigmoid"] == 0.1
 
 
-def test_grpo_command_and_python_api_take_the_same_objects_with_the_same_defaults():
-    """`minigpt grpo --grpo.* --sampling.* --train.*` and `create_grpo_trainer(config=…,
-    sampling=…, train=…)` take the same three objects; left out, both start from the same
-    defaults (`minigpt.objectives.config`), and the trainer's optimizer runs at that learning rate."""
+def _tiny_policy():
     import torch
 
     from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
-    from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS
-    from minigpt.rl import create_grpo_trainer
 
-    params = inspect.signature(grpo).parameters
-    assert params["grpo"].default == GRPOConfig()
-    assert params["sampling"].default == GRPO_SAMPLING
-    assert params["train"].default == GRPO_TRAIN_DEFAULTS
-    # No algorithm knob is left as a flat parameter of the command, nor a sampling or
-    # optimisation field in the algorithm's config.
-    algorithm_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    assert not algorithm_fields & set(params)
-    assert not algorithm_fields & ({f.name for f in dataclasses.fields(GRPO_SAMPLING)} | {f.name for f in dataclasses.fields(GRPO_TRAIN_DEFAULTS)})
     torch.manual_seed(0)
     cfg = MiniGPTConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, max_position_embeddings=32)
-    trainer = create_grpo_trainer(MiniGPTForCausalLM(cfg))
-    assert trainer.sampling == GRPO_SAMPLING and trainer.train == GRPO_TRAIN_DEFAULTS
-    assert {g["lr"] for g in trainer.optimizer.param_groups} == {GRPO_TRAIN_DEFAULTS.lr}
-    assert trainer.optimizer.defaults["betas"] == (GRPO_TRAIN_DEFAULTS.beta1, GRPO_TRAIN_DEFAULTS.beta2)
-    # The API guide's `GRPOConfig(learning_rate=…)` is the one learning rate, not a second one.
-    trainer = create_grpo_trainer(MiniGPTForCausalLM(cfg), config=GRPOConfig(learning_rate=3e-5))
-    assert trainer.train.lr == 3e-5 and {g["lr"] for g in trainer.optimizer.param_groups} == {3e-5}
+                        num_key_value_heads=1, max_position_embeddings=32, pad_token_id=0, eos_token_id=1)
+    return MiniGPTForCausalLM(cfg)
+
+
+def _online_rl_twins():
+    """(command, its algorithm group, the config class, its sampling and train defaults, a
+    factory of the Python API's trainer with an optional config)."""
+    from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig
+    from minigpt.recipes.ppo import ppo
+    from minigpt.rl import create_grpo_trainer, create_rlhf_trainer
+
+    return {
+        "grpo": (grpo, "grpo", GRPOConfig, GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, lambda config=None: create_grpo_trainer(_tiny_policy(), config=config)),
+        "ppo": (ppo, "ppo", RLHFConfig, PPO_SAMPLING, PPO_TRAIN_DEFAULTS,
+                lambda config=None: create_rlhf_trainer(_tiny_policy(), config=config, reward_funcs=lambda prompts, completions, **kw: [0.0] * len(completions))),
+    }
+
+
+@pytest.mark.parametrize("command", ["grpo", "ppo"])
+def test_online_rl_command_and_python_api_take_the_same_objects_with_the_same_defaults(command):
+    """`minigpt grpo --grpo.* --sampling.* --train.*` and `create_grpo_trainer(config=…,
+    sampling=…, train=…)` (and PPO's twins) take the same three objects; left out, both start
+    from the same defaults (`minigpt.objectives.config`), and the trainer's optimizer runs at
+    that learning rate."""
+    recipe, group, config_class, sampling, train, make = _online_rl_twins()[command]
+    params = inspect.signature(recipe).parameters
+    assert params[group].default == config_class()
+    assert params["sampling"].default == sampling
+    assert params["train"].default == train
+    # No algorithm knob is left as a flat parameter of the command, nor a sampling or
+    # optimisation field in the algorithm's config.
+    algorithm_fields = {f.name for f in dataclasses.fields(config_class)}
+    assert not algorithm_fields & set(params)
+    assert not algorithm_fields & ({f.name for f in dataclasses.fields(sampling)} | {f.name for f in dataclasses.fields(train)})
+    trainer = make()
+    assert trainer.sampling == sampling and trainer.train == train
+    policy_groups = [g for g in trainer.optimizer.param_groups if not g.get("lr_scale")]
+    assert {g["lr"] for g in policy_groups} == {train.lr}
+    assert trainer.optimizer.defaults["betas"] == (train.beta1, train.beta2)
+    # The API guide's `…Config(learning_rate=…)` is the one learning rate, not a second one.
+    trainer = make(config_class(learning_rate=3e-5))
+    assert trainer.train.lr == 3e-5
+    assert {g["lr"] for g in trainer.optimizer.param_groups if not g.get("lr_scale")} == {3e-5}

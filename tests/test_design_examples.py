@@ -462,7 +462,7 @@ def test_pretraining_then_rlhf_flow_leaves_the_model_causal():
     from minigpt.rl import create_rlhf_trainer
 
     prompts = torch.randint(2, VOCAB, (BATCH, PROMPT))
-    stats = create_rlhf_trainer(policy_model=model, reward_model=ns["reward_model"], config={"max_new_tokens": 4}).train_step(prompts, torch.ones_like(prompts))
+    stats = create_rlhf_trainer(policy_model=model, reward_model=ns["reward_model"], sampling={"max_new_tokens": 4}).train_step(prompts, torch.ones_like(prompts))
     _finite(stats, "mean_reward")
 
 

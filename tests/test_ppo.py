@@ -21,7 +21,10 @@ from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.objectives.ppo import AdaptiveKLController, PPOObjective, token_rewards
-from minigpt.trainers.rlhf import ActorCritic, RLHFConfig, create_rlhf_trainer
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import PPO_SAMPLING, RLHFConfig
+from minigpt.objectives.ppo import ActorCritic
+from minigpt.trainers.rlhf import create_rlhf_trainer
 from minigpt.trainers.reward_model import create_reward_model
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.optim import param_groups
@@ -54,8 +57,8 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def make_trainer(**config):
-    base = {"ppo_epochs": 2, "mini_batch_size": 2, "max_new_tokens": 6, "learning_rate": 1e-2}
-    return create_rlhf_trainer(tiny_policy(), tiny_reward_model(), {**base, **config})
+    base = {"ppo_epochs": 2, "mini_batch_size": 2, "learning_rate": 1e-2}
+    return create_rlhf_trainer(tiny_policy(), tiny_reward_model(), {**base, **config}, sampling={"max_new_tokens": 6})
 
 
 # ---------------------------------------------------------------------------------- the critic
@@ -147,7 +150,7 @@ def test_experience_assembles_rewards_and_gae_on_hand_numbers():
     values = torch.tensor([[0.1, 0.2, 0.3], [0.5, -0.5, 9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     config = RLHFConfig(kl_coef=0.5, gamma=1.0, gae_lambda=1.0, whiten_advantages=False, ppo_epochs=1, missing_eos_penalty=1.0)
-    objective = PPOObjective(config)
+    objective = PPOObjective(config, PPO_SAMPLING)
     objective.reference_logprobs = lambda *args: ref
     ids = torch.arange(10).reshape(2, 5)
     batches = list(objective.experience(_StubActorCritic(logprobs, values), ids, torch.ones(2, 5), mask,
@@ -223,8 +226,8 @@ def test_on_policy_micro_batches_follow_the_optimizer_step():
     old log-probs are the policy's at sampling."""
     policy, critic = tiny_policy(), tiny_reward_model()
     ac = ActorCritic(policy, critic)
-    config = RLHFConfig(ppo_epochs=3, max_new_tokens=5, kl_coef=0.0)
-    objective = PPOObjective(config, reward_model=tiny_reward_model(2), eos_token_id=STOP, pad_token_id=PAD, grad_accum=2)
+    config = RLHFConfig(ppo_epochs=3, kl_coef=0.0)
+    objective = PPOObjective(config, SamplingOptions(max_new_tokens=5), reward_model=tiny_reward_model(2), eos_token_id=STOP, pad_token_id=PAD, grad_accum=2)
     prompts = [[10, 11], [12, 13, 14]]
     first = list(objective.rollout(ac, prompts))
     second = list(objective.rollout(ac, prompts))
@@ -271,7 +274,7 @@ def test_lora_policy_uses_adapters_disabled_as_reference():
 
     policy = apply_lora(tiny_policy(), rank=4, alpha=8, verbose=False)
     base0 = {k: v.clone() for k, v in policy.named_parameters() if "lora_" not in k}
-    trainer = create_rlhf_trainer(policy, tiny_reward_model(), {"ppo_epochs": 1, "max_new_tokens": 6, "learning_rate": 1e-2})
+    trainer = create_rlhf_trainer(policy, tiny_reward_model(), {"ppo_epochs": 1, "learning_rate": 1e-2}, sampling={"max_new_tokens": 6})
     assert trainer.ref_model is None
     out = trainer.train_step(PROMPTS, (PROMPTS != PAD).long())
     assert out["mean_kl"] == 0.0

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
 from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import RLHFConfig
 from minigpt.errors import UserError
 from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.recipes.ppo import ppo
@@ -76,7 +77,7 @@ def train_config(**kw) -> TrainConfig:
 
 def run(env, out: Path, steps: int = 4, resume: bool = False, **kw) -> dict:
     _, base, rm_dir, data = env
-    args = dict(reward_model=str(rm_dir), ppo_epochs=2, sampling=SamplingOptions(max_new_tokens=8), max_prompt_length=32, val_fraction=0.0)
+    args = dict(reward_model=str(rm_dir), ppo=RLHFConfig(ppo_epochs=2), sampling=SamplingOptions(max_new_tokens=8), max_prompt_length=32, val_fraction=0.0)
     return ppo(str(base), str(data), out=str(out), train=train_config(max_steps=steps), resume=resume, **{**args, **kw})
 
 
@@ -119,11 +120,11 @@ def test_recipe_writes_a_loadable_policy_and_value_model(env, tmp_path):
 
 
 def test_value_lr_reaches_the_optimizer(env, tmp_path):
-    """--value_lr 5e-3 with train.lr 1e-3 (constant schedule): the checkpointed optimizer holds
+    """--ppo.value_learning_rate 5e-3 with train.lr 1e-3 (constant schedule): the checkpointed optimizer holds
     the critic's groups at 5e-3 (lr_scale 5) and the policy's at 1e-3. Needs the loop to pass
     `lr=config.lr` to `param_groups`."""
     out = tmp_path / "out"
-    run(env, out, steps=2, value_lr=5e-3)
+    run(env, out, steps=2, ppo=RLHFConfig(ppo_epochs=2, value_learning_rate=5e-3))
     state = torch.load(out / "checkpoints" / "step_00000002" / "trainer_state.pt", weights_only=True)
     groups = state["optimizer"]["param_groups"]
     assert sorted({round(g["lr"], 12) for g in groups if g.get("lr_scale")}) == [5e-3]
@@ -136,7 +137,7 @@ def test_resume_equals_an_uninterrupted_run(env, tmp_path, adaptive_kl):
     logged figures as 4 steps in one go (a rollout is 2 updates, so the checkpoint at step 2
     ends one). With adaptive_kl (target 0.01, horizon 8: the coefficient moves by 10 % per
     rollout) the KL coefficient must come back from the checkpoint too."""
-    kw = dict(adaptive_kl=adaptive_kl, kl_target=0.01, kl_horizon=8)
+    kw = dict(ppo=RLHFConfig(ppo_epochs=2, adaptive_kl=adaptive_kl, kl_target=0.01, kl_horizon=8))
     whole, split = tmp_path / "whole", tmp_path / "split"
     run(env, whole, steps=4, **kw)
     run(env, split, steps=2, **kw)
@@ -177,7 +178,7 @@ def test_cli_ppo_with_rule_rewards_and_dashed_options(env, tmp_path, capsys):
     _, base, _, data = env
     out = tmp_path / "cli"
     argv = ["ppo", "--model", str(base), "--data", str(data), "--out", str(out), "--reward", "length",
-            "--sampling.max-new-tokens", "6", "--max-prompt-length", "32", "--ppo-epochs", "1", "--val-fraction", "0",
+            "--sampling.max-new-tokens", "6", "--max-prompt-length", "32", "--ppo.ppo-epochs", "1", "--val-fraction", "0",
             "--train.max_steps", "2", "--train.batch_size", "4", "--train.precision", "fp32", "--train.device", "cpu",
             "--train.progress", "false", "--train.tensorboard", "false", "--train.lr", "1e-3"]
     assert cli.main(argv) == 0, capsys.readouterr().err

@@ -23,7 +23,7 @@ _EXPORTS = {
     **dict.fromkeys(["DPOConfig", "create_dpo_trainer"], "minigpt.trainers.dpo"),
     "GRPOConfig": "minigpt.objectives.config",
     "create_grpo_trainer": "minigpt.trainers.grpo",
-    "RLHFConfig": "minigpt.objectives.ppo",
+    "RLHFConfig": "minigpt.objectives.config",
     "create_rlhf_trainer": "minigpt.trainers.rlhf",
     "RewardModelTrainer": "minigpt.trainers.reward_model",
     "create_reward_model": "minigpt.model.reward_model",

@@ -131,6 +131,97 @@ GRPO_TRAIN_DEFAULTS = TrainConfig(
 )
 
 
+@dataclass
+class RLHFConfig(DictConfig):
+    """The knobs of PPO-RLHF (Ouyang et al. 2022; names as in TRL's `PPOConfig` where they exist):
+    `minigpt ppo --ppo.kl_coef 0.05` and `create_rlhf_trainer(model, rm, config=RLHFConfig(kl_coef=0.05))`.
+
+    Raises:
+        UserError: a value outside its range or an unknown name, naming the field.
+    """
+
+    ppo_epochs: int = 4
+    """Optimisation passes over each rollout (TRL: num_ppo_epochs)."""
+    clip_epsilon: float = 0.2
+    """Clip range ε of the policy ratio (TRL: cliprange)."""
+    kl_coef: float = 0.1
+    """β: reward units per nat of KL to the reference, on every token (the starting value when
+    adaptive_kl)."""
+    value_learning_rate: float | None = None
+    """Learning rate of the critic (None: the policy's, `train.lr`); it follows the same
+    schedule."""
+    gamma: float = 0.99
+    """Discount γ of GAE."""
+    gae_lambda: float = 0.95
+    """λ of GAE (1: Monte-Carlo returns, 0: one-step TD)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    clip_range_value: float | None = 0.2
+    """Clip range of the value update around the rollout's values (None or 0: no clipping)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss)."""
+    kl_estimator: str = "k1"
+    """Per-token KL in the reward: k1 (log π − log π_ref, TRL's default) or k3 (always >= 0)."""
+    mini_batch_size: int = 0
+    """Completions per micro-batch (0: the whole rollout in one)."""
+    whiten_advantages: bool = True
+    """Standardise the advantages over the rollout's completion tokens."""
+    target_kl: float | None = None
+    """Stop a rollout's remaining passes once a micro-batch's approximate KL to the sampling
+    policy exceeds this (None: never)."""
+    adaptive_kl: bool = False
+    """Adapt kl_coef towards kl_target after every rollout (Ziegler et al. 2019 §2.2)."""
+    kl_target: float = 6.0
+    """KL per completion (nats, summed over tokens) the adaptive controller steers towards."""
+    kl_horizon: int = 10000
+    """Completions over which the adaptive controller moves kl_coef by about ±20 %."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the score of completions that hit max_new_tokens without a stop token."""
+    learning_rate: float | None = None
+    """The API guide's spelling of the policy's learning rate, for `create_rlhf_trainer(config=...)`:
+    when set it is `train.lr` (None: `train.lr`, whose default is `PPO_TRAIN_DEFAULTS.lr`). On
+    the command line the learning rate is `--train.lr`."""
+
+    def __post_init__(self) -> None:
+        def is_int(x, low):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+        checks = [
+            (is_int(self.ppo_epochs, 1), "ppo_epochs must be an integer >= 1"),
+            (0 < self.clip_epsilon < 1, "clip_epsilon must be in (0, 1)"),
+            (self.kl_coef >= 0, "kl_coef must be >= 0"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.value_learning_rate is None or self.value_learning_rate > 0, "value_learning_rate must be > 0"),
+            (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
+            (0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]"),
+            (self.vf_coef >= 0, "vf_coef must be >= 0"),
+            (self.clip_range_value is None or self.clip_range_value >= 0, "clip_range_value must be >= 0 or None"),
+            (self.entropy_coef >= 0, "entropy_coef must be >= 0"),
+            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}"),
+            (is_int(self.mini_batch_size, 0), "mini_batch_size must be an integer >= 0"),
+            (self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or None"),
+            (self.kl_target > 0, "kl_target must be > 0"),
+            (self.kl_horizon > 0, "kl_horizon must be > 0"),
+        ]
+        self.require(checks)
+
+
+#: PPO's sampling: plain temperature-1 sampling of completions up to 64 tokens.
+PPO_SAMPLING = SamplingOptions(max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0)
+
+PPO_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=200,
+    batch_size=8,
+    lr=1e-5,
+    min_lr_ratio=1.0,
+    warmup_steps=0,
+    weight_decay=0.0,
+    eval_interval=40,
+    save_interval=40,
+    log_interval=1,
+)
+
+
 def with_learning_rate(train: TrainConfig, learning_rate: float | None) -> TrainConfig:
     """`train` with `lr = learning_rate` when an algorithm config's `learning_rate` (the API
     guide's spelling) is set; `train` itself otherwise."""
@@ -155,6 +246,7 @@ def check_rl_sampling(sampling: SamplingOptions, option: str = "sampling") -> Sa
 
 
 __all__ = [
-    "GRPO_ALGORITHMS", "GRPO_SAMPLING", "GRPO_TRAIN_DEFAULTS", "GRPOConfig", "SFT_TRAIN_DEFAULTS", "check_rl_sampling",
+    "GRPO_ALGORITHMS", "GRPO_SAMPLING", "GRPO_TRAIN_DEFAULTS", "GRPOConfig", "PPO_SAMPLING", "PPO_TRAIN_DEFAULTS", "RLHFConfig",
+    "SFT_TRAIN_DEFAULTS", "check_rl_sampling",
     "with_learning_rate",
 ]

@@ -31,7 +31,6 @@ number, for the early stop) and `rollout_metrics` (floats).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -39,11 +38,11 @@ import torch
 from torch import nn
 
 from minigpt.inference.sampling import SamplingOptions
-from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
-from minigpt.losses.kl import KL_ESTIMATORS, kl_estimate
+from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
+from minigpt.objectives.config import RLHFConfig, check_rl_sampling
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, reward_means, score_rollout
 from minigpt.inference.rollout import Rollout, completion_logprobs
@@ -52,92 +51,6 @@ from minigpt.train.distributed import all_reduce_sum
 
 
 VALUE_MODEL_DIR = "value_model"
-
-
-@dataclass
-class RLHFConfig(DictConfig):
-    """Settings of PPO-RLHF (names as in TRL's `PPOConfig` where they exist)."""
-
-    ppo_epochs: int = 4
-    """Optimisation passes over each rollout (TRL: num_ppo_epochs)."""
-    clip_epsilon: float = 0.2
-    """Clip range ε of the policy ratio (TRL: cliprange)."""
-    kl_coef: float = 0.1
-    """β: reward units per nat of KL to the reference, on every token (the starting value when
-    adaptive_kl)."""
-    learning_rate: float = 1e-5
-    """AdamW learning rate of the policy in `train_step` (constant; the CLI uses the loop's
-    schedule)."""
-    value_learning_rate: float | None = None
-    """Learning rate of the critic (None: learning_rate)."""
-    gamma: float = 0.99
-    """Discount γ of GAE."""
-    gae_lambda: float = 0.95
-    """λ of GAE (1: Monte-Carlo returns, 0: one-step TD)."""
-    vf_coef: float = 0.1
-    """Weight of the value loss in the total loss."""
-    clip_range_value: float | None = 0.2
-    """Clip range of the value update around the rollout's values (None or 0: no clipping)."""
-    entropy_coef: float = 0.0
-    """Weight of the entropy bonus (subtracted from the loss)."""
-    kl_estimator: str = "k1"
-    """Per-token KL in the reward: k1 (log π − log π_ref, TRL's default) or k3 (always >= 0)."""
-    mini_batch_size: int = 0
-    """Completions per micro-batch (0: the whole rollout in one)."""
-    whiten_advantages: bool = True
-    """Standardise the advantages over the rollout's completion tokens."""
-    target_kl: float | None = None
-    """Stop a rollout's remaining passes once a micro-batch's approximate KL to the sampling
-    policy exceeds this (None: never)."""
-    adaptive_kl: bool = False
-    """Adapt kl_coef towards kl_target after every rollout (Ziegler et al. 2019 §2.2)."""
-    kl_target: float = 6.0
-    """KL per completion (nats, summed over tokens) the adaptive controller steers towards."""
-    kl_horizon: int = 10000
-    """Completions over which the adaptive controller moves kl_coef by about ±20 %."""
-    missing_eos_penalty: float | None = None
-    """Subtracted from the score of completions that hit max_new_tokens without a stop token."""
-    max_new_tokens: int = 64
-    """Longest completion sampled."""
-    temperature: float = 1.0
-    """Sampling temperature (log-probs are taken at this temperature too)."""
-    top_k: int = 0
-    """Top-k filter of sampling (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus filter of sampling (1.0 = off)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm (policy and critic together) to this (0 disables)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    precision: str = "fp32"
-    """fp32, or bf16 (autocast for training forwards and sampling)."""
-
-    def __post_init__(self) -> None:
-        def is_int(x, low):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= low
-
-        checks = [
-            (is_int(self.ppo_epochs, 1), "ppo_epochs must be an integer >= 1"),
-            (0 < self.clip_epsilon < 1, "clip_epsilon must be in (0, 1)"),
-            (self.kl_coef >= 0, "kl_coef must be >= 0"),
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.value_learning_rate is None or self.value_learning_rate > 0, "value_learning_rate must be > 0"),
-            (0 <= self.gamma <= 1, "gamma must be in [0, 1]"),
-            (0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]"),
-            (self.vf_coef >= 0, "vf_coef must be >= 0"),
-            (self.clip_range_value is None or self.clip_range_value >= 0, "clip_range_value must be >= 0 or None"),
-            (self.entropy_coef >= 0, "entropy_coef must be >= 0"),
-            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}"),
-            (is_int(self.mini_batch_size, 0), "mini_batch_size must be an integer >= 0"),
-            (self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or None"),
-            (self.kl_target > 0, "kl_target must be > 0"),
-            (self.kl_horizon > 0, "kl_horizon must be > 0"),
-            (is_int(self.max_new_tokens, 1), "max_new_tokens must be an integer >= 1"),
-            (self.temperature > 0, "temperature must be > 0 (RL samples)"),
-            (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
-        ]
-        self.require(checks)
-
 
 
 class ActorCritic(nn.Module):
@@ -352,7 +265,9 @@ class PPOObjective(RolloutObjective):
     """PPO-RLHF for the one training loop (see the module docstring).
 
     Args:
-        config: an `RLHFConfig` (or anything with its fields).
+        config: an `RLHFConfig` (`minigpt.objectives.config`).
+        sampling: how completions are sampled (`SamplingOptions`; log-probs and entropies
+            are taken at its temperature).
         reward_fn: a `minigpt.rewards.functions.CombinedReward` (`(prompts, completions, **columns)
             -> (totals, per_function)`); needs `tokenizer`. Takes precedence over
             `reward_model`.
@@ -369,7 +284,8 @@ class PPOObjective(RolloutObjective):
 
     def __init__(
         self,
-        config,
+        config: RLHFConfig,
+        sampling: SamplingOptions,
         reward_fn: Callable | None = None,
         tokenizer=None,
         reward_model: torch.nn.Module | None = None,
@@ -379,7 +295,7 @@ class PPOObjective(RolloutObjective):
         pad_token_id: int | None = None,
         grad_accum: int = 1,
     ) -> None:
-        sampling = SamplingOptions(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+        check_rl_sampling(sampling)
         super().__init__(config, sampling, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
         self.reward_model = reward_model
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target if config.adaptive_kl else None, config.kl_horizon)
@@ -407,7 +323,7 @@ class PPOObjective(RolloutObjective):
         c = self.config
         mask = batch["completion_mask"]
         logprobs, entropy, values = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], completion_mask=mask, temperature=c.temperature
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], completion_mask=mask, temperature=self.sampling.temperature
         )
         old = batch.get("old_logprobs")
         old = logprobs.detach() if old is None else old
@@ -450,10 +366,10 @@ class PPOObjective(RolloutObjective):
         """Sample one completion per prompt (token-id lists) with `model.policy`, score them, and
         return the micro-batch iterator of `experience`. `prompts` (texts) and `columns` go to
         the reward functions (texts default to the decoded prompt ids)."""
-        c = self.config
+        s = self.sampling
         policy = model.policy
         with eval_mode(policy):
-            sample = self.engine(policy).sample(prompt_ids, 1, c.max_new_tokens, c.temperature, c.top_k, c.top_p)
+            sample = self.engine(policy).sample(prompt_ids, 1, s.max_new_tokens, s.temperature, s.top_k, s.top_p)
         scores, per_function = self.score(sample, prompt_ids, prompts, columns or {})
         metrics = {
             "completion_length": float(sample.completion_lengths.float().mean()),
@@ -515,7 +431,7 @@ class PPOObjective(RolloutObjective):
         kl_coef = self.kl_ctl.value
         with eval_mode(model):
             logprobs, _, values = model(
-                input_ids=input_ids, attention_mask=attention_mask, completion_mask=mask, temperature=c.temperature, return_entropy=False
+                input_ids=input_ids, attention_mask=attention_mask, completion_mask=mask, temperature=self.sampling.temperature, return_entropy=False
             )
             ref = self.reference_logprobs(model.policy, input_ids, attention_mask, mask, logprobs)
         scores = scores.float().to(logprobs.device)

@@ -281,7 +281,8 @@ class RLHFPipeline:
         """PPO of the SFT policy against the reward model on `ppo_data_path` into `save_dir/ppo`:
         `ppo_iterations` rollouts, a checkpoint every `save_interval` of them, the final policy
         and critic. The critic starts from the SFT model with a new value head."""
-        from minigpt.recipes.ppo import PPO_SAMPLING, ppo
+        from minigpt.objectives.config import PPO_SAMPLING, RLHFConfig
+        from minigpt.recipes.ppo import ppo
 
         c = self.config
         self._write_config()
@@ -299,7 +300,7 @@ class RLHFPipeline:
             metrics = ppo(
                 model=str(self.sft_dir), data=data, out=str(self.ppo_dir), reward_model=str(self.reward_dir), reward="model",
                 value_model=str(self.sft_dir),  # the critic starts from the SFT model, with a new value head
-                ppo_epochs=c.ppo_epochs, kl_coef=c.kl_coef, value_lr=c.ppo_lr_value, mini_batch_size=c.ppo_mini_batch_size,
+                ppo=RLHFConfig(ppo_epochs=c.ppo_epochs, kl_coef=c.kl_coef, value_learning_rate=c.ppo_lr_value, mini_batch_size=c.ppo_mini_batch_size),
                 sampling=dataclasses.replace(PPO_SAMPLING, max_new_tokens=c.ppo_max_new_tokens), max_prompt_length=c.max_length - c.ppo_max_new_tokens, train=train,
                 **self._restart(self.ppo_dir),
             )

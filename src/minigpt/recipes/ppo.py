@@ -27,23 +27,9 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.model.options import LoraOptions
+from minigpt.objectives.config import PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig
 from minigpt.recipes.common import fit_policy, load_prompt_data, refuse_existing_run, check_online_rl_options
 from minigpt.train.config import TrainConfig
-
-#: `minigpt ppo`'s sampling: plain temperature-1 sampling of completions up to 64 tokens.
-PPO_SAMPLING = SamplingOptions(max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0)
-
-PPO_TRAIN_DEFAULTS = TrainConfig(
-    max_steps=200,
-    batch_size=8,
-    lr=1e-5,
-    min_lr_ratio=1.0,
-    warmup_steps=0,
-    weight_decay=0.0,
-    eval_interval=40,
-    save_interval=40,
-    log_interval=1,
-)
 
 
 def ppo(
@@ -53,23 +39,7 @@ def ppo(
     reward_model: str | None = None,
     reward: str = "model",
     value_model: str | None = None,
-    ppo_epochs: int = 4,
-    clip_epsilon: float = 0.2,
-    kl_coef: float = 0.1,
-    kl_estimator: str = "k1",
-    adaptive_kl: bool = False,
-    kl_target: float = 6.0,
-    kl_horizon: int = 10000,
-    gamma: float = 0.99,
-    gae_lambda: float = 0.95,
-    vf_coef: float = 0.1,
-    clip_range_value: float | None = 0.2,
-    entropy_coef: float = 0.0,
-    value_lr: float | None = None,
-    mini_batch_size: int = 0,
-    whiten_advantages: bool = True,
-    target_kl: float | None = None,
-    missing_eos_penalty: float | None = None,
+    ppo: RLHFConfig = RLHFConfig(),
     sampling: SamplingOptions = PPO_SAMPLING,
     max_prompt_length: int = 256,
     system: str | None = None,
@@ -96,24 +66,13 @@ def ppo(
             head), or a language model directory such as the SFT model (its decoder and a new
             score head). Default: a copy of --reward_model, or without one a new score head on
             the policy's decoder.
-        ppo_epochs: optimisation passes over each rollout.
-        clip_epsilon: clip range of the policy ratio.
-        kl_coef: KL penalty per token, reward units per nat (the start value with adaptive_kl).
-        kl_estimator: k1 (log-ratio) or k3 (always >= 0) per-token KL in the reward.
-        adaptive_kl: steer kl_coef towards kl_target after every rollout.
-        kl_target: KL per completion (nats) for adaptive_kl.
-        kl_horizon: completions over which adaptive_kl moves kl_coef by about ±20 %.
-        gamma: GAE discount.
-        gae_lambda: GAE λ.
-        vf_coef: weight of the value loss.
-        clip_range_value: clip range of the value update (0 disables).
-        entropy_coef: weight of the entropy bonus.
-        value_lr: learning rate of the critic (default: train.lr); follows the same schedule.
-        mini_batch_size: completions per micro-batch (0 = a whole rollout of train.batch_size).
-        whiten_advantages: standardise advantages over each rollout's tokens.
-        target_kl: drop a rollout's remaining micro-batches once one's approximate KL to the
-            sampling policy exceeds this.
-        missing_eos_penalty: subtracted from the score of completions cut at max_new_tokens.
+        ppo: the algorithm (`--ppo.kl_coef 0.05 --ppo.ppo_epochs 2 --ppo.adaptive_kl ...`; see
+            `minigpt.objectives.config.RLHFConfig`): ppo_epochs, clip_epsilon, kl_coef,
+            kl_estimator, adaptive_kl / kl_target / kl_horizon, gamma, gae_lambda, vf_coef,
+            clip_range_value, entropy_coef, value_learning_rate (the critic's; default
+            train.lr), mini_batch_size (0 = a whole rollout of train.batch_size),
+            whiten_advantages, target_kl, missing_eos_penalty. The policy's learning rate is
+            `--train.lr`.
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
             `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
         max_prompt_length: prompts with more tokens are skipped (counted).
@@ -143,24 +102,16 @@ def ppo(
     from minigpt.model.loading import check_same_tokenizer, is_reward_model_dir, load_reward_model
     from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
-    from minigpt.objectives.ppo import ActorCritic, RLHFConfig
+    from minigpt.objectives.ppo import ActorCritic
     from minigpt.model.reward_model import create_reward_model
     from minigpt.rewards.functions import make_reward, parse_reward_spec
     from minigpt.train.distributed import init_distributed, pick_device, pick_precision
     from minigpt.train.loop import seed_everything
 
     check_online_rl_options(lora, sampling)
+    if ppo.learning_rate is not None:
+        raise UserError("--ppo.learning_rate is the Python API's spelling; on the command line the learning rate is --train.lr")
     precision = pick_precision(train.precision, pick_device(train.device))  # "auto" resolved
-    config = RLHFConfig(
-        ppo_epochs=ppo_epochs, clip_epsilon=clip_epsilon, kl_coef=kl_coef, learning_rate=train.lr,
-        value_learning_rate=value_lr, gamma=gamma, gae_lambda=gae_lambda, vf_coef=vf_coef,
-        clip_range_value=clip_range_value, entropy_coef=entropy_coef, kl_estimator=kl_estimator,
-        mini_batch_size=mini_batch_size, whiten_advantages=whiten_advantages, target_kl=target_kl,
-        adaptive_kl=adaptive_kl, kl_target=kl_target, kl_horizon=kl_horizon, missing_eos_penalty=missing_eos_penalty,
-        max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        max_grad_norm=train.grad_clip, weight_decay=train.weight_decay,
-        precision=precision,
-    )
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     rank, _, device = init_distributed(pick_device(train.device))
@@ -199,7 +150,7 @@ def ppo(
     reward_fn = make_reward(reward, reward_model=rm, tokenizer=tok, max_completion_length=sampling.max_new_tokens)
     train_ds, val_ds = load_prompt_data(data, tok, max_prompt_length, val_fraction, max_val, train.seed, system, say)
     ref = None
-    if (kl_coef > 0 or adaptive_kl) and lora.rank <= 0:
+    if (ppo.kl_coef > 0 or ppo.adaptive_kl) and lora.rank <= 0:
         ref, _ = load_base_model(model)
         ref = ref.to(device).eval()
         ref.requires_grad_(False)
@@ -210,13 +161,13 @@ def ppo(
     eos = chat_eos_ids(tok)
     net.generation_config.eos_token_id = eos[0]
     net.generation_config.pad_token_id = tok.pad_token_id
-    objective = PPOObjective(config, reward_fn, tok, None, ref, ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
-    actor_critic = ActorCritic(net, critic, value_lr_scale=(value_lr or train.lr) / train.lr)
+    objective = PPOObjective(ppo, sampling, reward_fn, tok, None, ref, ENGINE_DTYPE.get(precision), eos, tok.pad_token_id, train.grad_accum)
+    actor_critic = ActorCritic(net, critic, value_lr_scale=(ppo.value_learning_rate or train.lr) / train.lr)
     trainable = sum(p.numel() for p in actor_critic.parameters() if p.requires_grad)
     say(
         f"policy: {count_parameters(net) / 1e6:.2f} M parameters, critic {count_parameters(critic) / 1e6:.2f} M; "
-        f"{trainable / 1e6:.3f} M trainable; {train.batch_size} prompts per rollout × {ppo_epochs} epochs, "
-        f"reward {reward}, kl_coef {kl_coef}{' (adaptive)' if adaptive_kl else ''}"
+        f"{trainable / 1e6:.3f} M trainable; {train.batch_size} prompts per rollout × {ppo.ppo_epochs} epochs, "
+        f"reward {reward}, kl_coef {ppo.kl_coef}{' (adaptive)' if ppo.adaptive_kl else ''}"
     )
     run_info = {
         "stage": "ppo",
@@ -225,7 +176,8 @@ def ppo(
         "reward": reward,
         "reward_model": None if reward_model is None else str(Path(reward_model).resolve()),
         "value_model": None if value_model is None else str(Path(value_model).resolve()),
-        "config": dataclasses.asdict(config),
+        "ppo": dataclasses.asdict(ppo),
+        "sampling": dataclasses.asdict(sampling),
         "max_prompt_length": max_prompt_length,
         "system": system,
         "val_fraction": val_fraction,
@@ -245,4 +197,4 @@ def ppo(
     return metrics
 
 
-__all__ = ["PPO_TRAIN_DEFAULTS", "ppo"]
+__all__ = ["ppo"]

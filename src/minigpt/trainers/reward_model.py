@@ -99,4 +99,4 @@ class RewardModelTrainer(ReportsStatistics):
         return self.statistics.record({"loss": result.loss, **{k: result.metrics[k] for k in self.METRICS}, "grad_norm": result.grad_norm})
 
 
-__all__ = ["create_reward_model", "RewardModelTrainer"]
+__all__ = ["RewardModelTrainer"]

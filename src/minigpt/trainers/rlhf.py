@@ -19,8 +19,11 @@ import torch
 from torch import nn
 
 from minigpt.errors import UserError
-from minigpt.trainers.base import PolicyTrainer, sampling_ids
-from minigpt.objectives.ppo import ActorCritic, PPOObjective, RLHFConfig
+from minigpt.trainers.base import PolicyTrainer, as_options, sampling_ids
+from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig, with_learning_rate
+from minigpt.objectives.ppo import ActorCritic, PPOObjective
+from minigpt.train.config import TrainConfig
 from minigpt.model.lora import has_adapters
 from minigpt.model.modeling import require_causal
 
@@ -56,6 +59,12 @@ class RLHFTrainer(PolicyTrainer):
             `tokenizer`.
         tokenizer: decodes completions for reward functions, renders string prompts, and gives
             the chat stop ids.
+        sampling: how completions are sampled (`SamplingOptions` or a dict of its fields;
+            default `PPO_SAMPLING`, as `minigpt ppo`).
+        train: optimisation (`TrainConfig` or a dict of its fields; default
+            `PPO_TRAIN_DEFAULTS`, as `minigpt ppo`): `lr` (or `config.learning_rate`; the
+            critic's is `config.value_learning_rate`), `weight_decay`, betas, `grad_clip`,
+            `precision`. `train_step` keeps the learning rate constant.
 
     Raises:
         UserError: bad config values, no reward model and no reward functions, a policy
@@ -71,12 +80,17 @@ class RLHFTrainer(PolicyTrainer):
         ref_model: nn.Module | None = None,
         reward_funcs: Any = None,
         tokenizer=None,
+        sampling: SamplingOptions | Mapping[str, Any] | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
         from minigpt.rewards.functions import as_combined_reward
-        from minigpt.train.optim import param_groups
+        from minigpt.train.distributed import pick_precision
+        from minigpt.train.optim import make_adamw
 
         config = RLHFConfig() if config is None else config
         self.config = c = config if isinstance(config, RLHFConfig) else RLHFConfig.from_dict(config)
+        self.sampling = as_options(sampling, SamplingOptions, PPO_SAMPLING, "sampling")
+        self.train = with_learning_rate(as_options(train, TrainConfig, PPO_TRAIN_DEFAULTS, "train"), c.learning_rate)
         if reward_model is None and reward_funcs is None:
             raise UserError("create_rlhf_trainer needs a reward model or reward functions to score completions")
         require_causal(policy_model, "create_rlhf_trainer's policy")
@@ -93,19 +107,19 @@ class RLHFTrainer(PolicyTrainer):
             ref_model = copy.deepcopy(policy_model).eval()
             ref_model.requires_grad_(False)
         self.ref_model = ref_model
-        value_lr = c.value_learning_rate or c.learning_rate
-        self.model = ActorCritic(policy_model, value_model, value_lr / c.learning_rate)
-        self.reward_fn = as_combined_reward(reward_funcs, reward_model, tokenizer, c.max_new_tokens)
+        lr = self.train.lr
+        self.model = ActorCritic(policy_model, value_model, (c.value_learning_rate or lr) / lr)
+        self.reward_fn = as_combined_reward(reward_funcs, reward_model, tokenizer, self.sampling.max_new_tokens)
         eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
-        dtype = torch.bfloat16 if c.precision == "bf16" else None
+        self.precision = pick_precision(self.train.precision, self.device())
+        self.max_grad_norm = self.train.grad_clip
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
         self.objective = PPOObjective(
-            c, self.reward_fn, tokenizer, reward_model if self.reward_fn is None else None, ref_model, dtype, eos, self.pad_token_id
+            c, self.sampling, self.reward_fn, tokenizer, reward_model if self.reward_fn is None else None, ref_model, dtype, eos, self.pad_token_id
         )
         if not any(p.requires_grad for p in policy_model.parameters()):
             raise UserError("the policy has no trainable parameter")
-        self.precision, self.max_grad_norm = c.precision, c.max_grad_norm
-        groups = param_groups(self.model, c.weight_decay, lr=c.learning_rate)
-        self.optimizer = torch.optim.AdamW(groups, lr=c.learning_rate)
+        self.optimizer = make_adamw(self.model, self.train)
         self.optimizer_step = self.make_optimizer_step(self.model, self.optimizer, empty="skip")
         self.step_count = 0
         self.history: list[dict[str, float]] = []  # the last train_step's metrics per micro-batch
@@ -182,8 +196,9 @@ def create_rlhf_trainer(
 ) -> RLHFTrainer:
     """Build an `RLHFTrainer`; `config` may be a dict (unknown keys are a UserError
     listing the known ones). Keyword arguments go to `RLHFTrainer` (`value_model`,
-    `ref_model`, `reward_funcs`, `tokenizer`)."""
+    `ref_model`, `reward_funcs`, `tokenizer`, `sampling`, `train`): the objects `minigpt ppo`
+    takes as `--ppo.*`, `--sampling.*` and `--train.*`, with the same defaults."""
     return RLHFTrainer(policy_model, reward_model, config, **kwargs)
 
 
-__all__ = ["ActorCritic", "RLHFConfig", "RLHFTrainer", "create_rlhf_trainer"]
+__all__ = ["RLHFTrainer", "create_rlhf_trainer"]
