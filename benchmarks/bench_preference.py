@@ -44,6 +44,7 @@ def _done(path: Path) -> bool:
 
 
 def run(args) -> dict:
+    from minigpt.objectives.config import DPOConfig
     from minigpt.recipes.dpo import dpo
     from minigpt.recipes.reward import reward
 
@@ -60,9 +61,9 @@ def run(args) -> dict:
     common = dict(model=args.sft, data=[str(HH)], max_length=args.max_length, val_fraction=0.1, max_val=500, overwrite=True)
     stages = {
         "rm": (reward, dict(train=_train(args.rm_steps, args.rm_lr, args.batch, args.seed), head_hidden_size=256)),
-        "dpo": (dpo, dict(loss="sigmoid", beta=0.1, train=_train(args.steps, args.lr, args.batch, args.seed))),
-        "simpo": (dpo, dict(loss="simpo", beta=2.0, simpo_gamma=0.5, train=_train(args.steps, args.lr, args.batch, args.seed))),
-        "orpo": (dpo, dict(loss="orpo", beta=0.1, train=_train(args.steps, args.lr, args.batch, args.seed))),
+        "dpo": (dpo, dict(dpo=DPOConfig(loss_type="sigmoid", beta=0.1), train=_train(args.steps, args.lr, args.batch, args.seed))),
+        "simpo": (dpo, dict(dpo=DPOConfig(loss_type="simpo", beta=2.0, simpo_gamma=0.5), train=_train(args.steps, args.lr, args.batch, args.seed))),
+        "orpo": (dpo, dict(dpo=DPOConfig(loss_type="orpo", beta=0.1), train=_train(args.steps, args.lr, args.batch, args.seed))),
     }
     for name in args.stages:
         if name not in stages:

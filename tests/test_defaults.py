@@ -7,18 +7,20 @@ import inspect
 
 import pytest
 
-from minigpt.losses.preference import DEFAULT_BETA, PREFERENCE_LOSSES
+from minigpt.losses.names import DEFAULT_BETA, PREFERENCE_LOSSES
 from minigpt.recipes.dpo import dpo
 from minigpt.recipes.grpo import grpo
 from minigpt.objectives.config import GRPOConfig
-from minigpt.rl import DPOConfig
+from minigpt.objectives.config import GRPO_SAMPLING, DPOConfig
 
 
 @pytest.mark.parametrize("loss", PREFERENCE_LOSSES)
 def test_dpo_beta_default_is_the_losss_own_in_both(loss):
-    """SimPO's β was 2.0 on the CLI and 0.1 in DPOConfig; both now take it from one table."""
-    assert inspect.signature(dpo).parameters["beta"].default is None  # resolved through DEFAULT_BETA
-    assert DPOConfig(loss_type=loss).beta == DEFAULT_BETA[loss]
+    """SimPO's β was 2.0 on the CLI and 0.1 in DPOConfig; both now take it from one table, and
+    `--dpo.loss_type simpo` alone (the command's default DPOConfig with another loss) gets 2.0."""
+    assert inspect.signature(dpo).parameters["dpo"].default.beta is None  # resolved through DEFAULT_BETA
+    assert DPOConfig(loss_type=loss).resolved().beta == DEFAULT_BETA[loss]
+    assert dataclasses.replace(inspect.signature(dpo).parameters["dpo"].default, loss_type=loss).resolved().beta == DEFAULT_BETA[loss]
     assert DEFAULT_BETA["simpo"] == 2.0 and DEFAULT_BETA["sigmoid"] == 0.1
 
 
@@ -36,35 +38,37 @@ def _tiny_policy():
 def _online_rl_twins():
     """(command, its algorithm group, the config class, its sampling and train defaults, a
     factory of the Python API's trainer with an optional config)."""
-    from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig
+    from minigpt.objectives.config import DPO_TRAIN_DEFAULTS, GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig
     from minigpt.recipes.ppo import ppo
-    from minigpt.rl import create_grpo_trainer, create_rlhf_trainer
+    from minigpt.rl import create_dpo_trainer, create_grpo_trainer, create_rlhf_trainer
 
     return {
+        "dpo": (dpo, "dpo", DPOConfig, None, DPO_TRAIN_DEFAULTS, lambda config=None: create_dpo_trainer(_tiny_policy(), config=config)),
         "grpo": (grpo, "grpo", GRPOConfig, GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, lambda config=None: create_grpo_trainer(_tiny_policy(), config=config)),
         "ppo": (ppo, "ppo", RLHFConfig, PPO_SAMPLING, PPO_TRAIN_DEFAULTS,
                 lambda config=None: create_rlhf_trainer(_tiny_policy(), config=config, reward_funcs=lambda prompts, completions, **kw: [0.0] * len(completions))),
     }
 
 
-@pytest.mark.parametrize("command", ["grpo", "ppo"])
-def test_online_rl_command_and_python_api_take_the_same_objects_with_the_same_defaults(command):
+@pytest.mark.parametrize("command", ["dpo", "grpo", "ppo"])
+def test_command_and_python_api_take_the_same_objects_with_the_same_defaults(command):
     """`minigpt grpo --grpo.* --sampling.* --train.*` and `create_grpo_trainer(config=…,
-    sampling=…, train=…)` (and PPO's twins) take the same three objects; left out, both start
-    from the same defaults (`minigpt.objectives.config`), and the trainer's optimizer runs at
-    that learning rate."""
+    sampling=…, train=…)` (and the DPO and PPO twins) take the same objects; left out, both
+    start from the same defaults (`minigpt.objectives.config`), and the trainer's optimizer runs
+    at that learning rate."""
     recipe, group, config_class, sampling, train, make = _online_rl_twins()[command]
     params = inspect.signature(recipe).parameters
     assert params[group].default == config_class()
-    assert params["sampling"].default == sampling
+    if sampling is not None:
+        assert params["sampling"].default == sampling
     assert params["train"].default == train
     # No algorithm knob is left as a flat parameter of the command, nor a sampling or
     # optimisation field in the algorithm's config.
     algorithm_fields = {f.name for f in dataclasses.fields(config_class)}
     assert not algorithm_fields & set(params)
-    assert not algorithm_fields & ({f.name for f in dataclasses.fields(sampling)} | {f.name for f in dataclasses.fields(train)})
+    assert not algorithm_fields & ({f.name for f in dataclasses.fields(GRPO_SAMPLING)} | {f.name for f in dataclasses.fields(train)})
     trainer = make()
-    assert trainer.sampling == sampling and trainer.train == train
+    assert trainer.train == train and (sampling is None or trainer.sampling == sampling)
     policy_groups = [g for g in trainer.optimizer.param_groups if not g.get("lr_scale")]
     assert {g["lr"] for g in policy_groups} == {train.lr}
     assert trainer.optimizer.defaults["betas"] == (train.beta1, train.beta2)

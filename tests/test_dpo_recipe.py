@@ -15,6 +15,7 @@ import torch
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.model.options import LoraOptions
+from minigpt.objectives.config import DPOConfig
 from minigpt.cli import main
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTForCausalLM
@@ -87,7 +88,7 @@ def test_dpo_cli_learns_the_preference_and_leaves_the_base(env, tmp_path, capsys
     _, base, data = env
     before = _digest(base)
     out = tmp_path / "dpo"
-    argv = ["dpo", "--model", str(base), "--data", str(data), "--out", str(out), "--max-length", str(MAX_LENGTH), "--val-fraction", "0.25", "--beta", "0.5"]
+    argv = ["dpo", "--model", str(base), "--data", str(data), "--out", str(out), "--max-length", str(MAX_LENGTH), "--val-fraction", "0.25", "--dpo.beta", "0.5"]
     for k, v in [("max_steps", 12), ("batch_size", 8), ("lr", 3e-3), ("warmup_steps", 0), ("precision", "fp32"), ("device", "cpu"), ("eval_interval", 0), ("save_interval", 0), ("seed", 3)]:
         argv += [f"--train.{k}", str(v)]
     argv += ["--train.progress", "false", "--train.tensorboard", "false"]
@@ -104,21 +105,21 @@ def test_dpo_cli_learns_the_preference_and_leaves_the_base(env, tmp_path, capsys
 
 
 def test_precomputed_reference_trains_exactly_like_a_live_one(env, tmp_path):
-    live = run_dpo(env, tmp_path / "live", precompute_ref=False, beta=0.5)
-    pre = run_dpo(env, tmp_path / "pre", precompute_ref=True, beta=0.5)
+    live = run_dpo(env, tmp_path / "live", precompute_ref=False, dpo=DPOConfig(beta=0.5))
+    pre = run_dpo(env, tmp_path / "pre", precompute_ref=True, dpo=DPOConfig(beta=0.5))
     for k in ("loss", "val_loss", "val_accuracy", "val_reward_margin"):
         assert pre[k] == pytest.approx(live[k], abs=1e-5), k
 
 
 @pytest.mark.parametrize("loss,beta", [("ipo", 0.5), ("hinge", 0.5), ("simpo", 2.0), ("orpo", 0.5)])
 def test_every_paired_loss_learns_the_preference(env, tmp_path, loss, beta):
-    m = run_dpo(env, tmp_path / loss, loss=loss, beta=beta)
+    m = run_dpo(env, tmp_path / loss, dpo=DPOConfig(loss_type=loss, beta=beta))
     assert m["val_accuracy"] >= 0.9, m
     assert m["val_loss"] < m["val_loss_before"]
 
 
 def test_kto_on_pairs_raises_desirable_rewards_above_undesirable(env, tmp_path):
-    m = run_dpo(env, tmp_path / "kto", loss="kto", beta=0.5)
+    m = run_dpo(env, tmp_path / "kto", dpo=DPOConfig(loss_type="kto", beta=0.5))
     desirable = m["val_desirable_reward"] / m["val_desirable"]
     undesirable = m["val_undesirable_reward"] / m["val_undesirable"]
     assert desirable > 0 > undesirable
@@ -128,7 +129,7 @@ def test_kto_on_pairs_raises_desirable_rewards_above_undesirable(env, tmp_path):
 def test_lora_dpo_saves_the_adapter_and_uses_the_disabled_adapters_as_reference(env, tmp_path):
     _, base, _ = env
     before = _digest(base)
-    m = run_dpo(env, tmp_path / "lora", lora=LoraOptions(rank=4), beta=0.5, train=train_config(lr=2e-2))
+    m = run_dpo(env, tmp_path / "lora", lora=LoraOptions(rank=4), dpo=DPOConfig(beta=0.5), train=train_config(lr=2e-2))
     assert m["val_accuracy"] >= 0.9
     files = {p.name for p in (tmp_path / "lora").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
@@ -137,9 +138,9 @@ def test_lora_dpo_saves_the_adapter_and_uses_the_disabled_adapters_as_reference(
 
 def test_resumed_run_equals_an_uninterrupted_one(env, tmp_path):
     """2 + 2 steps (reference log-probs recomputed from the starting model on resume) == 4 steps."""
-    straight = run_dpo(env, tmp_path / "straight", beta=0.5, train=train_config(max_steps=4, save_interval=2))
-    run_dpo(env, tmp_path / "resumed", beta=0.5, train=train_config(max_steps=2, save_interval=2))
-    resumed = run_dpo(env, tmp_path / "resumed", beta=0.5, train=train_config(max_steps=4, save_interval=2), resume=True)
+    straight = run_dpo(env, tmp_path / "straight", dpo=DPOConfig(beta=0.5), train=train_config(max_steps=4, save_interval=2))
+    run_dpo(env, tmp_path / "resumed", dpo=DPOConfig(beta=0.5), train=train_config(max_steps=2, save_interval=2))
+    resumed = run_dpo(env, tmp_path / "resumed", dpo=DPOConfig(beta=0.5), train=train_config(max_steps=4, save_interval=2), resume=True)
     a = MiniGPTForCausalLM.from_pretrained(tmp_path / "straight").state_dict()
     b = MiniGPTForCausalLM.from_pretrained(tmp_path / "resumed").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -163,8 +164,8 @@ def test_bad_input_is_a_one_line_error(env, tmp_path, capsys):
     wrong_type = _write_jsonl(tmp_path / "type.jsonl", [{"prompt": "a", "chosen": 3, "rejected": "b"}])
     assert f"{wrong_type}:1" in _bad(env, tmp_path, capsys, wrong_type)
     _, _, data = env
-    assert "--loss must be one of" in _bad(env, tmp_path, capsys, data, "--loss", "dpo3")
-    assert "label_smoothing" in _bad(env, tmp_path, capsys, data, "--loss", "ipo", "--label-smoothing", "0.1")
+    assert "loss_type must be one of" in _bad(env, tmp_path, capsys, data, "--dpo.loss_type", "dpo3")
+    assert "label_smoothing" in _bad(env, tmp_path, capsys, data, "--dpo.loss_type", "ipo", "--dpo.label-smoothing", "0.1")
 
 
 def test_skipped_and_truncated_records_are_counted(env, tmp_path, capsys):

@@ -17,18 +17,8 @@ import torch.nn.functional as F
 
 from minigpt.errors import UserError
 from minigpt.losses import preference as P
-from minigpt.losses.preference import (
-    PAIRED_LOSSES,
-    PREFERENCE_LOSSES,
-    REFERENCE_FREE_LOSSES,
-    bradley_terry_loss,
-    dpo_loss,
-    kto_loss,
-    kto_reference_point,
-    orpo_loss,
-    sequence_log_probs,
-    simpo_loss,
-)
+from minigpt.losses.preference import bradley_terry_loss, dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_log_probs, simpo_loss
+from minigpt.losses.names import PAIRED_LOSSES, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 
 LN2, LN3, LN4_3 = math.log(2.0), math.log(3.0), math.log(4.0 / 3.0)
 

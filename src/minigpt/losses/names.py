@@ -8,4 +8,14 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 #: How a policy loss is averaged (`minigpt.losses.policy.aggregate`).
 AGGREGATIONS = ("token", "sequence")
 
-__all__ = ["ADVANTAGE_TYPES", "AGGREGATIONS", "KL_ESTIMATORS"]
+#: Preference losses on pairs (`minigpt.losses.preference`), and all of them with KTO's.
+PAIRED_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
+PREFERENCE_LOSSES = PAIRED_LOSSES + ("kto",)
+#: The preference losses that need no reference policy.
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+#: β of each loss when none is given, the one default of the CLI and the Python API: 0.1 (DPO,
+#: Rafailov et al. 2023; IPO, hinge, KTO, ORPO's λ), 2.0 for SimPO, whose reward is a length-
+#: normalised log-probability and needs a larger scale (Meng et al. 2024 use 2–2.5).
+DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "hinge": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
+
+__all__ = ["ADVANTAGE_TYPES", "AGGREGATIONS", "DEFAULT_BETA", "KL_ESTIMATORS", "PAIRED_LOSSES", "PREFERENCE_LOSSES", "REFERENCE_FREE_LOSSES"]

@@ -17,13 +17,6 @@ import torch.nn.functional as F
 from minigpt.errors import UserError
 from minigpt.losses.lm import IGNORE_INDEX
 
-PAIRED_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
-PREFERENCE_LOSSES = PAIRED_LOSSES + ("kto",)
-REFERENCE_FREE_LOSSES = ("simpo", "orpo")
-#: β of each loss when none is given, the one default of the CLI and the Python API: 0.1 (DPO,
-#: Rafailov et al. 2023; IPO, hinge, KTO, ORPO's λ), 2.0 for SimPO, whose reward is a length-
-#: normalised log-probability and needs a larger scale (Meng et al. 2024 use 2–2.5).
-DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "hinge": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")  # the ones `dpo_loss` itself computes
 
 _CHUNK_ROWS = 1024  # supervised positions per fp32 chunk in `sequence_log_probs`
@@ -403,11 +396,7 @@ def bradley_terry_loss(
 
 
 __all__ = [
-    "DEFAULT_BETA",
     "DPO_LOSS_TYPES",
-    "PAIRED_LOSSES",
-    "PREFERENCE_LOSSES",
-    "REFERENCE_FREE_LOSSES",
     "bradley_terry_loss",
     "dpo_loss",
     "kto_loss",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
-from minigpt.losses.names import ADVANTAGE_TYPES, AGGREGATIONS, KL_ESTIMATORS
+from minigpt.losses.names import ADVANTAGE_TYPES, AGGREGATIONS, DEFAULT_BETA, KL_ESTIMATORS, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.train.config import TrainConfig
 
 #: Supervised fine-tuning (`minigpt sft`, and `minigpt distill`, which fine-tunes a student on
@@ -222,6 +222,71 @@ PPO_TRAIN_DEFAULTS = TrainConfig(
 )
 
 
+@dataclass
+class DPOConfig(DictConfig):
+    """The knobs of the DPO family and KTO (names as in TRL's `DPOConfig` where they exist):
+    `minigpt dpo --dpo.loss_type simpo --dpo.beta 2.5` and `create_dpo_trainer(model,
+    config=DPOConfig(beta=0.1))`. DPO: Rafailov et al. 2023; IPO: Azar et al. 2023; SimPO: Meng
+    et al. 2024; ORPO: Hong et al. 2024; KTO: Ethayarajh et al. 2024.
+
+    Raises:
+        UserError: a value outside its range or an unknown loss, naming the field.
+    """
+
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO), ipo, hinge, simpo, orpo or kto (unpaired data)."""
+    beta: float | None = None
+    """β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale; ORPO: the
+    odds-ratio weight λ). None: the loss's usual value (`resolved()`; 0.1, SimPO 2.0)."""
+    label_smoothing: float = 0.0
+    """Conservative DPO: assumed probability that a preference label is flipped, in [0, 0.5)."""
+    reference_free: bool = False
+    """Drop the reference log-probs (DPO against a uniform reference)."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin γ."""
+    desirable_weight: float = 1.0
+    """KTO: loss weight of desirable examples."""
+    undesirable_weight: float = 1.0
+    """KTO: loss weight of undesirable examples."""
+    learning_rate: float | None = None
+    """The API guide's spelling of the learning rate, for `create_dpo_trainer(config=...)`: when
+    set it is `train.lr` (None: `train.lr`, whose default is `DPO_TRAIN_DEFAULTS.lr`). On the
+    command line the learning rate is `--train.lr`."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.loss_type in PREFERENCE_LOSSES, f"loss_type must be one of {', '.join(PREFERENCE_LOSSES)}"),
+            (self.beta is None or self.beta > 0, "beta must be > 0"),
+            (0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)"),
+            (self.desirable_weight > 0 and self.undesirable_weight > 0, "desirable_weight and undesirable_weight must be > 0"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
+        ]
+        self.require(checks)
+
+    def resolved(self) -> "DPOConfig":
+        """A copy with `beta` set to the loss's own value when it was left None."""
+        return replace(self, beta=DEFAULT_BETA[self.loss_type] if self.beta is None else self.beta)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether this loss compares against a reference policy."""
+        return self.loss_type not in REFERENCE_FREE_LOSSES and not self.reference_free
+
+
+#: DPO's optimisation: 500 steps of 8 pairs, cosine from 1e-5 down to 1e-6.
+DPO_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=500,
+    batch_size=8,
+    lr=1e-5,
+    min_lr_ratio=0.1,
+    warmup_steps=10,
+    weight_decay=0.0,
+    eval_interval=100,
+    eval_batches=0,
+    save_interval=250,
+)
+
+
 def with_learning_rate(train: TrainConfig, learning_rate: float | None) -> TrainConfig:
     """`train` with `lr = learning_rate` when an algorithm config's `learning_rate` (the API
     guide's spelling) is set; `train` itself otherwise."""
@@ -246,6 +311,7 @@ def check_rl_sampling(sampling: SamplingOptions, option: str = "sampling") -> Sa
 
 
 __all__ = [
+    "DPO_TRAIN_DEFAULTS", "DPOConfig",
     "GRPO_ALGORITHMS", "GRPO_SAMPLING", "GRPO_TRAIN_DEFAULTS", "GRPOConfig", "PPO_SAMPLING", "PPO_TRAIN_DEFAULTS", "RLHFConfig",
     "SFT_TRAIN_DEFAULTS", "check_rl_sampling",
     "with_learning_rate",

@@ -18,17 +18,10 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.losses.lm import IGNORE_INDEX
-from minigpt.losses.preference import (
-    PAIRED_LOSSES,
-    REFERENCE_FREE_LOSSES,
-    dpo_loss,
-    kto_loss,
-    kto_reference_point,
-    orpo_loss,
-    sequence_log_probs,
-    simpo_loss,
-)
+from minigpt.losses.preference import dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_log_probs, simpo_loss
+from minigpt.losses.names import PAIRED_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import adapters_disabled, has_adapters
+from minigpt.objectives.config import DPOConfig
 from minigpt.train.objective import LossOutput
 
 
@@ -325,3 +318,17 @@ def precompute_reference_logps(
                 second += logps[b:].tolist()
     ref.train(was_training)
     dataset.set_reference_logps(first, second)
+
+
+def preference_objective(config: DPOConfig, reference: torch.nn.Module | None = None) -> "PreferenceObjective | KTOObjective":
+    """The objective a `DPOConfig` describes: `KTOObjective` for `loss_type="kto"`, else
+    `PreferenceObjective`; `beta` left None takes the loss's own value. The command and the
+    Python API build their objective here.
+
+    Raises:
+        UserError: settings the objective refuses (see the two classes).
+    """
+    c = config.resolved()
+    if c.loss_type == "kto":
+        return KTOObjective(c.beta, c.desirable_weight, c.undesirable_weight, reference=reference)
+    return PreferenceObjective(c.loss_type, c.beta, c.label_smoothing, c.reference_free, c.simpo_gamma, reference=reference)

@@ -16,34 +16,16 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.model.options import LoraOptions
+from minigpt.objectives.config import DPO_TRAIN_DEFAULTS, DPOConfig
 from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, check_options, refuse_existing_run
 from minigpt.train.config import TrainConfig
-
-DPO_TRAIN_DEFAULTS = TrainConfig(
-    max_steps=500,
-    batch_size=8,
-    lr=1e-5,
-    min_lr_ratio=0.1,
-    warmup_steps=10,
-    weight_decay=0.0,
-    eval_interval=100,
-    eval_batches=0,
-    save_interval=250,
-)
-
 
 
 def dpo(
     model: str,
     data: str | list[str] | None = None,
     out: str = "runs/dpo",
-    loss: str = "sigmoid",
-    beta: float | None = None,
-    label_smoothing: float = 0.0,
-    reference_free: bool = False,
-    simpo_gamma: float = 0.5,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+    dpo: DPOConfig = DPOConfig(),
     reference: str | None = None,
     precompute_ref: bool = True,
     max_length: int = 512,
@@ -67,14 +49,11 @@ def dpo(
             strings or message lists, HH-RLHF `{"chosen", "rejected"}` transcripts, or for kto
             `{"prompt", "completion", "label"}` (paired records work too).
         out: run directory (model or adapter, tokenizer, checkpoints, metrics).
-        loss: sigmoid (DPO), ipo, hinge, simpo, orpo or kto.
-        beta: β, the implicit reward's temperature (ORPO: the odds-ratio weight λ). Default:
-            0.1, or 2.0 for simpo.
-        label_smoothing: conservative DPO's label-flip probability ε (sigmoid), in [0, 0.5).
-        reference_free: DPO against a uniform reference (no reference log-probs).
-        simpo_gamma: SimPO's target reward margin γ.
-        desirable_weight: KTO's weight on desirable examples.
-        undesirable_weight: KTO's weight on undesirable examples.
+        dpo: the loss and its knobs (`--dpo.loss_type simpo --dpo.beta 2.5 ...`; see
+            `minigpt.objectives.config.DPOConfig`): loss_type (sigmoid = DPO, ipo, hinge,
+            simpo, orpo, kto), beta (default: 0.1, or 2.0 for simpo), label_smoothing,
+            reference_free, simpo_gamma, desirable_weight / undesirable_weight (KTO). The
+            learning rate is `--train.lr`.
         reference: a reference model directory other than `model` (same tokenizer).
         precompute_ref: compute the reference log-probs once before training instead of a
             second forward pass at every step.
@@ -96,24 +75,19 @@ def dpo(
     Returns the final training and validation metrics (`val_accuracy` = held-out implicit-reward
     accuracy), plus `val_accuracy_before` for the starting model.
     """
-    from minigpt.losses.preference import DEFAULT_BETA
-
     from functools import partial
 
     from minigpt.data.preference import collate_preference, collate_unpaired
-    from minigpt.losses.preference import PREFERENCE_LOSSES
     from minigpt.model import count_parameters
-    from minigpt.objectives.preference import KTOObjective, PreferenceObjective, precompute_reference_logps
+    from minigpt.objectives.preference import precompute_reference_logps, preference_objective
     from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
-    if loss not in PREFERENCE_LOSSES:
-        raise UserError(f"--loss must be one of {', '.join(PREFERENCE_LOSSES)}, not {loss!r}")
-    beta = DEFAULT_BETA[loss] if beta is None else beta
-    if beta <= 0:
-        raise UserError(f"--beta must be > 0, got {beta}")
+    if dpo.learning_rate is not None:
+        raise UserError("--dpo.learning_rate is the Python API's spelling; on the command line the learning rate is --train.lr")
+    dpo = dpo.resolved()
     train = apply_shorthands(train, epochs, batch_size)
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
@@ -127,15 +101,12 @@ def dpo(
     net, tok = load_base_model(model)
     if max_length > net.config.max_position_embeddings:
         raise UserError(f"max_length {max_length} exceeds the model's context (max_position_embeddings={net.config.max_position_embeddings})")
-    unpaired = loss == "kto"
+    unpaired = dpo.loss_type == "kto"
     train_ds, val_ds = load_preference_data(data, tok, max_length, max_prompt_length, val_fraction, max_val, train.seed, say, unpaired=unpaired)
     collate = partial(collate_unpaired if unpaired else collate_preference, pad_id=tok.pad_token_id)
     net.generation_config.eos_token_id = chat_eos_ids(tok)[0]
     net.generation_config.pad_token_id = tok.pad_token_id
-    if unpaired:
-        objective = KTOObjective(beta, desirable_weight, undesirable_weight)
-    else:
-        objective = PreferenceObjective(loss, beta, label_smoothing, reference_free, simpo_gamma)
+    objective = preference_objective(dpo)
     ref_net = None
     if objective.needs_reference and (reference is not None or (lora.rank <= 0 and not precompute_ref)):
         from minigpt.model.loading import check_same_tokenizer
@@ -150,7 +121,7 @@ def dpo(
         apply_lora(net, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.targets, use_dora=lora.dora, verbose=rank == 0)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     say(
-        f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; loss {loss}, beta {beta}; "
+        f"model: {count_parameters(net) / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trainable; loss {dpo.loss_type}, beta {dpo.beta}; "
         + ("reference: none (reference-free loss)" if not objective.needs_reference else
            f"reference: {'precomputed once' if precompute_ref else 'live'} from "
            + ("the model with adapters disabled" if lora.rank > 0 and ref_net is None else str(Path(reference or model))))
@@ -159,12 +130,7 @@ def dpo(
         "stage": "dpo",
         "model": str(Path(model).resolve()),
         "data": data,
-        "loss": loss,
-        "beta": beta,
-        "label_smoothing": label_smoothing,
-        "reference_free": reference_free,
-        "simpo_gamma": simpo_gamma,
-        "kto_weights": [desirable_weight, undesirable_weight],
+        "dpo": dataclasses.asdict(dpo),
         "reference": None if reference is None else str(Path(reference).resolve()),
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,

@@ -15,7 +15,8 @@ from minigpt._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["MiniGPTRewardModel", "create_reward_model"], "minigpt.model.reward_model"),
     "RewardModelTrainer": "minigpt.trainers.reward_model",
-    **dict.fromkeys(["DPOConfig", "DPOTrainer", "create_dpo_trainer"], "minigpt.trainers.dpo"),
+    "DPOConfig": "minigpt.objectives.config",
+    **dict.fromkeys(["DPOTrainer", "create_dpo_trainer"], "minigpt.trainers.dpo"),
     "GRPOConfig": "minigpt.objectives.config",
     **dict.fromkeys(["GRPOTrainer", "create_grpo_trainer"], "minigpt.trainers.grpo"),
     "ActorCritic": "minigpt.objectives.ppo",

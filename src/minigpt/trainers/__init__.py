@@ -2,7 +2,7 @@
 through the training loop's optimizer step (`minigpt.train.step.OptimizerStep`).
 
 - `reward_model`: `RewardModelTrainer` (Bradley–Terry, Ouyang et al. 2022)
-- `dpo`: `DPOConfig`, `create_dpo_trainer` (the DPO family and KTO, Rafailov et al. 2023)
+- `dpo`: `create_dpo_trainer` (the DPO family and KTO, Rafailov et al. 2023)
 - `grpo`: `create_grpo_trainer` (GRPO / GSPO, Shao et al. 2024)
 - `rlhf`: `create_rlhf_trainer` (PPO-RLHF, Ouyang et al. 2022)
 - `mlm`: `MLMConfig`, `create_mlm_pretrainer` (BERT, Devlin et al. 2019)
@@ -14,7 +14,7 @@ from minigpt._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(["ContrastiveConfig", "ContrastivePretrainer", "create_contrastive_pretrainer"], "minigpt.trainers.contrastive"),
-    **dict.fromkeys(["DPOConfig", "DPOTrainer", "create_dpo_trainer"], "minigpt.trainers.dpo"),
+    **dict.fromkeys(["DPOTrainer", "create_dpo_trainer"], "minigpt.trainers.dpo"),
     **dict.fromkeys(["GRPOTrainer", "create_grpo_trainer"], "minigpt.trainers.grpo"),
     **dict.fromkeys(["MLMConfig", "MLMPretrainer", "create_mlm_pretrainer"], "minigpt.trainers.mlm"),
     **dict.fromkeys(["RewardModelTrainer"], "minigpt.trainers.reward_model"),

@@ -9,67 +9,19 @@ command trains with through the one training loop; only the optimizer step lives
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 
 from minigpt.errors import UserError
-from minigpt.config import DictConfig
-from minigpt.trainers.base import PolicyTrainer
+from minigpt.trainers.base import PolicyTrainer, as_options
 from minigpt.data.preference import pad_rows
-from minigpt.losses.preference import DEFAULT_BETA, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import has_adapters
-from minigpt.objectives.preference import KTOObjective, PreferenceObjective
+from minigpt.objectives.config import DPO_TRAIN_DEFAULTS, DPOConfig, with_learning_rate
+from minigpt.objectives.preference import preference_objective
+from minigpt.train.config import TrainConfig
+from minigpt.train.optim import make_adamw
 from minigpt.model.modeling import require_causal
-
-
-@dataclass
-class DPOConfig(DictConfig):
-    """Settings of `DPOTrainer` (names as in TRL's `DPOConfig` where they exist)."""
-
-    beta: float | None = None
-    """β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale; ORPO: the
-    odds-ratio weight λ). None: the loss's usual value, as `minigpt dpo` uses
-    (`minigpt.losses.preference.DEFAULT_BETA`: 0.1, SimPO 2.0)."""
-    label_smoothing: float = 0.0
-    """Conservative DPO: assumed probability that a preference label is flipped, in [0, 0.5)."""
-    reference_free: bool = False
-    """Drop the reference log-probs (DPO against a uniform reference)."""
-    loss_type: str = "sigmoid"
-    """sigmoid (DPO), ipo, hinge, simpo, orpo or kto."""
-    simpo_gamma: float = 0.5
-    """SimPO's target reward margin γ."""
-    desirable_weight: float = 1.0
-    """KTO: loss weight of desirable examples."""
-    undesirable_weight: float = 1.0
-    """KTO: loss weight of undesirable examples."""
-    learning_rate: float = 5e-6
-    """AdamW learning rate of `train_step` (constant)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    precision: str = "fp32"
-    """fp32, or bf16 (autocast; the fast path on CPUs with AMX and on GPUs)."""
-    pad_token_id: int | None = None
-    """Padding id of the id tensors; default: the policy's `config.pad_token_id`."""
-
-    def __post_init__(self) -> None:
-        if self.loss_type not in PREFERENCE_LOSSES:
-            raise UserError(f"DPOConfig.loss_type must be one of {', '.join(PREFERENCE_LOSSES)}, not {self.loss_type!r}")
-        if self.beta is None:
-            self.beta = DEFAULT_BETA[self.loss_type]
-        if self.beta <= 0:
-            raise UserError(f"DPOConfig.beta must be > 0, got {self.beta}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"DPOConfig.precision must be fp32 or bf16, not {self.precision!r}")
-
-
-    @property
-    def needs_reference(self) -> bool:
-        """Whether this loss compares against a reference policy."""
-        return self.loss_type not in REFERENCE_FREE_LOSSES and not self.reference_free
 
 
 def _as_rows(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int, name: str) -> list[torch.Tensor]:
@@ -92,37 +44,49 @@ class DPOTrainer(PolicyTrainer):
         ref_policy_model: frozen reference π_ref. None: with LoRA adapters, the policy with its
             adapters disabled; otherwise a frozen copy of the policy as it is now; not needed for
             simpo / orpo / reference-free.
-        config: `DPOConfig` or a dict of its fields.
+        config: `DPOConfig` (the algorithm's knobs) or a dict of its fields.
+        train: optimisation (`TrainConfig` or a dict of its fields; default
+            `DPO_TRAIN_DEFAULTS`, as `minigpt dpo`): `lr` (or `config.learning_rate`),
+            `weight_decay`, betas, `grad_clip`, `precision`. `train_step` keeps the learning
+            rate constant.
+        pad_token_id: padding id of the id tensors `train_step` gets; default: the policy's
+            `config.pad_token_id` (else 0).
 
     Raises:
         UserError: bad config values or inputs; a policy or reference that attends both ways
             (`require_causal`).
     """
 
-    def __init__(self, policy_model: torch.nn.Module, ref_policy_model: torch.nn.Module | None = None, config: DPOConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        policy_model: torch.nn.Module,
+        ref_policy_model: torch.nn.Module | None = None,
+        config: DPOConfig | Mapping[str, Any] | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
+        pad_token_id: int | None = None,
+    ) -> None:
+        from minigpt.train.distributed import pick_precision
+
         config = DPOConfig() if config is None else config
-        self.config = config if isinstance(config, DPOConfig) else DPOConfig.from_dict(config)
+        self.config = c = (config if isinstance(config, DPOConfig) else DPOConfig.from_dict(config)).resolved()
+        self.train = with_learning_rate(as_options(train, TrainConfig, DPO_TRAIN_DEFAULTS, "train"), c.learning_rate)
         require_causal(policy_model, "create_dpo_trainer's policy")
         if ref_policy_model is not None:
             require_causal(ref_policy_model, "create_dpo_trainer's reference")
         self.policy = policy_model
-        c = self.config
         if c.needs_reference and ref_policy_model is None and not has_adapters(policy_model):
             ref_policy_model = copy.deepcopy(policy_model)
         if not c.needs_reference:
             ref_policy_model = None
         self.ref_policy = ref_policy_model
-        if c.loss_type == "kto":
-            self.objective = KTOObjective(c.beta, c.desirable_weight, c.undesirable_weight, reference=ref_policy_model)
-        else:
-            self.objective = PreferenceObjective(c.loss_type, c.beta, c.label_smoothing, c.reference_free, c.simpo_gamma, reference=ref_policy_model)
-        pad = c.pad_token_id if c.pad_token_id is not None else getattr(getattr(policy_model, "config", None), "pad_token_id", None)
+        self.objective = preference_objective(c, reference=ref_policy_model)
+        pad = pad_token_id if pad_token_id is not None else getattr(getattr(policy_model, "config", None), "pad_token_id", None)
         self.pad_token_id = 0 if pad is None else int(pad)
-        params = [p for p in policy_model.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in policy_model.parameters()):
             raise UserError("the policy has no trainable parameter")
-        self.precision, self.max_grad_norm = c.precision, c.max_grad_norm
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.precision = pick_precision(self.train.precision, self.device())
+        self.max_grad_norm = self.train.grad_clip
+        self.optimizer = make_adamw(policy_model, self.train)
         self.optimizer_step = self.make_optimizer_step(policy_model, self.optimizer)
         self.step = 0
 
@@ -224,6 +188,13 @@ class DPOTrainer(PolicyTrainer):
         return self._metrics(out, self.objective.num_units(batch))
 
 
-def create_dpo_trainer(policy_model: torch.nn.Module, ref_policy_model: torch.nn.Module | None = None, config: DPOConfig | Mapping[str, Any] | None = None) -> DPOTrainer:
-    """`DPOTrainer(policy_model, ref_policy_model, config)`; `config` may be a dict of `DPOConfig` fields."""
-    return DPOTrainer(policy_model, ref_policy_model, config)
+def create_dpo_trainer(
+    policy_model: torch.nn.Module,
+    ref_policy_model: torch.nn.Module | None = None,
+    config: DPOConfig | Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> DPOTrainer:
+    """`DPOTrainer(policy_model, ref_policy_model, config, **kwargs)`; `config` may be a dict of
+    `DPOConfig` fields; keyword arguments `train` and `pad_token_id` (the objects `minigpt dpo`
+    takes as `--dpo.*` and `--train.*`, with the same defaults)."""
+    return DPOTrainer(policy_model, ref_policy_model, config, **kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from minigpt.errors import UserError
-from minigpt.model.reward_model import MiniGPTRewardModel, create_reward_model, stack_pairs
+from minigpt.model.reward_model import MiniGPTRewardModel, stack_pairs
 from minigpt.objectives.reward_model import RewardObjective
 from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
