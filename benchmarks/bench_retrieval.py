@@ -46,6 +46,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def scores_of(run: Path, queries: list[str], documents: list[str], max_length: int):
     """Cosine similarities `(Q, D)` of the embedder saved in `run`."""
     from minigpt.model.encoder import MiniGPTForEmbedding
+    from minigpt.objectives.config import ContrastiveConfig
     from minigpt.recipes.contrastive import embed_texts
     from minigpt.tokenizer import load_tokenizer
 
@@ -142,7 +143,7 @@ def main() -> None:
         t0 = time.time()
         contrastive(
             data=str(pairs_file), out=str(run), fields="question,answer", model=ModelConfig(preset=a.preset, vocab_size=a.vocab, init_from=init[0] if init else None),
-            tokenizer=None if init else str(tok_dir), temperature=a.temperature, max_length=a.max_length, val_fraction=0.0,
+            tokenizer=None if init else str(tok_dir), contrastive=ContrastiveConfig(temperature=a.temperature), max_length=a.max_length, val_fraction=0.0,
             overwrite=True, train=train_config(a.steps, a.batch), **extra,
         )
         seconds = time.time() - t0 + (init[1] if init else 0.0)
@@ -159,7 +160,7 @@ def main() -> None:
         alpaca_file = write_jsonl(out / "alpaca_train.jsonl", train_rows)
         t0 = time.time()
         run = out / "alpaca_simclr"
-        contrastive(data=str(alpaca_file), out=str(run), fields="en,zh", model=model, tokenizer_vocab_size=a.vocab, temperature=a.temperature,
+        contrastive(data=str(alpaca_file), out=str(run), fields="en,zh", model=model, tokenizer_vocab_size=a.vocab, contrastive=ContrastiveConfig(temperature=a.temperature),
                     max_length=a.max_length, val_fraction=0.0, overwrite=True, train=train_config(a.steps, a.batch))
         seconds = time.time() - t0
         found = retrieval_metrics(scores_of(run, [en[i]["instruction"] for i in held], [zh[i]["instruction"] for i in held], a.max_length))

@@ -40,7 +40,7 @@ def _args(data_path, out, *extra):
         "contrastive", "--data", str(data_path), "--out", str(out), "--tokenizer_vocab_size", "300",
         "--model.preset", "tiny", "--model.hidden_size", "32", "--model.intermediate_size", "64",
         "--model.num_hidden_layers", "2", "--model.num_attention_heads", "4", "--model.num_key_value_heads", "2",
-        "--projection_dim", "16", "--max_length", "32", "--val_fraction", "0.1",
+        "--contrastive.projection_dim", "16", "--max_length", "32", "--val_fraction", "0.1",
         "--train.max_steps", "6", "--train.batch_size", "8", "--train.eval_interval", "3", "--train.save_interval", "3",
         "--train.warmup_steps", "1", "--train.lr", "1e-3", "--train.progress", "false", "--train.tensorboard", "false", *extra,
     ]
@@ -62,7 +62,7 @@ def test_contrastive_resume_equals_an_uninterrupted_run(data, moco, capsys):
     from minigpt.model.checks import model_fingerprint
 
     root, path, _ = data
-    extra = ["--fields", "question,answer"] + (["--use_momentum_encoder", "--queue_size", "32", "--momentum", "0.9"] if moco else [])
+    extra = ["--fields", "question,answer"] + (["--contrastive.use_momentum_encoder", "--contrastive.queue_size", "32", "--contrastive.momentum", "0.9"] if moco else [])
     whole = root / f"whole_{moco}"
     assert main(_args(path, whole, *extra)) == 0
     printed = capsys.readouterr().out
@@ -90,7 +90,7 @@ def test_the_embedder_loads_in_sentence_transformers_with_the_same_embeddings(da
     st = pytest.importorskip("sentence_transformers")
     root, path, text = data
     out = root / "st"
-    assert main(_args(path, out, "--fields", "question,answer", "--pooling", "last")) == 0
+    assert main(_args(path, out, "--fields", "question,answer", "--contrastive.pooling", "last")) == 0
     assert main(["embed", "--model", str(out), "--data", str(text), "--out", str(root / "ours.npy")]) == 0
     ours = np.load(root / "ours.npy")
     texts = [line for line in text.read_text().splitlines() if line.strip()]
@@ -120,8 +120,8 @@ def test_augmented_views_of_one_text(data, capsys):
 
 def test_bad_settings_are_clear_errors(data, capsys):
     root, path, _ = data
-    assert main(_args(path, root / "bad1", "--fields", "question,answer", "--use_momentum_encoder", "--queue_size", "24")) != 0
-    assert "--queue_size 24 is not a multiple of 16" in capsys.readouterr().err
+    assert main(_args(path, root / "bad1", "--fields", "question,answer", "--contrastive.use_momentum_encoder", "--contrastive.queue_size", "24")) != 0
+    assert "--contrastive.queue_size 24 is not a multiple of 16" in capsys.readouterr().err
     assert main(_args(path, root / "bad2", "--fields", "question,answer", "--train.batch_size", "1")) != 0
     assert "at least 2" in capsys.readouterr().err
     assert main(_args(path, root / "bad3", "--fields", "question")) != 0

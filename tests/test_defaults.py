@@ -11,7 +11,7 @@ from minigpt.losses.names import DEFAULT_BETA, PREFERENCE_LOSSES
 from minigpt.recipes.dpo import dpo
 from minigpt.recipes.grpo import grpo
 from minigpt.objectives.config import GRPOConfig
-from minigpt.objectives.config import GRPO_SAMPLING, DPOConfig
+from minigpt.objectives.config import DPOConfig
 
 
 @pytest.mark.parametrize("loss", PREFERENCE_LOSSES)
@@ -35,43 +35,65 @@ def _tiny_policy():
     return MiniGPTForCausalLM(cfg)
 
 
-def _online_rl_twins():
-    """(command, its algorithm group, the config class, its sampling and train defaults, a
-    factory of the Python API's trainer with an optional config)."""
-    from minigpt.objectives.config import DPO_TRAIN_DEFAULTS, GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig
+def _twins():
+    """command -> (the recipe, its algorithm group (None: no group), the config class, the
+    sampling and train defaults (None: no sampling), a factory of the Python API's trainer that
+    takes an optional config)."""
+    from minigpt.model.reward_model import create_reward_model
+    from minigpt.objectives.config import (
+        CONTRASTIVE_TRAIN_DEFAULTS, DPO_TRAIN_DEFAULTS, GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, MLM_TRAIN_DEFAULTS, PPO_SAMPLING,
+        PPO_TRAIN_DEFAULTS, REWARD_TRAIN_DEFAULTS, ContrastiveConfig, MLMConfig, RLHFConfig,
+    )
+    from minigpt.pretraining import create_contrastive_pretrainer, create_mlm_pretrainer
+    from minigpt.recipes.contrastive import contrastive
+    from minigpt.recipes.mlm import mlm
     from minigpt.recipes.ppo import ppo
-    from minigpt.rl import create_dpo_trainer, create_grpo_trainer, create_rlhf_trainer
+    from minigpt.recipes.reward import reward
+    from minigpt.rl import RewardModelTrainer, create_dpo_trainer, create_grpo_trainer, create_rlhf_trainer
+
+    def zero(prompts, completions, **kw):
+        return [0.0] * len(completions)
 
     return {
         "dpo": (dpo, "dpo", DPOConfig, None, DPO_TRAIN_DEFAULTS, lambda config=None: create_dpo_trainer(_tiny_policy(), config=config)),
         "grpo": (grpo, "grpo", GRPOConfig, GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, lambda config=None: create_grpo_trainer(_tiny_policy(), config=config)),
         "ppo": (ppo, "ppo", RLHFConfig, PPO_SAMPLING, PPO_TRAIN_DEFAULTS,
-                lambda config=None: create_rlhf_trainer(_tiny_policy(), config=config, reward_funcs=lambda prompts, completions, **kw: [0.0] * len(completions))),
+                lambda config=None: create_rlhf_trainer(_tiny_policy(), config=config, reward_funcs=zero)),
+        "reward": (reward, None, None, None, REWARD_TRAIN_DEFAULTS,
+                   lambda config=None: RewardModelTrainer(create_reward_model(_tiny_policy(), hidden_size=16))),
+        "mlm": (mlm, "mlm", MLMConfig, None, MLM_TRAIN_DEFAULTS, lambda config=None: create_mlm_pretrainer(_tiny_policy(), 16, config)),
+        "contrastive": (contrastive, "contrastive", ContrastiveConfig, None, CONTRASTIVE_TRAIN_DEFAULTS,
+                        lambda config=None: create_contrastive_pretrainer(_tiny_policy(), 16, config)),
     }
 
 
-@pytest.mark.parametrize("command", ["dpo", "grpo", "ppo"])
+@pytest.mark.parametrize("command", ["dpo", "grpo", "ppo", "reward", "mlm", "contrastive"])
 def test_command_and_python_api_take_the_same_objects_with_the_same_defaults(command):
     """`minigpt grpo --grpo.* --sampling.* --train.*` and `create_grpo_trainer(config=…,
     sampling=…, train=…)` (and the DPO and PPO twins) take the same objects; left out, both
     start from the same defaults (`minigpt.objectives.config`), and the trainer's optimizer runs
     at that learning rate."""
-    recipe, group, config_class, sampling, train, make = _online_rl_twins()[command]
+    recipe, group, config_class, sampling, train, make = _twins()[command]
     params = inspect.signature(recipe).parameters
-    assert params[group].default == config_class()
+    if group is not None:
+        assert params[group].default == config_class()
     if sampling is not None:
         assert params["sampling"].default == sampling
     assert params["train"].default == train
     # No algorithm knob is left as a flat parameter of the command, nor a sampling or
     # optimisation field in the algorithm's config.
-    algorithm_fields = {f.name for f in dataclasses.fields(config_class)}
+    algorithm_fields = {f.name for f in dataclasses.fields(config_class)} if config_class else set()
     assert not algorithm_fields & set(params)
-    assert not algorithm_fields & ({f.name for f in dataclasses.fields(GRPO_SAMPLING)} | {f.name for f in dataclasses.fields(train)})
+    assert not algorithm_fields & {f.name for f in dataclasses.fields(train)}
+    if sampling is not None:  # (contrastive's `temperature` is InfoNCE's τ, not a sampling knob)
+        assert not algorithm_fields & {f.name for f in dataclasses.fields(sampling)}
     trainer = make()
     assert trainer.train == train and (sampling is None or trainer.sampling == sampling)
     policy_groups = [g for g in trainer.optimizer.param_groups if not g.get("lr_scale")]
     assert {g["lr"] for g in policy_groups} == {train.lr}
     assert trainer.optimizer.defaults["betas"] == (train.beta1, train.beta2)
+    if config_class is None:
+        return
     # The API guide's `…Config(learning_rate=…)` is the one learning rate, not a second one.
     trainer = make(config_class(learning_rate=3e-5))
     assert trainer.train.lr == 3e-5

@@ -20,7 +20,8 @@ from minigpt.losses.preference import sequence_log_probs
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.lora import apply_lora
 from minigpt.objectives.preference import KTOObjective, PreferenceObjective, adapters_disabled, precompute_reference_logps, sequence_logps
-from minigpt.trainers.dpo import DPOConfig, DPOTrainer, create_dpo_trainer
+from minigpt.objectives.config import DPOConfig
+from minigpt.trainers.dpo import DPOTrainer, create_dpo_trainer
 
 VOCAB = 48
 PAD = 1

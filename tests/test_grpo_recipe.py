@@ -171,7 +171,7 @@ def test_a_failing_reward_function_names_itself_and_the_sample(env):
 
 
 def test_reward_model_with_another_tokenizer_is_refused(env, tmp_path, capsys):
-    from minigpt.trainers.reward_model import create_reward_model
+    from minigpt.model.reward_model import create_reward_model
 
     other = tmp_path / "rm"
     tok = train_tokenizer(["completely different text " * 20, "another corpus"] * 5, vocab_size=280, out_dir=other)

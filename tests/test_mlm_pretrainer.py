@@ -32,7 +32,7 @@ def test_seed_api_learns_to_fill_masks():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     model = MiniGPTForMaskedLM(_config())
-    trainer = create_mlm_pretrainer(model, 32, {"mask_prob": 0.15, "vocab_size": VOCAB, "mask_token_id": 7, "learning_rate": 3e-3, "seed": 0})
+    trainer = create_mlm_pretrainer(model, 32, {"mask_prob": 0.15, "vocab_size": VOCAB, "mask_token_id": 7, "learning_rate": 3e-3}, train={"seed": 0})
     first = trainer.train_step(_counting_batch(g))
     assert set(first) == {"mlm_loss", "mlm_accuracy", "num_masked"} and all(isinstance(v, float) for v in first.values())
     assert first["num_masked"] > 0

@@ -155,16 +155,16 @@ def test_mlm_with_nsp_trains_both_heads_and_resumes_exactly(tmp_path):
     path = tmp_path / "stories.txt"
     path.write_text("\n<|endoftext|>\n".join(stories), encoding="utf-8")
     whole = tmp_path / "whole"
-    assert main(_args(tmp_path, path, whole, "--use_nsp", "--val_fraction", "0.1")) == 0
+    assert main(_args(tmp_path, path, whole, "--mlm.use_nsp", "--val_fraction", "0.1")) == 0
     model = AutoModelForMaskedLM.from_pretrained(whole)
     assert model.config.use_nsp and model.nsp_head is not None
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert any("val_nsp_accuracy" in r and 0 <= r["val_nsp_accuracy"] <= 1 for r in rows)
     assert any("train/nsp_loss" in r for r in rows)
     part = tmp_path / "part"
-    assert main(_args(tmp_path, path, part, "--use_nsp", "--val_fraction", "0.1")) == 0
+    assert main(_args(tmp_path, path, part, "--mlm.use_nsp", "--val_fraction", "0.1")) == 0
     shutil.rmtree(part / "checkpoints" / "step_00000008")
     for f in part.glob("model*.safetensors"):
         f.unlink()
-    assert main(_args(tmp_path, path, part, "--use_nsp", "--val_fraction", "0.1", "--resume")) == 0
+    assert main(_args(tmp_path, path, part, "--mlm.use_nsp", "--val_fraction", "0.1", "--resume")) == 0
     assert model_fingerprint(part) == model_fingerprint(whole)

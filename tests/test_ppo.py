@@ -25,7 +25,7 @@ from minigpt.inference.sampling import SamplingOptions
 from minigpt.objectives.config import PPO_SAMPLING, RLHFConfig
 from minigpt.objectives.ppo import ActorCritic
 from minigpt.trainers.rlhf import create_rlhf_trainer
-from minigpt.trainers.reward_model import create_reward_model
+from minigpt.model.reward_model import create_reward_model
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.optim import param_groups
 

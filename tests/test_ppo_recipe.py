@@ -24,7 +24,7 @@ from minigpt.objectives.config import RLHFConfig
 from minigpt.errors import UserError
 from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.recipes.ppo import ppo
-from minigpt.trainers.reward_model import create_reward_model
+from minigpt.model.reward_model import create_reward_model
 from minigpt.train.config import TrainConfig
 from tiny_models import save_tiny_chat_model
 

@@ -16,7 +16,8 @@ import torch
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM, MiniGPTModel
 from minigpt.model.reward_model import MiniGPTRewardModel, ScoreHead, pool_hidden
-from minigpt.trainers.reward_model import RewardModelTrainer, create_reward_model
+from minigpt.model.reward_model import create_reward_model
+from minigpt.trainers.reward_model import RewardModelTrainer
 
 VOCAB = 300
 PAD = 1
@@ -160,7 +161,7 @@ def test_save_and_load_give_the_same_rewards(tmp_path):
 
     rm = create_reward_model(tiny_lm(), hidden_size=16, num_layers=3, use_pooling="mean")
     chosen, rejected = random_ids(4, 6, seed=1), random_ids(4, 8, seed=2)
-    RewardModelTrainer(rm, learning_rate=1e-2).train_step(chosen, rejected)
+    RewardModelTrainer(rm, train={"lr": 1e-2}).train_step(chosen, rejected)
     rm.save_pretrained(tmp_path)
     expected = rm.compare_responses(chosen, rejected)
     loaded, info = MiniGPTRewardModel.from_pretrained(tmp_path, output_loading_info=True)
@@ -191,7 +192,7 @@ def test_create_reward_model_copies_the_backbone(tmp_path):
     assert not lm_ptrs & {p.data_ptr() for p in rm.parameters()}
     assert rm.config.reward_pooling == "max" and not hasattr(lm.config, "reward_pooling")
     assert rm.training
-    trainer = RewardModelTrainer(rm, learning_rate=1e-2)
+    trainer = RewardModelTrainer(rm, train={"lr": 1e-2})
     for _ in range(2):
         trainer.train_step(random_ids(2, 5, seed=4), random_ids(2, 5, seed=5))
     assert not torch.equal(rm.model.embed_tokens.weight, lm.model.embed_tokens.weight)  # it did train
@@ -222,7 +223,7 @@ def test_freeze_backbone_trains_only_the_head():
     rm = create_reward_model(lm, hidden_size=16, num_layers=2, freeze_backbone=True)
     assert not any(p.requires_grad for p in rm.model.parameters())
     start = {k: v.clone() for k, v in rm.state_dict().items()}
-    trainer = RewardModelTrainer(rm, learning_rate=1e-2)
+    trainer = RewardModelTrainer(rm, train={"lr": 1e-2})
     for i in range(3):
         trainer.train_step(random_ids(4, 6, seed=10 + i), random_ids(4, 6, seed=20 + i))
     for name, p in rm.named_parameters():
@@ -232,7 +233,7 @@ def test_freeze_backbone_trains_only_the_head():
     rm.freeze_backbone(False)
     assert all(p.requires_grad for p in rm.parameters())
     start = {k: v.clone() for k, v in rm.state_dict().items()}
-    trainer = RewardModelTrainer(rm, learning_rate=1e-2)
+    trainer = RewardModelTrainer(rm, train={"lr": 1e-2})
     # every token id of the vocabulary appears, so every embedding row gets a gradient
     chosen = torch.arange(VOCAB).view(10, 30)
     rejected = torch.arange(VOCAB).flip(0).view(10, 30)
@@ -258,7 +259,7 @@ def test_train_step_metrics_by_hand():
         m = margin.tolist() if isinstance(margin, torch.Tensor) else [margin] * 6
         d = (rw - rl).tolist()
         loss = sum(math.log1p(math.exp(-(di - mi))) for di, mi in zip(d, m)) / 6
-        got = RewardModelTrainer(rm, learning_rate=1e-3).train_step(chosen, rejected, margin=margin)
+        got = RewardModelTrainer(rm, train={"lr": 1e-3}).train_step(chosen, rejected, margin=margin)
         assert all(isinstance(v, float) for v in got.values())
         assert got["loss"] == pytest.approx(loss, abs=1e-6)
         assert got["accuracy"] == sum(di > 0 for di in d) / 6
@@ -268,7 +269,7 @@ def test_train_step_metrics_by_hand():
     # the trainer's own margin is the default
     rw, rl = rm.compare_responses(chosen, rejected)
     d = (rw - rl).tolist()
-    got = RewardModelTrainer(rm, margin=0.7, learning_rate=1e-3).train_step(chosen, rejected)
+    got = RewardModelTrainer(rm, margin=0.7, train={"lr": 1e-3}).train_step(chosen, rejected)
     assert got["loss"] == pytest.approx(sum(math.log1p(math.exp(-(di - 0.7))) for di in d) / 6, abs=1e-6)
 
 
@@ -284,11 +285,11 @@ def test_final_bias_moves_only_with_reward_centring():
         bias.fill_(0.3)  # rewards away from 0, so the centring gradient is not tiny
     chosen, rejected = random_ids(5, 6, seed=40), random_ids(5, 6, seed=41)
     eta, c = 0.1, 0.5
-    RewardModelTrainer(rm, torch.optim.SGD(rm.parameters(), lr=eta), max_grad_norm=None).train_step(chosen, rejected)
+    RewardModelTrainer(rm, torch.optim.SGD(rm.parameters(), lr=eta), train={"grad_clip": 0.0}).train_step(chosen, rejected)
     assert bias.item() == pytest.approx(0.3, abs=1e-7)
     rw, rl = rm.compare_responses(chosen, rejected)
     expected = 0.3 - eta * 4 * c * (rw + rl).mean().item()
-    RewardModelTrainer(rm, torch.optim.SGD(rm.parameters(), lr=eta), center_rewards_coef=c, max_grad_norm=None).train_step(chosen, rejected)
+    RewardModelTrainer(rm, torch.optim.SGD(rm.parameters(), lr=eta), center_rewards_coef=c, train={"grad_clip": 0.0}).train_step(chosen, rejected)
     assert bias.item() == pytest.approx(expected, abs=1e-6)
     assert abs(expected - 0.3) > 1e-2  # the step is large enough to tell the two cases apart
 
@@ -335,7 +336,7 @@ def test_separable_toy_set_reaches_full_accuracy():
     test_c, test_r = _toy_pairs(64, seed=99)
     rw, rl = rm.compare_responses(test_c, test_r)
     assert (rw > rl).float().mean().item() < 0.9
-    trainer = RewardModelTrainer(rm, learning_rate=3e-3)
+    trainer = RewardModelTrainer(rm, train={"lr": 3e-3})
     train_c, train_r = _toy_pairs(512, seed=1)
     for step in range(60):
         sl = slice(32 * (step % 16), 32 * (step % 16 + 1))

@@ -8,7 +8,7 @@ import torch
 
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.evaluation.policy import sample_replies, win_rate
-from minigpt.trainers.reward_model import create_reward_model
+from minigpt.model.reward_model import create_reward_model
 from minigpt.tokenizer import IM_END, render_prompt, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

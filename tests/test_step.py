@@ -115,7 +115,7 @@ def test_python_api_trainers_share_the_step():
     torch.manual_seed(0)
     config = MiniGPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, max_position_embeddings=32)
     rm = MiniGPTRewardModel(config)
-    trainer = RewardModelTrainer(rm, learning_rate=1e-2)
+    trainer = RewardModelTrainer(rm, train={"lr": 1e-2})
     assert isinstance(trainer.optimizer_step, OptimizerStep)
     ids = torch.randint(3, 50, (2, 6))
     before = {k: v.clone() for k, v in rm.state_dict().items()}

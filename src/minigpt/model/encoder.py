@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 
 from minigpt.model.configuration import MiniGPTConfig
 from minigpt.model.modeling import MiniGPTModel, MiniGPTPreTrainedModel
+from minigpt.model.options import EMBEDDING_POOLINGS
 
 
 @dataclass
@@ -99,8 +100,6 @@ AutoModelForMaskedLM.register(MiniGPTConfig, MiniGPTForMaskedLM, exist_ok=True)
 __all__ = ["MaskedLMOutput", "MiniGPTForMaskedLM"]
 
 
-#: How an embedder turns `(B, T, C)` hidden states into one vector per row.
-EMBEDDING_POOLINGS = ("mean", "last", "first")
 
 
 def pool_embeddings(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str = "mean") -> torch.Tensor:
@@ -268,7 +267,7 @@ def write_sentence_transformers_modules(directory: str | Path, pooling: str, hid
         atomic_write_text(d / name, json.dumps(value, indent=2) + "\n")
 
 
-__all__ += ["EMBEDDING_POOLINGS", "EmbeddingOutput", "MiniGPTForEmbedding", "model_class_for", "write_sentence_transformers_modules", "ProjectionHead", "pool_embeddings"]
+__all__ += ["EmbeddingOutput", "MiniGPTForEmbedding", "model_class_for", "write_sentence_transformers_modules", "ProjectionHead", "pool_embeddings"]
 
 
 import minigpt as _minigpt  # noqa: E402

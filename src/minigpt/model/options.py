@@ -168,4 +168,7 @@ class ModelConfig:
         return MiniGPTConfig.from_preset(self.preset, **overrides)
 
 
-__all__ = ["AdapterOptions", "LoraOptions", "ModelConfig", "MoeOptions"]
+#: How an embedder turns `(B, T, C)` hidden states into one vector per row.
+EMBEDDING_POOLINGS = ("mean", "last", "first")
+
+__all__ = ["EMBEDDING_POOLINGS", "AdapterOptions", "LoraOptions", "ModelConfig", "MoeOptions"]

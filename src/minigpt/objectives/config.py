@@ -6,11 +6,12 @@ adapters in `LoraOptions`. No torch import, so the command line is parsed withou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.inference.sampling import SamplingOptions
+from minigpt.model.options import EMBEDDING_POOLINGS
 from minigpt.losses.names import ADVANTAGE_TYPES, AGGREGATIONS, DEFAULT_BETA, KL_ESTIMATORS, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.train.config import TrainConfig
 
@@ -287,6 +288,95 @@ DPO_TRAIN_DEFAULTS = TrainConfig(
 )
 
 
+@dataclass
+class MLMConfig(DictConfig):
+    """The knobs of masked-LM pretraining (BERT, Devlin et al. 2019): `minigpt mlm
+    --mlm.mask_prob 0.2` and `create_mlm_pretrainer(model, 768, config=MLMConfig(mask_prob=0.2))`.
+    The command takes the vocabulary, the mask id and the special ids from its tokenizer; the
+    masking draws are seeded by `train.seed`."""
+
+    mask_prob: float = 0.15
+    """Share of the real, non-special tokens selected for prediction."""
+    vocab_size: int | None = None
+    """Ids random replacements are drawn from (None: the model's vocabulary)."""
+    use_nsp: bool = False
+    """Add a next-sentence-prediction head and loss (`nsp_labels` in `train_step`)."""
+    mask_token_id: int | None = None
+    """The id of the mask token (the tokenizer's `<|mask|>`; None: the last id of the vocabulary)."""
+    special_token_ids: list[int] = field(default_factory=list)
+    """Ids never selected and never drawn as replacements (padding is excluded by the attention mask)."""
+    learning_rate: float | None = None
+    """The API guide's spelling of the learning rate, for `create_mlm_pretrainer(config=...)`:
+    when set it is `train.lr` (None: `train.lr`, whose default is `MLM_TRAIN_DEFAULTS.lr`). On
+    the command line the learning rate is `--train.lr`."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_prob < 1:
+            raise UserError(f"MLMConfig.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UserError(f"MLMConfig.learning_rate must be > 0, got {self.learning_rate}")
+
+
+#: Masked-LM pretraining's optimisation: cosine from 5e-4, 100 warmup steps, decay 0.01.
+MLM_TRAIN_DEFAULTS = TrainConfig(lr=5e-4, warmup_steps=100, weight_decay=0.01)
+
+
+@dataclass
+class ContrastiveConfig(DictConfig):
+    """The knobs of contrastive pretraining (SimCLR, Chen et al. 2020; MoCo, He et al. 2020):
+    `minigpt contrastive --contrastive.temperature 0.05` and
+    `create_contrastive_pretrainer(model, 768, config=ContrastiveConfig(temperature=0.05))`."""
+
+    temperature: float = 0.05
+    """τ of InfoNCE."""
+    projection_dim: int = 128
+    """Output width of the projection head."""
+    use_momentum_encoder: bool = False
+    """MoCo: keys from an EMA copy of the encoder, negatives from a queue of earlier keys."""
+    queue_size: int = 4096
+    """K, MoCo's queued negatives; each step queues both sides' keys (2 × batch), so a multiple of 2 × batch keeps whole steps."""
+    momentum: float = 0.999
+    """m of MoCo's EMA update of the key encoder."""
+    pooling: str | None = None
+    """mean, last or first real token (None: mean for an encoder that attends both ways, last
+    for a causal one, whose last token has seen the whole text)."""
+    learning_rate: float | None = None
+    """The API guide's spelling of the learning rate, for `create_contrastive_pretrainer(config=...)`:
+    when set it is `train.lr` (None: `train.lr`, whose default is `CONTRASTIVE_TRAIN_DEFAULTS.lr`).
+    On the command line the learning rate is `--train.lr`."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature > 0, "temperature must be > 0"),
+            (isinstance(self.projection_dim, int) and self.projection_dim >= 1, "projection_dim must be an integer >= 1"),
+            (isinstance(self.queue_size, int) and self.queue_size >= 1, "queue_size must be an integer >= 1"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.pooling is None or self.pooling in EMBEDDING_POOLINGS, f"pooling must be one of {', '.join(EMBEDDING_POOLINGS)}"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
+        ]
+        self.require(checks)
+
+
+#: Contrastive pretraining's optimisation: batches of 32 pairs, cosine from 1e-4, decay 0.01.
+CONTRASTIVE_TRAIN_DEFAULTS = TrainConfig(lr=1e-4, warmup_steps=50, weight_decay=0.01, batch_size=32)
+
+
+REWARD_TRAIN_DEFAULTS = TrainConfig(
+    max_steps=1000,
+    batch_size=8,
+    lr=5e-5,
+    min_lr_ratio=0.1,
+    warmup_steps=20,
+    weight_decay=0.0,
+    eval_interval=100,
+    eval_batches=0,
+    save_interval=500,
+)
+"""Reward-model training defaults: 8 pairs (16 sequences) per micro-batch; a learning rate
+between InstructGPT's 9e-6 for 6B models and TRL's 1e-4 default, for small models whose head
+starts from scratch; the whole held-out split evaluated every 100 steps."""
+
+
 def with_learning_rate(train: TrainConfig, learning_rate: float | None) -> TrainConfig:
     """`train` with `lr = learning_rate` when an algorithm config's `learning_rate` (the API
     guide's spelling) is set; `train` itself otherwise."""
@@ -311,6 +401,9 @@ def check_rl_sampling(sampling: SamplingOptions, option: str = "sampling") -> Sa
 
 
 __all__ = [
+    "REWARD_TRAIN_DEFAULTS",
+    "CONTRASTIVE_TRAIN_DEFAULTS", "ContrastiveConfig",
+    "MLM_TRAIN_DEFAULTS", "MLMConfig",
     "DPO_TRAIN_DEFAULTS", "DPOConfig",
     "GRPO_ALGORITHMS", "GRPO_SAMPLING", "GRPO_TRAIN_DEFAULTS", "GRPOConfig", "PPO_SAMPLING", "PPO_TRAIN_DEFAULTS", "RLHFConfig",
     "SFT_TRAIN_DEFAULTS", "check_rl_sampling",

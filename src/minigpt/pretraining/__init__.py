@@ -10,8 +10,10 @@ from minigpt._lazy import lazy_exports
 
 _EXPORTS = {
     "TextAugmentation": "minigpt.data.augment",
-    **dict.fromkeys(["ContrastiveConfig", "ContrastivePretrainer", "create_contrastive_pretrainer"], "minigpt.trainers.contrastive"),
-    **dict.fromkeys(["MLMConfig", "MLMPretrainer", "create_mlm_pretrainer"], "minigpt.trainers.mlm"),
+    "ContrastiveConfig": "minigpt.objectives.config",
+    **dict.fromkeys(["ContrastivePretrainer", "create_contrastive_pretrainer"], "minigpt.trainers.contrastive"),
+    "MLMConfig": "minigpt.objectives.config",
+    **dict.fromkeys(["MLMPretrainer", "create_mlm_pretrainer"], "minigpt.trainers.mlm"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -19,9 +19,9 @@ from typing import Any
 from minigpt.errors import UserError
 from minigpt.recipes.common import check_options, refuse_existing_run
 from minigpt.model.options import ModelConfig
+from minigpt.objectives.config import CONTRASTIVE_TRAIN_DEFAULTS, ContrastiveConfig
 from minigpt.train.config import TrainConfig
 
-CONTRASTIVE_TRAIN_DEFAULTS = TrainConfig(lr=1e-4, warmup_steps=50, weight_decay=0.01, batch_size=32)
 
 
 def _split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -62,7 +62,7 @@ def _build_embedder(model: ModelConfig, tok, tokenizer_dir: str | Path, pooling:
         config.embedding_pooling = pooling or default_pooling
         if cls is MiniGPTForEmbedding:
             if config.projection_dim != projection_dim:
-                raise UserError(f"--projection_dim {projection_dim} differs from the one {model.init_from} was trained with ({config.projection_dim})")
+                raise UserError(f"--contrastive.projection_dim {projection_dim} differs from the one {model.init_from} was trained with ({config.projection_dim})")
             embedder = net
         else:
             config.projection_dim = projection_dim
@@ -105,13 +105,8 @@ def contrastive(
     text_field: str = "text",
     model: ModelConfig = ModelConfig(),
     tokenizer: str | None = None,
-    pooling: str | None = None,
     bidirectional: bool | None = None,
-    projection_dim: int = 128,
-    temperature: float = 0.05,
-    use_momentum_encoder: bool = False,
-    queue_size: int = 4096,
-    momentum: float = 0.999,
+    contrastive: ContrastiveConfig = ContrastiveConfig(),
     max_length: int = 128,
     mask_prob: float = 0.1,
     delete_prob: float = 0.1,
@@ -136,15 +131,13 @@ def contrastive(
             encoder from `minigpt mlm`, a causal model, or an embedder to train further.
         tokenizer: a tokenizer directory (default: the init_from model's, else one trained on
             the training texts, with `<|mask|>`).
-        pooling: mean, last or first real token (default: mean for an encoder, last for a
-            causal model).
         bidirectional: attend both ways (default: true for a new model, as saved for init_from).
-        projection_dim: output width of the projection head the loss is taken after.
-        temperature: τ of the InfoNCE loss.
-        use_momentum_encoder: MoCo: keys from an EMA copy of the model, negatives from a queue.
-        queue_size: MoCo's queued keys (a multiple of 2 x train.batch_size x train.grad_accum:
-            both sides of each pair are queued).
-        momentum: MoCo's EMA coefficient m.
+        contrastive: the loss (`--contrastive.temperature 0.05 --contrastive.use_momentum_encoder
+            ...`; see `minigpt.objectives.config.ContrastiveConfig`): pooling (default: mean for
+            an encoder, last for a causal model), projection_dim, temperature τ,
+            use_momentum_encoder (MoCo: keys from an EMA copy of the model, negatives from a
+            queue), queue_size (a multiple of 2 x train.batch_size x train.grad_accum: both
+            sides of each pair are queued), momentum. The learning rate is `--train.lr`.
         max_length: texts are truncated to this many tokens.
         mask_prob: augmented views: share of tokens replaced by `<|mask|>`.
         delete_prob: augmented views: share of tokens deleted.
@@ -166,20 +159,21 @@ def contrastive(
     """
     from minigpt.data.pairs import PairDataset, augmented_views, pad_pairs, read_text_pairs
     from minigpt.model import count_parameters
-    from minigpt.model.encoder import EMBEDDING_POOLINGS, write_sentence_transformers_modules
+    from minigpt.model.encoder import write_sentence_transformers_modules
     from minigpt.objectives.contrastive import ContrastiveObjective
     from minigpt.evaluation.retrieval import retrieval_metrics
     from minigpt.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
+    if contrastive.learning_rate is not None:
+        raise UserError("--contrastive.learning_rate is the Python API's spelling; on the command line the learning rate is --train.lr")
+    c = contrastive
+    pooling, projection_dim, temperature = c.pooling, c.projection_dim, c.temperature
+    use_momentum_encoder, queue_size, momentum = c.use_momentum_encoder, c.queue_size, c.momentum
     pair_fields = [f.strip() for f in fields.split(",")] if fields else None
     check_options(
         fields=(fields, pair_fields is None or (len(pair_fields) == 2 and all(pair_fields)), "two field names, comma-separated (question,answer)"),
-        pooling=(pooling, pooling is None or pooling in EMBEDDING_POOLINGS, f"one of {', '.join(EMBEDDING_POOLINGS)}"),
-        temperature=(temperature, temperature > 0, "> 0"),
-        projection_dim=(projection_dim, projection_dim >= 1, ">= 1"),
-        momentum=(momentum, 0 <= momentum < 1, "in [0, 1)"),
         max_length=(max_length, max_length >= 1, ">= 1"),
         val_fraction=(val_fraction, 0 <= val_fraction < 1, "in [0, 1)"),
         mask_prob=(mask_prob, 0 <= mask_prob < 1, "in [0, 1)"),
@@ -188,11 +182,11 @@ def contrastive(
     )
     if not use_momentum_encoder and train.batch_size < 2:
         raise UserError("train.batch_size must be at least 2 for contrastive training: the other pairs of a batch are the negatives "
-                        "(or use --use_momentum_encoder, whose negatives come from a queue)")
+                        "(or use --contrastive.use_momentum_encoder, whose negatives come from a queue)")
     per_step = 2 * train.batch_size * train.grad_accum  # keys queued per update: both sides of every pair
     if use_momentum_encoder and (queue_size < per_step or queue_size % per_step):
         lower = max(per_step, queue_size // per_step * per_step)
-        raise UserError(f"--queue_size {queue_size} is not a multiple of {per_step}, the keys queued per update (both sides of "
+        raise UserError(f"--contrastive.queue_size {queue_size} is not a multiple of {per_step}, the keys queued per update (both sides of "
                         f"train.batch_size x train.grad_accum pairs): the queue would hold part of an update; use {lower} or {lower + per_step}")
     out_dir = Path(out)
     rank, _, _ = init_distributed(pick_device(train.device))

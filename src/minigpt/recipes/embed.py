@@ -59,7 +59,8 @@ def embed(
     import numpy as np
     import torch
 
-    from minigpt.model.encoder import EMBEDDING_POOLINGS, MiniGPTForEmbedding, model_class_for, pool_embeddings
+    from minigpt.model.encoder import MiniGPTForEmbedding, model_class_for, pool_embeddings
+    from minigpt.model.options import EMBEDDING_POOLINGS
     from minigpt.model.loading import load_model_dir
     from minigpt.train.distributed import pick_device
 

@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import check_options, refuse_existing_run
+from minigpt.recipes.common import refuse_existing_run
 from minigpt.model.options import ModelConfig
 from minigpt.model.loading import build_model
 from minigpt.data.prepare import prepare_corpus
+from minigpt.objectives.config import MLM_TRAIN_DEFAULTS, MLMConfig
 from minigpt.train.config import TrainConfig
-
-MLM_TRAIN_DEFAULTS = TrainConfig(lr=5e-4, warmup_steps=100, weight_decay=0.01)
-
 
 def mlm(
     data: str | list[str] | None = None,
@@ -33,8 +31,7 @@ def mlm(
     model: ModelConfig = ModelConfig(),
     tokenizer: str | None = None,
     block_size: int = 128,
-    mask_prob: float = 0.15,
-    use_nsp: bool = False,
+    mlm: MLMConfig = MLMConfig(),
     text_field: str = "text",
     val_fraction: float = 0.05,
     cache_dir: str | None = None,
@@ -55,11 +52,12 @@ def mlm(
         tokenizer: an existing tokenizer directory with `<|mask|>`; default: train one on
             `data` (with `<|mask|>` at id 8).
         block_size: tokens per packed training block.
-        mask_prob: share of the tokens selected for prediction (80 % masked, 10 % random, 10 %
-            kept).
-        use_nsp: also train next-sentence prediction: each example is `SEP A SEP B SEP`, B the
-            sentences that follow A or, half of the time, a random stretch of another document
-            (sentences split at . ! ? 。！？ and line breaks; held-out documents from the end).
+        mlm: the masking (`minigpt.objectives.config.MLMConfig`): `--mlm.mask_prob`, the share
+            of the tokens selected for prediction (80 % masked, 10 % random, 10 % kept);
+            `--mlm.use_nsp`, also train next-sentence prediction: each example is `SEP A SEP B
+            SEP`, B the sentences that follow A or, half of the time, a random stretch of
+            another document (sentences split at . ! ? 。！？ and line breaks; held-out
+            documents from the end).
         text_field: JSONL / parquet field holding the text.
         val_fraction: share of the token stream held out for validation (from the end).
         cache_dir: where tokenized corpora are cached.
@@ -84,7 +82,12 @@ def mlm(
     from minigpt.train.distributed import init_distributed, pick_device
     from minigpt.train.loop import Trainer, seed_everything
 
-    check_options(mask_prob=(mask_prob, 0 < mask_prob < 1, "in (0, 1)"))
+    for name, value, source in (("vocab_size", mlm.vocab_size, "the tokenizer"), ("mask_token_id", mlm.mask_token_id, "the tokenizer's <|mask|>"),
+                                ("special_token_ids", mlm.special_token_ids, "the tokenizer"),
+                                ("learning_rate", mlm.learning_rate, "--train.lr")):
+        if value:
+            raise UserError(f"--mlm.{name} is for the Python API; the command takes it from {source}")
+    mask_prob, use_nsp = mlm.mask_prob, mlm.use_nsp
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
     if resume and tokenizer is None and (out_dir / "tokenizer" / "tokenizer.json").is_file():
@@ -125,8 +128,7 @@ def mlm(
         "data": data,
         "model": dataclasses.asdict(model),
         "block_size": block_size,
-        "mask_prob": mask_prob,
-        "use_nsp": use_nsp,
+        "mlm": dataclasses.asdict(mlm),
         "text_field": text_field,
         "val_fraction": val_fraction,
         "train": dataclasses.asdict(train),
@@ -174,7 +176,7 @@ def _sentence_pair_data(data: list[str], tok, text_field: str, val_fraction: flo
         k += len(d)
     n_val = int(round(len(tokenized) * val_fraction)) if val_fraction > 0 else 0
     if n_val and len(tokenized) - n_val < 2:
-        raise UserError(f"--use_nsp: {len(tokenized)} documents are too few to hold {val_fraction:.0%} out; lower --val_fraction")
+        raise UserError(f"--mlm.use_nsp: {len(tokenized)} documents are too few to hold {val_fraction:.0%} out; lower --val_fraction")
     train_docs, val_docs = tokenized[: len(tokenized) - n_val], tokenized[len(tokenized) - n_val :]
     make = lambda pairs, s: SentencePairBlocks(pairs, block_size, tok.eos_token_id, tok.pad_token_id, mask_id, len(tok), mask_prob, specials, s)  # noqa: E731
     train_ds = make(build_sentence_pairs(train_docs, block_size - 3, seed), seed)

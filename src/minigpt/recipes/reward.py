@@ -20,22 +20,9 @@ from typing import Any
 
 from minigpt.errors import UserError
 from minigpt.recipes.common import apply_shorthands, fit_from_start, load_preference_data, refuse_existing_run
+from minigpt.objectives.config import REWARD_TRAIN_DEFAULTS
 from minigpt.train.config import TrainConfig
 
-REWARD_TRAIN_DEFAULTS = TrainConfig(
-    max_steps=1000,
-    batch_size=8,
-    lr=5e-5,
-    min_lr_ratio=0.1,
-    warmup_steps=20,
-    weight_decay=0.0,
-    eval_interval=100,
-    eval_batches=0,
-    save_interval=500,
-)
-"""Reward-model training defaults: 8 pairs (16 sequences) per micro-batch; a learning rate
-between InstructGPT's 9e-6 for 6B models and TRL's 1e-4 default, for small models whose head
-starts from scratch; the whole held-out split evaluated every 100 steps."""
 
 
 def reward(

@@ -11,55 +11,18 @@ step (`minigpt.train.step.OptimizerStep`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 
-from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.model.encoder import EMBEDDING_POOLINGS, MiniGPTForEmbedding, MiniGPTForMaskedLM
+from minigpt.model.encoder import MiniGPTForEmbedding, MiniGPTForMaskedLM
 from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.contrastive import ContrastiveObjective
+from minigpt.objectives.config import CONTRASTIVE_TRAIN_DEFAULTS, ContrastiveConfig, with_learning_rate
+from minigpt.train.config import TrainConfig
 from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
-
-
-@dataclass
-class ContrastiveConfig(DictConfig):
-    """Settings of contrastive pretraining."""
-
-    temperature: float = 0.07
-    """τ of InfoNCE."""
-    projection_dim: int = 128
-    """Output width of the projection head."""
-    use_momentum_encoder: bool = False
-    """MoCo: keys from an EMA copy of the encoder, negatives from a queue of earlier keys."""
-    queue_size: int = 65536
-    """K, MoCo's queued negatives; each step queues both sides' keys (2 × batch), so a multiple of 2 × batch keeps whole steps."""
-    momentum: float = 0.999
-    """m of MoCo's EMA update of the key encoder."""
-    pooling: str = "mean"
-    """mean, last or first real token."""
-    learning_rate: float = 1e-4
-    """AdamW learning rate (constant)."""
-    weight_decay: float = 0.01
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    precision: str = "fp32"
-    """fp32, or bf16 (autocast)."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.temperature > 0, "temperature must be > 0"),
-            (isinstance(self.projection_dim, int) and self.projection_dim >= 1, "projection_dim must be an integer >= 1"),
-            (isinstance(self.queue_size, int) and self.queue_size >= 1, "queue_size must be an integer >= 1"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.pooling in EMBEDDING_POOLINGS, f"pooling must be one of {', '.join(EMBEDDING_POOLINGS)}"),
-            (self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16"),
-        ]
-        self.require(checks)
 
 
 class ContrastivePretrainer(ReportsStatistics):
@@ -74,14 +37,29 @@ class ContrastivePretrainer(ReportsStatistics):
             `pooling="last"`), an MLM encoder both ways.
         hidden_size: the encoder's width (checked).
         config: `ContrastiveConfig` or a dict of its fields.
+        train: optimisation (`TrainConfig` or a dict of its fields; default
+            `CONTRASTIVE_TRAIN_DEFAULTS`, as `minigpt contrastive`): `lr` (or
+            `config.learning_rate`), `weight_decay`, betas, `grad_clip`, `precision`. The
+            learning rate stays constant.
 
     Raises:
         UserError: another kind of model, or a `hidden_size` that is not the model's.
     """
 
-    def __init__(self, encoder: torch.nn.Module, hidden_size: int, config: ContrastiveConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        hidden_size: int,
+        config: ContrastiveConfig | Mapping[str, Any] | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
+    ) -> None:
+        from minigpt.trainers.base import as_options
+        from minigpt.train.distributed import pick_precision
+        from minigpt.train.optim import make_adamw
+
         config = ContrastiveConfig() if config is None else config
         self.config = c = config if isinstance(config, ContrastiveConfig) else ContrastiveConfig.from_dict(config)
+        self.train = with_learning_rate(as_options(train, TrainConfig, CONTRASTIVE_TRAIN_DEFAULTS, "train"), c.learning_rate)
         if isinstance(encoder, (MiniGPTForCausalLM, MiniGPTForMaskedLM)):
             backbone = encoder.model
         elif isinstance(encoder, MiniGPTModel):
@@ -91,7 +69,7 @@ class ContrastivePretrainer(ReportsStatistics):
         if hidden_size != backbone.config.hidden_size:
             raise UserError(f"hidden_size {hidden_size} is not the model's ({backbone.config.hidden_size})")
         view = copy.deepcopy(encoder.config)  # the embedder's own; it attends as `encoder` does
-        view.embedding_pooling = c.pooling
+        view.embedding_pooling = c.pooling or ("mean" if getattr(view, "use_bidirectional_attention", False) else "last")
         view.projection_dim = c.projection_dim
         model = MiniGPTForEmbedding(view, backbone=backbone)
         param = next(backbone.parameters())
@@ -101,9 +79,9 @@ class ContrastivePretrainer(ReportsStatistics):
             self.objective = ContrastiveObjective.moco(self.model, c.temperature, c.queue_size, c.momentum)
         else:
             self.objective = ContrastiveObjective(c.temperature)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
-        self.optimizer_step = OptimizerStep(self.model, self.objective, self.optimizer, precision=c.precision, max_grad_norm=c.max_grad_norm)
+        self.optimizer = make_adamw(self.model, self.train)
+        precision = pick_precision(self.train.precision, param.device)
+        self.optimizer_step = OptimizerStep(self.model, self.objective, self.optimizer, precision=precision, max_grad_norm=self.train.grad_clip)
 
     def _mask(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return (ids != self.pad_token_id).long() if mask is None else mask
@@ -152,9 +130,14 @@ class ContrastivePretrainer(ReportsStatistics):
             self.model.train(was)
 
 
-def create_contrastive_pretrainer(encoder: torch.nn.Module, hidden_size: int, config: ContrastiveConfig | Mapping[str, Any] | None = None) -> ContrastivePretrainer:
-    """`ContrastivePretrainer(encoder, hidden_size, config)`; `config` may be a dict of fields."""
-    return ContrastivePretrainer(encoder, hidden_size, config)
+def create_contrastive_pretrainer(
+    encoder: torch.nn.Module, hidden_size: int, config: ContrastiveConfig | Mapping[str, Any] | None = None,
+    train: TrainConfig | Mapping[str, Any] | None = None,
+) -> ContrastivePretrainer:
+    """`ContrastivePretrainer(encoder, hidden_size, config, train)`; `config` may be a dict of
+    fields (the object `minigpt contrastive` takes as `--contrastive.*`; `train` as `--train.*`,
+    same defaults)."""
+    return ContrastivePretrainer(encoder, hidden_size, config, train)
 
 
-__all__ = ["ContrastiveConfig", "ContrastivePretrainer", "create_contrastive_pretrainer"]
+__all__ = ["ContrastivePretrainer", "create_contrastive_pretrainer"]

@@ -9,51 +9,19 @@ through the training loop's optimizer step (`minigpt.train.step.OptimizerStep`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 
-from minigpt.config import DictConfig
 from minigpt.errors import UserError
 from minigpt.losses.mlm import mask_tokens
 from minigpt.model.encoder import MiniGPTForMaskedLM
 from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.mlm import MLMObjective
+from minigpt.objectives.config import MLM_TRAIN_DEFAULTS, MLMConfig, with_learning_rate
+from minigpt.train.config import TrainConfig
 from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
-
-
-@dataclass
-class MLMConfig(DictConfig):
-    """Settings of masked-LM pretraining."""
-
-    mask_prob: float = 0.15
-    """Share of the real, non-special tokens selected for prediction."""
-    vocab_size: int | None = None
-    """Ids random replacements are drawn from (None: the model's vocabulary)."""
-    use_nsp: bool = False
-    """Add a next-sentence-prediction head and loss (`nsp_labels` in `train_step`)."""
-    mask_token_id: int | None = None
-    """The id of the mask token (the tokenizer's `<|mask|>`; None: the last id of the vocabulary)."""
-    special_token_ids: list[int] = field(default_factory=list)
-    """Ids never selected and never drawn as replacements (padding is excluded by the attention mask)."""
-    learning_rate: float = 1e-4
-    """AdamW learning rate (constant)."""
-    weight_decay: float = 0.01
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    precision: str = "fp32"
-    """fp32, or bf16 (autocast)."""
-    seed: int | None = None
-    """Seed of the masking draws (None: torch's global random state)."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.mask_prob < 1:
-            raise UserError(f"MLMConfig.mask_prob must be in (0, 1), got {self.mask_prob}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"MLMConfig.precision must be fp32 or bf16, not {self.precision!r}")
 
 
 class MLMPretrainer(ReportsStatistics):
@@ -67,15 +35,29 @@ class MLMPretrainer(ReportsStatistics):
             not changed: the model stays causal for whoever else holds it.
         hidden_size: the model's width (checked against its config).
         config: `MLMConfig` or a dict of its fields.
+        train: optimisation (`TrainConfig` or a dict of its fields; default
+            `MLM_TRAIN_DEFAULTS`, as `minigpt mlm`): `lr` (or `config.learning_rate`),
+            `weight_decay`, betas, `grad_clip`, `precision`. The learning rate stays constant.
 
     Raises:
         UserError: another kind of model, a `hidden_size` that is not the model's, a mask id
             or a `vocab_size` outside the model's vocabulary.
     """
 
-    def __init__(self, model: torch.nn.Module, hidden_size: int, config: MLMConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        hidden_size: int,
+        config: MLMConfig | Mapping[str, Any] | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
+    ) -> None:
+        from minigpt.trainers.base import as_options
+        from minigpt.train.distributed import pick_precision
+        from minigpt.train.optim import make_adamw
+
         config = MLMConfig() if config is None else config
         self.config = c = config if isinstance(config, MLMConfig) else MLMConfig.from_dict(config)
+        self.train = with_learning_rate(as_options(train, TrainConfig, MLM_TRAIN_DEFAULTS, "train"), c.learning_rate)
         if isinstance(model, MiniGPTForMaskedLM):
             encoder = model
         elif isinstance(model, (MiniGPTModel, MiniGPTForCausalLM)):
@@ -104,13 +86,11 @@ class MLMPretrainer(ReportsStatistics):
         self.mask_token_id = self.vocab_size - 1 if c.mask_token_id is None else c.mask_token_id
         if not 0 <= self.mask_token_id < encoder.config.vocab_size:
             raise UserError(f"mask_token_id {self.mask_token_id} is outside the model's vocabulary ({encoder.config.vocab_size})")
-        self.generator = None
-        if c.seed is not None:
-            self.generator = torch.Generator().manual_seed(c.seed)
+        self.generator = torch.Generator().manual_seed(self.train.seed)  # the masking draws
         self.objective = MLMObjective()
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
-        self.optimizer_step = OptimizerStep(encoder, self.objective, self.optimizer, precision=c.precision, max_grad_norm=c.max_grad_norm, empty="skip")
+        self.optimizer = make_adamw(encoder, self.train)
+        precision = pick_precision(self.train.precision, next(encoder.parameters()).device)
+        self.optimizer_step = OptimizerStep(encoder, self.objective, self.optimizer, precision=precision, max_grad_norm=self.train.grad_clip, empty="skip")
 
     def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`(masked_input_ids, labels)` of a batch (see `minigpt.losses.mlm.mask_tokens`)."""
@@ -160,9 +140,12 @@ class MLMPretrainer(ReportsStatistics):
         return self.statistics.record(out)
 
 
-def create_mlm_pretrainer(model: torch.nn.Module, hidden_size: int, config: MLMConfig | Mapping[str, Any] | None = None) -> MLMPretrainer:
-    """`MLMPretrainer(model, hidden_size, config)`; `config` may be a dict of `MLMConfig` fields."""
-    return MLMPretrainer(model, hidden_size, config)
+def create_mlm_pretrainer(
+    model: torch.nn.Module, hidden_size: int, config: MLMConfig | Mapping[str, Any] | None = None, train: TrainConfig | Mapping[str, Any] | None = None
+) -> MLMPretrainer:
+    """`MLMPretrainer(model, hidden_size, config, train)`; `config` may be a dict of `MLMConfig`
+    fields (the object `minigpt mlm` takes as `--mlm.*`; `train` as `--train.*`, same defaults)."""
+    return MLMPretrainer(model, hidden_size, config, train)
 
 
-__all__ = ["MLMConfig", "MLMPretrainer", "create_mlm_pretrainer"]
+__all__ = ["MLMPretrainer", "create_mlm_pretrainer"]

@@ -9,11 +9,15 @@ user loops and notebooks; it runs the objective `minigpt reward` trains with
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 
 from minigpt.errors import UserError
 from minigpt.model.reward_model import MiniGPTRewardModel, stack_pairs
 from minigpt.objectives.reward_model import RewardObjective
+from minigpt.objectives.config import REWARD_TRAIN_DEFAULTS
+from minigpt.train.config import TrainConfig
 from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
 
@@ -29,12 +33,14 @@ class RewardModelTrainer(ReportsStatistics):
     Args:
         reward_model: a `MiniGPTRewardModel` (frozen parameters are left out of the default
             optimizer).
-        optimizer: any torch optimizer over the model's parameters; default AdamW(lr =
-            `learning_rate`, weight decay 0) over the trainable ones.
+        optimizer: any torch optimizer over the model's parameters; default AdamW as `train`
+            describes it (`minigpt.train.optim.make_adamw`) over the trainable ones.
         margin: the default margin `m` (reward units) when `train_step` gets none.
         center_rewards_coef: `c`, the reward-centring coefficient (Eisenstein et al. 2023).
-        learning_rate: for the default optimizer.
-        max_grad_norm: clip the global gradient norm to this (None or 0: no clipping).
+        train: optimisation (`TrainConfig` or a dict of its fields; default
+            `REWARD_TRAIN_DEFAULTS`, as `minigpt reward`): `lr`, `weight_decay`, betas (for the
+            default optimizer), `grad_clip` (0: no clipping) and `precision`. The learning
+            rate stays constant.
 
     Raises:
         UserError: no trainable parameter (frozen backbone and head).
@@ -46,19 +52,23 @@ class RewardModelTrainer(ReportsStatistics):
         optimizer: torch.optim.Optimizer | None = None,
         margin: float = 0.0,
         center_rewards_coef: float = 0.0,
-        learning_rate: float = 1e-5,
-        max_grad_norm: float | None = 1.0,
+        train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
+        from minigpt.trainers.base import as_options
+        from minigpt.train.distributed import pick_precision
+        from minigpt.train.optim import make_adamw
+
         self.model = reward_model
-        params = [p for p in reward_model.parameters() if p.requires_grad]
-        if not params:
+        self.train = as_options(train, TrainConfig, REWARD_TRAIN_DEFAULTS, "train")
+        if not any(p.requires_grad for p in reward_model.parameters()):
             raise UserError("the reward model has no trainable parameter")
-        self.optimizer = optimizer or torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        self.optimizer = optimizer or make_adamw(reward_model, self.train)
         self.margin = margin
         self.center_rewards_coef = center_rewards_coef
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm = self.train.grad_clip
+        precision = pick_precision(self.train.precision, next(reward_model.parameters()).device)
         self.objective = RewardObjective(margin, center_rewards_coef)
-        self.optimizer_step = OptimizerStep(reward_model, self.objective, self.optimizer, max_grad_norm=max_grad_norm)
+        self.optimizer_step = OptimizerStep(reward_model, self.objective, self.optimizer, precision=precision, max_grad_norm=self.max_grad_norm)
 
     #: The objective's metrics `train_step` returns (beside `loss` and `grad_norm`).
     METRICS = ("accuracy", "chosen_reward", "rejected_reward", "reward_margin")
