@@ -129,7 +129,7 @@ def train_models(out: Path, files: dict[str, Path], args) -> dict[str, float]:
 def evaluate_all(out: Path, files: dict[str, Path], args) -> list[tuple[str, str, dict]]:
     import dataclasses
 
-    from minigpt.data.synthetic import make_arithmetic_prompts
+    from minigpt.data.arithmetic import make_arithmetic_prompts
     from minigpt.recipes.eval import EVAL_SAMPLING, evaluate
 
     sampling = dataclasses.replace(EVAL_SAMPLING, max_new_tokens=args.max_new_tokens)

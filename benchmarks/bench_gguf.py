@@ -26,7 +26,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def questions(n: int) -> list[str]:
-    from minigpt.data.synthetic import make_arithmetic_prompts
+    from minigpt.data.arithmetic import make_arithmetic_prompts
 
     out = [r["prompt"] for r in make_arithmetic_prompts(n // 2, seed=3)]
     path = DATA / "alpaca" / "alpaca_en.jsonl.gz"

@@ -20,7 +20,8 @@ import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.reward_model import MiniGPTRewardModel
-from minigpt.objectives.ppo import AdaptiveKLController, PPOObjective, token_rewards
+from minigpt.losses.kl import AdaptiveKLController, token_rewards
+from minigpt.objectives.ppo import PPOObjective
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.objectives.config import PPO_SAMPLING, RLHFConfig
 from minigpt.objectives.ppo import ActorCritic

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from minigpt.data.synthetic import ArithmeticProblem
+from minigpt.data.arithmetic import ArithmeticProblem
 from minigpt.recipes.quickstart import quickstart
 
 _SO_RE = re.compile(r"So (\d+) ([-+×]) (\d+) = ")

@@ -12,16 +12,8 @@ import re
 import pytest
 
 from minigpt.data.corpus import python_docs_corpus
-from minigpt.data.synthetic import (
-    HELDOUT_FRACTION,
-    ArithmeticProblem,
-    arithmetic_conversations,
-    arithmetic_problem,
-    arithmetic_split,
-    arithmetic_worksheets,
-    docs_conversations,
-    make_arithmetic_prompts,
-)
+from minigpt.data.arithmetic import HELDOUT_FRACTION, ArithmeticProblem, arithmetic_conversations, arithmetic_problem, arithmetic_split, arithmetic_worksheets, make_arithmetic_prompts
+from minigpt.data.docs_qa import docs_conversations
 from minigpt.rewards.answers import check_answer, extract_answer
 from minigpt.errors import UserError
 

@@ -158,3 +158,24 @@ def check_seed(seed, option: str = "--seed") -> None:
         return
     if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX:
         raise UserError(f"{option}: must be an integer in [-2**63, 2**64 - 1], got {seed!r}")
+
+def check_probability(value: object, field: str) -> float:
+    """`value` as a float in [0, 1].
+
+    Raises:
+        UserError: anything else, naming `field`.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{field}: must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_count(n: object, field: str = "n") -> int:
+    """`n` as a non-negative integer.
+
+    Raises:
+        UserError: anything else, naming `field`.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UserError(f"{field}: must be a non-negative integer, got {n!r}")
+    return n

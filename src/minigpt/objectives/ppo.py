@@ -40,7 +40,7 @@ from torch import nn
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
-from minigpt.losses.kl import kl_estimate
+from minigpt.losses.kl import AdaptiveKLController, token_rewards
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
 from minigpt.objectives.config import RLHFConfig, check_rl_sampling
 from minigpt.train.objective import LossOutput
@@ -161,104 +161,6 @@ class ActorCritic(nn.Module):
             if bad_missing or unexpected:
                 raise RuntimeError(f"ActorCritic.load_state_dict: missing {bad_missing}, unexpected {unexpected}")
         return nn.modules.module._IncompatibleKeys(missing, unexpected)
-
-
-def token_rewards(
-    scores: torch.Tensor,
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    completion_mask: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: str = "k1",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token RLHF reward: a KL penalty on every token plus the score on the last one.
-
-        KL_t = kl_estimate(logprobs_t, ref_logprobs_t)      (k1: log π(y_t) − log π_ref(y_t))
-        r_t  = −kl_coef · KL_t + [t = last completion token of the row] · s
-
-    (Ziegler et al. 2019, arXiv:1909.08593 §2.2, eq. 2; InstructGPT's objective, Ouyang et al.
-    2022, arXiv:2203.02155 eq. 2, spread over tokens as in TRL's PPOTrainer.) Summed over a
-    completion the reward is `s − kl_coef · Σ_t KL_t`, whose expectation is
-    `s − kl_coef · KL(π ‖ π_ref)` of the sequence.
-
-    Args:
-        scores: `(B,)` scalar score of each completion (reward-model output and/or rule
-            rewards), in reward units.
-        logprobs: `(B, N)` log π of the sampled tokens under the policy that sampled them (nats).
-        ref_logprobs: `(B, N)` the same under the reference policy.
-        completion_mask: `(B, N)` 0/1, right-padded per row (ones then zeros).
-        kl_coef: β ≥ 0, reward units per nat.
-        kl_estimator: `"k1"` (the plain log-ratio, TRL's default) or `"k3"` (≥ 0), see
-            `minigpt.losses.kl`.
-
-    Returns:
-        `(rewards, kl)`, each `(B, N)` fp32, 0 where the mask is 0; rows without any completion
-        token get no score.
-
-    Raises:
-        ValueError: shapes that disagree.
-    """
-    if logprobs.shape != ref_logprobs.shape or logprobs.shape != completion_mask.shape or logprobs.dim() != 2:
-        raise ValueError(
-            f"token_rewards: logprobs {tuple(logprobs.shape)}, ref_logprobs {tuple(ref_logprobs.shape)} and "
-            f"completion_mask {tuple(completion_mask.shape)} must share one (B, N) shape"
-        )
-    if scores.shape != (logprobs.shape[0],):
-        raise ValueError(f"token_rewards: scores must be (B,) = ({logprobs.shape[0]},), got {tuple(scores.shape)}")
-    keep = completion_mask != 0
-    kl = kl_estimate(logprobs.float(), ref_logprobs.float(), kl_estimator)
-    kl = torch.where(keep, kl, torch.zeros_like(kl))  # (B, N)
-    rewards = -kl_coef * kl
-    lengths = keep.sum(dim=1)  # (B,)
-    rows = torch.nonzero(lengths > 0).squeeze(1)
-    last = lengths[rows] - 1  # index of each row's last completion token (the mask is right-padded)
-    rewards[rows, last] += scores.float()[rows]
-    return rewards, kl
-
-
-class AdaptiveKLController:
-    """The KL coefficient β, fixed or adapted towards a target KL (Ziegler et al. 2019,
-    arXiv:1909.08593 §2.2):
-
-        e = clip(KL / target − 1, −0.2, 0.2);   β ← β · (1 + e · n / horizon)
-
-    after each rollout of `n` completions whose mean KL per sequence (summed over tokens) is
-    `KL`. `target=None` keeps β fixed.
-
-    Args:
-        kl_coef: the starting β (≥ 0).
-        target: the KL per sequence (nats) to steer towards, or None (fixed β).
-        horizon: completions over which a persistent relative error of 20 % changes β by
-            about a factor e^0.2.
-
-    Raises:
-        UserError: negative `kl_coef`, `target <= 0`, `horizon <= 0`.
-    """
-
-    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000) -> None:
-        if not kl_coef >= 0:
-            raise UserError(f"kl_coef must be >= 0, got {kl_coef}")
-        if target is not None and not target > 0:
-            raise UserError(f"the adaptive KL target must be > 0, got {target}")
-        if not horizon > 0:
-            raise UserError(f"the adaptive KL horizon must be > 0, got {horizon}")
-        self.value = float(kl_coef)
-        self.target = target
-        self.horizon = horizon
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        """Adapt β after a rollout of `n_steps` completions with mean KL `current_kl`; returns
-        the new β (unchanged when fixed)."""
-        if self.target is not None:
-            error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-            self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"kl_coef": self.value}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["kl_coef"])
 
 
 class PPOObjective(RolloutObjective):

@@ -176,7 +176,8 @@ def quickstart(
     `wall_seconds`.
     """
     from minigpt.data.corpus import python_docs_corpus
-    from minigpt.data.synthetic import arithmetic_conversations, arithmetic_worksheets, docs_conversations, make_arithmetic_prompts
+    from minigpt.data.arithmetic import arithmetic_conversations, arithmetic_worksheets, make_arithmetic_prompts
+    from minigpt.data.docs_qa import docs_conversations
     from minigpt.inference.loading import load_model_and_tokenizer
     from minigpt.recipes.generate import sample_texts
     from minigpt.recipes.sft import sft
