@@ -115,7 +115,7 @@ def test_ppo_balances_cartpole_and_writes_the_run(tmp_path):
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     from safetensors.torch import load_file
 
-    from minigpt.gym.ppo import ActorCriticMLP
+    from minigpt.gym.actor_critic import ActorCriticMLP
 
     import gymnasium
 

@@ -16,7 +16,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
-from minigpt.objectives.base import LossOutput
+from minigpt.train.objective import LossOutput
 from minigpt.objectives.lm import CausalLMObjective
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.callbacks import Callback, CallbackList
@@ -564,3 +564,47 @@ def test_the_loop_trains_the_same_with_gradient_checkpointing(tmp_path):
     assert all(layer.gradient_checkpointing for layer in ckpt.model.model.layers)
     with pytest.raises(UserError, match="does not support activation checkpointing"):
         run(tmp_path, "lin", model=torch.nn.Linear(2, 2), max_steps=1, gradient_checkpointing=True)
+
+
+def test_perplexity_only_for_token_nll_objectives_and_empty_batches_name_their_units(tmp_path):
+    """`val_ppl` is exp(val_loss) only where the loss is a next-token NLL (LM, SFT): an MLM,
+    contrastive, reward or DPO loss is not one. An update with nothing to train on names what
+    the objective counts."""
+    from minigpt.objectives.contrastive import ContrastiveObjective
+    from minigpt.objectives.mlm import MLMObjective
+    from minigpt.objectives.preference import PreferenceObjective
+    from minigpt.objectives.reward_model import RewardObjective
+    from minigpt.objectives.sft import SFTObjective
+    from minigpt.train.step import OptimizerStep
+
+    assert CausalLMObjective.token_nll and SFTObjective.token_nll
+    for cls in (MLMObjective, ContrastiveObjective, RewardObjective, PreferenceObjective):
+        assert not getattr(cls, "token_nll", False), cls
+    t = Trainer(tiny_model(), CausalLMObjective(), Blocks(16), config(max_steps=1), tmp_path / "lm", val_dataset=Blocks(4, seed=5))
+    assert "val_ppl" in t.fit()
+
+    class NotNLL(CausalLMObjective):
+        token_nll = False
+
+    m = Trainer(tiny_model(), NotNLL(), Blocks(16), config(max_steps=1), tmp_path / "other", val_dataset=Blocks(4, seed=5)).fit()
+    assert "val_ppl" not in m and "val_loss" in m
+    model = tiny_model()
+    step = OptimizerStep(model, CausalLMObjective(), torch.optim.SGD(model.parameters(), lr=0.1))
+    ids = torch.randint(0, VOCAB, (2, 8))
+    with pytest.raises(UserError, match="no supervised tokens"):
+        step([{"input_ids": ids, "targets": torch.full_like(ids, -100)}])
+    mlm_step = OptimizerStep(model, MLMObjective(), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(UserError, match="no masked tokens"):
+        mlm_step([{"input_ids": ids, "labels": torch.full_like(ids, -100)}])
+
+
+def test_tokens_per_second_counts_real_tokens_not_padding():
+    """A micro-batch's tokens are its attention mask's 1s (padding left out), for every view of
+    a pair batch; a packed block without a mask counts whole."""
+    from minigpt.train.step import real_tokens
+
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert real_tokens({"input_ids": ids, "attention_mask": mask}) == 8
+    assert real_tokens({"input_ids_1": ids, "attention_mask_1": mask, "input_ids_2": ids[:, :2]}) == 8 + 4
+    assert real_tokens({"input_ids": ids}) == 10

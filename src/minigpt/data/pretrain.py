@@ -4,7 +4,7 @@ Pipeline::
 
     sources --iter_documents--> str docs --tokenizer--> ids + EOS --> <cache>/<sha256>.bin (+ .json)
     TokenFile --split_train_val--> (train, val) 1-D memmaps --PackedDataset--> {input_ids, targets}
-    BlockSampler --> seeded, resumable, DDP-sharded block indices
+    (the seeded, resumable, DDP-sharded block indices: minigpt.train.sampler.BlockSampler)
 
 The token file is a flat array of token ids (``uint16`` when the vocabulary fits, else
 ``uint32``): every document's ids followed by the tokenizer's EOS id, so EOS is both the
@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 
 from minigpt.data.loaders import iter_documents, resolve_source
 from minigpt.errors import UserError
-from minigpt.train.sampler import BlockSampler  # re-exported: it lives beside the loop that draws from it
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,7 +40,6 @@ __all__ = [
     "build_token_file",
     "PackedDataset",
     "split_train_val",
-    "BlockSampler",
 ]
 
 log = logging.getLogger(__name__)

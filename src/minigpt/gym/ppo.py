@@ -111,4 +111,4 @@ def train_ppo(env_id: str, config: PPOConfig | dict | None = None, total_steps: 
     return {**rec.finish(policy, env_id, env_kwargs, c.eval_episodes, seed, collector.steps), "session": session}
 
 
-__all__ = ["ActorCriticMLP", "train_ppo"]  # ActorCriticMLP: re-exported from minigpt.gym.actor_critic
+__all__ = ["train_ppo"]

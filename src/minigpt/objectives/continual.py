@@ -135,6 +135,8 @@ class ContinualObjective:
         UserError: EWC asked for but no trainable parameter has a Fisher entry.
     """
 
+    unit_name = "supervised tokens (all targets are -100)"
+
     def __init__(
         self,
         inner: Any,

@@ -35,6 +35,8 @@ class ContrastiveObjective:
         momentum: m of the EMA `θ_k ← m·θ_k + (1 − m)·θ_q`.
     """
 
+    unit_name = "pairs"
+
     def __init__(self, temperature: float = 0.07, key_encoder: torch.nn.Module | None = None, queue_size: int = 0, momentum: float = 0.999) -> None:
         self.temperature = temperature
         self.key_encoder = key_encoder

@@ -25,6 +25,8 @@ class DistillationObjective:
         alpha: weight of the hard-label cross-entropy.
     """
 
+    unit_name = "supervised tokens (all targets are -100)"
+
     def __init__(self, teacher: torch.nn.Module, temperature: float = 2.0, alpha: float = 0.5) -> None:
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():

@@ -44,6 +44,9 @@ class CausalLMObjective:
             carries `nats` and `bytes` so the loop reports bits per byte.
     """
 
+    unit_name = "supervised tokens (all targets are -100)"
+    token_nll = True  # exp(val_loss) is a perplexity
+
     def __init__(self, token_bytes: np.ndarray | None = None) -> None:
         self.token_bytes = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.long)
 

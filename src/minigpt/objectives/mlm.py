@@ -27,6 +27,8 @@ class MLMObjective:
     `nsp_loss`, `nsp_accuracy` when the batch has next-sentence labels.
     """
 
+    unit_name = "masked tokens (all labels are -100)"
+
     def num_units(self, batch: dict[str, Any]) -> int:
         """Masked positions of the batch."""
         return int((batch["labels"] != IGNORE_INDEX).sum())

@@ -126,6 +126,8 @@ class PreferenceObjective(_ReferenceMixin):
         UserError: unknown loss type, or no reference where one is needed.
     """
 
+    unit_name = "pairs"
+
     def __init__(
         self,
         loss_type: str = "sigmoid",
@@ -212,6 +214,8 @@ class KTOObjective(_ReferenceMixin):
     `undesirable_reward` summed over all examples of that kind (`desirable` / `undesirable`
     count them, so `desirable_reward / desirable` is their mean).
     """
+
+    unit_name = "examples"
 
     def __init__(
         self,

@@ -27,6 +27,8 @@ class RewardObjective:
         center_rewards_coef: `c` ≥ 0 (reward centring, Eisenstein et al. 2023).
     """
 
+    unit_name = "pairs"
+
     def __init__(self, margin: float = 0.0, center_rewards_coef: float = 0.0) -> None:
         self.margin = float(margin)
         self.center_rewards_coef = float(center_rewards_coef)

@@ -45,6 +45,8 @@ class RolloutObjective:
             the sampling policy).
     """
 
+    unit_name = "completion tokens"
+
     def __init__(
         self,
         config,

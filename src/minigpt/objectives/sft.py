@@ -41,6 +41,9 @@ class SFTObjective:
             settings.
     """
 
+    unit_name = "supervised tokens (all targets are -100)"
+    token_nll = True  # exp(val_loss) is a perplexity
+
     def __init__(self, tag_ids: Sequence[int] = (), tag_weight: float = 1.0) -> None:
         self.tag_ids = list(tag_ids)
         self.tag_weight = float(tag_weight)

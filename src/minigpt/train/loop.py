@@ -507,7 +507,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation metrics: `val_loss` (nats per unit), `val_ppl`, when the objective
+        """Validation metrics: `val_loss` (nats per unit), `val_ppl` for objectives whose loss is
+        a next-token NLL (`token_nll`), when the objective
         reports bytes `val_bpb` (bits per UTF-8 byte), and `val_<k>` per unit for its other sums. Each rank takes every world_size-th batch."""
         if self.val_dataset is None or len(self.val_dataset) == 0:
             return {}
@@ -545,7 +546,8 @@ class Trainer:
         means = dict(zip(mean_keys, totals[3 + len(keys) :]))
         model.train(was_training)
         metrics = {"val_loss": loss_sum / max(units, 1)}
-        metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
+        if getattr(self.objective, "token_nll", False):  # a perplexity only where the loss is a token NLL
+            metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50.0))
         if extra.get("bytes"):
             metrics["val_bpb"] = extra.get("nats", loss_sum) / (math.log(2) * extra["bytes"])
         for k in keys:  # other sums an objective reports (e.g. distillation's kl / ce), per unit

@@ -37,7 +37,16 @@ class LossOutput:
 
 
 class Objective(Protocol):
-    """Two methods wide; the loop never branches on which algorithm this is."""
+    """Two methods wide; the loop never branches on which algorithm this is.
+
+    Two optional class attributes describe the units to the loop's messages and metrics:
+    `unit_name` (what `num_units` counts, e.g. "supervised tokens", "pairs"; an update with
+    none is an error that names them) and `token_nll` (True when the loss is a mean next-token
+    negative log-likelihood, so `exp(val_loss)` is a perplexity and the loop reports `val_ppl`).
+    """
+
+    unit_name: str = "units"
+    token_nll: bool = False
 
     def num_units(self, batch: dict[str, Any]) -> int:
         """Units in `batch` that carry loss (known before the forward pass)."""

@@ -52,6 +52,19 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def real_tokens(batch: dict[str, Any]) -> int:
+    """Tokens a micro-batch's forwards read: for every `input_ids*` tensor, the 1s of its
+    `attention_mask*` (same suffix) when the batch has one, else all its elements (packed
+    pretraining and SFT blocks have no padding)."""
+    total = 0
+    for key, ids in batch.items():
+        if not (key.startswith("input_ids") and isinstance(ids, torch.Tensor)):
+            continue
+        mask = batch.get("attention_mask" + key[len("input_ids"):])
+        total += int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.shape == ids.shape else int(ids.numel())
+    return total
+
+
 @dataclass
 class StepOutput:
     """What one `OptimizerStep` call did.
@@ -60,7 +73,8 @@ class StepOutput:
         loss: the update's mean loss over all its units (all ranks), a float.
         lr: the first parameter group's learning rate used by the update.
         grad_norm: global L2 norm of the gradients before clipping (0 when skipped).
-        num_tokens: `input_ids` elements of this rank's micro-batches (padding included).
+        num_tokens: real tokens of this rank's micro-batches (`real_tokens`: the tokens the
+            objective's forwards read, padding left out).
         num_units: units of this rank's micro-batches.
         metrics: `loss`, `lr`, `grad_norm`, then `bpb` when the objective reports `nats` and
             `bytes`, every other objective sum divided by this rank's units, and the mean of
@@ -162,7 +176,7 @@ class OptimizerStep:
         lr = float(self.optimizer.param_groups[0]["lr"])
         if units <= 0:
             if self.empty == "error":
-                raise UserError("a training batch has no supervised tokens (all targets are -100)")
+                raise UserError(f"a training batch has no {getattr(self.objective, 'unit_name', 'units')}: nothing in it carries loss")
             return StepOutput(loss=0.0, lr=lr, grad_norm=0.0, skipped=True)
         model = self.model
         loss_sum, n_tokens, local_units = 0.0, 0, 0
@@ -181,7 +195,7 @@ class OptimizerStep:
             batch_loss = float(out.loss_sum.detach())
             loss_sum += batch_loss
             local_units += out.num_units
-            n_tokens += sum(int(v.numel()) for k, v in batch.items() if k.startswith("input_ids") and isinstance(v, torch.Tensor))
+            n_tokens += real_tokens(batch)
             for k, v in out.sums.items():
                 sums[k] = sums.get(k, 0.0) + v
             for k, v in out.metrics.items():
@@ -231,4 +245,4 @@ def _no_sync(model: torch.nn.Module):
     return no_gradient_sync(model)
 
 
-__all__ = ["OptimizerStep", "PRECISIONS", "StepOutput", "TrainingDivergedError", "autocast", "to_device"]
+__all__ = ["OptimizerStep", "PRECISIONS", "StepOutput", "TrainingDivergedError", "autocast", "real_tokens", "to_device"]
