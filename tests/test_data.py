@@ -22,9 +22,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from minigpt.train.sampler import BlockSampler
 from minigpt.data import (
     FORMAT_VERSION,
-    BlockSampler,
     PackedDataset,
     TokenFile,
     build_token_file,

@@ -89,7 +89,7 @@ def test_an_update_without_units_is_an_error_or_skipped():
     model = _linear()
     before = model.weight.detach().clone()
     empty = _batch(2, weight=torch.zeros(2))
-    with pytest.raises(UserError, match="no supervised tokens"):
+    with pytest.raises(UserError, match="has no units: nothing in it carries loss"):
         OptimizerStep(model, SquaredError(), torch.optim.SGD(model.parameters(), lr=0.1))([empty])
     out = OptimizerStep(model, SquaredError(), torch.optim.SGD(model.parameters(), lr=0.1), empty="skip")([empty])
     assert out.skipped and torch.equal(model.weight, before)
