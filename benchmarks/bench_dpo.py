@@ -10,7 +10,7 @@ side after another (never concurrently), with `torch.set_num_threads(<all cores>
 
   minigpt           `minigpt.train.loop.Trainer` + `PreferenceObjective("sigmoid", beta)`, data
                     through `PreferenceDataset` / `collate_preference`, reference log-probs
-                    precomputed once with `precompute_reference_logps` (as `minigpt dpo` does
+                    precomputed once with `precompute_reference_logprobs` (as `minigpt dpo` does
                     by default); bf16 autocast, fused AdamW.
   TRL live ref      `trl.DPOTrainer` as it comes: a frozen reference model (a second load of the
                     initial weights) forwarded at every step.
@@ -192,7 +192,7 @@ def worker_minigpt(args, work: Path) -> dict:
     from functools import partial
 
     from minigpt.data.preference import PreferenceDataset, collate_preference
-    from minigpt.objectives.preference import PreferenceObjective, precompute_reference_logps
+    from minigpt.objectives.preference import PreferenceObjective, precompute_reference_logprobs
     from minigpt.model.loading import load_base_model
     from minigpt.train.callbacks import Callback
     from minigpt.train.config import TrainConfig
@@ -227,7 +227,7 @@ def worker_minigpt(args, work: Path) -> dict:
     )
     trainer = Trainer(net, objective, ds, cfg, work / "run_minigpt", collate_fn=counted, callbacks=[timer], save_with_model=tok)
     t_ref = time.perf_counter()
-    precompute_reference_logps(objective, trainer.model, ds, collate, args.batch, trainer.device, trainer.autocast)
+    precompute_reference_logprobs(objective, trainer.model, ds, collate, args.batch, trainer.device, trainer.autocast)
     precompute_s = time.perf_counter() - t_ref
     setup_s = time.perf_counter() - t
     trainer.fit(overwrite=True)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from minigpt.errors import UserError
-from minigpt.losses.preference import sequence_log_probs
+from minigpt.losses.preference import sequence_logprobs
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.lora import apply_lora
-from minigpt.objectives.preference import KTOObjective, PreferenceObjective, adapters_disabled, precompute_reference_logps, sequence_logps
+from minigpt.objectives.preference import KTOObjective, PreferenceObjective, adapters_disabled, precompute_reference_logprobs, model_sequence_logprobs
 from minigpt.objectives.config import DPOConfig
 from minigpt.trainers.dpo import DPOTrainer, create_dpo_trainer
 
@@ -95,21 +95,21 @@ def test_dpo_training_ranks_the_chosen_replies_first():
 
 
 def test_precomputed_reference_equals_a_live_reference():
-    """The objective fed stored `ref_logps` gives exactly the loss of a live reference forward."""
+    """The objective fed stored `ref_logprobs` gives exactly the loss of a live reference forward."""
     policy, ref = tiny_model(0), tiny_model(5)
     trainer = create_dpo_trainer(policy, ref, {"beta": 0.3})
     chosen, rejected = pairs()
     batch = trainer.make_batch(chosen, rejected, prompt_lengths=5)
     live = trainer.objective.compute_loss(policy, batch)
     with torch.no_grad():
-        ref_logps, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["targets"])
-    stored = PreferenceObjective("sigmoid", beta=0.3).compute_loss(policy, {**batch, "ref_logps": ref_logps})
+        ref_logprobs, _ = model_sequence_logprobs(ref, batch["input_ids"], batch["attention_mask"], batch["targets"])
+    stored = PreferenceObjective("sigmoid", beta=0.3).compute_loss(policy, {**batch, "ref_logprobs": ref_logprobs})
     assert float(stored.loss_sum.detach()) == pytest.approx(float(live.loss_sum.detach()), abs=1e-6)
     assert stored.sums == pytest.approx(live.sums, abs=1e-6)
 
 
 class _ListDataset:
-    """The two methods `precompute_reference_logps` needs from a preference dataset."""
+    """The two methods `precompute_reference_logprobs` needs from a preference dataset."""
 
     def __init__(self, chosen, rejected):
         self.items = [{"c": c, "r": r} for c, r in zip(chosen, rejected)]
@@ -121,11 +121,11 @@ class _ListDataset:
     def __getitem__(self, i):
         return dict(self.items[i])
 
-    def set_reference_logps(self, chosen, rejected):
+    def set_reference_logprobs(self, chosen, rejected):
         self.stored = (chosen, rejected)
 
 
-def test_precompute_reference_logps_stores_the_reference_values_in_order():
+def test_precompute_reference_logprobs_stores_the_reference_values_in_order():
     policy, ref = tiny_model(0), tiny_model(5)
     trainer = create_dpo_trainer(policy, ref, {"beta": 0.3})
     chosen, rejected = pairs(b=5)
@@ -134,24 +134,24 @@ def test_precompute_reference_logps_stores_the_reference_values_in_order():
         return trainer.make_batch(torch.stack([it["c"] for it in items]), torch.stack([it["r"] for it in items]), prompt_lengths=5)
 
     ds = _ListDataset(chosen, rejected)
-    precompute_reference_logps(trainer.objective, policy, ds, collate, batch_size=2, device=torch.device("cpu"))
+    precompute_reference_logprobs(trainer.objective, policy, ds, collate, batch_size=2, device=torch.device("cpu"))
     batch = collate(ds.items)
     with torch.no_grad():
-        expect, _ = sequence_logps(ref, batch["input_ids"], batch["attention_mask"], batch["targets"])
+        expect, _ = model_sequence_logprobs(ref, batch["input_ids"], batch["attention_mask"], batch["targets"])
     assert ds.stored[0] == pytest.approx(expect[:5].tolist(), abs=1e-5)
     assert ds.stored[1] == pytest.approx(expect[5:].tolist(), abs=1e-5)
 
 
 def test_selected_positions_head_equals_the_full_forward():
-    """`sequence_logps` runs the LM head only on target positions and drops a right-padding mask;
+    """`model_sequence_logprobs` runs the LM head only on target positions and drops a right-padding mask;
     it must equal Σ log-probs from the full logits (with the mask) gathered naively."""
     model = tiny_model().eval()
     trainer = create_dpo_trainer(model, copy.deepcopy(model), {})
     batch = trainer.make_batch(*pairs(), prompt_lengths=5)
     with torch.no_grad():
-        fast, n_fast = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["targets"])
+        fast, n_fast = model_sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["targets"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        slow, n_slow = sequence_log_probs(logits, batch["targets"])
+        slow, n_slow = sequence_logprobs(logits, batch["targets"])
     assert torch.equal(n_fast, n_slow)
     assert torch.allclose(fast, slow, atol=1e-5)
 
@@ -180,16 +180,16 @@ def test_lora_reference_is_the_model_with_adapters_disabled():
         trainer.train_step(chosen, rejected, prompt_lengths=5)
     batch = trainer.make_batch(chosen, rejected, prompt_lengths=5)
     with torch.no_grad():
-        ref = trainer.objective.reference_logps(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
-        base_logps, _ = sequence_logps(frozen_base, batch["input_ids"], batch["attention_mask"], batch["targets"])
-        trained, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
-    assert torch.allclose(ref, base_logps, atol=1e-5)
-    assert not torch.allclose(trained, base_logps, atol=1e-3)  # the adapters did change the policy
+        ref = trainer.objective.reference_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
+        base_logprobs, _ = model_sequence_logprobs(frozen_base, batch["input_ids"], batch["attention_mask"], batch["targets"])
+        trained, _ = model_sequence_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
+    assert torch.allclose(ref, base_logprobs, atol=1e-5)
+    assert not torch.allclose(trained, base_logprobs, atol=1e-3)  # the adapters did change the policy
     with torch.no_grad():
         with adapters_disabled(policy):
-            inside, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
-        after, _ = sequence_logps(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
-    assert torch.allclose(inside, base_logps, atol=1e-5) and torch.equal(after, trained)  # switched back on
+            inside, _ = model_sequence_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
+        after, _ = model_sequence_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["targets"])
+    assert torch.allclose(inside, base_logprobs, atol=1e-5) and torch.equal(after, trained)  # switched back on
     base_params = {k.replace(".base_layer", ""): v for k, v in policy.named_parameters() if "lora_" not in k}
     for k, v in frozen_base.named_parameters():
         assert torch.equal(base_params[k], v), k

@@ -384,13 +384,13 @@ def test_collate_preference_layout_and_targets():
         [60, 61, 62, 63, X],
     ]
     assert b["index"].tolist() == [7, 2]
-    assert "ref_logps" not in b
+    assert "ref_logprobs" not in b
     assert b["input_ids"].dtype == b["targets"].dtype == b["attention_mask"].dtype == torch.long
 
-    items[0] |= {"ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5}
-    assert "ref_logps" not in collate_preference(items, pad_id=1)  # only when every item has them
-    items[1] |= {"ref_chosen_logps": -3.0, "ref_rejected_logps": -4.0}
-    ref = collate_preference(items, pad_id=1)["ref_logps"]
+    items[0] |= {"ref_chosen_logprobs": -1.5, "ref_rejected_logprobs": -2.5}
+    assert "ref_logprobs" not in collate_preference(items, pad_id=1)  # only when every item has them
+    items[1] |= {"ref_chosen_logprobs": -3.0, "ref_rejected_logprobs": -4.0}
+    ref = collate_preference(items, pad_id=1)["ref_logprobs"]
     assert ref.dtype == torch.float32 and ref.tolist() == [-1.5, -3.0, -2.5, -4.0]
 
 
@@ -411,16 +411,16 @@ def test_dataset_items_collate_targets_on_reply_tokens(tok):
         assert kept.nonzero().flatten().tolist() == list(range(p - 1, p - 1 + len(reply)))
 
 
-def test_reference_logps_roundtrip_and_checks(tok):
+def test_reference_logprobs_roundtrip_and_checks(tok):
     recs = [{"prompt": f"Q{i}", "chosen": "Yes.", "rejected": "No."} for i in range(3)]
     ds = PreferenceDataset(recs, tok, max_length=64)
     with pytest.raises(UserError, match="expected 3 values"):
-        ds.set_reference_logps([-1.0, -2.0], [-1.0, -2.0, -3.0])
+        ds.set_reference_logprobs([-1.0, -2.0], [-1.0, -2.0, -3.0])
     with pytest.raises(UserError, match="not finite"):
-        ds.set_reference_logps([-1.0, float("nan"), -2.0], [-1.0, -2.0, -3.0])
-    ds.set_reference_logps(torch.tensor([-1.0, -2.0, -3.0]), [-4.0, -5.0, -6.0])
-    assert (ds[1]["ref_chosen_logps"], ds[1]["ref_rejected_logps"]) == (-2.0, -5.0)
-    assert collate_preference([ds[2], ds[0]], ds.pad_id)["ref_logps"].tolist() == [-3.0, -1.0, -6.0, -4.0]
+        ds.set_reference_logprobs([-1.0, float("nan"), -2.0], [-1.0, -2.0, -3.0])
+    ds.set_reference_logprobs(torch.tensor([-1.0, -2.0, -3.0]), [-4.0, -5.0, -6.0])
+    assert (ds[1]["ref_chosen_logprobs"], ds[1]["ref_rejected_logprobs"]) == (-2.0, -5.0)
+    assert collate_preference([ds[2], ds[0]], ds.pad_id)["ref_logprobs"].tolist() == [-3.0, -1.0, -6.0, -4.0]
 
 
 # ----------------------------------------------------------------------------- KTO
@@ -501,9 +501,9 @@ def test_collate_unpaired_kl_rotation():
     T = 4. KL row i = prompt i + completion of item (i + 1) % 3, cut to T:
     [10, 11, 21, 22] (23 cut), [20, 33], [30, 31, 32, 12]."""
     items = [
-        {"input_ids": torch.tensor([10, 11, 12]), "prompt_length": 2, "label": True, "index": 0, "ref_logps": -1.0},
-        {"input_ids": torch.tensor([20, 21, 22, 23]), "prompt_length": 1, "label": False, "index": 1, "ref_logps": -2.0},
-        {"input_ids": torch.tensor([30, 31, 32, 33]), "prompt_length": 3, "label": True, "index": 2, "ref_logps": -3.0},
+        {"input_ids": torch.tensor([10, 11, 12]), "prompt_length": 2, "label": True, "index": 0, "ref_logprobs": -1.0},
+        {"input_ids": torch.tensor([20, 21, 22, 23]), "prompt_length": 1, "label": False, "index": 1, "ref_logprobs": -2.0},
+        {"input_ids": torch.tensor([30, 31, 32, 33]), "prompt_length": 3, "label": True, "index": 2, "ref_logprobs": -3.0},
     ]
     b = collate_unpaired(items, pad_id=1)
     X = IGNORE_INDEX
@@ -514,7 +514,7 @@ def test_collate_unpaired_kl_rotation():
     assert b["kl_input_ids"].tolist() == [[10, 11, 21, 22], [20, 33, 1, 1], [30, 31, 32, 12]]
     assert b["kl_attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]]
     assert b["kl_targets"].tolist() == [[X, 21, 22, X], [33, X, X, X], [X, X, 12, X]]
-    assert b["ref_logps"].tolist() == [-1.0, -2.0, -3.0] and "ref_kl_logps" not in b
+    assert b["ref_logprobs"].tolist() == [-1.0, -2.0, -3.0] and "ref_kl_logprobs" not in b
 
     one = collate_unpaired(items[:1], pad_id=1)  # B == 1: paired with itself
     assert one["kl_input_ids"].tolist() == one["input_ids"].tolist() == [[10, 11, 12]]
@@ -532,8 +532,8 @@ def test_unpaired_truncation_counts(tok):
     assert ds.examples[0].prompt_ids == [5, 6, 7, 8, 9]
     assert ds.examples[0].completion_ids == list(range(50, 57))
     assert (ds.stats["prompt_truncated"], ds.stats["response_truncated"]) == (1, 1)
-    ds.set_reference_logps([-1.0, -2.0], [-3.0, -4.0])
-    assert (ds[1]["ref_logps"], ds[1]["ref_kl_logps"]) == (-2.0, -4.0)
+    ds.set_reference_logprobs([-1.0, -2.0], [-3.0, -4.0])
+    assert (ds[1]["ref_logprobs"], ds[1]["ref_kl_logprobs"]) == (-2.0, -4.0)
 
 
 # ----------------------------------------------------------------------------- split
@@ -557,7 +557,7 @@ def test_split_is_deterministic_and_disjoint(tok):
         split_preference(pairs[:1], 0.5)
 
 
-def test_split_datasets_keep_pairs_and_reference_logps(tok):
+def test_split_datasets_keep_pairs_and_reference_logprobs(tok):
     """Splitting an unpaired dataset built from pairs keeps both halves of a pair on one side;
     splitting a PreferenceDataset gives datasets whose reference log-probs follow the pairs."""
     recs = [{"prompt": f"Q{i}", "chosen": "Yes.", "rejected": "No."} for i in range(6)]
@@ -570,9 +570,9 @@ def test_split_datasets_keep_pairs_and_reference_logps(tok):
     assert not {ex.where for ex in train.examples} & {ex.where for ex in val.examples}
 
     ds = PreferenceDataset(recs, tok, max_length=64)
-    ds.set_reference_logps([-float(i) for i in range(6)], [-10.0 - i for i in range(6)])
+    ds.set_reference_logprobs([-float(i) for i in range(6)], [-10.0 - i for i in range(6)])
     train, val = split_preference(ds, 0.5, seed=1)
     for part in (train, val):
         for j, ex in enumerate(part.examples):
             i = int(ex.where.split()[1])  # "record i"
-            assert (part[j]["ref_chosen_logps"], part[j]["ref_rejected_logps"]) == (-float(i), -10.0 - i)
+            assert (part[j]["ref_chosen_logprobs"], part[j]["ref_rejected_logprobs"]) == (-float(i), -10.0 - i)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from minigpt.errors import UserError
 from minigpt.losses import preference as P
-from minigpt.losses.preference import bradley_terry_loss, dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_log_probs, simpo_loss
+from minigpt.losses.preference import bradley_terry_loss, dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_logprobs, simpo_loss
 from minigpt.losses.names import PAIRED_LOSSES, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 
 LN2, LN3, LN4_3 = math.log(2.0), math.log(3.0), math.log(4.0 / 3.0)
@@ -41,7 +41,7 @@ def naive_sequence_log_probs(logits, targets):
     return (logp * (targets != -100)).sum(dim=1)
 
 
-# ----------------------------------------------------------------------------- sequence_log_probs
+# ----------------------------------------------------------------------------- sequence_logprobs
 
 
 def test_sequence_log_probs_hand_value():
@@ -56,10 +56,10 @@ def test_sequence_log_probs_hand_value():
         ]
     )
     targets = torch.tensor([[1, 2, -100], [-100, -100, -100]])
-    logps, n = sequence_log_probs(logits, targets)
-    assert logps.dtype == torch.float32 and n.dtype == torch.long
-    assert logps[0].item() == pytest.approx(-math.log(6.0), rel=1e-6)
-    assert logps[1].item() == 0.0
+    logprobs, n = sequence_logprobs(logits, targets)
+    assert logprobs.dtype == torch.float32 and n.dtype == torch.long
+    assert logprobs[0].item() == pytest.approx(-math.log(6.0), rel=1e-6)
+    assert logprobs[1].item() == 0.0
     assert n.tolist() == [2, 0]
 
 
@@ -77,13 +77,13 @@ def test_sequence_log_probs_matches_naive_gather_value_and_gradient(dtype, monke
     targets[1, 8:] = -100  # padding
     targets[2] = -100  # nothing supervised
     weights = torch.tensor([1.0, -2.0, 3.0, 0.5])  # distinct upstream gradients per row
-    logps, n = sequence_log_probs(logits, targets)
-    (logps * weights).sum().backward()
+    logprobs, n = sequence_logprobs(logits, targets)
+    (logprobs * weights).sum().backward()
     ref_logits = logits.detach().double().requires_grad_()
     ref = naive_sequence_log_probs(ref_logits, targets)
     (ref * weights.double()).sum().backward()
     assert n.tolist() == [7, 8, 0, 11]
-    assert torch.allclose(logps.double(), ref.detach(), atol=1e-4)
+    assert torch.allclose(logprobs.double(), ref.detach(), atol=1e-4)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     assert torch.allclose(logits.grad.double(), ref_logits.grad, atol=tol)
     assert logits.grad.dtype == dtype
@@ -95,18 +95,18 @@ def test_sequence_log_probs_gradcheck_fp64():
     torch.manual_seed(1)
     x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([[0, 5, -100, 2], [-100, 1, 1, 3]])
-    assert torch.autograd.gradcheck(lambda z: sequence_log_probs(z, targets)[0], (x,))
+    assert torch.autograd.gradcheck(lambda z: sequence_logprobs(z, targets)[0], (x,))
 
 
 def test_sequence_log_probs_all_ignored_and_bad_shape():
     """No supervised target at all: zeros and a zero gradient, not an error; shape mismatch raises."""
     logits = torch.randn(2, 3, 5, requires_grad=True)
-    logps, n = sequence_log_probs(logits, torch.full((2, 3), -100))
-    logps.sum().backward()
-    assert logps.tolist() == [0.0, 0.0] and n.tolist() == [0, 0]
+    logprobs, n = sequence_logprobs(logits, torch.full((2, 3), -100))
+    logprobs.sum().backward()
+    assert logprobs.tolist() == [0.0, 0.0] and n.tolist() == [0, 0]
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
     with pytest.raises(ValueError):
-        sequence_log_probs(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+        sequence_logprobs(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- DPO
@@ -207,7 +207,7 @@ def test_dpo_computes_in_fp32_and_rejects_bad_arguments():
         with pytest.raises(UserError):
             dpo_loss(t(-1.0), t(-2.0), **kwargs)
     with pytest.raises(ValueError):
-        dpo_loss(t(-1.0), t(-2.0), ref_chosen_logps=t(-1.0))
+        dpo_loss(t(-1.0), t(-2.0), ref_chosen_logprobs=t(-1.0))
     with pytest.raises(ValueError):
         dpo_loss(t(-1.0, -2.0), t(-2.0))
 
@@ -250,7 +250,7 @@ def test_dpo_matches_trl_dpo_trainer(loss_type, beta):
     """Three pairs of right-padded prompt+reply rows laid out as TRL's collator does ([chosen…,
     rejected…], completion_mask on the reply tokens). TRL shifts labels (position t predicts
     token t+1); our side builds ALIGNED targets (targets[t] = input_ids[t+1] on reply tokens),
-    gets summed log-probs and token counts from `sequence_log_probs` on the same logits and
+    gets summed log-probs and token counts from `sequence_logprobs` on the same logits and
     calls `dpo_loss`. Each pair alone must give TRL's loss (TRL only returns the batch mean,
     so pairs are also run one at a time), the batch mean must match, and the rewards TRL gathers
     for its metrics must equal ours."""
@@ -273,9 +273,9 @@ def test_dpo_matches_trl_dpo_trainer(loss_type, beta):
     targets[:, :-1] = torch.where(completion_mask[:, 1:] == 1, nxt, torch.full_like(nxt, -100))
     ref_w, ref_l = -20 * torch.rand(B), -20 * torch.rand(B)
 
-    logps, ntok = sequence_log_probs(logits, targets)
+    logprobs, ntok = sequence_logprobs(logits, targets)
     assert ntok.tolist() == reply_len
-    losses, cr, rr = dpo_loss(logps[:B], logps[B:], ref_w, ref_l, beta=beta, loss_type=loss_type,
+    losses, cr, rr = dpo_loss(logprobs[:B], logprobs[B:], ref_w, ref_l, beta=beta, loss_type=loss_type,
                               chosen_lengths=ntok[:B], rejected_lengths=ntok[B:])
 
     for i in range(B):

@@ -428,8 +428,8 @@ class PreferenceDataset(Dataset):
             ``skipped_<kind>`` for each kind in :data:`SKIP_KINDS`, ``prompt_truncated`` and
             ``response_truncated`` (pairs whose prompt / at least one reply was cut), and
             ``prompt_tokens``, ``chosen_tokens``, ``rejected_tokens`` summed over used pairs.
-        ref_chosen_logps, ref_rejected_logps: None, or one float per pair after
-            :meth:`set_reference_logps`.
+        ref_chosen_logprobs, ref_rejected_logprobs: None, or one float per pair after
+            :meth:`set_reference_logprobs`.
 
     Raises:
         UserError: bad lengths, unreadable source, a malformed record, no records, or no usable
@@ -437,7 +437,7 @@ class PreferenceDataset(Dataset):
 
     ``ds[i]`` is ``{"chosen_input_ids": (Lc,) long = prompt + chosen, "rejected_input_ids":
     (Lr,) long = prompt + rejected, "prompt_length": int, "index": i}``, plus the floats
-    ``"ref_chosen_logps"``/``"ref_rejected_logps"`` once reference log-probs are set.
+    ``"ref_chosen_logprobs"``/``"ref_rejected_logprobs"`` once reference log-probs are set.
     """
 
     def __init__(self, path_or_records: Any, tokenizer, max_length: int = 512, max_prompt_length: int | None = None) -> None:
@@ -446,8 +446,8 @@ class PreferenceDataset(Dataset):
         self.pad_id = _pad_id(tokenizer)
         self.examples: list[PreferencePair] = []
         self.stats: Counter = Counter()
-        self.ref_chosen_logps: list[float] | None = None
-        self.ref_rejected_logps: list[float] | None = None
+        self.ref_chosen_logprobs: list[float] | None = None
+        self.ref_rejected_logprobs: list[float] | None = None
         self._source, records = _records(path_or_records, "PreferenceDataset")
         # Source order: a given PreferencePair, or the index of a record's entry in `pending`
         # (its replies are tokenized in one batch at the end).
@@ -505,15 +505,15 @@ class PreferenceDataset(Dataset):
             f"{_mean(s['chosen_tokens'], n):.1f}, rejected {_mean(s['rejected_tokens'], n):.1f}"
         )
 
-    def set_reference_logps(self, chosen: Sequence[float], rejected: Sequence[float]) -> None:
+    def set_reference_logprobs(self, chosen: Sequence[float], rejected: Sequence[float]) -> None:
         """Store precomputed reference log-probs ``log π_ref(y|x)`` (summed over reply tokens),
         one per pair in ``self.examples`` order (lists, arrays or 1-D tensors).
 
         Raises:
             UserError: a length other than ``len(self)`` or a non-finite value.
         """
-        self.ref_chosen_logps = _float_list(chosen, len(self), "ref chosen logps")
-        self.ref_rejected_logps = _float_list(rejected, len(self), "ref rejected logps")
+        self.ref_chosen_logprobs = _float_list(chosen, len(self), "ref chosen logprobs")
+        self.ref_rejected_logprobs = _float_list(rejected, len(self), "ref rejected logprobs")
 
     def subset(self, indices: Sequence[int]) -> PreferenceDataset:
         """A dataset of ``self.examples[i]`` for ``i`` in ``indices`` (reference log-probs too);
@@ -521,9 +521,9 @@ class PreferenceDataset(Dataset):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.examples = [self.examples[i] for i in indices]
-        if self.ref_chosen_logps is not None:
-            new.ref_chosen_logps = [self.ref_chosen_logps[i] for i in indices]
-            new.ref_rejected_logps = [self.ref_rejected_logps[i] for i in indices]
+        if self.ref_chosen_logprobs is not None:
+            new.ref_chosen_logprobs = [self.ref_chosen_logprobs[i] for i in indices]
+            new.ref_rejected_logprobs = [self.ref_rejected_logprobs[i] for i in indices]
         return new
 
     def __len__(self) -> int:
@@ -537,9 +537,9 @@ class PreferenceDataset(Dataset):
             "prompt_length": len(ex.prompt_ids),
             "index": i,
         }
-        if self.ref_chosen_logps is not None:
-            item["ref_chosen_logps"] = self.ref_chosen_logps[i]
-            item["ref_rejected_logps"] = self.ref_rejected_logps[i]
+        if self.ref_chosen_logprobs is not None:
+            item["ref_chosen_logprobs"] = self.ref_chosen_logprobs[i]
+            item["ref_rejected_logprobs"] = self.ref_rejected_logprobs[i]
         return item
 
 
@@ -564,13 +564,13 @@ class UnpairedPreferenceDataset(Dataset):
         stats: a Counter: ``records``, ``examples``, ``desirable``, ``undesirable``,
             ``pairs_split`` (paired records used), ``skipped_<kind>``, ``prompt_truncated``,
             ``response_truncated`` (per example), ``prompt_tokens``, ``completion_tokens``.
-        ref_logps, ref_kl_logps: None or one float per example after
-            :meth:`set_reference_logps`.
+        ref_logprobs, ref_kl_logprobs: None or one float per example after
+            :meth:`set_reference_logprobs`.
 
     ``ds[i]`` is ``{"input_ids": (L,) long = prompt + completion, "prompt_length": int,
     "label": bool, "index": i, "kl_completion_ids": (M,) long}`` (the completion of
-    :meth:`kl_partner` ``(i)``, cut so prompt + it fits ``max_length``) (+ ``"ref_logps"``,
-    ``"ref_kl_logps"`` floats when set).
+    :meth:`kl_partner` ``(i)``, cut so prompt + it fits ``max_length``) (+ ``"ref_logprobs"``,
+    ``"ref_kl_logprobs"`` floats when set).
 
     Raises:
         UserError: as :class:`PreferenceDataset`.
@@ -582,8 +582,8 @@ class UnpairedPreferenceDataset(Dataset):
         self.pad_id = _pad_id(tokenizer)
         self.examples: list[UnpairedExample] = []
         self.stats: Counter = Counter()
-        self.ref_logps: list[float] | None = None
-        self.ref_kl_logps: list[float] | None = None
+        self.ref_logprobs: list[float] | None = None
+        self.ref_kl_logprobs: list[float] | None = None
         self._source, records = _records(path_or_records, "UnpairedPreferenceDataset")
         order: list[UnpairedExample | int] = []  # as in PreferenceDataset
         pending: list[tuple[str, list[int], str, bool]] = []  # (where, prompt ids, completion, label)
@@ -646,16 +646,16 @@ class UnpairedPreferenceDataset(Dataset):
             f"{_mean(s['completion_tokens'], n):.1f}"
         )
 
-    def set_reference_logps(self, logps: Sequence[float], kl_logps: Sequence[float] | None = None) -> None:
-        """Store precomputed reference log-probs: ``logps[i] = log π_ref(completion_i | prompt_i)``
-        and, optionally, ``kl_logps[i]`` for item ``i``'s mismatched pair (prompt ``i`` + the
+    def set_reference_logprobs(self, logprobs: Sequence[float], kl_logprobs: Sequence[float] | None = None) -> None:
+        """Store precomputed reference log-probs: ``logprobs[i] = log π_ref(completion_i | prompt_i)``
+        and, optionally, ``kl_logprobs[i]`` for item ``i``'s mismatched pair (prompt ``i`` + the
         completion of :meth:`kl_partner` ``(i)``, fixed per dataset, so valid in any batch order).
 
         Raises:
             UserError: a length other than ``len(self)`` or a non-finite value.
         """
-        self.ref_logps = _float_list(logps, len(self), "ref logps")
-        self.ref_kl_logps = None if kl_logps is None else _float_list(kl_logps, len(self), "ref KL logps")
+        self.ref_logprobs = _float_list(logprobs, len(self), "ref logprobs")
+        self.ref_kl_logprobs = None if kl_logprobs is None else _float_list(kl_logprobs, len(self), "ref KL logprobs")
 
     def subset(self, indices: Sequence[int]) -> UnpairedPreferenceDataset:
         """A dataset of ``self.examples[i]`` for ``i`` in ``indices`` (reference log-probs too)."""
@@ -663,7 +663,7 @@ class UnpairedPreferenceDataset(Dataset):
         new.__dict__.update(self.__dict__)
         new.examples = [self.examples[i] for i in indices]
         new.__dict__.pop("_partners", None)
-        for name in ("ref_logps", "ref_kl_logps"):
+        for name in ("ref_logprobs", "ref_kl_logprobs"):
             values = getattr(self, name)
             setattr(new, name, None if values is None else [values[i] for i in indices])
         return new
@@ -709,10 +709,10 @@ class UnpairedPreferenceDataset(Dataset):
             "index": i,
             "kl_completion_ids": torch.tensor(kl_completion, dtype=torch.long),
         }
-        if self.ref_logps is not None:
-            item["ref_logps"] = self.ref_logps[i]
-        if self.ref_kl_logps is not None:
-            item["ref_kl_logps"] = self.ref_kl_logps[i]
+        if self.ref_logprobs is not None:
+            item["ref_logprobs"] = self.ref_logprobs[i]
+        if self.ref_kl_logprobs is not None:
+            item["ref_kl_logprobs"] = self.ref_kl_logprobs[i]
         return item
 
 
@@ -751,8 +751,8 @@ def collate_preference(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[
         longest row ``T``. ``attention_mask`` ``(2B, T)`` long, 1 on real tokens.
         ``targets`` ``(2B, T)`` long: ``input_ids[r, t+1]`` where token ``t+1`` belongs to the
         reply (its ``<|im_end|>`` included), else ``-100``. ``index`` ``(B,)`` long, the items'
-        dataset indices. ``ref_logps`` ``(2B,)`` float32 ``[ref chosen..., ref rejected...]``,
-        only when every item carries ``ref_chosen_logps`` and ``ref_rejected_logps``.
+        dataset indices. ``ref_logprobs`` ``(2B,)`` float32 ``[ref chosen..., ref rejected...]``,
+        only when every item carries ``ref_chosen_logprobs`` and ``ref_rejected_logprobs``.
 
     Raises:
         UserError: an empty list of items.
@@ -763,9 +763,9 @@ def collate_preference(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[
     prompts = [int(it["prompt_length"]) for it in items] * 2
     batch = pad_rows(rows, prompts, pad_id)
     batch["index"] = torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long)
-    if all("ref_chosen_logps" in it and "ref_rejected_logps" in it for it in items):
-        refs = [float(it["ref_chosen_logps"]) for it in items] + [float(it["ref_rejected_logps"]) for it in items]
-        batch["ref_logps"] = torch.tensor(refs, dtype=torch.float32)
+    if all("ref_chosen_logprobs" in it and "ref_rejected_logprobs" in it for it in items):
+        refs = [float(it["ref_chosen_logprobs"]) for it in items] + [float(it["ref_rejected_logprobs"]) for it in items]
+        batch["ref_logprobs"] = torch.tensor(refs, dtype=torch.float32)
     return batch
 
 
@@ -782,7 +782,7 @@ def collate_unpaired(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
         ``kl_completion_ids`` when it has them (dataset items do: a fixed partner, see
         :meth:`UnpairedPreferenceDataset.kl_partner`), else the completion of item
         ``(i + 1) % B`` cut on the right to ``T`` (``B == 1`` pairs the item with itself);
-        ``ref_logps`` / ``ref_kl_logps`` ``(B,)`` float32 when every item carries them.
+        ``ref_logprobs`` / ``ref_kl_logprobs`` ``(B,)`` float32 when every item carries them.
 
     Raises:
         UserError: an empty list of items.
@@ -808,7 +808,7 @@ def collate_unpaired(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
     batch["kl_targets"] = kl["targets"]
     batch["label"] = torch.tensor([bool(it["label"]) for it in items], dtype=torch.bool)
     batch["index"] = torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long)
-    for key in ("ref_logps", "ref_kl_logps"):
+    for key in ("ref_logprobs", "ref_kl_logprobs"):
         if all(key in it for it in items):
             batch[key] = torch.tensor([float(it[key]) for it in items], dtype=torch.float32)
     return batch

@@ -18,7 +18,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.inference.engine import GenerationEngine
-from minigpt.losses.preference import sequence_log_probs
+from minigpt.losses.preference import sequence_logprobs
 
 
 @dataclass
@@ -116,9 +116,9 @@ def completion_logprobs(
         logits = logits[:, p - 1 : p + n - 1][sel]
     if temperature != 1.0:
         logits = logits / temperature
-    token_logps, _ = sequence_log_probs(logits[:, None], targets[:, None])  # (K,)
+    token_logprobs, _ = sequence_logprobs(logits[:, None], targets[:, None])  # (K,)
     out = torch.zeros(completion_mask.shape, dtype=torch.float32, device=input_ids.device)
-    out = out.masked_scatter(sel, token_logps)
+    out = out.masked_scatter(sel, token_logprobs)
     if not return_entropy:
         return out
     ent = _entropy(logits)

@@ -6,7 +6,7 @@ tensors, computes in fp32 and returns per-example tensors that the caller sums o
 Implicit rewards are returned detached (they are for logging and accuracy metrics only).
 
 Log-probabilities are in nats. "Summed" log-probs are `Σ_t log π(y_t | x, y_<t)` over the reply
-tokens (see `sequence_log_probs`); "average" log-probs divide that sum by the reply's token count.
+tokens (see `sequence_logprobs`); "average" log-probs divide that sum by the reply's token count.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from minigpt.losses.lm import IGNORE_INDEX
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")  # the ones `dpo_loss` itself computes
 
-_CHUNK_ROWS = 1024  # supervised positions per fp32 chunk in `sequence_log_probs`
+_CHUNK_ROWS = 1024  # supervised positions per fp32 chunk in `sequence_logprobs`
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -65,10 +65,10 @@ class _TokenLogProbs(torch.autograd.Function):
         return grad, None, None
 
 
-def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each sequence's supervised targets, in nats, computed in fp32.
 
-    `logps[n] = Σ_t log softmax(logits[n, t])[targets[n, t]]` over the positions with
+    `logprobs[n] = Σ_t log softmax(logits[n, t])[targets[n, t]]` over the positions with
     `targets[n, t] != −100`. Targets are ALIGNED with the logits: position `t` predicts
     `targets[n, t]` (for a causal LM that is `input_ids[n, t + 1]` on reply tokens), so no shift
     happens here.
@@ -82,7 +82,7 @@ def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
         targets: `(N, T)` long ids, −100 where no log-prob is wanted.
 
     Returns:
-        `(logps, num_tokens)`: `(N,)` fp32 summed log-probs (0 for a row with no supervised
+        `(logprobs, num_tokens)`: `(N,)` fp32 summed log-probs (0 for a row with no supervised
         target; gradients flow to `logits`) and `(N,)` long counts of supervised targets.
 
     Raises:
@@ -90,7 +90,7 @@ def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
     """
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(
-            f"sequence_log_probs needs logits (N, T, V) and targets (N, T); got {tuple(logits.shape)} "
+            f"sequence_logprobs needs logits (N, T, V) and targets (N, T); got {tuple(logits.shape)} "
             f"and {tuple(targets.shape)}"
         )
     n, t, v = logits.shape
@@ -99,8 +99,8 @@ def sequence_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
     flat_index = valid.reshape(-1).nonzero().squeeze(1)  # positions that carry a log-prob
     row_of = flat_index // t  # which sequence each one belongs to
     picked = _TokenLogProbs.apply(logits.reshape(n * t, v)[flat_index], targets.reshape(-1)[flat_index], _CHUNK_ROWS)
-    logps = picked.new_zeros(n).index_add(0, row_of, picked)
-    return logps, num_tokens.long()
+    logprobs = picked.new_zeros(n).index_add(0, row_of, picked)
+    return logprobs, num_tokens.long()
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -126,10 +126,10 @@ def _smoothed_logistic(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
 
 
 def dpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
+    policy_chosen_logprobs: torch.Tensor,
+    policy_rejected_logprobs: torch.Tensor,
+    ref_chosen_logprobs: torch.Tensor | None = None,
+    ref_rejected_logprobs: torch.Tensor | None = None,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
     loss_type: str = "sigmoid",
@@ -155,9 +155,9 @@ def dpo_loss(
     (an implicit uniform reference).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps: `(B,)` summed log-probs (nats) of the chosen /
+        policy_chosen_logprobs, policy_rejected_logprobs: `(B,)` summed log-probs (nats) of the chosen /
             rejected replies under the policy, differentiable.
-        ref_chosen_logps, ref_rejected_logps: `(B,)` the same under the frozen reference, or None.
+        ref_chosen_logprobs, ref_rejected_logprobs: `(B,)` the same under the frozen reference, or None.
         beta: β > 0, the strength of the implicit KL penalty (IPO: its τ).
         label_smoothing: ε in [0, 0.5); only the `sigmoid` loss uses it.
         loss_type: one of `DPO_LOSS_TYPES` ("sigmoid", "ipo", "hinge").
@@ -184,16 +184,16 @@ def dpo_loss(
     _check_label_smoothing(label_smoothing)
     if label_smoothing and loss_type != "sigmoid":
         raise UserError(f"label_smoothing applies to the sigmoid DPO loss only, not {loss_type!r}")
-    _check_pair(policy_chosen_logps, policy_rejected_logps, "policy_chosen_logps and policy_rejected_logps")
-    pw, pl = _f32(policy_chosen_logps), _f32(policy_rejected_logps)
-    if (ref_chosen_logps is None) != (ref_rejected_logps is None):
-        raise ValueError("give both ref_chosen_logps and ref_rejected_logps, or neither")
-    if reference_free or ref_chosen_logps is None:
+    _check_pair(policy_chosen_logprobs, policy_rejected_logprobs, "policy_chosen_logprobs and policy_rejected_logprobs")
+    pw, pl = _f32(policy_chosen_logprobs), _f32(policy_rejected_logprobs)
+    if (ref_chosen_logprobs is None) != (ref_rejected_logprobs is None):
+        raise ValueError("give both ref_chosen_logprobs and ref_rejected_logprobs, or neither")
+    if reference_free or ref_chosen_logprobs is None:
         rw, rl = torch.zeros_like(pw), torch.zeros_like(pl)
     else:
-        _check_pair(pw, ref_chosen_logps, "policy_chosen_logps and ref_chosen_logps")
-        _check_pair(pl, ref_rejected_logps, "policy_rejected_logps and ref_rejected_logps")
-        rw, rl = _f32(ref_chosen_logps).detach(), _f32(ref_rejected_logps).detach()
+        _check_pair(pw, ref_chosen_logprobs, "policy_chosen_logprobs and ref_chosen_logprobs")
+        _check_pair(pl, ref_rejected_logprobs, "policy_rejected_logprobs and ref_rejected_logprobs")
+        rw, rl = _f32(ref_chosen_logprobs).detach(), _f32(ref_rejected_logprobs).detach()
     chosen_ratio, rejected_ratio = pw - rw, pl - rl
     if loss_type == "sigmoid":
         losses = _smoothed_logistic(beta * (chosen_ratio - rejected_ratio), label_smoothing)
@@ -212,8 +212,8 @@ def dpo_loss(
 
 
 def simpo_loss(
-    policy_chosen_avg_logps: torch.Tensor,
-    policy_rejected_avg_logps: torch.Tensor,
+    policy_chosen_avg_logprobs: torch.Tensor,
+    policy_rejected_avg_logprobs: torch.Tensor,
     beta: float = 2.0,
     gamma: float = 0.5,
     label_smoothing: float = 0.0,
@@ -225,7 +225,7 @@ def simpo_loss(
     per-token average log-prob of a reply (nats/token) and γ the target reward margin.
 
     Args:
-        policy_chosen_avg_logps, policy_rejected_avg_logps: `(B,)` average log-probs, differentiable.
+        policy_chosen_avg_logprobs, policy_rejected_avg_logprobs: `(B,)` average log-probs, differentiable.
         beta: β > 0, the reward scale.
         gamma: γ, the target margin in reward units.
         label_smoothing: ε in [0, 0.5), as in conservative DPO.
@@ -239,8 +239,8 @@ def simpo_loss(
     if beta <= 0:
         raise UserError(f"beta must be > 0, got {beta}")
     _check_label_smoothing(label_smoothing)
-    _check_pair(policy_chosen_avg_logps, policy_rejected_avg_logps, "chosen and rejected average log-probs")
-    aw, al = _f32(policy_chosen_avg_logps), _f32(policy_rejected_avg_logps)
+    _check_pair(policy_chosen_avg_logprobs, policy_rejected_avg_logprobs, "chosen and rejected average log-probs")
+    aw, al = _f32(policy_chosen_avg_logprobs), _f32(policy_rejected_avg_logprobs)
     losses = _smoothed_logistic(beta * aw - beta * al - gamma, label_smoothing)
     return losses, beta * aw.detach(), beta * al.detach()
 
@@ -259,8 +259,8 @@ def _log1mexp(a: torch.Tensor) -> torch.Tensor:
 
 
 def orpo_loss(
-    policy_chosen_avg_logps: torch.Tensor,
-    policy_rejected_avg_logps: torch.Tensor,
+    policy_chosen_avg_logprobs: torch.Tensor,
+    policy_rejected_avg_logprobs: torch.Tensor,
     lam: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ORPO: SFT on the chosen reply plus an odds-ratio preference term (Hong, Lee & Thorne 2024,
@@ -272,7 +272,7 @@ def orpo_loss(
     gives a large finite log-odds instead of ∞.
 
     Args:
-        policy_chosen_avg_logps, policy_rejected_avg_logps: `(B,)` average log-probs (< 0), differentiable.
+        policy_chosen_avg_logprobs, policy_rejected_avg_logprobs: `(B,)` average log-probs (< 0), differentiable.
         lam: λ ≥ 0, weight of the odds-ratio term.
 
     Returns:
@@ -283,8 +283,8 @@ def orpo_loss(
     """
     if lam < 0:
         raise UserError(f"ORPO lambda must be >= 0, got {lam}")
-    _check_pair(policy_chosen_avg_logps, policy_rejected_avg_logps, "chosen and rejected average log-probs")
-    aw, al = _f32(policy_chosen_avg_logps), _f32(policy_rejected_avg_logps)
+    _check_pair(policy_chosen_avg_logprobs, policy_rejected_avg_logprobs, "chosen and rejected average log-probs")
+    aw, al = _f32(policy_chosen_avg_logprobs), _f32(policy_rejected_avg_logprobs)
     cw, cl = aw.clamp(max=-1e-12), al.clamp(max=-1e-12)
     log_odds_ratio = (cw - _log1mexp(cw)) - (cl - _log1mexp(cl))
     losses = -aw - lam * F.logsigmoid(log_odds_ratio)
@@ -292,8 +292,8 @@ def orpo_loss(
 
 
 def kto_loss(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
+    policy_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
     desirable: torch.Tensor,
     reference_point: torch.Tensor | float,
     beta: float = 0.1,
@@ -309,8 +309,8 @@ def kto_loss(
     (The paper's `λ_y − v(x, y)` with `λ_y = w_y`; the constant changes no gradient.)
 
     Args:
-        policy_logps: `(B,)` summed log-probs under the policy, differentiable.
-        ref_logps: `(B,)` summed log-probs under the reference.
+        policy_logprobs: `(B,)` summed log-probs under the policy, differentiable.
+        ref_logprobs: `(B,)` summed log-probs under the reference.
         desirable: `(B,)` bool, True for a desirable (good) example.
         reference_point: scalar tensor or float, `z0` in nats.
         beta: β > 0.
@@ -326,10 +326,10 @@ def kto_loss(
         raise UserError(f"beta must be > 0, got {beta}")
     if desirable_weight < 0 or undesirable_weight < 0:
         raise UserError(f"KTO weights must be >= 0, got {desirable_weight} and {undesirable_weight}")
-    _check_pair(policy_logps, ref_logps, "policy_logps and ref_logps")
-    _check_pair(policy_logps, desirable, "policy_logps and desirable")
-    p = _f32(policy_logps)
-    r = p - _f32(ref_logps).detach()
+    _check_pair(policy_logprobs, ref_logprobs, "policy_logprobs and ref_logprobs")
+    _check_pair(policy_logprobs, desirable, "policy_logprobs and desirable")
+    p = _f32(policy_logprobs)
+    r = p - _f32(ref_logprobs).detach()
     z0 = torch.as_tensor(reference_point, dtype=p.dtype, device=p.device).detach().clamp(min=0.0)
     good = desirable_weight * (1.0 - torch.sigmoid(beta * (r - z0)))
     bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - r)))
@@ -337,7 +337,7 @@ def kto_loss(
     return losses, beta * r.detach()
 
 
-def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+def kto_reference_point(policy_kl_logprobs: torch.Tensor, ref_kl_logprobs: torch.Tensor) -> torch.Tensor:
     """KTO's reference point `z0 = max(0, mean_i [log π(y'_i|x_i) − log π_ref(y'_i|x_i)])`, detached.
 
     The pairs `(x_i, y'_i)` are mismatched (prompt i with another example's completion), so the
@@ -345,17 +345,17 @@ def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tenso
     2024, §4.1). Clamped at 0 because a KL is never negative; no gradient flows through it.
 
     Args:
-        policy_kl_logps, ref_kl_logps: `(B,)` summed log-probs (nats) of the mismatched pairs.
+        policy_kl_logprobs, ref_kl_logprobs: `(B,)` summed log-probs (nats) of the mismatched pairs.
 
     Returns a 0-dim fp32 tensor.
 
     Raises:
         ValueError: empty or mismatched inputs.
     """
-    _check_pair(policy_kl_logps, ref_kl_logps, "policy_kl_logps and ref_kl_logps")
-    if policy_kl_logps.numel() == 0:
+    _check_pair(policy_kl_logprobs, ref_kl_logprobs, "policy_kl_logprobs and ref_kl_logprobs")
+    if policy_kl_logprobs.numel() == 0:
         raise ValueError("kto_reference_point needs at least one mismatched pair")
-    diff = _f32(policy_kl_logps).detach() - _f32(ref_kl_logps).detach()
+    diff = _f32(policy_kl_logprobs).detach() - _f32(ref_kl_logprobs).detach()
     return diff.mean().clamp(min=0.0)
 
 
@@ -402,6 +402,6 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "orpo_loss",
-    "sequence_log_probs",
+    "sequence_logprobs",
     "simpo_loss",
 ]

@@ -3,8 +3,8 @@
 Each objective is a thin adapter: forward the batch, reduce to per-sequence log-probs, and hand
 them to the pure loss functions of `minigpt.losses.preference`, where the equations live.
 
-Reference log-probs come from, in this order: the batch (`ref_logps`, precomputed once per
-dataset by `precompute_reference_logps`), a frozen reference model given to the objective, or,
+Reference log-probs come from, in this order: the batch (`ref_logprobs`, precomputed once per
+dataset by `precompute_reference_logprobs`), a frozen reference model given to the objective, or,
 when the policy carries PEFT adapters, the policy itself with its adapters disabled (DESIGN
 principle 4: no second copy of the weights in memory).
 """
@@ -18,7 +18,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.losses.lm import IGNORE_INDEX
-from minigpt.losses.preference import dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_log_probs, simpo_loss
+from minigpt.losses.preference import dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_logprobs, simpo_loss
 from minigpt.losses.names import PAIRED_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import adapters_disabled, has_adapters
 from minigpt.objectives.config import DPOConfig
@@ -37,7 +37,7 @@ def _padding_free_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | No
     return attention_mask
 
 
-def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def model_sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each row's supervised targets under `model`.
 
     Args:
@@ -49,20 +49,20 @@ def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
         attention_mask: `(N, T)` 1 = real token, or None.
         targets: `(N, T)` aligned targets (position t predicts `targets[t]`), −100 = no loss.
 
-    Returns `(logps (N,) float32, num_tokens (N,) long)`; differentiable when grad is enabled.
+    Returns `(logprobs (N,) float32, num_tokens (N,) long)`; differentiable when grad is enabled.
     """
     mask = _padding_free_mask(attention_mask)
     backbone, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if backbone is None or head is None:
         logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-        return sequence_log_probs(logits, targets)
+        return sequence_logprobs(logits, targets)
     h = backbone(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state  # (N, T, C)
     sel = targets != IGNORE_INDEX  # (N, T)
     logits = head(h[sel])  # (K, V) for the K supervised positions
-    token_logps, _ = sequence_log_probs(logits[:, None], targets[sel][:, None])  # (K,): one position per row
+    token_logprobs, _ = sequence_logprobs(logits[:, None], targets[sel][:, None])  # (K,): one position per row
     rows = sel.nonzero()[:, 0]
-    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logps)
-    return logps, sel.sum(dim=1)
+    logprobs = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logprobs)
+    return logprobs, sel.sum(dim=1)
 
 
 class _ReferenceMixin:
@@ -78,7 +78,7 @@ class _ReferenceMixin:
                 p.requires_grad_(False)
 
     @torch.no_grad()
-    def reference_logps(self, model: torch.nn.Module, input_ids, attention_mask, targets) -> torch.Tensor:
+    def reference_logprobs(self, model: torch.nn.Module, input_ids, attention_mask, targets) -> torch.Tensor:
         """`(N,)` summed reference log-probs (no gradient).
 
         Raises:
@@ -86,10 +86,10 @@ class _ReferenceMixin:
                 adapters to disable).
         """
         if self.reference is not None:
-            return sequence_logps(self.reference, input_ids, attention_mask, targets)[0]
+            return model_sequence_logprobs(self.reference, input_ids, attention_mask, targets)[0]
         if has_adapters(model):
             with adapters_disabled(model):
-                return sequence_logps(model, input_ids, attention_mask, targets)[0]
+                return model_sequence_logprobs(model, input_ids, attention_mask, targets)[0]
         raise UserError(
             "this loss needs reference log-probs: precompute them, pass a reference model, or train LoRA adapters "
             "(the reference is then the model with its adapters disabled)"
@@ -100,7 +100,7 @@ class PreferenceObjective(_ReferenceMixin):
     """Paired preference losses on `collate_preference` batches (rows `[chosen…, rejected…]`).
 
     Batch: `input_ids (2B, T)`, `attention_mask (2B, T)`, `targets (2B, T)` (−100 outside the
-    replies), optional `ref_logps (2B,)`. One forward over all 2B rows (chosen and rejected
+    replies), optional `ref_logprobs (2B,)`. One forward over all 2B rows (chosen and rejected
     together), then per-sequence log-probs into the loss:
 
     - `sigmoid` (DPO, Rafailov et al. 2023, arXiv:2305.18290; with `label_smoothing` the
@@ -163,9 +163,9 @@ class PreferenceObjective(_ReferenceMixin):
         """Summed loss over the pairs of `batch` (see the class docstring)."""
         ids, mask, targets = batch["input_ids"], batch.get("attention_mask"), batch["targets"]
         b = ids.shape[0] // 2
-        logps, n_tokens = sequence_logps(model, ids, mask, targets)  # (2B,), (2B,)
+        logprobs, n_tokens = model_sequence_logprobs(model, ids, mask, targets)  # (2B,), (2B,)
         if self.loss_type in ("simpo", "orpo"):
-            avg = logps / n_tokens.clamp(min=1)
+            avg = logprobs / n_tokens.clamp(min=1)
             if self.loss_type == "simpo":
                 losses, chosen_r, rejected_r = simpo_loss(avg[:b], avg[b:], beta=self.beta, gamma=self.simpo_gamma, label_smoothing=self.label_smoothing)
             else:
@@ -173,13 +173,13 @@ class PreferenceObjective(_ReferenceMixin):
         else:
             ref = None
             if self.needs_reference:
-                ref = batch.get("ref_logps")
+                ref = batch.get("ref_logprobs")
                 if ref is None:
-                    ref = self.reference_logps(model, ids, mask, targets)
-                ref = ref.to(logps.device, torch.float32)
+                    ref = self.reference_logprobs(model, ids, mask, targets)
+                ref = ref.to(logprobs.device, torch.float32)
             losses, chosen_r, rejected_r = dpo_loss(
-                logps[:b],
-                logps[b:],
+                logprobs[:b],
+                logprobs[b:],
                 None if ref is None else ref[:b],
                 None if ref is None else ref[b:],
                 beta=self.beta,
@@ -207,8 +207,8 @@ class KTOObjective(_ReferenceMixin):
     Batch: `input_ids`, `attention_mask`, `targets` `(B, T)` with `label (B,)` True for a
     desirable completion; `kl_input_ids` / `kl_attention_mask` / `kl_targets` `(B, T')` pair each
     prompt with another example's completion, which gives the batch estimate of
-    KL(π‖π_ref) used as the reference point z0; optional precomputed `ref_logps` and
-    `ref_kl_logps` `(B,)`.
+    KL(π‖π_ref) used as the reference point z0; optional precomputed `ref_logprobs` and
+    `ref_kl_logprobs` `(B,)`.
 
     Units are examples; `sums` holds `kl` (z0, per example), `desirable_reward` and
     `undesirable_reward` summed over all examples of that kind (`desirable` / `undesirable`
@@ -239,18 +239,18 @@ class KTOObjective(_ReferenceMixin):
         """Summed KTO loss over the examples of `batch`."""
         ids, mask, targets = batch["input_ids"], batch.get("attention_mask"), batch["targets"]
         kl_ids, kl_mask, kl_targets = batch["kl_input_ids"], batch.get("kl_attention_mask"), batch["kl_targets"]
-        logps, _ = sequence_logps(model, ids, mask, targets)
+        logprobs, _ = model_sequence_logprobs(model, ids, mask, targets)
         with torch.no_grad():  # the reference point carries no gradient (KTO §4.1)
-            kl_logps, _ = sequence_logps(model, kl_ids, kl_mask, kl_targets)
-        ref = batch.get("ref_logps")
-        ref = self.reference_logps(model, ids, mask, targets) if ref is None else ref
-        ref_kl = batch.get("ref_kl_logps")
-        ref_kl = self.reference_logps(model, kl_ids, kl_mask, kl_targets) if ref_kl is None else ref_kl
-        z0 = kto_reference_point(kl_logps, ref_kl.to(kl_logps.device, torch.float32))
-        desirable = batch["label"].to(logps.device).bool()
+            kl_logprobs, _ = model_sequence_logprobs(model, kl_ids, kl_mask, kl_targets)
+        ref = batch.get("ref_logprobs")
+        ref = self.reference_logprobs(model, ids, mask, targets) if ref is None else ref
+        ref_kl = batch.get("ref_kl_logprobs")
+        ref_kl = self.reference_logprobs(model, kl_ids, kl_mask, kl_targets) if ref_kl is None else ref_kl
+        z0 = kto_reference_point(kl_logprobs, ref_kl.to(kl_logprobs.device, torch.float32))
+        desirable = batch["label"].to(logprobs.device).bool()
         losses, rewards = kto_loss(
-            logps,
-            ref.to(logps.device, torch.float32),
+            logprobs,
+            ref.to(logprobs.device, torch.float32),
             desirable,
             z0,
             beta=self.beta,
@@ -272,7 +272,7 @@ class KTOObjective(_ReferenceMixin):
 
 
 @torch.no_grad()
-def precompute_reference_logps(
+def precompute_reference_logprobs(
     objective: PreferenceObjective | KTOObjective,
     model: torch.nn.Module,
     dataset,
@@ -283,7 +283,7 @@ def precompute_reference_logps(
     progress: bool = False,
 ) -> None:
     """Run the reference once over `dataset` and store its log-probs in it
-    (`dataset.set_reference_logps(...)`), so training needs one forward per step, not two.
+    (`dataset.set_reference_logprobs(...)`), so training needs one forward per step, not two.
 
     The reference is what the objective would use live: its frozen `reference` model, or
     `model` with its adapters disabled, or `model` itself as it is now (the starting policy).
@@ -306,22 +306,22 @@ def precompute_reference_logps(
         for s in tqdm(starts, desc="reference log-probs", disable=not progress, dynamic_ncols=True):
             items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
             for it in items:  # a stale precomputation must not be collated back in
-                for k in ("ref_chosen_logps", "ref_rejected_logps", "ref_logps", "ref_kl_logps"):
+                for k in ("ref_chosen_logprobs", "ref_rejected_logprobs", "ref_logprobs", "ref_kl_logprobs"):
                     it.pop(k, None)
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate_fn(items).items()}
             with autocast() if callable(autocast) else (autocast or contextlib.nullcontext()):
-                logps, _ = sequence_logps(ref, batch["input_ids"], batch.get("attention_mask"), batch["targets"])
+                logprobs, _ = model_sequence_logprobs(ref, batch["input_ids"], batch.get("attention_mask"), batch["targets"])
                 if isinstance(objective, KTOObjective):
-                    kl, _ = sequence_logps(ref, batch["kl_input_ids"], batch.get("kl_attention_mask"), batch["kl_targets"])
+                    kl, _ = model_sequence_logprobs(ref, batch["kl_input_ids"], batch.get("kl_attention_mask"), batch["kl_targets"])
             if isinstance(objective, KTOObjective):
-                first += logps.tolist()
+                first += logprobs.tolist()
                 second += kl.tolist()
             else:
                 b = len(items)
-                first += logps[:b].tolist()
-                second += logps[b:].tolist()
+                first += logprobs[:b].tolist()
+                second += logprobs[b:].tolist()
     ref.train(was_training)
-    dataset.set_reference_logps(first, second)
+    dataset.set_reference_logprobs(first, second)
 
 
 def preference_objective(config: DPOConfig, reference: torch.nn.Module | None = None) -> "PreferenceObjective | KTOObjective":

@@ -79,7 +79,7 @@ def dpo(
 
     from minigpt.data.preference import collate_preference, collate_unpaired
     from minigpt.model import count_parameters
-    from minigpt.objectives.preference import precompute_reference_logps, preference_objective
+    from minigpt.objectives.preference import precompute_reference_logprobs, preference_objective
     from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
     from minigpt.train.distributed import init_distributed, pick_device
@@ -144,7 +144,7 @@ def dpo(
         t0 = time.time()
         for ds in (train_ds, val_ds):
             if ds is not None:
-                precompute_reference_logps(objective, trainer.model, ds, collate, train.batch_size, trainer.device, trainer.autocast, progress=train.progress and rank == 0)
+                precompute_reference_logprobs(objective, trainer.model, ds, collate, train.batch_size, trainer.device, trainer.autocast, progress=train.progress and rank == 0)
         say(f"reference log-probs of {len(train_ds) + (len(val_ds) if val_ds else 0)} records precomputed in {time.time() - t0:.0f} s")
     metrics = fit_from_start(
         trainer, resume, overwrite, say,
