@@ -30,6 +30,11 @@ SFT_TRAIN_DEFAULTS = TrainConfig(
 )
 
 
+def is_int(x: object, low: int) -> bool:
+    """Whether `x` is an integer (not a bool) of at least `low`."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
 #: The GRPO family's algorithms.
 GRPO_ALGORITHMS = ("grpo", "gspo")
 
@@ -81,9 +86,6 @@ class GRPOConfig(DictConfig):
     command line the learning rate is `--train.lr`."""
 
     def __post_init__(self) -> None:
-        def is_int(x, low):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= low
-
         checks = [
             (self.algorithm in GRPO_ALGORITHMS, f"algorithm must be one of {', '.join(GRPO_ALGORITHMS)}"),
             (is_int(self.group_size, 1), "group_size must be an integer >= 1"),
@@ -184,9 +186,6 @@ class RLHFConfig(DictConfig):
     the command line the learning rate is `--train.lr`."""
 
     def __post_init__(self) -> None:
-        def is_int(x, low):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= low
-
         checks = [
             (is_int(self.ppo_epochs, 1), "ppo_epochs must be an integer >= 1"),
             (0 < self.clip_epsilon < 1, "clip_epsilon must be in (0, 1)"),

@@ -27,8 +27,6 @@ from minigpt.errors import UserError
 from minigpt.losses.advantages import group_advantages
 from minigpt.losses.kl import kl_estimate
 from minigpt.losses.policy import aggregate, clipped_policy_loss
-from minigpt.inference.sampling import SamplingOptions
-from minigpt.objectives.config import GRPOConfig, check_rl_sampling
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, rollout_metrics, score_rollout
 from minigpt.inference.rollout import completion_logprobs
@@ -53,21 +51,6 @@ class GRPOObjective(RolloutObjective):
         grad_accum: micro-batches per optimizer step (decides whether a micro-batch can still
             be on-policy).
     """
-
-    def __init__(
-        self,
-        config: GRPOConfig,
-        sampling: SamplingOptions,
-        reward_fn=None,
-        tokenizer=None,
-        ref_model: torch.nn.Module | None = None,
-        engine_dtype: torch.dtype | None = None,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        grad_accum: int = 1,
-    ) -> None:
-        check_rl_sampling(sampling)
-        super().__init__(config.resolved(), sampling, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
 
     # ------------------------------------------------------------------ consumer
     def num_units(self, batch: dict[str, Any]) -> int:

@@ -42,7 +42,7 @@ from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
 from minigpt.losses.kl import AdaptiveKLController, token_rewards
 from minigpt.losses.policy import aggregate, clipped_policy_loss, clipped_value_loss
-from minigpt.objectives.config import RLHFConfig, check_rl_sampling
+from minigpt.objectives.config import RLHFConfig
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, reward_means, score_rollout
 from minigpt.inference.rollout import Rollout, completion_logprobs
@@ -197,7 +197,6 @@ class PPOObjective(RolloutObjective):
         pad_token_id: int | None = None,
         grad_accum: int = 1,
     ) -> None:
-        check_rl_sampling(sampling)
         super().__init__(config, sampling, reward_fn, tokenizer, ref_model, engine_dtype, eos_token_id, pad_token_id, grad_accum)
         self.reward_model = reward_model
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target if config.adaptive_kl else None, config.kl_horizon)

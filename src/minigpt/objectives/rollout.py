@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from minigpt.inference.sampling import SamplingOptions
+from minigpt.objectives.config import check_rl_sampling
 from minigpt.losses.advantages import group_stats
 from minigpt.model.lora import adapters_disabled, has_adapters
 from minigpt.inference.rollout import Rollout, RolloutEngine, completion_logprobs
@@ -32,7 +33,8 @@ class RolloutObjective:
     """Base of the objectives that sample their own training data.
 
     Args:
-        config: the algorithm's config.
+        config: the algorithm's config (`minigpt.objectives.config`; one with `resolved()`
+            has its None fields filled here).
         sampling: how completions are sampled (a `SamplingOptions`: length, temperature,
             filters); log-probs are taken at its temperature.
         reward_fn: a `minigpt.rewards.functions.CombinedReward` (`(prompts, completions, **columns)
@@ -43,6 +45,9 @@ class RolloutObjective:
         eos_token_id / pad_token_id: stop id(s) and pad id for sampling.
         grad_accum: micro-batches per optimizer step (decides which micro-batches still see
             the sampling policy).
+
+    Raises:
+        UserError: sampling settings online RL cannot train on (`check_rl_sampling`).
     """
 
     unit_name = "completion tokens"
@@ -59,7 +64,9 @@ class RolloutObjective:
         pad_token_id: int | None = None,
         grad_accum: int = 1,
     ) -> None:
-        self.config = config
+        check_rl_sampling(sampling)
+        # A config whose None fields take the algorithm's values (GRPOConfig) is resolved once.
+        self.config = config.resolved() if hasattr(config, "resolved") else config
         self.sampling = sampling
         self.reward_fn = reward_fn
         self.tokenizer = tokenizer
