@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+from minigpt.objectives.config import DistillConfig
 from minigpt.model.options import LoraOptions
 from minigpt.recipes.distill import distill
 from minigpt.model.options import ModelConfig
@@ -104,7 +105,7 @@ def run(args) -> dict:
     if "tiny_distill" not in results:
         t0 = time.time()
         m = distill(teacher=str(out / "full_en"), student=str(tiny), data=[en], out=str(out / "tiny_distill"),
-                    temperature=2.0, alpha=0.5, train=_train(args.steps, 1e-3, args.batch), **common)
+                    distill=DistillConfig(temperature=2.0, alpha=0.5), train=_train(args.steps, 1e-3, args.batch), **common)
         record("tiny_distill", m, time.time() - t0)
 
     if not args.no_chat:

@@ -420,7 +420,7 @@ def test_cli_tokenizer_refuses_a_model_folder(tiny_run, tmp_path, capsys):
         (["sft", "--reasoning_tag_weight=-1"], "--reasoning_tag_weight: must be ≥ 0"),
         (["dpo", "--lora.rank=-4"], "--lora.rank: must be ≥ 0"),
         (["grpo", "--grpo.group_size", "1"], "--grpo.group_size: must be ≥ 2"),
-        (["distill", "--alpha", "2"], "--alpha: must be in [0, 1]"),
+        (["distill", "--distill.alpha", "2"], "alpha must be in [0, 1]"),
     ],
 )
 def test_cli_nonsense_settings_are_one_clear_line(tiny_run, tmp_path, capsys, argv, message):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minigpt.objectives.config import DistillConfig
 from minigpt.losses.distill import distillation_loss
 from minigpt.losses.lm import IGNORE_INDEX, tag_loss_weights, token_cross_entropy
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
@@ -119,7 +120,7 @@ def test_distillation_loss_hand_value():
 def test_distillation_of_a_model_by_itself_is_pure_ce():
     """Teacher == student: KL is 0, so with α = 1 the loss is exactly the student's CE."""
     model, batch = _tiny().eval(), _batch()
-    obj = DistillationObjective(_tiny(), temperature=3.0, alpha=1.0)
+    obj = DistillationObjective(_tiny(), DistillConfig(temperature=3.0, alpha=1.0))
     out = obj.compute_loss(model, batch)
     assert out.sums["kl"] == pytest.approx(0.0, abs=1e-6)
     logits = model(batch["input_ids"]).logits
@@ -134,7 +135,7 @@ def test_distillation_mismatched_vocab_is_an_error():
 def test_teacher_is_frozen_and_gets_no_gradient():
     teacher = _tiny(seed=3)
     before = {n: p.clone() for n, p in teacher.named_parameters()}
-    obj = DistillationObjective(teacher, temperature=2.0, alpha=0.5)
+    obj = DistillationObjective(teacher, DistillConfig(temperature=2.0, alpha=0.5))
     student = _tiny(seed=4).train()
     opt = torch.optim.SGD(student.parameters(), lr=0.5)
     for _ in range(3):

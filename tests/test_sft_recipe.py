@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
+from minigpt.objectives.config import DistillConfig
 from minigpt.model.options import LoraOptions
 from minigpt.cli import _underscore_options, main
 from minigpt.errors import UserError
@@ -331,8 +332,8 @@ def test_distill_fresh_student(env, tmp_path):
     student_cfg = ModelConfig(preset="tiny", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CONTEXT)
     out = tmp_path / "student"
-    m = distill(teacher=str(teacher), data=str(data), out=str(out), student_config=student_cfg, temperature=2.0,
-                alpha=0.5, max_length=MAX_LENGTH, val_fraction=0.2, train=train_config(max_steps=3))
+    m = distill(teacher=str(teacher), data=str(data), out=str(out), student_config=student_cfg, distill=DistillConfig(temperature=2.0, alpha=0.5),
+                max_length=MAX_LENGTH, val_fraction=0.2, train=train_config(max_steps=3))
     assert m["steps"] == 3
     assert m["val_loss"] == pytest.approx(4.0 * m["val_kl"] + 0.5 * m["val_ce"], rel=1e-5)
     assert m["val_kl"] > 0  # a different (random, smaller) network than the teacher

@@ -376,6 +376,25 @@ between InstructGPT's 9e-6 for 6B models and TRL's 1e-4 default, for small model
 starts from scratch; the whole held-out split evaluated every 100 steps."""
 
 
+@dataclass
+class DistillConfig(DictConfig):
+    """The knobs of knowledge distillation (Hinton et al. 2015): `minigpt distill
+    --distill.temperature 2 --distill.alpha 0.5` and `DistillationObjective(teacher,
+    DistillConfig(...))`.
+
+    Raises:
+        UserError: `temperature <= 0` or `alpha` outside [0, 1], naming the field.
+    """
+
+    temperature: float = 2.0
+    """τ: softens both distributions; the KL term is scaled by τ² so its gradients keep their size."""
+    alpha: float = 0.5
+    """Weight of the hard-label cross-entropy term, in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        self.require([(self.temperature > 0, "temperature must be > 0"), (0 <= self.alpha <= 1, "alpha must be in [0, 1]")])
+
+
 def with_learning_rate(train: TrainConfig, learning_rate: float | None) -> TrainConfig:
     """`train` with `lr = learning_rate` when an algorithm config's `learning_rate` (the API
     guide's spelling) is set; `train` itself otherwise."""
@@ -400,6 +419,7 @@ def check_rl_sampling(sampling: SamplingOptions, option: str = "sampling") -> Sa
 
 
 __all__ = [
+    "DistillConfig",
     "REWARD_TRAIN_DEFAULTS",
     "CONTRASTIVE_TRAIN_DEFAULTS", "ContrastiveConfig",
     "MLM_TRAIN_DEFAULTS", "MLMConfig",

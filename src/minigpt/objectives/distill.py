@@ -8,6 +8,7 @@ import torch
 
 from minigpt.losses.distill import distillation_loss
 from minigpt.losses.lm import IGNORE_INDEX
+from minigpt.objectives.config import DistillConfig
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.sft import model_forward
 
@@ -21,18 +22,18 @@ class DistillationObjective:
 
     Args:
         teacher: a causal LM with the student's vocabulary.
-        temperature: τ.
-        alpha: weight of the hard-label cross-entropy.
+        config: a `DistillConfig` (τ and α; default `DistillConfig()`, as `minigpt distill`).
     """
 
     unit_name = "supervised tokens (all targets are -100)"
 
-    def __init__(self, teacher: torch.nn.Module, temperature: float = 2.0, alpha: float = 0.5) -> None:
+    def __init__(self, teacher: torch.nn.Module, config: DistillConfig | None = None) -> None:
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
+        self.config = config if config is not None else DistillConfig()
+        self.temperature = float(self.config.temperature)
+        self.alpha = float(self.config.alpha)
 
     def num_units(self, batch: dict[str, Any]) -> int:
         """Supervised target tokens in `batch`."""

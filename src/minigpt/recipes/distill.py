@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.recipes.common import check_options, refuse_existing_run
+from minigpt.recipes.common import refuse_existing_run
 from minigpt.model.options import ModelConfig
-from minigpt.objectives.config import SFT_TRAIN_DEFAULTS
+from minigpt.objectives.config import SFT_TRAIN_DEFAULTS, DistillConfig
 from minigpt.train.config import TrainConfig
 
 
@@ -45,8 +45,7 @@ def distill(
     out: str = "runs/distill",
     student: str | None = None,
     student_config: ModelConfig = ModelConfig(preset="tiny"),
-    temperature: float = 2.0,
-    alpha: float = 0.5,
+    distill: DistillConfig = DistillConfig(),
     format: str | None = None,
     max_length: int = 512,
     packing: bool = True,
@@ -65,8 +64,9 @@ def distill(
         student: start from this saved model directory (must share the teacher's tokenizer);
             default: a fresh model built from `student_config`.
         student_config: architecture of a fresh student (its vocabulary is the teacher's).
-        temperature: τ, softens both distributions.
-        alpha: weight of the hard-label cross-entropy term.
+        distill: τ and α (`--distill.temperature 2 --distill.alpha 0.5`; see
+            `minigpt.objectives.config.DistillConfig`): τ softens both distributions, α weighs
+            the hard-label cross-entropy term.
         format: force the record format (messages, alpaca, sharegpt).
         max_length: tokens per conversation (and packed block length).
         packing: pack conversations into blocks (see `minigpt sft --help`).
@@ -94,7 +94,6 @@ def distill(
     out_dir = Path(out)
     rank, _, device = init_distributed(pick_device(train.device))
     say = print if rank == 0 else (lambda *a, **k: None)
-    check_options(alpha=(alpha, 0 <= alpha <= 1, "in [0, 1]"), temperature=(temperature, temperature > 0, "> 0"))
     refuse_existing_run(out_dir, resume, overwrite, inputs={"teacher": teacher, "student": student, "data": data})
     seed_everything(train.seed)
     teacher_net, tok = load_base_model(teacher)
@@ -109,18 +108,17 @@ def distill(
     train_ds, val_ds, collate = load_sft_data(data, tok, max_length, format, val_fraction, max_val, packing, train.seed, say)
     student_net.generation_config.eos_token_id = chat_eos_ids(tok)[0]
     student_net.generation_config.pad_token_id = tok.pad_token_id
-    objective = DistillationObjective(teacher_net.to(device), temperature=temperature, alpha=alpha)
+    objective = DistillationObjective(teacher_net.to(device), distill)
     say(
         f"teacher {count_parameters(teacher_net) / 1e6:.2f} M -> student {count_parameters(student_net) / 1e6:.2f} M parameters; "
-        f"τ={temperature}, α={alpha}"
+        f"τ={distill.temperature}, α={distill.alpha}"
     )
     run_info = {
         "stage": "distill",
         "teacher": str(Path(teacher).resolve()),
         "student": str(Path(student).resolve()) if student else dataclasses.asdict(student_config),
         "data": data,
-        "temperature": temperature,
-        "alpha": alpha,
+        "distill": dataclasses.asdict(distill),
         "max_length": max_length,
         "packing": packing,
         "train": dataclasses.asdict(train),
