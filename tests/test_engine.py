@@ -257,21 +257,21 @@ def test_top_p_keeps_the_same_tokens_as_transformers(top_p):
 def test_prepacked_bf16_linear_is_bit_identical_and_used(model):
     """oneDNN-prepacked bf16 weights give exactly F.linear's result for any leading shape, and
     the bf16 engine on CPU actually runs its matmuls through them."""
-    from minigpt.inference.engine import _can_prepack, _linear, _Prepacked, _prepack
+    from minigpt.inference.prepack import Prepacked, can_prepack, packed_linear, prepack
 
-    if not _can_prepack():
+    if not can_prepack():
         pytest.skip("this torch build or CPU cannot prepack bf16 weights for oneDNN (needs avx512bw/vl/dq or avx_ne_convert)")
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(48, 40, generator=gen).bfloat16()
     b = torch.randn(48, generator=gen).bfloat16()
-    packed = _prepack(w, b)
-    assert isinstance(packed, _Prepacked)
+    packed = prepack(w, b)
+    assert isinstance(packed, Prepacked)
     for shape in [(1, 40), (16, 1, 40), (3, 7, 40)]:
         x = torch.randn(*shape, generator=gen).bfloat16()
-        assert torch.equal(_linear(x, packed), F.linear(x, w, b))
+        assert torch.equal(packed_linear(x, packed), F.linear(x, w, b))
     engine = GenerationEngine(model, dtype=torch.bfloat16)
     kinds = {type(v) for v in engine._prepared_linears(torch.bfloat16).values()}
-    assert _Prepacked in kinds
+    assert Prepacked in kinds
 
 
 def test_filter_logits_temperature_and_top_k_values():

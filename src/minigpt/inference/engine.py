@@ -27,15 +27,14 @@ H = query heads, K = key/value heads, D = head_dim, C = hidden_size, V = vocab_s
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from minigpt.errors import UserError
+from minigpt.inference.prepack import can_prepack, concat_linear, packed_linear, prepack, quantize_int8
 from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary, require_causal, swiglu
 
 
@@ -657,7 +656,7 @@ class GenerationEngine:
         re-cast all weights (`benchmarks/bench_decode.py` shows the bf16 rows). Built per
         call, so weight updates between calls are seen. Other module types (LoRA wrappers)
         are called as modules under autocast instead. With `dtype=torch.int8` every entry is
-        then quantized (`_quantize_int8`).
+        then quantized (`quantize_int8`).
         """
         if compute_dtype == self.model.lm_head.weight.dtype:
             return {}
@@ -673,12 +672,12 @@ class GenerationEngine:
         for layer in self.model.model.layers:
             a, m = layer.self_attn, layer.mlp
             if all(id(x) in out for x in (a.q_proj, a.k_proj, a.v_proj)):
-                out[("qkv", id(a))] = _concat([out[id(a.q_proj)], out[id(a.k_proj)], out[id(a.v_proj)]])
+                out[("qkv", id(a))] = concat_linear([out[id(a.q_proj)], out[id(a.k_proj)], out[id(a.v_proj)]])
             if type(m) is MiniGPTMLP and id(m.gate_proj) in out and id(m.up_proj) in out:
-                out[("gate_up", id(m))] = _concat([out[id(m.gate_proj)], out[id(m.up_proj)]])
+                out[("gate_up", id(m))] = concat_linear([out[id(m.gate_proj)], out[id(m.up_proj)]])
         if self.dtype == torch.int8:
-            out = {key: _quantize_int8(*wb) for key, wb in out.items()}
-        elif compute_dtype == torch.bfloat16 and self.device.type == "cpu" and _can_prepack():
+            out = {key: quantize_int8(*wb) for key, wb in out.items()}
+        elif compute_dtype == torch.bfloat16 and self.device.type == "cpu" and can_prepack():
             superseded = set()
             for layer in self.model.model.layers:
                 a, m = layer.self_attn, layer.mlp
@@ -686,7 +685,7 @@ class GenerationEngine:
                     superseded.update((id(a.q_proj), id(a.k_proj), id(a.v_proj)))
                 if ("gate_up", id(m)) in out:
                     superseded.update((id(m.gate_proj), id(m.up_proj)))
-            out = {key: wb if key in superseded else _prepack(*wb) for key, wb in out.items()}
+            out = {key: wb if key in superseded else prepack(*wb) for key, wb in out.items()}
         return out
 
     def forward_layers(
@@ -716,7 +715,7 @@ class GenerationEngine:
 
         def lin(module: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
             weights = linears.get(id(module))
-            return module(inp) if weights is None else _linear(inp, weights)
+            return module(inp) if weights is None else packed_linear(inp, weights)
 
         low = self._compute_dtype() if linears else None
 
@@ -743,7 +742,7 @@ class GenerationEngine:
             fused = linears.get(("qkv", id(attn)))
             if fused is not None:
                 # One rotary call for q and k together: (B, H+K, T, D) -> split.
-                qkv = _linear(h, fused).view(b, t, h_ + 2 * k_, d_).transpose(1, 2)  # (B, H+2K, T, D)
+                qkv = packed_linear(h, fused).view(b, t, h_ + 2 * k_, d_).transpose(1, 2)  # (B, H+2K, T, D)
                 qk = apply_rotary(qkv[:, : h_ + k_], cos, sin)
                 q, k, v = qk[:, :h_], qk[:, h_:], qkv[:, h_ + k_ :]
             else:
@@ -785,7 +784,7 @@ class GenerationEngine:
         mixture of experts with the same weights for its router and every expert (only the
         experts some token chose run); any other feed-forward module is called as is."""
         if gate_up is not None:
-            gate, up = _linear(x, gate_up).chunk(2, dim=-1)
+            gate, up = packed_linear(x, gate_up).chunk(2, dim=-1)
             return lin(mlp.down_proj, F.silu(gate) * up)
         if type(mlp) is MiniGPTMLP:
             return swiglu(mlp, x, lin)
@@ -794,73 +793,3 @@ class GenerationEngine:
         return mlp(x)
 
 
-def _concat(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack `(weight (out_i, in), bias (out_i,) | None)` pairs along the output dimension."""
-    weight = torch.cat([w for w, _ in parts])
-    if all(b is None for _, b in parts):
-        return weight, None
-    bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
-    return weight, bias
-
-
-def _quantize_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Symmetric per-output-channel int8: `weight ≈ q · scale[:, None]`, q in [−127, 127].
-
-    Returns `(q (out, in) int8, bias, scale (out,) in the weight's dtype)`. Weight-only: the
-    activations stay bf16, so at batch 1 a step reads a quarter of the fp32 bytes.
-    """
-    w = weight.float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, bias, scale.to(weight.dtype)
-
-
-class _Prepacked(NamedTuple):
-    """A bf16 weight reordered once into oneDNN's blocked layout, with its bias."""
-
-    weight: torch.Tensor  # (out, in), mkldnn layout
-    bias: torch.Tensor | None  # (out,)
-
-
-@functools.cache
-def _can_prepack() -> bool:
-    """True when this torch build and this CPU can reorder bf16 weights for oneDNN: the build has
-    the op, and the CPU has the instructions its bf16 path needs (avx512bw/vl/dq or
-    avx_ne_convert; a plain AVX2 CPU refuses), which a tiny probe reorder tells."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
-        return False
-    try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 16)
-    except RuntimeError:
-        return False
-    return True
-
-
-def _prepack(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    """`(W, b)` as a `_Prepacked` for oneDNN's CPU linear, or unchanged if this build refuses.
-
-    `F.linear` on plain bf16 weights lets oneDNN reorder the weight into its blocked (AMX)
-    layout on every call, which re-reads and re-writes it; reordering once when the weights are
-    cast (with the fused RMSNorm) moved `benchmarks/bench_decode.py`'s bf16 engine from 2.5× /
-    2.8× to 4.0× / 4.0× fp32 `generate` at batch 1 / 16, with results bit-identical to
-    `F.linear` (tested). These are the ops PyTorch's own CPU inductor freezing uses; being
-    private, any failure falls back to the plain weights.
-    """
-    try:
-        return _Prepacked(torch.ops.mkldnn._reorder_linear_weight(weight, 16), bias)
-    except (RuntimeError, AttributeError):  # pragma: no cover - depends on the torch build
-        return weight, bias
-
-
-def _linear(inp: torch.Tensor, weights: tuple) -> torch.Tensor:
-    """`inp @ W.T + b` with cached low-precision weights: `(W, b)`, `_Prepacked` or int8
-    `(q, b, scale)`."""
-    if isinstance(weights, _Prepacked):
-        return torch.ops.mkldnn._linear_pointwise(inp.to(torch.bfloat16), weights.weight, weights.bias, "none", [], "")
-    if len(weights) == 3:
-        q, bias, scale = weights
-        x = inp.to(scale.dtype)
-        y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), q, scale).view(*x.shape[:-1], q.shape[0])
-        return y if bias is None else y + bias
-    weight, bias = weights
-    return F.linear(inp.to(weight.dtype), weight, bias)
