@@ -20,22 +20,17 @@ STEP_KEYS = ("loss", "lr", "grad_norm")
 
 
 class PolicyTrainer(ReportsStatistics):
-    """Base of the trainers that hold `self.policy` and `self.objective`, with `precision` (fp32
-    or bf16: autocast of their forwards and of sampling) and `max_grad_norm` (0 = no clipping)
-    set by the subclass from its config."""
+    """Base of the trainers that hold `self.policy`, `self.objective` and `precision` (fp32 or
+    bf16: the autocast of their forwards and of sampling), set by the subclass from its
+    `TrainConfig`."""
 
     policy: torch.nn.Module
     objective: object
     precision: str = "fp32"
-    max_grad_norm: float = 1.0
 
     def device(self) -> torch.device:
         """Where the policy's parameters are."""
         return next(self.policy.parameters()).device
-
-    def make_optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, empty: str = "error") -> OptimizerStep:
-        """The shared optimizer step over `model` with this trainer's precision and clipping."""
-        return OptimizerStep(model, self.objective, optimizer, precision=self.precision, max_grad_norm=self.max_grad_norm, empty=empty)
 
     @staticmethod
     def objective_metrics(result: StepOutput) -> dict[str, float]:
@@ -48,6 +43,33 @@ class PolicyTrainer(ReportsStatistics):
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device().type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def optimizer_step_for(
+    model: torch.nn.Module,
+    objective: object,
+    train: Any,
+    precision: str | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    empty: str = "error",
+) -> OptimizerStep:
+    """The training loop's optimizer step over `model` as a `TrainConfig` describes it: AdamW
+    from `make_adamw(model, train)` unless an `optimizer` is given, `train.grad_clip`, and
+    `train.precision` resolved for the model's device (or `precision` when the caller resolved
+    it already). The Python-API trainers all build their update here; its `.optimizer` and
+    `.precision` are the ones used.
+
+    Raises:
+        UserError: an unusable precision for the device (`pick_precision`), or `empty` not
+            "error" / "skip".
+    """
+    from minigpt.train.distributed import pick_precision
+    from minigpt.train.optim import make_adamw
+
+    if precision is None:
+        precision = pick_precision(train.precision, next(model.parameters()).device)
+    optimizer = optimizer if optimizer is not None else make_adamw(model, train)
+    return OptimizerStep(model, objective, optimizer, precision=precision, max_grad_norm=train.grad_clip, empty=empty)
 
 
 def as_options(value: Any, cls: type, default: Any, name: str) -> Any:

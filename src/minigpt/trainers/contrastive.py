@@ -21,7 +21,6 @@ from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.contrastive import ContrastiveObjective
 from minigpt.objectives.config import CONTRASTIVE_TRAIN_DEFAULTS, ContrastiveConfig, with_learning_rate
 from minigpt.train.config import TrainConfig
-from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
 
 
@@ -53,9 +52,7 @@ class ContrastivePretrainer(ReportsStatistics):
         config: ContrastiveConfig | Mapping[str, Any] | None = None,
         train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
-        from minigpt.trainers.base import as_options
-        from minigpt.train.distributed import pick_precision
-        from minigpt.train.optim import make_adamw
+        from minigpt.trainers.base import as_options, optimizer_step_for
 
         config = ContrastiveConfig() if config is None else config
         self.config = c = config if isinstance(config, ContrastiveConfig) else ContrastiveConfig.from_dict(config)
@@ -79,9 +76,8 @@ class ContrastivePretrainer(ReportsStatistics):
             self.objective = ContrastiveObjective.moco(self.model, c.temperature, c.queue_size, c.momentum)
         else:
             self.objective = ContrastiveObjective(c.temperature)
-        self.optimizer = make_adamw(self.model, self.train)
-        precision = pick_precision(self.train.precision, param.device)
-        self.optimizer_step = OptimizerStep(self.model, self.objective, self.optimizer, precision=precision, max_grad_norm=self.train.grad_clip)
+        self.optimizer_step = optimizer_step_for(self.model, self.objective, self.train)
+        self.optimizer = self.optimizer_step.optimizer
 
     def _mask(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return (ids != self.pad_token_id).long() if mask is None else mask

@@ -14,13 +14,12 @@ from typing import Any, Mapping
 import torch
 
 from minigpt.errors import UserError
-from minigpt.trainers.base import PolicyTrainer, as_options
+from minigpt.trainers.base import PolicyTrainer, as_options, optimizer_step_for
 from minigpt.data.preference import pad_rows
 from minigpt.model.lora import has_adapters
 from minigpt.objectives.config import DPO_TRAIN_DEFAULTS, DPOConfig, with_learning_rate
 from minigpt.objectives.preference import preference_objective
 from minigpt.train.config import TrainConfig
-from minigpt.train.optim import make_adamw
 from minigpt.model.modeling import require_causal
 
 
@@ -65,8 +64,6 @@ class DPOTrainer(PolicyTrainer):
         train: TrainConfig | Mapping[str, Any] | None = None,
         pad_token_id: int | None = None,
     ) -> None:
-        from minigpt.train.distributed import pick_precision
-
         config = DPOConfig() if config is None else config
         self.config = c = (config if isinstance(config, DPOConfig) else DPOConfig.from_dict(config)).resolved()
         self.train = with_learning_rate(as_options(train, TrainConfig, DPO_TRAIN_DEFAULTS, "train"), c.learning_rate)
@@ -84,10 +81,8 @@ class DPOTrainer(PolicyTrainer):
         self.pad_token_id = 0 if pad is None else int(pad)
         if not any(p.requires_grad for p in policy_model.parameters()):
             raise UserError("the policy has no trainable parameter")
-        self.precision = pick_precision(self.train.precision, self.device())
-        self.max_grad_norm = self.train.grad_clip
-        self.optimizer = make_adamw(policy_model, self.train)
-        self.optimizer_step = self.make_optimizer_step(policy_model, self.optimizer)
+        self.optimizer_step = optimizer_step_for(policy_model, self.objective, self.train)
+        self.optimizer, self.precision = self.optimizer_step.optimizer, self.optimizer_step.precision
         self.step = 0
 
     def make_batch(

@@ -15,13 +15,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from minigpt.errors import UserError
-from minigpt.trainers.base import PolicyTrainer, as_options, sampling_ids
+from minigpt.trainers.base import PolicyTrainer, as_options, optimizer_step_for, sampling_ids
 from minigpt.losses.advantages import group_stats
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, GRPOConfig, with_learning_rate
 from minigpt.objectives.grpo import GRPOObjective
 from minigpt.train.config import TrainConfig
-from minigpt.train.optim import make_adamw
 from minigpt.objectives.rollout import eval_mode, rollout_metrics, score_rollout
 from minigpt.model.lora import has_adapters
 from minigpt.inference.rollout import Rollout
@@ -86,12 +85,11 @@ class GRPOTrainer(PolicyTrainer):
         self.reward_fn = as_combined_reward(reward_funcs, reward_model, tokenizer, self.sampling.max_new_tokens)
         eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
         self.precision = pick_precision(self.train.precision, self.device())
-        self.max_grad_norm = self.train.grad_clip
         dtype = torch.bfloat16 if self.precision == "bf16" else None
         self.objective = GRPOObjective(c, self.sampling, self.reward_fn, tokenizer, self.ref_model, dtype, eos, self.pad_token_id)
-        self.optimizer = make_adamw(policy_model, self.train)
         # A micro-batch whose completions are all masked out (mask_truncated_completions) is skipped.
-        self.optimizer_step = self.make_optimizer_step(policy_model, self.optimizer, empty="skip")
+        self.optimizer_step = optimizer_step_for(policy_model, self.objective, self.train, self.precision, empty="skip")
+        self.optimizer = self.optimizer_step.optimizer
         self.step_count = 0
 
     # ------------------------------------------------------------------ sampling

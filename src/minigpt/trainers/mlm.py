@@ -20,7 +20,6 @@ from minigpt.model.modeling import MiniGPTForCausalLM, MiniGPTModel
 from minigpt.objectives.mlm import MLMObjective
 from minigpt.objectives.config import MLM_TRAIN_DEFAULTS, MLMConfig, with_learning_rate
 from minigpt.train.config import TrainConfig
-from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
 
 
@@ -51,9 +50,7 @@ class MLMPretrainer(ReportsStatistics):
         config: MLMConfig | Mapping[str, Any] | None = None,
         train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
-        from minigpt.trainers.base import as_options
-        from minigpt.train.distributed import pick_precision
-        from minigpt.train.optim import make_adamw
+        from minigpt.trainers.base import as_options, optimizer_step_for
 
         config = MLMConfig() if config is None else config
         self.config = c = config if isinstance(config, MLMConfig) else MLMConfig.from_dict(config)
@@ -88,9 +85,8 @@ class MLMPretrainer(ReportsStatistics):
             raise UserError(f"mask_token_id {self.mask_token_id} is outside the model's vocabulary ({encoder.config.vocab_size})")
         self.generator = torch.Generator().manual_seed(self.train.seed)  # the masking draws
         self.objective = MLMObjective()
-        self.optimizer = make_adamw(encoder, self.train)
-        precision = pick_precision(self.train.precision, next(encoder.parameters()).device)
-        self.optimizer_step = OptimizerStep(encoder, self.objective, self.optimizer, precision=precision, max_grad_norm=self.train.grad_clip, empty="skip")
+        self.optimizer_step = optimizer_step_for(encoder, self.objective, self.train, empty="skip")
+        self.optimizer = self.optimizer_step.optimizer
 
     def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`(masked_input_ids, labels)` of a batch (see `minigpt.losses.mlm.mask_tokens`)."""

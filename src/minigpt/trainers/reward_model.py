@@ -18,7 +18,6 @@ from minigpt.model.reward_model import MiniGPTRewardModel, stack_pairs
 from minigpt.objectives.reward_model import RewardObjective
 from minigpt.objectives.config import REWARD_TRAIN_DEFAULTS
 from minigpt.train.config import TrainConfig
-from minigpt.train.step import OptimizerStep
 from minigpt.train.statistics import ReportsStatistics
 
 
@@ -54,21 +53,17 @@ class RewardModelTrainer(ReportsStatistics):
         center_rewards_coef: float = 0.0,
         train: TrainConfig | Mapping[str, Any] | None = None,
     ) -> None:
-        from minigpt.trainers.base import as_options
-        from minigpt.train.distributed import pick_precision
-        from minigpt.train.optim import make_adamw
+        from minigpt.trainers.base import as_options, optimizer_step_for
 
         self.model = reward_model
         self.train = as_options(train, TrainConfig, REWARD_TRAIN_DEFAULTS, "train")
         if not any(p.requires_grad for p in reward_model.parameters()):
             raise UserError("the reward model has no trainable parameter")
-        self.optimizer = optimizer or make_adamw(reward_model, self.train)
         self.margin = margin
         self.center_rewards_coef = center_rewards_coef
-        self.max_grad_norm = self.train.grad_clip
-        precision = pick_precision(self.train.precision, next(reward_model.parameters()).device)
         self.objective = RewardObjective(margin, center_rewards_coef)
-        self.optimizer_step = OptimizerStep(reward_model, self.objective, self.optimizer, precision=precision, max_grad_norm=self.max_grad_norm)
+        self.optimizer_step = optimizer_step_for(reward_model, self.objective, self.train, optimizer=optimizer)
+        self.optimizer = self.optimizer_step.optimizer
 
     #: The objective's metrics `train_step` returns (beside `loss` and `grad_norm`).
     METRICS = ("accuracy", "chosen_reward", "rejected_reward", "reward_margin")

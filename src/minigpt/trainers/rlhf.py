@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from minigpt.errors import UserError
-from minigpt.trainers.base import PolicyTrainer, as_options, sampling_ids
+from minigpt.trainers.base import PolicyTrainer, as_options, optimizer_step_for, sampling_ids
 from minigpt.inference.sampling import SamplingOptions
 from minigpt.objectives.config import PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig, with_learning_rate
 from minigpt.objectives.ppo import ActorCritic, PPOObjective
@@ -85,7 +85,6 @@ class RLHFTrainer(PolicyTrainer):
     ) -> None:
         from minigpt.rewards.functions import as_combined_reward
         from minigpt.train.distributed import pick_precision
-        from minigpt.train.optim import make_adamw
 
         config = RLHFConfig() if config is None else config
         self.config = c = config if isinstance(config, RLHFConfig) else RLHFConfig.from_dict(config)
@@ -112,15 +111,14 @@ class RLHFTrainer(PolicyTrainer):
         self.reward_fn = as_combined_reward(reward_funcs, reward_model, tokenizer, self.sampling.max_new_tokens)
         eos, self.pad_token_id = sampling_ids(policy_model, tokenizer)
         self.precision = pick_precision(self.train.precision, self.device())
-        self.max_grad_norm = self.train.grad_clip
         dtype = torch.bfloat16 if self.precision == "bf16" else None
         self.objective = PPOObjective(
             c, self.sampling, self.reward_fn, tokenizer, reward_model if self.reward_fn is None else None, ref_model, dtype, eos, self.pad_token_id
         )
         if not any(p.requires_grad for p in policy_model.parameters()):
             raise UserError("the policy has no trainable parameter")
-        self.optimizer = make_adamw(self.model, self.train)
-        self.optimizer_step = self.make_optimizer_step(self.model, self.optimizer, empty="skip")
+        self.optimizer_step = optimizer_step_for(self.model, self.objective, self.train, self.precision, empty="skip")
+        self.optimizer = self.optimizer_step.optimizer
         self.step_count = 0
         self.history: list[dict[str, float]] = []  # the last train_step's metrics per micro-batch
 
