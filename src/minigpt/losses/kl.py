@@ -160,9 +160,11 @@ class AdaptiveKLController:
         return self.value
 
     def state_dict(self) -> dict[str, float]:
+        """`{"kl_coef": β}`, for checkpoints (a resumed run continues from the adapted β)."""
         return {"kl_coef": self.value}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore β from what `state_dict` returned."""
         self.value = float(state["kl_coef"])
 
 

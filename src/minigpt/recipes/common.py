@@ -37,20 +37,23 @@ def check_options(**rules: tuple[Any, bool, str]) -> None:
 
 
 def check_online_rl_options(lora: Any, sampling: Any) -> None:
-    """Refuse what online RL (grpo, ppo) cannot use: a negative LoRA rank, LoRA dropout (the
-    first pass's importance ratio must be exactly 1), DoRA and QLoRA (offered by sft/dpo
-    only), a repetition penalty (the log-probs are those of plain temperature sampling).
+    """Refuse, before any work, what online RL (grpo, ppo) cannot use: a negative LoRA rank,
+    LoRA dropout (the first pass's importance ratio must be exactly 1), DoRA and QLoRA
+    (offered by sft/dpo only), and the sampling settings `check_rl_sampling` refuses (a
+    repetition penalty, a temperature of 0).
 
     Raises:
         UserError: one of the refused settings, naming its option.
     """
+    from minigpt.objectives.config import check_rl_sampling
+
     check_options(**{
         "lora.rank": (lora.rank, lora.rank >= 0, "≥ 0 (0 = train every weight)"),
         "lora.dropout": (lora.dropout, lora.dropout == 0, "0 in online RL (the first pass's ratio must be exactly 1)"),
         "lora.dora": (lora.dora, not lora.dora, "false: DoRA is offered by sft and dpo only"),
         "lora.qlora": (lora.qlora, lora.qlora is None, "unset: QLoRA is offered by sft only"),
-        "sampling.repetition_penalty": (sampling.repetition_penalty, sampling.repetition_penalty == 1.0, "1.0 in online RL (log-probs are those of plain temperature sampling)"),
     })
+    check_rl_sampling(sampling, option="--sampling")
 
 
 def refuse_existing_run(out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:
