@@ -36,16 +36,6 @@ class RunningStatistics:
         out["steps"] = float(self.steps)
         return out
 
-    def state_dict(self) -> dict[str, object]:
-        """The sums and counts, to put in a checkpoint."""
-        return {"steps": self.steps, "sums": dict(self._sums), "counts": dict(self._counts)}
-
-    def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore what `state_dict` returned."""
-        self.steps = int(state["steps"])
-        self._sums = {str(k): float(v) for k, v in dict(state["sums"]).items()}
-        self._counts = {str(k): int(v) for k, v in dict(state["counts"]).items()}
-
 
 class ReportsStatistics:
     """Mixin of the Python-API trainers: `self.statistics` (a `RunningStatistics`, made on first
