@@ -217,7 +217,7 @@ def worker_minigpt(args, work: Path) -> dict:
     from minigpt.objectives.grpo import GRPOObjective
     from minigpt.model.loading import load_base_model
     from minigpt.tokenizer.chat import chat_eos_ids
-    from minigpt.inference.sampling import SamplingOptions
+    from minigpt.inference.options import SamplingOptions
     from minigpt.objectives.config import GRPOConfig
     from minigpt.rewards.functions import CombinedReward
     from minigpt.train.callbacks import Callback

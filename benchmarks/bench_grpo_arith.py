@@ -32,7 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.train.config import TrainConfig
 
 

@@ -118,7 +118,7 @@ def evaluate(model_dir: str, n_test: int, max_new_tokens: int, precision: str) -
 
 
 def run(args) -> dict:
-    from minigpt.inference.sampling import SamplingOptions
+    from minigpt.inference.options import SamplingOptions
     from minigpt.objectives.config import GRPO_TRAIN_DEFAULTS, GRPOConfig
     from minigpt.recipes.grpo import grpo
     from minigpt.objectives.config import SFT_TRAIN_DEFAULTS

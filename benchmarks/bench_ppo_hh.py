@@ -91,7 +91,7 @@ def hh_split(tok, max_length: int, seed: int):
 
 
 def run_ppo(args, out: Path, records) -> dict:
-    from minigpt.inference.sampling import SamplingOptions
+    from minigpt.inference.options import SamplingOptions
     from minigpt.objectives.config import RLHFConfig
     from minigpt.recipes.ppo import ppo
     from minigpt.train.config import TrainConfig

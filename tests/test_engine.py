@@ -366,7 +366,7 @@ def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token(
     """Inverse-CDF sampling: over 200,000 draws from p = (0.1, 0, 0.2, 0.7) the frequencies are
     within 0.005 of p (5 standard errors of the largest, sqrt(0.7·0.3/2e5) ≈ 0.001), the
     zero-probability token never appears, and a fixed generator seed repeats the draw."""
-    from minigpt.inference.engine import draw
+    from minigpt.inference.sampling import draw
 
     probs = torch.tensor([[0.1, 0.0, 0.2, 0.7]]).repeat(200_000, 1)
     g = torch.Generator().manual_seed(0)

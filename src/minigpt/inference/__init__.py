@@ -11,13 +11,13 @@ _EXPORTS = {
     "split_reasoning": "minigpt.inference.chat",
     "GenerationEngine": "minigpt.inference.engine",
     "GenerationOutput": "minigpt.inference.engine",
-    "apply_repetition_penalty": "minigpt.inference.engine",
-    "filter_logits": "minigpt.inference.engine",
-    "sample_next_token": "minigpt.inference.engine",
+    "apply_repetition_penalty": "minigpt.inference.sampling",
+    "filter_logits": "minigpt.inference.sampling",
+    "sample_next_token": "minigpt.inference.sampling",
     "Rollout": "minigpt.inference.rollout",
     "RolloutEngine": "minigpt.inference.rollout",
     "completion_logprobs": "minigpt.inference.rollout",
-    "SamplingOptions": "minigpt.inference.sampling",
+    "SamplingOptions": "minigpt.inference.options",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt.errors import SEED_MAX, SEED_MIN, UserError
-from minigpt.inference.engine import GenerationEngine, filter_logits
+from minigpt.inference.engine import GenerationEngine
+from minigpt.inference.sampling import filter_logits
 
 
 class QueueFull(RuntimeError):
@@ -471,7 +472,7 @@ class ContinuousBatcher:
 
         Rows sharing (temperature, top_k, top_p) are filtered together by `filter_logits`;
         each seeded row draws its uniform number from its own generator (inverse CDF, as
-        `minigpt.inference.engine.draw`)."""
+        `minigpt.inference.sampling.draw`)."""
         out = torch.empty(len(slots), dtype=torch.long, device=logits.device)
         groups: dict[tuple, list[int]] = {}
         for i, slot in enumerate(slots):
