@@ -21,14 +21,11 @@ from minigpt.data.preference import (
     SKIP_KINDS,
     PreferenceDataset,
     PreferencePair,
-    UnpairedExample,
-    UnpairedPreferenceDataset,
     collate_preference,
-    collate_unpaired,
     normalize_preference,
-    normalize_unpaired,
     split_preference,
 )
+from minigpt.data.kto import UnpairedExample, UnpairedPreferenceDataset, collate_unpaired, normalize_unpaired
 from minigpt.errors import UserError
 from minigpt.tokenizer import IM_END, train_tokenizer
 from minigpt.tokenizer.chat import SkipRecord

@@ -1,4 +1,5 @@
-"""Preference data: records -> (prompt, chosen, rejected) token ids -> DPO / reward-model batches.
+"""Paired preference data: records -> (prompt, chosen, rejected) token ids -> DPO / reward-model
+batches. The unpaired (KTO) side, built on the helpers here, is `minigpt.data.kto`.
 
 Record formats, detected per record:
 
@@ -15,8 +16,6 @@ HH-RLHF            ``{"chosen", "rejected"}`` full transcripts with ``"\\n\\nHum
                    its last ``"\\n\\nAssistant:"``; the prefixes must agree and become
                    user/assistant messages. Turn texts are stripped of the surrounding spaces
                    the transcript format puts around them.
-unpaired (KTO)     ``{"prompt", "completion", "label": true/false}``; ``completion`` a string or
-                   a message list as above (Ethayarajh et al. 2024).
 =================  ==========================================================================
 
 Every prompt is rendered with the shared chat renderer
@@ -38,7 +37,6 @@ a joint rendering; then the ids here are still ``prompt ids + the ids the model 
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,9 +52,9 @@ from minigpt.data.sft import pick_validation
 from minigpt.tokenizer.bpe import IM_END
 from minigpt.tokenizer.chat import (
     SkipRecord,
-    _check_content,
-    _from_messages,
-    _from_sharegpt,
+    check_content,
+    parse_messages,
+    parse_sharegpt,
     encode_rendered,
     render_prompt,
 )
@@ -66,13 +64,21 @@ __all__ = [
     "SKIP_KINDS",
     "PreferencePair",
     "PreferenceDataset",
-    "UnpairedExample",
-    "UnpairedPreferenceDataset",
+    "check_lengths",
     "collate_preference",
-    "collate_unpaired",
+    "encode_replies",
+    "finite_floats",
+    "fit_to_length",
+    "is_missing",
+    "mean_or_zero",
     "normalize_preference",
-    "normalize_unpaired",
+    "numbered_records",
+    "pad_rows",
+    "prompt_messages",
+    "reply_messages",
     "split_preference",
+    "tokenizer_pad_id",
+    "type_name",
 ]
 
 #: Target value the cross-entropy ignores (PyTorch's default ``ignore_index``).
@@ -111,27 +117,19 @@ class PreferencePair:
     where: str
 
 
-@dataclass(frozen=True)
-class UnpairedExample:
-    """One tokenized unpaired (KTO) example: a prompt, one completion and whether it is
-    desirable (``label=True``) or undesirable. Ids as in :class:`PreferencePair`."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    label: bool
-    where: str
-
 
 # ---------------------------------------------------------------------------------------------
 # Records -> (prompt messages, reply strings)
 # ---------------------------------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The JSON-ish name of a value's type for error messages (``"null"`` for None)."""
     return "null" if value is None else type(value).__name__
 
 
-def _missing(record: Mapping[str, Any], field: str) -> bool:
+def is_missing(record: Mapping[str, Any], field: str) -> bool:
+    """True if ``field`` is absent from ``record`` or null."""
     return field not in record or record[field] is None
 
 
@@ -140,28 +138,34 @@ def _message_list(value: list, where: str, field: str) -> list[dict]:
     first = next((m for m in value if isinstance(m, Mapping)), None)
     here = f"{where}: field {field!r}"
     if first is not None and "from" in first and "role" not in first:
-        return _from_sharegpt({"conversations": value}, here)
-    return _from_messages({"messages": value}, here)
+        return parse_sharegpt({"conversations": value}, here)
+    return parse_messages({"messages": value}, here)
 
 
-def _prompt_messages(value: Any, where: str) -> list[dict]:
+def prompt_messages(value: Any, where: str) -> list[dict]:
+    """A record's ``prompt`` field (a string = one user message, or a message list) as
+    ``[{"role", "content"}]``.
+
+    Raises:
+        UserError: another type, a malformed message list or a control token; names ``where``.
+    """
     if isinstance(value, str):
-        return [{"role": "user", "content": _check_content(where, "field 'prompt'", value)}]
+        return [{"role": "user", "content": check_content(where, "field 'prompt'", value)}]
     if isinstance(value, list):
         return _message_list(value, where, "prompt")
-    raise UserError(f"{where}: field 'prompt' must be a string or a message list, got {_type_name(value)}")
+    raise UserError(f"{where}: field 'prompt' must be a string or a message list, got {type_name(value)}")
 
 
-def _reply(value: Any, where: str, field: str) -> tuple[list[dict], str]:
+def reply_messages(value: Any, where: str, field: str) -> tuple[list[dict], str]:
     """``(extra prompt messages, reply text)`` of a ``chosen``/``rejected``/``completion`` field."""
     if isinstance(value, str):
-        return [], _check_content(where, f"field {field!r}", value, role="assistant")
+        return [], check_content(where, f"field {field!r}", value, role="assistant")
     if isinstance(value, list):
         messages = _message_list(value, where, field)
         if not messages or messages[-1]["role"] != "assistant":
             raise UserError(f"{where}: field {field!r} must end with an assistant message (the reply)")
         return messages[:-1], messages[-1]["content"]
-    raise UserError(f"{where}: field {field!r} must be a string or a message list, got {_type_name(value)}")
+    raise UserError(f"{where}: field {field!r} must be a string or a message list, got {type_name(value)}")
 
 
 def _hh_split(text: str, where: str, field: str) -> tuple[list[dict], str] | None:
@@ -221,14 +225,14 @@ def normalize_preference(record: Mapping[str, Any], where: str = "record") -> tu
             ``"identical"`` (``chosen == rejected``).
     """
     if not isinstance(record, Mapping):
-        raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
+        raise UserError(f"{where}: expected a JSON object, got {type_name(record)}")
     for field in ("chosen", "rejected"):
         value = record.get(field)
         if value is not None and not isinstance(value, (str, list)):
-            raise UserError(f"{where}: field {field!r} must be a string or a message list, got {_type_name(value)}")
-    prompt = None if _missing(record, "prompt") else _prompt_messages(record["prompt"], where)
+            raise UserError(f"{where}: field {field!r} must be a string or a message list, got {type_name(value)}")
+    prompt = None if is_missing(record, "prompt") else prompt_messages(record["prompt"], where)
     for field in ("chosen", "rejected"):
-        if _missing(record, field):
+        if is_missing(record, field):
             raise SkipRecord(f"{where}: missing field {field!r}", kind="missing_field")
     chosen_raw, rejected_raw = record["chosen"], record["rejected"]
 
@@ -251,8 +255,8 @@ def normalize_preference(record: Mapping[str, Any], where: str = "record") -> tu
                 f"{where}: without a 'prompt', 'chosen' and 'rejected' must both be HH-RLHF "
                 "transcripts (strings) or both message lists"
             )
-        extra_c, chosen = _reply(chosen_raw, where, "chosen")
-        extra_r, rejected = _reply(rejected_raw, where, "rejected")
+        extra_c, chosen = reply_messages(chosen_raw, where, "chosen")
+        extra_r, rejected = reply_messages(rejected_raw, where, "rejected")
         if extra_c != extra_r:
             raise SkipRecord(
                 f"{where}: the messages before the reply differ between 'chosen' and 'rejected'",
@@ -269,51 +273,17 @@ def normalize_preference(record: Mapping[str, Any], where: str = "record") -> tu
     return prompt, chosen, rejected
 
 
-def normalize_unpaired(record: Mapping[str, Any], where: str = "record") -> tuple[list[dict], str, bool]:
-    """Turn one KTO record ``{"prompt", "completion", "label"}`` into
-    ``(prompt_messages, completion, label)``.
-
-    ``prompt`` is a string (one user message) or a message list; ``completion`` a string or a
-    message list ending with the assistant reply (earlier messages extend the prompt);
-    ``label`` a JSON boolean (True = desirable).
-
-    Raises:
-        UserError: not an object; a field of the wrong type (``label`` must be true/false, not
-            0/1 or a string); a malformed message list; a control token in the text.
-        SkipRecord: kind ``"missing_field"`` (``prompt``, ``completion`` or ``label`` absent or
-            null) or ``"empty_response"`` (a blank completion).
-    """
-    if not isinstance(record, Mapping):
-        raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
-    label = record.get("label")
-    if label is not None and not isinstance(label, bool):
-        # numpy.bool_ from Parquet is not a bool; accept it, but never 0/1 or "true".
-        if type(label).__name__ == "bool_":
-            label = bool(label)
-        else:
-            raise UserError(f"{where}: field 'label' must be true or false, got {_type_name(label)} {label!r}")
-    completion = record.get("completion")
-    if completion is not None and not isinstance(completion, (str, list)):
-        raise UserError(f"{where}: field 'completion' must be a string or a message list, got {_type_name(completion)}")
-    prompt = None if _missing(record, "prompt") else _prompt_messages(record["prompt"], where)
-    for field in ("prompt", "completion", "label"):
-        if _missing(record, field):
-            raise SkipRecord(f"{where}: missing field {field!r}", kind="missing_field")
-    extra, text = _reply(completion, where, "completion")
-    prompt = prompt + extra
-    if not prompt:
-        raise SkipRecord(f"{where}: missing field 'prompt' (no prompt message at all)", kind="missing_field")
-    if not text.strip():
-        raise SkipRecord(f"{where}: field 'completion' has an empty response", kind="empty_response")
-    return prompt, text, label
-
-
 # ---------------------------------------------------------------------------------------------
 # Shared dataset machinery
 # ---------------------------------------------------------------------------------------------
 
 
-def _pad_id(tokenizer) -> int:
+def tokenizer_pad_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its EOS token.
+
+    Raises:
+        UserError: the tokenizer has neither.
+    """
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         pad = getattr(tokenizer, "eos_token_id", None)
@@ -322,7 +292,14 @@ def _pad_id(tokenizer) -> int:
     return int(pad)
 
 
-def _records(path_or_records: Any, owner: str) -> tuple[str, Iterable[tuple[str, Any]]]:
+def numbered_records(path_or_records: Any, owner: str) -> tuple[str, Iterable[tuple[str, Any]]]:
+    """``(source name, iterator of (where, record))`` for a data file (``where`` =
+    ``"file.jsonl:12"``, via :func:`minigpt.data.loaders.iter_records`) or an in-memory list
+    (``where`` = ``"record 3"``).
+
+    Raises:
+        UserError: neither a path nor a sequence (``owner`` names the caller).
+    """
     if isinstance(path_or_records, (str, Path)):
         from minigpt.data.loaders import iter_records
 
@@ -332,7 +309,14 @@ def _records(path_or_records: Any, owner: str) -> tuple[str, Iterable[tuple[str,
     raise UserError(f"{owner}: expected a path or a list of records, got {type(path_or_records).__name__}")
 
 
-def _check_lengths(max_length: Any, max_prompt_length: Any) -> int:
+def check_lengths(max_length: Any, max_prompt_length: Any) -> int:
+    """Validate the token budgets of a preference dataset; returns ``max_prompt_length``
+    (``max_length // 2`` when None).
+
+    Raises:
+        UserError: ``max_length`` not an integer >= 2, or ``max_prompt_length`` outside
+            ``[1, max_length)``.
+    """
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
         raise UserError(f"max_length: must be an integer >= 2, got {max_length!r}")
     if max_prompt_length is None:
@@ -348,7 +332,7 @@ def _check_lengths(max_length: Any, max_prompt_length: Any) -> int:
     return max_prompt_length
 
 
-def _truncate(
+def fit_to_length(
     prompt: list[int], replies: Sequence[list[int]], max_length: int, max_prompt_length: int
 ) -> tuple[list[int], list[list[int]], bool, bool]:
     """Fit ``prompt + reply`` into ``max_length`` for every reply.
@@ -369,7 +353,7 @@ def _truncate(
     return prompt, list(replies), prompt_cut, reply_cut
 
 
-def _encode_replies(tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_replies(tokenizer, texts: list[str]) -> list[list[int]]:
     """Ids of ``text + "<|im_end|>"`` for every text (no special tokens added)."""
     out: list[list[int]] = []
     for start in range(0, len(texts), _ENCODE_BATCH):
@@ -378,7 +362,12 @@ def _encode_replies(tokenizer, texts: list[str]) -> list[list[int]]:
     return out
 
 
-def _float_list(values: Any, n: int, name: str) -> list[float]:
+def finite_floats(values: Any, n: int, name: str) -> list[float]:
+    """``values`` (a sequence or tensor) as ``n`` Python floats.
+
+    Raises:
+        UserError: another count than ``n`` or a non-finite value; ``name`` names the field.
+    """
     if isinstance(values, torch.Tensor):
         values = values.detach().double().cpu().reshape(-1).tolist()
     values = [float(v) for v in values]
@@ -390,7 +379,8 @@ def _float_list(values: Any, n: int, name: str) -> list[float]:
     return values
 
 
-def _mean(total: int, n: int) -> float:
+def mean_or_zero(total: int, n: int) -> float:
+    """``total / n``, 0.0 when ``n`` is 0 (for summaries of possibly empty datasets)."""
     return total / n if n else 0.0
 
 
@@ -441,14 +431,14 @@ class PreferenceDataset(Dataset):
     """
 
     def __init__(self, path_or_records: Any, tokenizer, max_length: int = 512, max_prompt_length: int | None = None) -> None:
-        self.max_prompt_length = _check_lengths(max_length, max_prompt_length)
+        self.max_prompt_length = check_lengths(max_length, max_prompt_length)
         self.max_length = max_length
-        self.pad_id = _pad_id(tokenizer)
+        self.pad_id = tokenizer_pad_id(tokenizer)
         self.examples: list[PreferencePair] = []
         self.stats: Counter = Counter()
         self.ref_chosen_logprobs: list[float] | None = None
         self.ref_rejected_logprobs: list[float] | None = None
-        self._source, records = _records(path_or_records, "PreferenceDataset")
+        self._source, records = numbered_records(path_or_records, "PreferenceDataset")
         # Source order: a given PreferencePair, or the index of a record's entry in `pending`
         # (its replies are tokenized in one batch at the end).
         order: list[PreferencePair | int] = []
@@ -465,7 +455,7 @@ class PreferenceDataset(Dataset):
                 continue
             order.append(len(pending))
             pending.append((where, render_prompt(tokenizer, prompt, where), chosen, rejected))
-        replies = _encode_replies(tokenizer, [t for _, _, c, r in pending for t in (c, r)])
+        replies = encode_replies(tokenizer, [t for _, _, c, r in pending for t in (c, r)])
         for entry in order:
             if isinstance(entry, int):
                 where, prompt_ids, _, _ = pending[entry]
@@ -479,7 +469,7 @@ class PreferenceDataset(Dataset):
     def _add(self, pair: PreferencePair) -> None:
         if not pair.chosen_ids or not pair.rejected_ids or not pair.prompt_ids:
             raise UserError(f"{pair.where}: a PreferencePair needs non-empty prompt, chosen and rejected ids")
-        prompt, (chosen, rejected), prompt_cut, reply_cut = _truncate(
+        prompt, (chosen, rejected), prompt_cut, reply_cut = fit_to_length(
             list(pair.prompt_ids), [list(pair.chosen_ids), list(pair.rejected_ids)], self.max_length, self.max_prompt_length
         )
         if chosen == rejected:
@@ -501,8 +491,8 @@ class PreferenceDataset(Dataset):
             f"{s['records']:,} records -> {n:,} pairs | skipped: {skips} | "
             f"truncated to {self.max_length} tokens: {s['prompt_truncated']:,} prompts (left, "
             f">= {self.max_prompt_length} kept), {s['response_truncated']:,} pairs' replies (right) | "
-            f"mean tokens: prompt {_mean(s['prompt_tokens'], n):.1f}, chosen "
-            f"{_mean(s['chosen_tokens'], n):.1f}, rejected {_mean(s['rejected_tokens'], n):.1f}"
+            f"mean tokens: prompt {mean_or_zero(s['prompt_tokens'], n):.1f}, chosen "
+            f"{mean_or_zero(s['chosen_tokens'], n):.1f}, rejected {mean_or_zero(s['rejected_tokens'], n):.1f}"
         )
 
     def set_reference_logprobs(self, chosen: Sequence[float], rejected: Sequence[float]) -> None:
@@ -512,8 +502,8 @@ class PreferenceDataset(Dataset):
         Raises:
             UserError: a length other than ``len(self)`` or a non-finite value.
         """
-        self.ref_chosen_logprobs = _float_list(chosen, len(self), "ref chosen logprobs")
-        self.ref_rejected_logprobs = _float_list(rejected, len(self), "ref rejected logprobs")
+        self.ref_chosen_logprobs = finite_floats(chosen, len(self), "ref chosen logprobs")
+        self.ref_rejected_logprobs = finite_floats(rejected, len(self), "ref rejected logprobs")
 
     def subset(self, indices: Sequence[int]) -> PreferenceDataset:
         """A dataset of ``self.examples[i]`` for ``i`` in ``indices`` (reference log-probs too);
@@ -546,174 +536,6 @@ class PreferenceDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 # Unpaired (KTO)
 # ---------------------------------------------------------------------------------------------
-
-
-class UnpairedPreferenceDataset(Dataset):
-    """Unpaired examples for KTO: a prompt, one completion, and a desirable/undesirable label.
-
-    Accepts unpaired records (:func:`normalize_unpaired`) and paired ones
-    (:func:`normalize_preference`, all paired formats incl. HH-RLHF): a pair gives one desirable
-    example (chosen) and one undesirable example (rejected), in that order. Rendering, skips and
-    truncation as in :class:`PreferenceDataset` with a single reply (so no ``identical`` after
-    truncation); a record with neither ``completion``/``label`` nor ``chosen``/``rejected``
-    counts as ``missing_field``.
-
-    Attributes:
-        examples: the :class:`UnpairedExample` list, in source order.
-        pad_id, max_length, max_prompt_length: as in :class:`PreferenceDataset`.
-        stats: a Counter: ``records``, ``examples``, ``desirable``, ``undesirable``,
-            ``pairs_split`` (paired records used), ``skipped_<kind>``, ``prompt_truncated``,
-            ``response_truncated`` (per example), ``prompt_tokens``, ``completion_tokens``.
-        ref_logprobs, ref_kl_logprobs: None or one float per example after
-            :meth:`set_reference_logprobs`.
-
-    ``ds[i]`` is ``{"input_ids": (L,) long = prompt + completion, "prompt_length": int,
-    "label": bool, "index": i, "kl_completion_ids": (M,) long}`` (the completion of
-    :meth:`kl_partner` ``(i)``, cut so prompt + it fits ``max_length``) (+ ``"ref_logprobs"``,
-    ``"ref_kl_logprobs"`` floats when set).
-
-    Raises:
-        UserError: as :class:`PreferenceDataset`.
-    """
-
-    def __init__(self, path_or_records: Any, tokenizer, max_length: int = 512, max_prompt_length: int | None = None) -> None:
-        self.max_prompt_length = _check_lengths(max_length, max_prompt_length)
-        self.max_length = max_length
-        self.pad_id = _pad_id(tokenizer)
-        self.examples: list[UnpairedExample] = []
-        self.stats: Counter = Counter()
-        self.ref_logprobs: list[float] | None = None
-        self.ref_kl_logprobs: list[float] | None = None
-        self._source, records = _records(path_or_records, "UnpairedPreferenceDataset")
-        order: list[UnpairedExample | int] = []  # as in PreferenceDataset
-        pending: list[tuple[str, list[int], str, bool]] = []  # (where, prompt ids, completion, label)
-        for where, record in records:
-            self.stats["records"] += 1
-            if isinstance(record, UnpairedExample):
-                order.append(record)
-                continue
-            try:
-                if isinstance(record, Mapping) and ("completion" in record or "label" in record or "chosen" not in record):
-                    prompt, completion, label = normalize_unpaired(record, where)
-                    items = [(completion, label)]
-                else:
-                    prompt, chosen, rejected = normalize_preference(record, where)
-                    items = [(chosen, True), (rejected, False)]
-                    self.stats["pairs_split"] += 1
-            except SkipRecord as skip:
-                self.stats[f"skipped_{skip.kind}"] += 1
-                continue
-            prompt_ids = render_prompt(tokenizer, prompt, where)
-            for text, label in items:
-                order.append(len(pending))
-                pending.append((where, prompt_ids, text, label))
-        replies = _encode_replies(tokenizer, [text for _, _, text, _ in pending])
-        for entry in order:
-            if isinstance(entry, int):
-                where, prompt_ids, _, label = pending[entry]
-                entry = UnpairedExample(prompt_ids, replies[entry], label, where)
-            self._add(entry)
-        if self.stats["records"] == 0:
-            raise UserError(f"{self._source}: no records")
-        if not self.examples:
-            raise UserError(f"{self._source}: no usable example ({self.summary()})")
-
-    def _add(self, ex: UnpairedExample) -> None:
-        if not ex.prompt_ids or not ex.completion_ids:
-            raise UserError(f"{ex.where}: an UnpairedExample needs non-empty prompt and completion ids")
-        prompt, (completion,), prompt_cut, reply_cut = _truncate(
-            list(ex.prompt_ids), [list(ex.completion_ids)], self.max_length, self.max_prompt_length
-        )
-        label = bool(ex.label)
-        self.stats["prompt_truncated"] += int(prompt_cut)
-        self.stats["response_truncated"] += int(reply_cut)
-        self.stats["examples"] += 1
-        self.stats["desirable" if label else "undesirable"] += 1
-        self.stats["prompt_tokens"] += len(prompt)
-        self.stats["completion_tokens"] += len(completion)
-        self.examples.append(UnpairedExample(prompt, completion, label, ex.where))
-
-    def summary(self) -> str:
-        """One line: records read, examples used by label, skips by kind, truncations."""
-        s, n = self.stats, self.stats["examples"]
-        skips = ", ".join(f"{s[f'skipped_{k}']:,} {k}" for k in SKIP_KINDS)
-        return (
-            f"{s['records']:,} records -> {n:,} examples ({s['desirable']:,} desirable, "
-            f"{s['undesirable']:,} undesirable; {s['pairs_split']:,} from pairs) | skipped: {skips} | "
-            f"truncated to {self.max_length} tokens: {s['prompt_truncated']:,} prompts (left, "
-            f">= {self.max_prompt_length} kept), {s['response_truncated']:,} completions (right) | "
-            f"mean tokens: prompt {_mean(s['prompt_tokens'], n):.1f}, completion "
-            f"{_mean(s['completion_tokens'], n):.1f}"
-        )
-
-    def set_reference_logprobs(self, logprobs: Sequence[float], kl_logprobs: Sequence[float] | None = None) -> None:
-        """Store precomputed reference log-probs: ``logprobs[i] = log π_ref(completion_i | prompt_i)``
-        and, optionally, ``kl_logprobs[i]`` for item ``i``'s mismatched pair (prompt ``i`` + the
-        completion of :meth:`kl_partner` ``(i)``, fixed per dataset, so valid in any batch order).
-
-        Raises:
-            UserError: a length other than ``len(self)`` or a non-finite value.
-        """
-        self.ref_logprobs = _float_list(logprobs, len(self), "ref logprobs")
-        self.ref_kl_logprobs = None if kl_logprobs is None else _float_list(kl_logprobs, len(self), "ref KL logprobs")
-
-    def subset(self, indices: Sequence[int]) -> UnpairedPreferenceDataset:
-        """A dataset of ``self.examples[i]`` for ``i`` in ``indices`` (reference log-probs too)."""
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.examples = [self.examples[i] for i in indices]
-        new.__dict__.pop("_partners", None)
-        for name in ("ref_logprobs", "ref_kl_logprobs"):
-            values = getattr(self, name)
-            setattr(new, name, None if values is None else [values[i] for i in indices])
-        return new
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def kl_partner(self, i: int) -> int:
-        """The example whose completion is paired with prompt ``i`` for KTO's KL reference point.
-
-        Fixed per dataset (a seeded cyclic shift that never lands on the other half of the same
-        pair when there are enough records), so reference log-probs of the mismatched pairs can be computed
-        once and stay valid whatever the batch order.
-        """
-        partners = self.__dict__.get("_partners")
-        if partners is None or len(partners) != len(self.examples):
-            # Lay the examples out record by record (records in a seeded random order) and pair
-            # each with the one `shift` places on: with shift = the largest record's size, that
-            # is always another record once there are at least 2·shift examples. A cyclic shift
-            # is a permutation, so every completion is used exactly once.
-            groups: dict[str, list[int]] = {}
-            for k, ex in enumerate(self.examples):
-                groups.setdefault(ex.where, []).append(k)
-            keys = list(groups)
-            random.Random(0).shuffle(keys)
-            layout = [k for key in keys for k in groups[key]]
-            n, widest = len(layout), max(len(g) for g in groups.values())
-            shift = widest if n >= 2 * widest else 1
-            partners = [0] * n
-            for pos, a in enumerate(layout):
-                partners[a] = layout[(pos + shift) % n]
-            self._partners = partners
-        return partners[i]
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        ex = self.examples[i]
-        other = self.examples[self.kl_partner(i)].completion_ids
-        kl_completion = other[: max(1, self.max_length - len(ex.prompt_ids))]
-        item: dict[str, Any] = {
-            "input_ids": torch.tensor(ex.prompt_ids + ex.completion_ids, dtype=torch.long),
-            "prompt_length": len(ex.prompt_ids),
-            "label": ex.label,
-            "index": i,
-            "kl_completion_ids": torch.tensor(kl_completion, dtype=torch.long),
-        }
-        if self.ref_logprobs is not None:
-            item["ref_logprobs"] = self.ref_logprobs[i]
-        if self.ref_kl_logprobs is not None:
-            item["ref_kl_logprobs"] = self.ref_kl_logprobs[i]
-        return item
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,51 +591,6 @@ def collate_preference(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[
     return batch
 
 
-def collate_unpaired(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack :class:`UnpairedPreferenceDataset` items into a KTO batch.
-
-    Returns:
-        ``input_ids``/``attention_mask``/``targets`` ``(B, T)`` as in
-        :func:`collate_preference` (one row per item, targets on the completion);
-        ``label`` ``(B,)`` bool; ``index`` ``(B,)`` long;
-        ``kl_input_ids``/``kl_attention_mask``/``kl_targets`` ``(B, T')``: row ``i`` is the
-        prompt of item ``i`` + a completion of another example (mismatched pairs for KTO's KL
-        reference point, Ethayarajh et al. 2024 section 4.1): the item's own
-        ``kl_completion_ids`` when it has them (dataset items do: a fixed partner, see
-        :meth:`UnpairedPreferenceDataset.kl_partner`), else the completion of item
-        ``(i + 1) % B`` cut on the right to ``T`` (``B == 1`` pairs the item with itself);
-        ``ref_logprobs`` / ``ref_kl_logprobs`` ``(B,)`` float32 when every item carries them.
-
-    Raises:
-        UserError: an empty list of items.
-    """
-    if not items:
-        raise UserError("collate_unpaired: no items")
-    rows = [it["input_ids"] for it in items]
-    prompts = [int(it["prompt_length"]) for it in items]
-    batch = pad_rows(rows, prompts, pad_id)
-    t = batch["input_ids"].shape[1]
-    b = len(items)
-    kl_rows = []
-    for i in range(b):
-        if "kl_completion_ids" in items[i]:  # the dataset's fixed partner (see kl_partner)
-            kl_rows.append(torch.cat([rows[i][: prompts[i]], items[i]["kl_completion_ids"]]))
-            continue
-        nxt = (i + 1) % b
-        row = torch.cat([rows[i][: prompts[i]], rows[nxt][prompts[nxt]:]])
-        kl_rows.append(row[:t])  # prompt_i < len(row_i) <= t: at least one completion token stays
-    kl = pad_rows(kl_rows, prompts, pad_id)
-    batch["kl_input_ids"] = kl["input_ids"]
-    batch["kl_attention_mask"] = kl["attention_mask"]
-    batch["kl_targets"] = kl["targets"]
-    batch["label"] = torch.tensor([bool(it["label"]) for it in items], dtype=torch.bool)
-    batch["index"] = torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long)
-    for key in ("ref_logprobs", "ref_kl_logprobs"):
-        if all(key in it for it in items):
-            batch[key] = torch.tensor([float(it[key]) for it in items], dtype=torch.float32)
-    return batch
-
-
 # ---------------------------------------------------------------------------------------------
 # Split
 # ---------------------------------------------------------------------------------------------
@@ -829,8 +606,8 @@ def split_preference(examples: Any, val_fraction: float, seed: int = 0, max_val:
     and both parts keep the original order.
 
     Args:
-        examples: a list of :class:`PreferencePair`/:class:`UnpairedExample` (anything with a
-            ``where``), or a :class:`PreferenceDataset`/:class:`UnpairedPreferenceDataset`.
+        examples: a list of :class:`PreferencePair`/:class:`~minigpt.data.kto.UnpairedExample` (anything with a
+            ``where``), or a :class:`PreferenceDataset`/:class:`~minigpt.data.kto.UnpairedPreferenceDataset`.
 
     Returns:
         ``(train, val)``: two lists, or two datasets of the same class (:meth:`subset`, with
@@ -840,7 +617,7 @@ def split_preference(examples: Any, val_fraction: float, seed: int = 0, max_val:
         UserError: ``val_fraction`` outside ``[0, 1)``, ``max_val < 0``, or too few records to
             leave at least one for training.
     """
-    is_dataset = isinstance(examples, (PreferenceDataset, UnpairedPreferenceDataset))
+    is_dataset = hasattr(examples, "examples") and hasattr(examples, "subset")  # a preference or KTO dataset
     items = examples.examples if is_dataset else list(examples)
     groups: dict[str, int] = {}
     for ex in items:

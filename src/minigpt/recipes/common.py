@@ -136,7 +136,8 @@ def load_preference_data(
     Raises:
         UserError: no data, a malformed record (naming file:line and field), nothing usable.
     """
-    from minigpt.data.preference import PreferenceDataset, UnpairedPreferenceDataset, split_preference
+    from minigpt.data.kto import UnpairedPreferenceDataset
+    from minigpt.data.preference import PreferenceDataset, split_preference
 
     if not data:
         raise UserError('--data is required: JSONL files of {"prompt", "chosen", "rejected"} or HH-RLHF {"chosen", "rejected"} records')

@@ -77,7 +77,8 @@ def dpo(
     """
     from functools import partial
 
-    from minigpt.data.preference import collate_preference, collate_unpaired
+    from minigpt.data.kto import collate_unpaired
+    from minigpt.data.preference import collate_preference
     from minigpt.model import count_parameters
     from minigpt.objectives.preference import precompute_reference_logprobs, preference_objective
     from minigpt.model.loading import load_base_model
