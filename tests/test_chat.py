@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.errors import UserError
 from minigpt.inference import GenerationEngine
 from minigpt.inference.chat import ChatSession, ReasoningSplitter, split_reasoning

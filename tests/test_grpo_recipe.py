@@ -19,7 +19,7 @@ from minigpt.data.prompts import PromptDataset, collate_prompts
 from minigpt.errors import UserError
 from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.objectives.grpo import GRPOObjective
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.objectives.config import GRPOConfig
 from minigpt.rewards.functions import CombinedReward
 from minigpt.tokenizer import train_tokenizer

@@ -22,7 +22,7 @@ from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.model.reward_model import MiniGPTRewardModel
 from minigpt.losses.kl import AdaptiveKLController, token_rewards
 from minigpt.objectives.ppo import PPOObjective
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.objectives.config import PPO_SAMPLING, RLHFConfig
 from minigpt.objectives.ppo import ActorCritic
 from minigpt.trainers.rlhf import create_rlhf_trainer

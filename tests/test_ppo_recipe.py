@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 import minigpt  # noqa: F401 — registers MiniGPT with the Auto classes
 from minigpt import cli
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.objectives.config import RLHFConfig
 from minigpt.errors import UserError
 from minigpt.model.reward_model import MiniGPTRewardModel

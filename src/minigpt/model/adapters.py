@@ -129,9 +129,9 @@ def apply_bottleneck_adapters(
         "bottleneck": width, "base_model_name_or_path": _base_path(model),
     }
     if verbose:
-        from minigpt.model.lora import _report
+        from minigpt.model.lora import trainable_summary
 
-        print(f"{config} bottleneck adapters (width {width}): {_report(model)}")
+        print(f"{config} bottleneck adapters (width {width}): {trainable_summary(model)}")
     return model
 
 
@@ -160,14 +160,14 @@ def save_bottleneck_adapters(model: nn.Module, out_dir: str | os.PathLike, final
     Raises:
         UserError: the model carries no bottleneck adapters.
     """
-    from minigpt.model.lora import _relative_base, write_adapter_files
+    from minigpt.model.lora import relative_base_path, write_adapter_files
 
     if not has_bottleneck_adapters(model):
         raise UserError("the model carries no bottleneck adapters to save")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = dict(model.__dict__["bottleneck_adapter_config"])
-    config["base_model_name_or_path"] = _relative_base(config.get("base_model_name_or_path"), Path(final_dir or out))
+    config["base_model_name_or_path"] = relative_base_path(config.get("base_model_name_or_path"), Path(final_dir or out))
     state = {k: v.detach().contiguous().cpu() for k, v in bottleneck_state_dict(model).items()}
 
     def write_config(folder: Path) -> None:
@@ -235,17 +235,17 @@ def apply_ia3(
     """
     from peft import IA3Config, inject_adapter_in_model
 
-    from minigpt.model.lora import _report, _resolve_targets, _set_base_path, has_lora
+    from minigpt.model.lora import trainable_summary, resolve_target_modules, record_base_path, has_lora
 
     if has_lora(model) or has_bottleneck_adapters(model):
         raise UserError("the model already carries adapters; apply IA³ to a fresh base model")
-    targets = _resolve_targets(model, list(target_modules or ("k_proj", "v_proj", "down_proj")))
+    targets = resolve_target_modules(model, list(target_modules or ("k_proj", "v_proj", "down_proj")))
     feedforward = list(feedforward_modules if feedforward_modules is not None else [t for t in targets if t in ("down_proj", "up_proj", "gate_proj")])
     model.requires_grad_(False)
     inject_adapter_in_model(IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM"), model)
-    _set_base_path(model)
+    record_base_path(model)
     if verbose:
-        print(f"IA³ on {', '.join(targets)}: {_report(model)}")
+        print(f"IA³ on {', '.join(targets)}: {trainable_summary(model)}")
     return model
 
 

@@ -220,7 +220,7 @@ def check_causal_lm(model_dir: Path) -> None:
                         "model; only language models can be exported")
 
 
-def _load_source(model_dir: Path) -> MiniGPTForCausalLM:
+def load_export_source(model_dir: Path) -> MiniGPTForCausalLM:
     """Load a MiniGPT model directory, turning the usual mistakes into `UserError`s."""
     if not model_dir.is_dir():
         raise UserError(f"model directory {str(model_dir)!r} does not exist")
@@ -378,7 +378,7 @@ def export_to_hf(
     source_dir: Path | None = None
     if isinstance(model_dir_or_model, (str, os.PathLike)):
         source_dir = Path(model_dir_or_model)
-        model = _load_source(source_dir)
+        model = load_export_source(source_dir)
     elif isinstance(model_dir_or_model, MiniGPTForCausalLM):
         model = model_dir_or_model
         loaded_from = getattr(model, "name_or_path", "") or ""

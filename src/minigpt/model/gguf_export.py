@@ -125,7 +125,7 @@ def export_to_gguf(
     import gguf
 
     from minigpt.errors import check_writable
-    from minigpt.model.export import EXPORT_MARKER, _load_source, previous_export_files
+    from minigpt.model.export import EXPORT_MARKER, load_export_source, previous_export_files
     from minigpt.tokenizer import load_tokenizer
     from minigpt.tokenizer.bpe import IM_END
 
@@ -142,7 +142,7 @@ def export_to_gguf(
         if target.exists() and target.name not in owned and not overwrite:
             raise UserError(f"{target} already exists and no export made it; choose another --out, or pass "
                             "--overwrite to replace it")
-    model = _load_source(src)
+    model = load_export_source(src)
     cfg = model.config
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else src
     if not (tok_dir / "tokenizer.json").is_file():

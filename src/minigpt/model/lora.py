@@ -61,7 +61,8 @@ def _count(model: nn.Module, trainable_only: bool = False) -> int:
     return count_parameters(model, trainable_only)
 
 
-def _report(model: nn.Module) -> str:
+def trainable_summary(model: nn.Module) -> str:
+    """One line: trainable and total parameter counts of `model` and the trainable share."""
     trainable, total = _count(model, True), _count(model)
     return f"trainable {trainable:,} / total {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 
@@ -135,7 +136,7 @@ def _matches(module_name: str, target: str) -> bool:
     return module_name == target or module_name.endswith("." + target)
 
 
-def _resolve_targets(model: nn.Module, target_modules: Sequence[str] | str | None) -> list[str]:
+def resolve_target_modules(model: nn.Module, target_modules: Sequence[str] | str | None) -> list[str]:
     """Check every requested target names at least one linear layer of `model`."""
     if target_modules is None:
         targets = list(BLOCK_LINEARS)
@@ -206,7 +207,7 @@ def _quantize_in_place(model: nn.Module, quantize: str) -> None:
     model.to(device)
 
 
-def _set_base_path(model: nn.Module) -> None:
+def record_base_path(model: nn.Module) -> None:
     """Record the base model's directory (absolute, in memory) in the adapter config and its
     fingerprint on the model, for `save_adapter` to write beside the adapter."""
     from minigpt.model.checks import model_fingerprint
@@ -278,7 +279,7 @@ def apply_lora(
         raise UserError(f"lora dropout must be in [0, 1), not {dropout}")
     if has_lora(model):
         raise UserError("the model already has LoRA adapters; apply_lora to a fresh base model (or merge_lora first)")
-    targets = _resolve_targets(model, target_modules)
+    targets = resolve_target_modules(model, target_modules)
     if quantize is not None:
         _check_qlora(quantize)
         _quantize_in_place(model, quantize)
@@ -287,16 +288,16 @@ def apply_lora(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, use_dora=use_dora, bias="none", task_type="CAUSAL_LM"
     )
     inject_adapter_in_model(config, model)  # peft sets model.peft_config = {"default": config}
-    _set_base_path(model)
+    record_base_path(model)
     wrong = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
     if wrong:  # peft's contract; checked because the whole point is a frozen base
         raise RuntimeError(f"apply_lora left base parameters trainable: {wrong[:5]}")
     if verbose:
-        print(f"LoRA r={rank} alpha={alpha}{' DoRA' if use_dora else ''}{f' {quantize}' if quantize else ''}: {_report(model)}")
+        print(f"LoRA r={rank} alpha={alpha}{' DoRA' if use_dora else ''}{f' {quantize}' if quantize else ''}: {trainable_summary(model)}")
     return model
 
 
-def _relative_base(base: str | None, adapter_dir: Path) -> str | None:
+def relative_base_path(base: str | None, adapter_dir: Path) -> str | None:
     """`base` (a local directory) as a path relative to `adapter_dir`, so a run folder does not
     record where it was trained; left as it is when it is no local directory (a hub id) or when
     no relative path joins them (another drive)."""
@@ -339,7 +340,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, final_dir: str | Path | 
     state = get_peft_model_state_dict(model)  # "model.layers.0…q_proj.lora_A.weight" -> tensor
     state = {"base_model.model." + k: v.detach().contiguous().cpu() for k, v in state.items()}
     config = copy.copy(model.peft_config["default"])
-    config.base_model_name_or_path = _relative_base(config.base_model_name_or_path, Path(final_dir or out))
+    config.base_model_name_or_path = relative_base_path(config.base_model_name_or_path, Path(final_dir or out))
     write_adapter_files(out, lambda tmp: config.save_pretrained(str(tmp)), state, model.__dict__.get("base_model_sha256"))
 
 
@@ -678,5 +679,5 @@ def wrap_with_peft(model: nn.Module, config, label: str, verbose: bool = True):
     if name and (Path(name) / "config.json").is_file():
         peft_model.peft_config["default"].base_model_name_or_path = str(Path(name).resolve())
     if verbose:
-        print(f"{label}: {_report(peft_model)}")
+        print(f"{label}: {trainable_summary(peft_model)}")
     return peft_model

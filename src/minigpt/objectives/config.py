@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from minigpt.config import DictConfig
 from minigpt.errors import UserError
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.model.options import EMBEDDING_POOLINGS
 from minigpt.losses.names import ADVANTAGE_TYPES, AGGREGATIONS, DEFAULT_BETA, KL_ESTIMATORS, PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.train.config import TrainConfig

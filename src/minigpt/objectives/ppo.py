@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.errors import UserError
 from minigpt.losses.advantages import gae, whiten
 from minigpt.losses.kl import AdaptiveKLController, token_rewards

@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.objectives.config import check_rl_sampling
 from minigpt.losses.advantages import group_stats
 from minigpt.model.lora import adapters_disabled, has_adapters

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from minigpt.errors import UserError
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 
 #: `minigpt chat`'s sampling defaults.
 #: `max_new_tokens` 0 = the model's own reply budget (`generation_config.max_new_tokens`, which
@@ -214,7 +214,7 @@ def chat(
             user turn when stdin is not a terminal; otherwise the chat is interactive.
         system: system message.
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
-            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.options.SamplingOptions`).
             `max_new_tokens` 0 (the default) takes the model's own reply length
             (`generation_config.max_new_tokens`, set by `minigpt sft` from the replies it
             trained on), else 256.

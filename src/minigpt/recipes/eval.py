@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 
 #: `minigpt eval`'s generation defaults: greedy, so a score is reproducible.
 EVAL_SAMPLING = SamplingOptions(max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 
 #: `minigpt generate`'s sampling defaults.
 #: `max_new_tokens` 0 = the model's own reply budget (`generation_config.max_new_tokens`), else 200.
@@ -66,7 +66,7 @@ def generate(
         model: model directory (e.g. a `minigpt pretrain` run directory).
         prompt: one prompt, or several (each streamed in turn).
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
-            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.options.SamplingOptions`).
             `max_new_tokens` 0 (the default) takes the model's own reply length
             (`generation_config.max_new_tokens`, set by `minigpt sft` from the replies it
             trained on), else 200.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.model.options import LoraOptions
 from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, GRPOConfig
 from minigpt.recipes.common import check_options, fit_policy, load_prompt_data, refuse_existing_run, check_online_rl_options
@@ -57,7 +57,7 @@ def grpo(
             mini_batch_size, aggregation, mask_truncated_completions. The learning rate is
             `--train.lr`.
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
-            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.options.SamplingOptions`).
         max_prompt_length: prompts with more tokens are skipped (counted).
         system: a system message for prompts that have none.
         eval_data: prompt files to evaluate on instead of a held-out share of `data`.

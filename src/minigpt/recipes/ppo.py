@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import UserError
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.model.options import LoraOptions
 from minigpt.objectives.config import PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig
 from minigpt.recipes.common import fit_policy, load_prompt_data, refuse_existing_run, check_online_rl_options
@@ -74,7 +74,7 @@ def ppo(
             whiten_advantages, target_kl, missing_eos_penalty. The policy's learning rate is
             `--train.lr`.
         sampling: how completions are sampled (`--sampling.max_new_tokens`, `.temperature`, `.top_k`,
-            `.top_p`, `.repetition_penalty`; see `minigpt.inference.sampling.SamplingOptions`).
+            `.top_p`, `.repetition_penalty`; see `minigpt.inference.options.SamplingOptions`).
         max_prompt_length: prompts with more tokens are skipped (counted).
         system: a system message for prompts that have none.
         val_fraction: share of prompts held out for evaluation.

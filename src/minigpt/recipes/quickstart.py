@@ -277,7 +277,7 @@ def quickstart(
         final = root / "hybrid"
     if grpo_steps > 0:
         print(f"[6/7] GRPO on arithmetic: {group_size} samples per problem, reward 1 for the right <answer>")
-        from minigpt.inference.sampling import SamplingOptions
+        from minigpt.inference.options import SamplingOptions
         from minigpt.recipes.grpo import grpo
 
         # Fresh problems of the training split (the held-out ones excluded): RL prompts may

@@ -49,9 +49,12 @@ __all__ = [
     "ROLES",
     "SkipRecord",
     "chat_eos_ids",
+    "check_content",
     "encode_rendered",
     "mask_from_offsets",
     "normalize_messages",
+    "parse_messages",
+    "parse_sharegpt",
     "render_conversation",
     "render_prompt",
     "render_prompt_literal",
@@ -123,7 +126,7 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_content(where: str, what: str, value: Any, role: str = "user") -> str:
+def check_content(where: str, what: str, value: Any, role: str = "user") -> str:
     """Return ``value`` if it is a string free of ChatML control tokens, else raise.
 
     Blank content is an error except in an assistant reply: public sets hold a few blank
@@ -174,13 +177,20 @@ def _with_system(record: Mapping[str, Any], where: str, messages: list[dict]) ->
     system = record.get("system")
     if system is None or system == "":
         return messages
-    _check_content(where, "field 'system'", system)
+    check_content(where, "field 'system'", system)
     if any(m["role"] == "system" for m in messages):
         return messages
     return [{"role": "system", "content": system}, *messages]
 
 
-def _from_messages(record: Mapping[str, Any], where: str) -> list[dict]:
+def parse_messages(record: Mapping[str, Any], where: str) -> list[dict]:
+    """The ``role``/``content`` turns of a ``{"messages": [...]}`` record, checked and copied
+    as ``[{"role", "content"}]``.
+
+    Raises:
+        UserError: a turn that is not an object, lacks ``role``/``content``, has an unknown
+            role, or holds a control token; the message names ``where`` and the turn number.
+    """
     key, turns = _turn_list(record, where)
     out = []
     for n, turn in enumerate(turns, start=1):
@@ -195,12 +205,18 @@ def _from_messages(record: Mapping[str, Any], where: str) -> list[dict]:
             )
         if "content" not in turn:
             raise UserError(f"{where}: message {n} has no 'content' field")
-        content = _check_content(where, f"message {n} ({role}) content", turn["content"], role)
+        content = check_content(where, f"message {n} ({role}) content", turn["content"], role)
         out.append({"role": role, "content": content})
     return _with_system(record, where, out)
 
 
-def _from_sharegpt(record: Mapping[str, Any], where: str) -> list[dict]:
+def parse_sharegpt(record: Mapping[str, Any], where: str) -> list[dict]:
+    """The ShareGPT ``from``/``value`` turns of a ``{"conversations": [...]}`` record as
+    ``[{"role", "content"}]`` (``human`` -> user, ``gpt`` -> assistant, ...).
+
+    Raises:
+        UserError: as :func:`parse_messages`.
+    """
     key, turns = _turn_list(record, where)
     out = []
     for n, turn in enumerate(turns, start=1):
@@ -217,7 +233,7 @@ def _from_sharegpt(record: Mapping[str, Any], where: str) -> list[dict]:
             )
         if "value" not in turn:
             raise UserError(f"{where}: message {n} has no 'value' field")
-        content = _check_content(where, f"message {n} ({source}) value", turn["value"], role)
+        content = check_content(where, f"message {n} ({source}) value", turn["value"], role)
         out.append({"role": role, "content": content})
     return _with_system(record, where, out)
 
@@ -243,7 +259,7 @@ def _from_alpaca(record: Mapping[str, Any], where: str) -> list[dict]:
     messages: list[dict] = []
     system = record.get("system")
     if system is not None and system != "":
-        messages.append({"role": "system", "content": _check_content(where, "field 'system'", system)})
+        messages.append({"role": "system", "content": check_content(where, "field 'system'", system)})
     history = record.get("history")
     if history is not None:
         if not isinstance(history, list):
@@ -251,12 +267,12 @@ def _from_alpaca(record: Mapping[str, Any], where: str) -> list[dict]:
         for n, pair in enumerate(history, start=1):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise UserError(f"{where}: history entry {n} must be a [user, assistant] pair")
-            messages.append({"role": "user", "content": _check_content(where, f"history entry {n} user", pair[0])})
+            messages.append({"role": "user", "content": check_content(where, f"history entry {n} user", pair[0])})
             messages.append(
-                {"role": "assistant", "content": _check_content(where, f"history entry {n} assistant", pair[1], "assistant")}
+                {"role": "assistant", "content": check_content(where, f"history entry {n} assistant", pair[1], "assistant")}
             )
-    messages.append({"role": "user", "content": _check_content(where, "fields 'instruction'/'input'", prompt)})
-    messages.append({"role": "assistant", "content": _check_content(where, "field 'output'", record["output"], "assistant")})
+    messages.append({"role": "user", "content": check_content(where, "fields 'instruction'/'input'", prompt)})
+    messages.append({"role": "assistant", "content": check_content(where, "field 'output'", record["output"], "assistant")})
     return messages
 
 
@@ -287,9 +303,9 @@ def normalize_messages(record: Mapping[str, Any], fmt: str | None = None, where:
     if fmt is None:
         fmt = _detect_format(record, where)
     if fmt == "messages":
-        messages = _from_messages(record, where)
+        messages = parse_messages(record, where)
     elif fmt == "sharegpt":
-        messages = _from_sharegpt(record, where)
+        messages = parse_sharegpt(record, where)
     elif fmt == "alpaca":
         messages = _from_alpaca(record, where)
     else:

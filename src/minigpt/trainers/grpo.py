@@ -17,7 +17,7 @@ import torch
 from minigpt.errors import UserError
 from minigpt.trainers.base import PolicyTrainer, as_options, optimizer_step_for, sampling_ids
 from minigpt.losses.advantages import group_stats
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.objectives.config import GRPO_SAMPLING, GRPO_TRAIN_DEFAULTS, GRPOConfig, with_learning_rate
 from minigpt.objectives.grpo import GRPOObjective
 from minigpt.train.config import TrainConfig

@@ -20,7 +20,7 @@ from torch import nn
 
 from minigpt.errors import UserError
 from minigpt.trainers.base import PolicyTrainer, as_options, optimizer_step_for, sampling_ids
-from minigpt.inference.sampling import SamplingOptions
+from minigpt.inference.options import SamplingOptions
 from minigpt.objectives.config import PPO_SAMPLING, PPO_TRAIN_DEFAULTS, RLHFConfig, with_learning_rate
 from minigpt.objectives.ppo import ActorCritic, PPOObjective
 from minigpt.train.config import TrainConfig
