@@ -5,8 +5,8 @@ Appended options override the written ones, so every option the README writes is
 and used. The README's alternative `pretrain` lines share one `--out`: the later ones get
 `--overwrite`. About 15 s on 2 cores.
 
-Left out, each run elsewhere: `quickstart` (tests/test_quickstart.py), `pipeline`
-(tests/test_pipeline.py runs configs/pipeline/rlhf.json), `serve` (a server: tests/test_server.py),
+Left out, each run elsewhere: `quickstart` (tests/recipes/test_quickstart.py), `pipeline`
+(tests/recipes/test_pipeline.py runs configs/pipeline/rlhf.json), `serve` (a server: tests/inference/test_server.py),
 and `pretrain --data roneneldan/TinyStories` (a Hugging Face dataset that is not in this machine's
 cache)."""
 

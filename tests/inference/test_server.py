@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,23 +17,11 @@ from minigpt.inference.chat import ReplyDecoder, split_reasoning
 from minigpt.tokenizer.bpe import IM_START
 from minigpt.tokenizer.chat import chat_eos_ids, render_prompt, render_prompt_literal
 
-from serving import Running, ScriptedBatcher, save_readable_chat_model
+from serving import Running, ScriptedBatcher
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_readable_chat_model(tmp_path_factory.mktemp("serve") / "tiny-chat")
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    from minigpt.inference.loading import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(model_dir, device="cpu")
-
 
 @pytest.fixture(scope="module")
 def server(model_dir):

@@ -1,5 +1,5 @@
-"""Classic RL on Gymnasium (`minigpt gym`): GAE over episode boundaries, the functions shared with
-RLHF, seeded reproducibility, a short CartPole PPO run, and bad input."""
+"""PPO on Gymnasium (`minigpt.gym.ppo`): GAE over episode boundaries, the functions shared
+with RLHF, seeded reproducibility, a short CartPole run, bad input and `--help`."""
 
 from __future__ import annotations
 
@@ -142,90 +142,6 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["gym", "--env", "FrozenLake-v1", "--env_kwargs", "{bad", "--out", str(tmp_path / "c")]) == 2
     assert "--env_kwargs is not JSON" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
-
-
-def test_q_learning_update_on_a_hand_worked_two_state_mdp():
-    """States 0 and 1, actions 0 and 1; α = 0.5, γ = 0.9."""
-    import numpy as np
-
-    from minigpt.gym.qlearning import linear_schedule, q_learning_update
-
-    q = np.array([[0.0, 1.0], [2.0, 4.0]])
-    # From state 0, action 0, reward 1, to state 1: target 1 + 0.9·max(2, 4) = 4.6; δ = 4.6 − 0 = 4.6.
-    assert q_learning_update(q, 0, 0, 1.0, 1, False, 0.5, 0.9) == pytest.approx(4.6)
-    assert q[0, 0] == pytest.approx(2.3)
-    # Terminal: no bootstrap. From state 1, action 1, reward −1: δ = −1 − 4 = −5; Q = 4 − 2.5 = 1.5.
-    assert q_learning_update(q, 1, 1, -1.0, 0, True, 0.5, 0.9) == pytest.approx(-5.0)
-    assert q[1, 1] == pytest.approx(1.5) and q[0, 1] == 1.0 and q[1, 0] == 2.0  # nothing else moved
-    assert [linear_schedule(1.0, 0.1, 0.5, s, 100) for s in (0, 25, 50, 99)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
-
-
-def test_q_learning_solves_deterministic_frozenlake_and_refuses_continuous_states(tmp_path, capsys):
-    from minigpt.gym.qlearning import train_qlearning
-
-    result = train_qlearning("FrozenLake-v1", {"eval_episodes": 20}, total_steps=30_000, seed=0, env_kwargs={"is_slippery": False})
-    assert result["eval"]["mean_return"] == 1.0  # every greedy episode reaches the goal
-    assert main(["gym", "--env", "CartPole-v1", "--algo", "qlearning", "--out", str(tmp_path / "q")]) == 2
-    assert "needs Discrete observations and actions" in capsys.readouterr().err
-    assert not (tmp_path / "q").exists()
-
-
-def test_dqn_and_double_dqn_targets_and_the_dueling_head_by_hand():
-    from minigpt.gym.dqn import dqn_targets, dueling_q
-
-    rewards = torch.tensor([1.0, 0.5, 2.0])
-    terminals = torch.tensor([0.0, 0.0, 1.0])
-    next_target = torch.tensor([[1.0, 3.0], [4.0, 2.0], [9.0, 9.0]])
-    next_online = torch.tensor([[5.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    # plain: r + γ·max_a Q_target(s', a); a terminal row keeps r alone
-    assert torch.allclose(dqn_targets(rewards, next_target, terminals, 0.9), torch.tensor([1 + 0.9 * 3, 0.5 + 0.9 * 4, 2.0]))
-    # double: the online net picks a' (0, then 1), the target net scores it (1.0, then 2.0)
-    assert torch.allclose(dqn_targets(rewards, next_target, terminals, 0.9, next_online), torch.tensor([1 + 0.9 * 1, 0.5 + 0.9 * 2, 2.0]))
-    q = dueling_q(torch.tensor([[2.0], [0.0]]), torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]]))
-    assert torch.allclose(q, torch.tensor([[1.0, 2.0, 3.0], [-1.0, -1.0, 2.0]]))  # V + A − mean(A)
-    assert torch.allclose(q.mean(-1), torch.tensor([2.0, 0.0]))  # the mean over actions is V
-
-
-def test_dqn_refuses_continuous_actions(tmp_path, capsys):
-    from minigpt.gym.dqn import train_dqn
-
-    with pytest.raises(UserError, match="DQN needs Discrete actions"):
-        train_dqn("Pendulum-v1", {}, total_steps=10)
-    assert main(["gym", "--env", "Pendulum-v1", "--algo", "dqn", "--out", str(tmp_path / "d")]) == 2
-    assert "use --algo ppo" in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()  # refused before the run directory was made
-
-
-def test_dqn_learns_cartpole_a_little(tmp_path):
-    """3,000 steps of Double + dueling DQN: the greedy policy already beats a random one (about 22)."""
-    from minigpt.gym.dqn import train_dqn
-
-    result = train_dqn("CartPole-v1", {"double": True, "dueling": True, "learning_starts": 500, "target_update_interval": 100,
-                                       "exploration_fraction": 0.3, "learning_rate": 1e-3, "eval_episodes": 5}, total_steps=3000, seed=0)
-    assert result["eval"]["mean_return"] > 40
-
-
-def test_reinforce_returns_are_discounted_sums_within_each_episode():
-    from minigpt.losses.advantages import discounted_returns
-
-    rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
-    dones = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0]])  # episodes: steps 0-2, then 3-4
-    g = 0.5
-    expected = [1 + g * 2 + g * g * 3, 2 + g * 3, 3.0, 4 + g * 5, 5.0]
-    assert torch.allclose(discounted_returns(rewards, dones, g), torch.tensor([expected]))
-
-
-@pytest.mark.parametrize(("algo", "steps"), [("reinforce", 15_000), ("a2c", 50_000)])
-def test_reinforce_and_a2c_improve_on_cartpole(algo, steps, tmp_path):
-    """The later episodes last clearly longer than the first ones (a random policy keeps about
-    22 steps). A2C's one small update per 40 steps needs more steps than REINFORCE's."""
-    out = tmp_path / algo
-    assert main(["gym", "--env", "CartPole-v1", "--algo", algo, "--total_steps", str(steps), "--seed", "0", "--out", str(out),
-                 "--no_tensorboard"]) == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    returns = [r["episode_return"] for r in rows if "episode_return" in r]
-    assert sum(returns[-10:]) / 10 > 2 * sum(returns[:10]) / 10
-    assert json.loads((out / "run.json").read_text())[algo]  # its settings are recorded
 
 
 def test_help_lists_each_algorithms_hyper_parameters_with_their_docstrings(capsys):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,6 @@ from minigpt.inference.batching import BatchRequest, ContinuousBatcher
 from minigpt.tokenizer.chat import chat_eos_ids
 
 from serving import Running
-from test_server import loaded, model_dir  # noqa: F401 (fixtures: the readable tiny chat model, loaded)
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")

@@ -154,7 +154,7 @@ def test_lossless_conversions_are_kept():
 def test_the_example_config_runs_with_tiny_data(env):
     """`configs/pipeline/rlhf.json`, the file the README points to, with its data paths and
     step counts swapped for tiny ones: every stage runs and the layout is written."""
-    example = json.loads((Path(__file__).parents[1] / "configs" / "pipeline" / "rlhf.json").read_text())
+    example = json.loads((Path(__file__).parents[2] / "configs" / "pipeline" / "rlhf.json").read_text())
     save = env["root"] / "example"
     example.update({
         "model_name": str(env["base"]), "device": "cpu", "sft_data_path": str(env["sft"]), "reward_data_path": str(env["pairs"]),
