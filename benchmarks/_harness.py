@@ -18,18 +18,14 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def matmul_peak(dtype_name: str = "bfloat16", n: int = 2048, reps: int = 20) -> float:
-    """Measured dense matmul FLOP/s of this machine in `dtype_name`."""
+def matmul_peak(dtype_name: str = "bfloat16", n: int = 2048) -> float:
+    """Measured dense matmul FLOP/s of this machine in `dtype_name`
+    (`minigpt.train.hardware.matmul_peak`, which `minigpt report` uses for MFU too)."""
     import torch
 
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+    from minigpt.train.hardware import matmul_peak as measure
+
+    return measure(getattr(torch, dtype_name), n=n)
 
 
 def peak_memory_bytes() -> int:

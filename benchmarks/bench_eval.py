@@ -192,7 +192,7 @@ def main() -> None:
     files = prepare(args.out)
     trained = train_models(args.out, files, args)
     results = evaluate_all(args.out, files, args)
-    bf16, fp32 = matmul_peak("bfloat16", n=1024, reps=2), matmul_peak("float32", n=1024, reps=5)  # bf16 may be emulated
+    bf16, fp32 = matmul_peak("bfloat16", n=1024), matmul_peak("float32", n=1024)  # bf16 may be emulated
     print(f"\nhost: bf16 matmul {bf16 / 1e12:.4f} TFLOP/s, fp32 {fp32 / 1e12:.4f} TFLOP/s; "
           f"torch threads {torch.get_num_threads()}; training seconds {json.dumps({k: round(v) for k, v in trained.items()})}")
     print("| model | data | metric | value | 95% interval | n | eval s |")

@@ -52,8 +52,8 @@ def main() -> None:
     a = ap.parse_args()
     from minigpt.train.distributed import pick_precision
 
-    fp32 = matmul_peak("float32", n=a.n, reps=5)
-    bf16 = matmul_peak("bfloat16", n=a.n, reps=5)
+    fp32 = matmul_peak("float32", n=a.n)
+    bf16 = matmul_peak("bfloat16", n=a.n)
     s32 = step_seconds(a.preset, a.batch, a.seq, "fp32", a.steps)
     s16 = step_seconds(a.preset, a.batch, a.seq, "bf16", a.steps)
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")

@@ -106,7 +106,9 @@ def test_ppo_balances_cartpole_and_writes_the_run(tmp_path):
     assert main(["gym", "--env", "CartPole-v1", "--algo", "ppo", "--total_steps", "50000", "--seed", "1", "--out", str(out),
                  "--no_tensorboard"]) == 0
     evaluation = json.loads((out / "eval.json").read_text())
-    assert set(evaluation) == {"mean_return", "std_return", "episodes"} and len(evaluation["episodes"]) == 10
+    assert set(evaluation) == {"mean_return", "std_return", "episodes", "steps", "seconds"} and len(evaluation["episodes"]) == 10
+    assert evaluation["steps"] == 50_176 and evaluation["seconds"] > 0  # whole rollouts of 512 steps: ceil(50,000 / 512) × 512
+    assert json.loads((out / "environment.json").read_text())["precision"] == "fp32"
     assert evaluation["mean_return"] >= 195
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     returns = [r["episode_return"] for r in rows if "episode_return" in r]

@@ -106,6 +106,16 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [h["loss"] for h in part.history] + [h["loss"] for h in resumed.history] == losses_full
     for pa, pb in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(pa, pb)
+    # The token count survives the resume: 4 blocks of 16 tokens per step, 10 steps.
+    assert resumed.tokens_seen == full.tokens_seen == 10 * 4 * 16
+
+    def counts(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["train/tokens"] for r in rows if "train/tokens" in r]
+
+    assert counts("part") == counts("full") == [64 * k for k in range(1, 11)]
+    env = json.loads((tmp_path / "full" / "environment.json").read_text())
+    assert env["precision"] == "fp32" and env["device"] == "cpu" and env["world_size"] == 1
 
 
 def test_crash_during_checkpoint_save_keeps_previous(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 The run directory holds the policy (`policy.safetensors` + `policy.json`), `metrics.jsonl`
 (episode returns and losses, by environment step), TensorBoard logs, `learning_curve.png`, and
 `eval.json` (`{"mean_return", "std_return", "episodes"}` of deterministic evaluation episodes
-after training). Presets per algorithm and environment: `configs/gym/*.yaml` (`--config`).
+after training, with the run's `steps` and `seconds`), and `environment.json` (the machine).
+Presets per algorithm and environment: `configs/gym/*.yaml` (`--config`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ def gym(
             raise UserError(f"--resume with settings that differ from the run in {out_dir} ({', '.join(changed)}); "
                             "give the same options, or --overwrite to start over")
     atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")
+    import torch
+
+    from minigpt.train.hardware import ENVIRONMENT_FILE, environment
+
+    atomic_write_text(out_dir / ENVIRONMENT_FILE, json.dumps(environment(torch.device("cpu"), "fp32"), indent=2) + "\n")
     result = train(env, settings, total_steps, seed, kwargs, out_dir, tensorboard, eval_every=eval_every, progress=progress,
                    resume=resume)
     session = result["session"]
@@ -131,7 +137,7 @@ def gym(
     atomic_write_text(out_dir / "policy.json", json.dumps({"algo": algo, "env": env, "env_kwargs": kwargs, algo: dataclasses.asdict(settings)}, indent=2) + "\n")
     rows = [{"step": s, "episode_return": r} for s, r in result["episode_returns"]]
     plot_learning_curve(rows, out_dir / "learning_curve.png", f"{algo} on {env} (seed {seed})")
-    evaluation = dict(result["eval"])
+    evaluation = {**result["eval"], "steps": result["steps"], "seconds": result["seconds"]}
     if session.best is not None:
         evaluation["best"] = {**session.best, "path": str(out_dir / "best" / "policy.safetensors")}
         evaluation["evaluations"] = session.evaluations

@@ -238,7 +238,7 @@ class CheckpointedRun:
     """The run-directory half of `minigpt.train.loop.Trainer`: taking OUT over (or refusing
     to), checkpoints, resume, and the final model. A mixin: it reads the trainer's attributes
     (`out_dir`, `is_main`, `model`, `optimizer`, `scheduler`, `scaler`, `sampler`, `objective`,
-    `config`, `run_info`, `save_with_model`, `fsdp`, `step`, `elapsed`, `total_steps`) and sets
+    `config`, `run_info`, `save_with_model`, `fsdp`, `step`, `elapsed`, `tokens_seen`, `total_steps`) and sets
     `last_checkpoint`.
 
     Raises:
@@ -320,6 +320,7 @@ class CheckpointedRun:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
+            "tokens_seen": self.tokens_seen,
             # An objective with state of its own (PPO's adaptive KL coefficient) rides along.
             **({"objective": self.objective.state_dict()} if hasattr(self.objective, "state_dict") else {}),
         }
@@ -460,6 +461,7 @@ class CheckpointedRun:
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.tokens_seen = int(state.get("tokens_seen", 0))
         # A time-budgeted run keeps the step count it fixed; otherwise the settings given now
         # win, so `--resume --train.max_steps N` can extend a finished run.
         if self.config.max_steps <= 0 and self.config.epochs is None:

@@ -24,7 +24,7 @@ from torch.utils.data import default_collate
 
 from minigpt.errors import UserError
 from minigpt.train.objective import Objective
-from minigpt.train.checkpoint import CheckpointedRun, unwrap_model
+from minigpt.train.checkpoint import CheckpointedRun, atomic_write_text, unwrap_model
 from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
@@ -149,6 +149,7 @@ class Trainer(CheckpointedRun):
         self.sampler = BlockSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)
         self.step = 0
         self.elapsed = 0.0  # training seconds across resumes (for max_time)
+        self.tokens_seen = 0  # real tokens trained on across resumes, all ranks (`train/tokens`)
         self.should_stop = False
         self.last_checkpoint: Path | None = None
         self.history: list[dict[str, float]] = []  # every step's metrics, for tests and recipes
@@ -248,10 +249,13 @@ class Trainer(CheckpointedRun):
 
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict[str, float]) -> None:
+        """Append one row `{"step", "time_s", **metrics}` to `OUT/metrics.jsonl` (and TensorBoard)
+        on the main rank. `time_s` is the run's seconds so far (training and evaluation, summed
+        over resumes): a wall-clock figure, the one field of a row that differs between runs."""
         if not self.is_main:
             return
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            f.write(json.dumps({"step": self.step, "time_s": round(self.elapsed, 3), **metrics}) + "\n")
         if self.config.tensorboard:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -351,6 +355,11 @@ class Trainer(CheckpointedRun):
         self._prepare_out_dir(resume, overwrite)
         if resume:
             self._resume_sharded() if self.fsdp else self._resume()
+        if self.is_main:
+            from minigpt.train.hardware import ENVIRONMENT_FILE, environment
+
+            env = environment(self.device, self.precision, self.world_size)
+            atomic_write_text(self.out_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
         model = self.model
         if c.gradient_checkpointing:
             enable_activation_checkpointing(model)
@@ -399,6 +408,7 @@ class Trainer(CheckpointedRun):
                 ) from None
             step_loss, lr = result.loss, result.lr
             self.step += 1
+            self.tokens_seen += result.num_tokens * self.world_size
             dt = time.perf_counter() - t0
             self.elapsed += dt
             step_times.append(dt)
@@ -412,7 +422,7 @@ class Trainer(CheckpointedRun):
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
             if self.step % c.log_interval == 0 or self.step == self.total_steps:
-                self.log({f"train/{k}": v for k, v in metrics.items()})
+                self.log({**{f"train/{k}": v for k, v in metrics.items()}, "train/tokens": self.tokens_seen})
             self.callbacks.fire("on_step_end", self, metrics)
             done = self.step >= self.total_steps or self.should_stop or (c.max_time and self.elapsed >= c.max_time)
             if c.eval_interval > 0 and (self.step % c.eval_interval == 0) and not done:
