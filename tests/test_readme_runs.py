@@ -39,6 +39,7 @@ SHRINK = {
     "eval": ["--sampling.max_new_tokens", "4", "--resamples", "20"],
     "chat": ["--sampling.max_new_tokens", "4"],
     "merge": [],
+    "report": ["--samples", "1", "--max_new_tokens", "4", "--no_peak"],
     "score": [],
 }
 SKIP = ("minigpt quickstart", "minigpt pipeline", "minigpt serve", "roneneldan/TinyStories")

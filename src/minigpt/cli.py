@@ -33,6 +33,7 @@ def _commands() -> dict[str, Callable]:
     from minigpt.recipes.ppo import ppo
     from minigpt.recipes.pretrain import pretrain
     from minigpt.recipes.quickstart import quickstart
+    from minigpt.recipes.report import report
     from minigpt.recipes.reward import reward, score
     from minigpt.recipes.serve import serve
     from minigpt.recipes.sft import sft
@@ -60,6 +61,7 @@ def _commands() -> dict[str, Callable]:
         "chat": chat,
         "serve": serve,
         "eval": evaluate,
+        "report": report,
         "export": export_command,
     }
 

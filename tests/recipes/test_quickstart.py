@@ -73,3 +73,27 @@ def test_stages_chain_each_from_the_last(run):
     assert len(_read(out / "data" / "hybrid_docs_conversations.jsonl")) == 10
     for key in ("sft_accuracy", "arithmetic_accuracy", "grpo_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_the_quickstart_ends_with_a_report_card_of_every_stage(run):
+    """The page has the headline, the machine, one row and one section per stage in training
+    order with its plot (a PNG, inlined in the HTML page), and the scripted chat as the final
+    stage's samples."""
+    from minigpt.recipes.quickstart import CHAT_SCRIPT
+
+    out, metrics = run
+    headline = json.loads((out / "quickstart.json").read_text())
+    assert headline["grpo_accuracy"] == metrics["grpo_accuracy"]
+    md = (out / "report.md").read_text()
+    stages = ["pretrain", "sft", "hybrid", "grpo"]
+    sections = [md.index(f"## {name} (`minigpt ") for name in stages]
+    assert sections == sorted(sections)
+    assert md.index("## Headline") < md.index("## Environment") < md.index("## Stages") < sections[0]
+    assert f"| held-out arithmetic accuracy after GRPO | {metrics['grpo_accuracy']:.1%} |" in md
+    for name in stages:
+        assert (out / "report_files" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"![{name} curves](report_files/{name}.png)" in md
+    grpo = md[sections[-1]:]
+    assert all(f"> **prompt:** {turn}" in grpo for turn in CHAT_SCRIPT)
+    assert "| pretrain | `minigpt pretrain` | 4 |" in md  # 4 steps, as asked
+    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == len(stages)

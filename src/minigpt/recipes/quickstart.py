@@ -111,7 +111,8 @@ def quickstart(
 ) -> dict:
     """Tokenizer -> pretraining (docs + worked arithmetic) -> SFT (docs Q&A + arithmetic with
     `<think>`) -> hybrid SFT (bare answers by default) -> GRPO on the arithmetic task (reward:
-    the answer check) -> scripted chat.
+    the answer check) -> scripted chat -> a report card (OUT/report.md and OUT/report.html, as
+    `minigpt report OUT` writes them; the headline figures also go to OUT/quickstart.json).
 
     The GRPO stage starts from a hybrid-thinking model, as Qwen3 is one: it can answer bare
     (`<think></think><answer>N</answer>`) or work the steps first, and the short second SFT
@@ -309,7 +310,10 @@ def quickstart(
     chat_model, chat_tok = load_model_and_tokenizer(final, device=device)
     if accuracy is None:
         accuracy = arithmetic_accuracy(chat_model, chat_tok, heldout, max_new_tokens=96)
+    from minigpt.evaluation.report import Sample
+
     session = ChatSession(chat_model, chat_tok, max_new_tokens=96, temperature=0.0, repetition_penalty=1.1)
+    transcript = []
     for turn in CHAT_SCRIPT:
         session.reset()
         print(f"user: {turn}")
@@ -317,6 +321,7 @@ def quickstart(
         if reply.thinking:
             print(f"  [thinking] {reply.thinking.strip()}")
         print(f"assistant: {reply.answer.strip()}\n")
+        transcript.append(Sample(turn, reply.answer.strip(), (reply.thinking or "").strip()))
     metrics["pretrain_val_bpb"] = pre.get("val_bpb", float("nan"))
     metrics["sft_accuracy"] = sft_accuracy
     metrics["arithmetic_accuracy"] = accuracy
@@ -335,5 +340,11 @@ def quickstart(
         f"SFT held-out assistant-token loss {metrics.get('val_loss_before', float('nan')):.3f} -> {metrics.get('val_loss', float('nan')):.3f} nats; "
         f"held-out arithmetic accuracy (greedy, {num_heldout} problems) {stages}{rl_part}"
     )
+    from minigpt.evaluation.report import write_report
+    from minigpt.train.checkpoint import atomic_write_text
+
+    atomic_write_text(root / "quickstart.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    report_md, report_html = write_report(root, samples={final.name: transcript}, num_samples=len(CHAT_SCRIPT))
+    print(f"report card: {report_md} ({report_html.name} beside it: open it in a browser)")
     print(f"next: minigpt chat --model {final}")
     return metrics
