@@ -9,49 +9,23 @@ layouts from small hand-built id lists.
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from minigpt.data.preference import IGNORE_INDEX
 from minigpt.data.kto import UnpairedExample, UnpairedPreferenceDataset, collate_unpaired, normalize_unpaired
 from minigpt.errors import UserError
-from minigpt.tokenizer import train_tokenizer
 from minigpt.tokenizer.chat import SkipRecord
 
-_TEXTS = [
-    "Human: What is the capital of France? Assistant: Paris is the capital of France.",
-    "The user asks a question and the assistant answers it politely, or rudely.",
-    "Numbers 12 and 345 and a list: one, two, three. Thanks, goodbye!",
-]
+from chat_records import render, tiny_chat_tokenizer, write_jsonl
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_tokenizer([f"{t} {i}" for i in range(10) for t in _TEXTS], vocab_size=300)
-
-
-def _render(tok, messages: list[dict], generation_prompt: bool = False) -> list[int]:
-    """Independent reference: the tokenizer's own chat template, tokenized by transformers."""
-    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False)
-    return list(ids)
-
-
-def _write_jsonl(path: Path, records: list, gz: bool = False) -> Path:
-    data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
+    return tiny_chat_tokenizer()
 
 
 # ----------------------------------------------------------------------------- KTO
@@ -85,7 +59,7 @@ def test_unpaired_dataset_takes_both_record_kinds(tok, tmp_path):
         {"prompt": "Hi", "completion": "Hey."},
         {"prompt": "Thanks", "completion": "Goodbye!", "label": True},
     ]
-    path = _write_jsonl(tmp_path / "kto.jsonl", recs)
+    path = write_jsonl(tmp_path / "kto.jsonl", recs)
     ds = UnpairedPreferenceDataset(path, tok, max_length=64)
     assert [(ex.where, ex.label) for ex in ds.examples] == [
         (f"{path}:1", False), (f"{path}:2", True), (f"{path}:2", False), (f"{path}:4", True),
@@ -93,7 +67,7 @@ def test_unpaired_dataset_takes_both_record_kinds(tok, tmp_path):
     s = ds.stats
     counts = ("records", "examples", "desirable", "undesirable", "pairs_split", "skipped_missing_field")
     assert [s[k] for k in counts] == [4, 4, 2, 2, 1, 1]
-    hi = _render(tok, [{"role": "user", "content": "Hi"}], generation_prompt=True)
+    hi = render(tok, [{"role": "user", "content": "Hi"}], generation_prompt=True)
     assert [ex.prompt_ids for ex in ds.examples[:3]] == [hi, hi, hi]
     assert [tok.decode(ex.completion_ids) for ex in ds.examples] == [
         "Go away.<|im_end|>", "Hello!<|im_end|>", "What?<|im_end|>", "Goodbye!<|im_end|>",

@@ -9,10 +9,6 @@ layouts from small hand-built id lists.
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -27,50 +23,29 @@ from minigpt.data.preference import (
 )
 from minigpt.data.kto import UnpairedPreferenceDataset
 from minigpt.errors import UserError
-from minigpt.tokenizer import IM_END, train_tokenizer
+from minigpt.tokenizer import IM_END
 from minigpt.tokenizer.chat import SkipRecord
 
-_TEXTS = [
-    "Human: What is the capital of France? Assistant: Paris is the capital of France.",
-    "The user asks a question and the assistant answers it politely, or rudely.",
-    "Numbers 12 and 345 and a list: one, two, three. Thanks, goodbye!",
-]
+from chat_records import render, tiny_chat_tokenizer, write_jsonl
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_tokenizer([f"{t} {i}" for i in range(10) for t in _TEXTS], vocab_size=300)
-
-
-def _render(tok, messages: list[dict], generation_prompt: bool = False) -> list[int]:
-    """Independent reference: the tokenizer's own chat template, tokenized by transformers."""
-    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False)
-    return list(ids)
+    return tiny_chat_tokenizer()
 
 
 def _assert_pair_matches(tok, pair: PreferencePair, prompt: list[dict], chosen: str, rejected: str) -> None:
     """prompt_ids == the rendered prompt with the generation prompt; prompt + reply == the whole
     conversation rendered, minus the trailing "\\n" the template writes after <|im_end|>."""
     newline = tok("\n", add_special_tokens=False)["input_ids"]
-    assert pair.prompt_ids == _render(tok, prompt, generation_prompt=True)
+    assert pair.prompt_ids == render(tok, prompt, generation_prompt=True)
     for reply, ids in ((chosen, pair.chosen_ids), (rejected, pair.rejected_ids)):
-        full = _render(tok, [*prompt, {"role": "assistant", "content": reply}])
+        full = render(tok, [*prompt, {"role": "assistant", "content": reply}])
         assert pair.prompt_ids + ids + newline == full
         assert ids[-1] == tok.convert_tokens_to_ids(IM_END)
-
-
-def _write_jsonl(path: Path, records: list, gz: bool = False) -> Path:
-    data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
 
 
 # ----------------------------------------------------------------------------- record formats
@@ -162,7 +137,7 @@ def test_reply_with_leading_whitespace_is_tokenized_after_the_prompt(tok):
     prompt), so prompt + chosen decodes to exactly prompt text + reply + <|im_end|>."""
     rec = {"prompt": "Hi", "chosen": "\n\nHello there.", "rejected": "Go away."}
     [pair] = PreferenceDataset([rec], tok, max_length=256).examples
-    assert pair.prompt_ids == _render(tok, [{"role": "user", "content": "Hi"}], generation_prompt=True)
+    assert pair.prompt_ids == render(tok, [{"role": "user", "content": "Hi"}], generation_prompt=True)
     assert pair.chosen_ids == tok("\n\nHello there." + IM_END, add_special_tokens=False)["input_ids"]
     assert tok.decode(pair.prompt_ids + pair.chosen_ids) == (
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n\n\nHello there.<|im_end|>"
@@ -175,7 +150,7 @@ def test_file_source_names_file_and_line(tok, tmp_path):
         {"prompt": "One?", "chosen": "Yes.", "rejected": "No."},
         {"prompt": "Two?", "chosen": "Sure.", "rejected": "Never."},
     ]
-    path = _write_jsonl(tmp_path / "p.jsonl.gz", recs, gz=True)
+    path = write_jsonl(tmp_path / "p.jsonl.gz", recs, gz=True)
     ds = PreferenceDataset(path, tok, max_length=64)
     assert [ex.where for ex in ds.examples] == [f"{path}:1", f"{path}:2"]
     item = ds[1]
@@ -281,7 +256,7 @@ _MUST = "must be a string or a message list, got"
 )
 def test_wrong_types_raise_naming_file_line_and_field(tok, tmp_path, record, message):
     """Line 1 is fine; line 2 is malformed: the UserError names path:2 and the field."""
-    path = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": "Yes.", "rejected": "No."}, record])
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": "Yes.", "rejected": "No."}, record])
     with pytest.raises(UserError, match=message) as info:
         PreferenceDataset(path, tok, max_length=64)
     assert str(info.value).startswith(f"{path}:2")
@@ -344,7 +319,7 @@ def test_default_max_prompt_length_and_real_prompt_cut(tok):
     ds = PreferenceDataset([rec], tok, max_length=40)
     assert ds.max_prompt_length == 20
     [ex] = ds.examples
-    full_prompt = _render(tok, [{"role": "user", "content": long_q}], generation_prompt=True)
+    full_prompt = render(tok, [{"role": "user", "content": long_q}], generation_prompt=True)
     full_chosen = tok("Twelve " * 20 + IM_END, add_special_tokens=False)["input_ids"]
     assert len(full_chosen) > 20  # so the prompt is cut to its floor, 20
     assert ex.prompt_ids == full_prompt[-20:]

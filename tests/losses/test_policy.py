@@ -27,12 +27,7 @@ from minigpt.losses.policy import (
 LN2 = math.log(2.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(*rows):

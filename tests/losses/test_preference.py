@@ -23,12 +23,7 @@ from minigpt.losses.names import PAIRED_LOSSES, PREFERENCE_LOSSES, REFERENCE_FRE
 LN2, LN3, LN4_3 = math.log(2.0), math.log(3.0), math.log(4.0 / 3.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(*xs):
