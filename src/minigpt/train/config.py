@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from minigpt.errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -27,6 +28,12 @@ class TrainConfig:
     """Sequences per micro-batch on each device."""
     grad_accum: int = 1
     """Micro-batches per optimizer step (effective batch = batch_size × grad_accum × devices)."""
+    optimizer: str = "adamw"
+    """adamw, or muon: Muon (orthogonalised momentum, Jordan et al. 2024) on the hidden weight
+    matrices of the decoder blocks, its update scaled to AdamW's RMS (Liu et al. 2025,
+    arXiv:2502.16982) so one `lr` serves both, and AdamW on embeddings, head, norms and biases."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum (with `optimizer: muon`)."""
     lr: float = 3e-4
     """Peak learning rate after warmup."""
     min_lr_ratio: float = 0.1
@@ -102,6 +109,8 @@ class TrainConfig:
         need(number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         need(integer(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0")
         need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number ≥ 0")
+        need(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS))
+        need(number(self.muon_momentum) and 0 <= self.muon_momentum < 1, "muon_momentum", "in [0, 1)")
         need(number(self.beta1) and 0 <= self.beta1 < 1, "beta1", "in [0, 1)")
         need(number(self.beta2) and 0 <= self.beta2 < 1, "beta2", "in [0, 1)")
         need(number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number ≥ 0 (0 disables clipping)")

@@ -29,7 +29,7 @@ from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
-from minigpt.train.optim import make_adamw, warmup_cosine
+from minigpt.train.optim import make_optimizer, warmup_cosine
 from minigpt.train.rundir import unlock_run_dir
 from minigpt.train.sampler import BlockSampler
 from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
@@ -136,11 +136,13 @@ class Trainer(CheckpointedRun):
 
             if config.compile:
                 raise UserError("train.fsdp with train.compile is not supported; drop one of them")
+            if config.optimizer == "muon":
+                raise UserError("train.fsdp with train.optimizer muon is not supported (Muon needs whole matrices); use DDP or adamw")
             if hasattr(objective, "make_batches"):
                 raise UserError("train.fsdp is for objectives that train on given data; online RL runs under DDP")
             self._model_class = type(model)
             shard_model(self.model)
-        self.optimizer = make_adamw(model, config, fused=self.device.type in ("cuda", "cpu") and not self.fsdp)
+        self.optimizer = make_optimizer(model, config, fused=self.device.type in ("cuda", "cpu") and not self.fsdp)
         self.total_steps = self._planned_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, lambda: self.total_steps, config.min_lr_ratio)

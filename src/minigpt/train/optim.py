@@ -1,4 +1,5 @@
-"""AdamW parameter groups and the warmup + cosine learning-rate schedule."""
+"""The optimizers (AdamW, or Muon with AdamW) with their parameter groups, and the warmup +
+cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -63,20 +64,100 @@ def param_groups(
     return out
 
 
-def make_adamw(model: torch.nn.Module, train, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters as a `TrainConfig` describes it: learning rate
-    `train.lr`, betas `(train.beta1, train.beta2)`, decoupled weight decay `train.weight_decay`
-    on matrices only (`param_groups`; the embedding too with `train.decay_embeddings`), groups
-    with an `lr_scale` at their scaled rate (Loshchilov & Hutter 2019). The training loop and
-    the Python-API trainers build their optimizer here.
+def muon_parameters(model: torch.nn.Module) -> set[int]:
+    """Ids of the parameters Muon trains: trainable 2-D weights with both sides > 1 that are
+    neither an input nor an output embedding (so the decoder blocks' attention and MLP
+    matrices; not the token embedding, LM head, a reward model's 1-row score head, norms or
+    biases, which AdamW keeps)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    get_output = getattr(model, "get_output_embeddings", None)
+    head = get_output() if callable(get_output) else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        embeddings.add(id(head.weight))
+    return {id(p) for p in model.parameters() if p.requires_grad and p.ndim == 2 and min(p.shape) > 1 and id(p) not in embeddings}
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """`torch.optim.Muon` on the hidden matrices and `torch.optim.AdamW` on the rest, stepped
+    together as one optimizer (Muon: Jordan et al. 2024, "Muon: an optimizer for hidden layers
+    in neural networks"; orthogonalised by 5 Newton-Schulz iterations; its update rescaled to
+    match AdamW's RMS, Liu et al. 2025, arXiv:2502.16982, so both take the same learning rate).
+
+    `param_groups` are the two inner optimizers' own group dicts (Muon's first), so a
+    `LambdaLR` schedule, gradient clipping and loss scaling act on both. `state_dict()` is
+    `{"muon": ..., "adamw": ...}`.
 
     Args:
-        fused: torch's fused kernel (None: on CUDA and CPU parameters).
+        muon_groups / adamw_groups: parameter groups (`{"params", "weight_decay"[, "lr"]}`).
+        lr: the learning rate of both.
+        betas: AdamW's betas.
+        momentum: Muon's Nesterov momentum.
+        fused: AdamW's fused kernel.
+    """
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], lr: float, betas: tuple[float, float],
+                 momentum: float = 0.95, fused: bool = False) -> None:
+        self.muon = torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+        # Every parameter may be a hidden matrix (LoRA factors): then there is no AdamW part.
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, fused=fused) if adamw_groups else None
+        super().__init__([g for opt in self._inner() for g in opt.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
+        loss = closure() if closure is not None else None
+        self.muon.step()
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102
+        self.muon.zero_grad(set_to_none)
+        if self.adamw is not None:
+            self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"muon": self.muon.state_dict(), "adamw": None if self.adamw is None else self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102
+        """Raises KeyError / ValueError for a state that is not this optimizer's (e.g. a plain
+        AdamW checkpoint): the loop turns those into "unusable trainer state"."""
+        self.muon.load_state_dict(state_dict["muon"])
+        if self.adamw is not None:
+            self.adamw.load_state_dict(state_dict["adamw"])
+        # Loading gives the inner optimizers new group dicts: share them again, or a schedule
+        # would set learning rates that no inner optimizer reads.
+        self.param_groups = [g for opt in self._inner() for g in opt.param_groups]
+
+    def _inner(self) -> list[torch.optim.Optimizer]:
+        return [self.muon] + ([self.adamw] if self.adamw is not None else [])
+
+
+def make_optimizer(model: torch.nn.Module, train, fused: bool | None = None) -> torch.optim.Optimizer:
+    """The optimizer a `TrainConfig` describes, over `model`'s trainable parameters: AdamW with
+    learning rate `train.lr`, betas `(train.beta1, train.beta2)`, decoupled weight decay
+    `train.weight_decay` on matrices only (`param_groups`; the embedding too with
+    `train.decay_embeddings`), groups with an `lr_scale` at their scaled rate (Loshchilov &
+    Hutter 2019); or, with `train.optimizer == "muon"`, `MuonWithAdamW`: the matrices of
+    `muon_parameters` under Muon (same weight decay), the rest under that AdamW. The training
+    loop and the Python-API trainers build their optimizer here.
+
+    Args:
+        fused: torch's fused AdamW kernel (None: on CUDA and CPU parameters).
     """
     if fused is None:
         fused = next(model.parameters()).device.type in ("cuda", "cpu")
     groups = param_groups(model, train.weight_decay, train.decay_embeddings, lr=train.lr)
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=fused)
+    betas = (train.beta1, train.beta2)
+    if train.optimizer != "muon":
+        return torch.optim.AdamW(groups, lr=train.lr, betas=betas, fused=fused)
+    hidden = muon_parameters(model)
+    muon_groups = [{**g, "params": [p for p in g["params"] if id(p) in hidden]} for g in groups]
+    adamw_groups = [{**g, "params": [p for p in g["params"] if id(p) not in hidden]} for g in groups]
+    muon_groups = [g for g in muon_groups if g["params"]]
+    adamw_groups = [g for g in adamw_groups if g["params"]]
+    if not muon_groups:  # nothing Muon would train: AdamW alone, as asked for the rest
+        return torch.optim.AdamW(groups, lr=train.lr, betas=betas, fused=fused)
+    return MuonWithAdamW(muon_groups, adamw_groups, train.lr, betas, train.muon_momentum, fused)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: Callable[[], int], min_lr_ratio: float) -> Callable[[int], float]:

@@ -54,7 +54,7 @@ def optimizer_step_for(
     empty: str = "error",
 ) -> OptimizerStep:
     """The training loop's optimizer step over `model` as a `TrainConfig` describes it: AdamW
-    from `make_adamw(model, train)` unless an `optimizer` is given, `train.grad_clip`, and
+    from `make_optimizer(model, train)` unless an `optimizer` is given, `train.grad_clip`, and
     `train.precision` resolved for the model's device (or `precision` when the caller resolved
     it already). The Python-API trainers all build their update here; its `.optimizer` and
     `.precision` are the ones used.
@@ -64,11 +64,11 @@ def optimizer_step_for(
             "error" / "skip".
     """
     from minigpt.train.distributed import pick_precision
-    from minigpt.train.optim import make_adamw
+    from minigpt.train.optim import make_optimizer
 
     if precision is None:
         precision = pick_precision(train.precision, next(model.parameters()).device)
-    optimizer = optimizer if optimizer is not None else make_adamw(model, train)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, train)
     return OptimizerStep(model, objective, optimizer, precision=precision, max_grad_norm=train.grad_clip, empty=empty)
 
 

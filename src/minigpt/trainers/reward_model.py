@@ -33,7 +33,7 @@ class RewardModelTrainer(ReportsStatistics):
         reward_model: a `MiniGPTRewardModel` (frozen parameters are left out of the default
             optimizer).
         optimizer: any torch optimizer over the model's parameters; default AdamW as `train`
-            describes it (`minigpt.train.optim.make_adamw`) over the trainable ones.
+            describes it (`minigpt.train.optim.make_optimizer`) over the trainable ones.
         margin: the default margin `m` (reward units) when `train_step` gets none.
         center_rewards_coef: `c`, the reward-centring coefficient (Eisenstein et al. 2023).
         train: optimisation (`TrainConfig` or a dict of its fields; default
