@@ -3,6 +3,7 @@ figures, plots, samples from a real model, the pages, and what it refuses to ove
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from pathlib import Path
@@ -120,11 +121,24 @@ def test_report_of_a_real_sft_run_has_its_sections_plot_and_samples(tmp_path):
     assert md.startswith(MARKER)
     for section in ("## Environment", "## Stages", "## sft (`minigpt sft`)", "| final figure | value |", "Samples (greedy):"):
         assert section in md, section
-    assert "> **prompt:** Say apple." in md and "> **prompt:** Say pear." in md
+    assert md.count("> **prompt:** ") == 2
     assert "![sft curves](report_files/sft.png)" in md
     assert (run / "report_files" / "sft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run / "report.html").read_text()
     assert "<table>" in page and 'src="data:image/png;base64,iVBOR' in page and "report_files/" not in page
+    assert "<strong>prompt:</strong> Say apple." in page and "<strong>prompt:</strong> Say pear." in page  # the data's first prompts
+
+
+def test_model_text_is_shown_literally_not_as_markup(tmp_path):
+    """A sample full of Markdown and HTML characters comes out of the HTML page as the same text."""
+    from minigpt.evaluation.report import Sample
+
+    run = _stage(tmp_path / "run", {"stage": "sft"}, [])
+    text = "def f(*args, **kw): a_b [x](y) <b>bold</b> `code` # 1. + - ! > q"
+    md, page = write_report(run, num_samples=1, measure_peak=False, samples={"run": [Sample(text, text)]})
+    body = page.read_text()
+    assert body.count(html.escape(text, quote=False)) == 2  # prompt and reply, both literal
+    assert "<b>bold</b>" not in body and "<em>" not in body.split("<body>")[1]
 
 
 def test_report_never_replaces_a_file_it_did_not_write(tmp_path):

@@ -96,7 +96,9 @@ def test_dpo_cli_learns_the_preference_and_leaves_the_base(env, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "48 records -> 48 pairs" in printed and "36 train / 12 held-out pairs" in printed
     assert "implicit-reward accuracy 0.000" in printed  # before training
-    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in x]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_accuracy" in r]
+    assert rows[-1]["val_accuracy_before"] == 0.0  # the starting model's figure, logged beside the final one
     assert evals[-1]["val_accuracy"] >= 0.9 and evals[-1]["val_reward_margin"] > 0
     assert _digest(base) == before
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()

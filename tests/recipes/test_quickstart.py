@@ -1,6 +1,7 @@
 """`minigpt quickstart` end to end at toy step counts: what each stage hands the next, and that
 no held-out problem reaches any training file."""
 
+import html
 import json
 import re
 
@@ -93,7 +94,9 @@ def test_the_quickstart_ends_with_a_report_card_of_every_stage(run):
     for name in stages:
         assert (out / "report_files" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"![{name} curves](report_files/{name}.png)" in md
-    grpo = md[sections[-1]:]
-    assert all(f"> **prompt:** {turn}" in grpo for turn in CHAT_SCRIPT)
+    assert md[sections[-1]:].count("> **prompt:** ") == len(CHAT_SCRIPT)
+    page = (out / "report.html").read_text()
+    grpo = page[page.index("grpo (<code>minigpt grpo</code>)"):]
+    assert all(f"<strong>prompt:</strong> {html.escape(turn, quote=False)}" in grpo for turn in CHAT_SCRIPT)
     assert "| pretrain | `minigpt pretrain` | 4 |" in md  # 4 steps, as asked
-    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == len(stages)
+    assert page.count('src="data:image/png;base64,') == len(stages)

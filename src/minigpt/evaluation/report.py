@@ -422,6 +422,16 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!>")
+
+
+def _text(value: Any) -> str:
+    """Model output or a prompt as literal Markdown text: the characters Markdown could read as
+    markup backslash-escaped, `<` written as `&lt;` (no raw HTML), line breaks as spaces."""
+    text = " ".join(str(value).split())
+    return "".join("&lt;" if ch == "<" else "\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in text)
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -509,10 +519,10 @@ def render_markdown(report: Report, image_dir: Path | None = None) -> str:
         if samples:
             out += ["Samples (greedy):", ""]
             for sample in samples:
-                out.append(f"> **prompt:** {_cell(sample.prompt)}  ")
+                out.append(f"> **prompt:** {_text(sample.prompt)}  ")
                 if sample.thinking:
-                    out.append(f"> *thinking:* {_cell(sample.thinking)}  ")
-                out.append(f"> **{'reply' if s.kind in CHAT_KINDS else 'continuation'}:** {_cell(sample.reply)}")
+                    out.append(f"> *thinking:* {_text(sample.thinking)}  ")
+                out.append(f"> **{'reply' if s.kind in CHAT_KINDS else 'continuation'}:** {_text(sample.reply)}")
                 out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -171,6 +171,8 @@ def fit_from_start(trainer, resume: bool, overwrite: bool, say: Callable[[str], 
     metrics["train_seconds"] = time.time() - t0
     metrics["steps"] = trainer.step
     metrics.update({f"{k}_before": v for k, v in before.items()})
+    if before:
+        trainer.log({f"{k}_before": v for k, v in before.items()})  # beside the final evaluation: the report shows before → after
     if "val_loss" in metrics:
         say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(metrics)}")
     return metrics
@@ -250,7 +252,7 @@ def fit_policy(model, objective, train_ds, train: TrainConfig, out_dir: Path, ev
     metrics["steps"] = trainer.step
     if val_ds:
         after = {f"val_{k}": v for k, v in evaluate(trainer.model).items()}
-        trainer.log(after)
+        trainer.log({**after, **{f"{k}_before": v for k, v in before.items()}})  # the report shows before → after
         metrics.update(after)
         say(f"done: {trainer.step} steps in {metrics['train_seconds']:.0f} s; held-out {describe(after)}")
     metrics.update({f"{k}_before": v for k, v in before.items()})

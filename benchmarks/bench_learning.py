@@ -1,0 +1,77 @@
+"""Learning per second: validation bits per byte of training variants at equal wall clock.
+
+Each variant runs `minigpt pretrain` with the shakespeare preset (72 s of training on
+tinyshakespeare by default) plus its own options, for every seed, one run at a time; the
+table gives each run's steps and val bits per byte, each variant's mean, and its ratio to the
+first variant (the baseline) measured in the same invocation.
+
+    python benchmarks/bench_learning.py                                   # adamw vs muon, seeds 1 2
+    python benchmarks/bench_learning.py --variants adamw muon muon-lr1e-2 --seeds 1 2 3 --budget 72
+
+A variant is a name from VARIANTS below. Run it on a quiet machine: a second process on the
+same cores changes how many steps fit in the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "shakespeare.yaml"
+
+#: Variant name -> options appended to the preset.
+VARIANTS = {
+    "adamw": [],
+    "muon": ["--train.optimizer", "muon"],
+    "muon-lr1e-2": ["--train.optimizer", "muon", "--train.lr", "1e-2"],
+    "muon-lr1e-3": ["--train.optimizer", "muon", "--train.lr", "1e-3"],
+}
+
+
+def run(data: str, config: str, options: list[str], seed: int, budget: float) -> dict:
+    """One pretraining run; returns its steps, final val bits per byte and wall seconds."""
+    from minigpt.cli import main as cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        t0 = time.time()
+        code = cli(["pretrain", "--config", config, "--data", data, "--out", str(out), "--cache_dir", str(Path(tmp) / "cache"),
+                    "--train.max_time", str(budget), "--train.seed", str(seed), "--train.progress", "false",
+                    "--train.tensorboard", "false", *options])
+        if code:
+            raise SystemExit(code)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in rows if "val_bpb" in r][-1]
+        return {"steps": last["step"], "val_bpb": last["val_bpb"], "wall": time.time() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--config", default=str(CONFIG), help="pretrain YAML preset")
+    p.add_argument("--variants", nargs="+", default=["adamw", "muon"], choices=sorted(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--budget", type=float, default=72.0, help="training seconds per run")
+    a = p.parse_args()
+    results: dict[str, list[dict]] = {}
+    for variant in a.variants:
+        for seed in a.seeds:
+            r = run(a.data, a.config, VARIANTS[variant], seed, a.budget)
+            results.setdefault(variant, []).append(r)
+            print(f"{variant} seed {seed}: {r['steps']} steps, val {r['val_bpb']:.3f} bits/byte ({r['wall']:.0f} s)", flush=True)
+    base = statistics.mean(r["val_bpb"] for r in results[a.variants[0]])
+    print(f"\n{'variant':<14}{'seeds':>6}{'steps (mean)':>14}{'val bpb per seed':>28}{'mean':>8}{'ratio':>7}")
+    for variant, rs in results.items():
+        bpbs = [r["val_bpb"] for r in rs]
+        mean = statistics.mean(bpbs)
+        print(f"{variant:<14}{len(rs):>6}{statistics.mean(r['steps'] for r in rs):>14.0f}"
+              f"{' '.join(f'{b:.3f}' for b in bpbs):>28}{mean:>8.3f}{mean / base:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
