@@ -30,6 +30,9 @@ VARIANTS = {
     "muon": ["--train.optimizer", "muon"],
     "muon-lr1e-2": ["--train.optimizer", "muon", "--train.lr", "1e-2"],
     "muon-lr1e-3": ["--train.optimizer", "muon", "--train.lr", "1e-3"],
+    "wsd": ["--train.schedule", "wsd"],
+    "qk-norm": ["--model.qk_norm", "true"],
+    "zero-init": ["--model.zero_init_residual", "true"],
 }
 
 

@@ -630,13 +630,18 @@ class GenerationEngine:
             if fused is not None:
                 # One rotary call for q and k together: (B, H+K, T, D) -> split.
                 qkv = packed_linear(h, fused).view(b, t, h_ + 2 * k_, d_).transpose(1, 2)  # (B, H+2K, T, D)
-                qk = apply_rotary(qkv[:, : h_ + k_], cos, sin)
+                qk = qkv[:, : h_ + k_]
+                if hasattr(attn, "q_norm"):
+                    qk = torch.cat([norm(attn.q_norm, qk[:, :h_]), norm(attn.k_norm, qk[:, h_:])], dim=1)
+                qk = apply_rotary(qk, cos, sin)
                 q, k, v = qk[:, :h_], qk[:, h_:], qkv[:, h_ + k_ :]
             else:
                 q, k, v = lin(attn.q_proj, h), lin(attn.k_proj, h), lin(attn.v_proj, h)
                 q = q.view(b, t, h_, d_).transpose(1, 2)  # (B, H, T, D)
                 k = k.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
                 v = v.view(b, t, k_, d_).transpose(1, 2)  # (B, K, T, D)
+                if hasattr(attn, "q_norm"):
+                    q, k = norm(attn.q_norm, q), norm(attn.k_norm, k)
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             kc, vc = cache[li, 0], cache[li, 1]  # (B, K, S, D) views
             if per_row:

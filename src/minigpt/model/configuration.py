@@ -89,6 +89,12 @@ class MiniGPTConfig(PretrainedConfig):
             attention, Beltagy et al. 2020); None: the whole context.
         output_router_logits: return the router logits and the router losses from every forward
             (training objectives ask for them themselves).
+        qk_norm: RMS-normalise each head's queries and keys before RoPE (a learned gain per
+            head dimension, as Qwen3 does; Dehghani et al. 2023, arXiv:2302.05442). Such a model
+            does not export to Llama, Mistral, Mixtral or GGUF.
+        zero_init_residual: start the two projections that write into the residual stream
+            (`o_proj`, `down_proj`) at zero, so every block begins as the identity (the
+            modded-nanogpt speedruns' initialisation); an initialisation only, so exports work.
 
     Raises:
         UserError: on shapes that cannot form a model (heads that do not divide, etc.).
@@ -126,6 +132,8 @@ class MiniGPTConfig(PretrainedConfig):
         router_z_loss_coef: float = 0.0,
         output_router_logits: bool = False,
         sliding_window: int | None = None,
+        qk_norm: bool = False,
+        zero_init_residual: bool = False,
         **kwargs: Any,
     ) -> None:
         if intermediate_size is None:
@@ -180,6 +188,8 @@ class MiniGPTConfig(PretrainedConfig):
         self.router_z_loss_coef = float(router_z_loss_coef)
         self.output_router_logits = bool(output_router_logits)
         self.sliding_window = int(sliding_window) if sliding_window else None
+        self.qk_norm = bool(qk_norm)
+        self.zero_init_residual = bool(zero_init_residual)
         # transformers >= 5 keeps every RoPE setting in one dict, `rope_parameters`; accept the
         # classic `rope_theta` / `rope_scaling` arguments and fold them in.
         rope = dict(kwargs.pop("rope_parameters", None) or rope_scaling or {})

@@ -88,6 +88,9 @@ def llama_config_from(config: MiniGPTConfig):
 
     if getattr(config, "use_bidirectional_attention", False):
         raise UserError("cannot export to Llama: this is an encoder (use_bidirectional_attention), and Llama is causal")
+    if getattr(config, "qk_norm", False):
+        raise UserError("cannot export to llama: the model normalises queries and keys (qk_norm), which Llama does not; "
+                        "keep it as a MiniGPT model (it loads in transformers after `import minigpt`)")
     if config.hidden_size % config.num_attention_heads:
         raise UserError(
             f"cannot export to Llama: hidden_size ({config.hidden_size}) is not a multiple of "
@@ -135,6 +138,9 @@ def hf_config_from(config: MiniGPTConfig, fmt: str):
 
     if fmt not in HF_FORMATS:
         raise UserError(f"unsupported export format {fmt!r}; supported: {', '.join(HF_FORMATS)}")
+    if getattr(config, "qk_norm", False):
+        raise UserError(f"cannot export to {fmt}: the model normalises queries and keys (qk_norm), which {fmt} does not; "
+                        "keep it as a MiniGPT model (it loads in transformers after `import minigpt`)")
     window = getattr(config, "sliding_window", None)
     moe = getattr(config, "num_local_experts", 0)
     if moe and fmt != "mixtral":

@@ -16,7 +16,6 @@ K = key/value heads, D = head_dim, C = hidden_size, V = vocab_size.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +189,10 @@ class MiniGPTAttention(nn.Module):
         self.k_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
         self.v_proj = nn.Linear(c, self.num_kv_heads * d, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * d, c, bias=config.attention_bias)
+        self.o_proj.residual_projection = True  # writes into the residual stream (see _init_weights)
+        if getattr(config, "qk_norm", False):
+            self.q_norm = MiniGPTRMSNorm(d, config.rms_norm_eps)  # over each head's D, before RoPE
+            self.k_norm = MiniGPTRMSNorm(d, config.rms_norm_eps)
 
     def forward(
         self,
@@ -205,6 +208,8 @@ class MiniGPTAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
@@ -230,6 +235,7 @@ class MiniGPTMLP(nn.Module):
         self.gate_proj = nn.Linear(c, f, bias=config.mlp_bias)
         self.up_proj = nn.Linear(c, f, bias=config.mlp_bias)
         self.down_proj = nn.Linear(f, c, bias=config.mlp_bias)
+        self.down_proj.residual_projection = True  # writes into the residual stream (see _init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`(B, T, C) -> (B, T, C)`."""
@@ -366,14 +372,14 @@ class MiniGPTPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Normal(0, initializer_range) everywhere; the two projections that write into the
-        residual stream (`o_proj`, `down_proj`) are scaled by 1/sqrt(2·layers) (GPT-2, Radford
-        et al. 2019) so the stream's variance does not grow with depth."""
+        """Normal(0, initializer_range) for every linear and embedding weight (transformers'
+        default; it calls this on leaf modules only). With `config.zero_init_residual` the two
+        projections that write into the residual stream (`o_proj`, `down_proj`, marked
+        `residual_projection` where they are built) start at zero instead, so every block
+        begins as the identity (the modded-nanogpt speedruns' initialisation)."""
         super()._init_weights(module)
-        if isinstance(module, MiniGPTAttention) or isinstance(module, MiniGPTMLP):
-            proj = module.o_proj if isinstance(module, MiniGPTAttention) else module.down_proj
-            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(proj.weight, mean=0.0, std=std)
+        if getattr(module, "residual_projection", False) and getattr(self.config, "zero_init_residual", False):
+            init.zeros_(module.weight)
 
 
 def _position_ids(attention_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor:

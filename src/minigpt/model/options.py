@@ -113,6 +113,10 @@ class ModelConfig:
     """Mixture of experts: weight of the load-balancing loss (default 0.01)."""
     router_z_loss_coef: float | None = None
     """Mixture of experts: weight of the router z-loss (default 0)."""
+    qk_norm: bool | None = None
+    """RMS-normalise each head's queries and keys before RoPE (QK-norm; not exportable to Llama)."""
+    zero_init_residual: bool | None = None
+    """Start o_proj and down_proj at zero, so every block begins as the identity."""
     init_from: str | None = None
     """Start from this saved model directory instead of a fresh initialisation."""
 

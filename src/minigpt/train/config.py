@@ -9,6 +9,7 @@ from minigpt.errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
@@ -37,7 +38,12 @@ class TrainConfig:
     lr: float = 3e-4
     """Peak learning rate after warmup."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr × min_lr_ratio."""
+    """The schedule's decay ends at lr × min_lr_ratio."""
+    schedule: str = "cosine"
+    """cosine (warmup, then cosine decay over the run) or wsd (warmup, the peak rate held, then
+    a linear decay over the last `decay_fraction` of the run)."""
+    decay_fraction: float = 0.2
+    """With `schedule: wsd`: the share of the run spent decaying."""
     warmup_steps: int = 100
     """Steps of linear warmup from 0 to `lr` (capped at 10 % of the run when the run is shorter)."""
     weight_decay: float = 0.1
@@ -110,6 +116,8 @@ class TrainConfig:
         need(integer(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0")
         need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number ≥ 0")
         need(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS))
+        need(self.schedule in SCHEDULES, "schedule", " or ".join(SCHEDULES))
+        need(number(self.decay_fraction) and 0 < self.decay_fraction <= 1, "decay_fraction", "in (0, 1]")
         need(number(self.muon_momentum) and 0 <= self.muon_momentum < 1, "muon_momentum", "in [0, 1)")
         need(number(self.beta1) and 0 <= self.beta1 < 1, "beta1", "in [0, 1)")
         need(number(self.beta2) and 0 <= self.beta2 < 1, "beta2", "in [0, 1)")

@@ -29,7 +29,7 @@ from minigpt.train.allocator import keep_freed_memory
 from minigpt.train.callbacks import Callback, CallbackList
 from minigpt.train.config import TrainConfig
 from minigpt.train.distributed import all_reduce_sum, barrier, init_distributed, pick_device, pick_precision
-from minigpt.train.optim import make_optimizer, warmup_cosine
+from minigpt.train.optim import lr_schedule, make_optimizer
 from minigpt.train.rundir import unlock_run_dir
 from minigpt.train.sampler import BlockSampler
 from minigpt.train.errors import TrainingDivergedError, TrainingInterrupted
@@ -145,7 +145,7 @@ class Trainer(CheckpointedRun):
         self.optimizer = make_optimizer(model, config, fused=self.device.type in ("cuda", "cpu") and not self.fsdp)
         self.total_steps = self._planned_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(config.warmup_steps, lambda: self.total_steps, config.min_lr_ratio)
+            self.optimizer, lr_schedule(config, lambda: self.total_steps)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.sampler = BlockSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)

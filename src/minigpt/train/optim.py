@@ -77,8 +77,71 @@ def muon_parameters(model: torch.nn.Module) -> set[int]:
     return {id(p) for p in model.parameters() if p.requires_grad and p.ndim == 2 and min(p.shape) > 1 and id(p) not in embeddings}
 
 
+def newton_schulz(grad: torch.Tensor, coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+                  steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Orthogonalise a `(A, B)` matrix: the quintic Newton-Schulz iteration of Muon (Jordan et
+    al. 2024), `X ← a·X + (b·XXᵀ + c·(XXᵀ)²)·X` from `X = G / ‖G‖_F`, computed in `dtype` on the
+    wide orientation. Returns approximately `U·S'·Vᵀ` with `G = U·S·Vᵀ` and `S'` near 1, in
+    `dtype`, same shape as `grad`."""
+    a, b, c = coefficients
+    x = grad.to(dtype)
+    wide = x.size(0) > x.size(1)
+    if wide:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm ≤ Frobenius norm = 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if wide else x
+
+
+class Muon(torch.optim.Muon):
+    """`torch.optim.Muon` (same arguments, state and update) with the Newton-Schulz iteration in
+    `ns_dtype`: torch's always runs it in bf16, which CPUs without native bf16 (AVX2) emulate
+    about 100× slower, so that a Muon step there costs more than the whole forward and backward.
+
+    Args:
+        ns_dtype: None picks bf16 where bf16 is the fast path for the parameters' device
+            (`minigpt.train.distributed.pick_precision`), fp32 elsewhere.
+        Others: as `torch.optim.Muon` (Jordan et al. 2024; `adjust_lr_fn="match_rms_adamw"`:
+            Liu et al. 2025, arXiv:2502.16982).
+    """
+
+    def __init__(self, params, ns_dtype: torch.dtype | None = None, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    def _dtype_for(self, device: torch.device) -> torch.dtype:
+        if self.ns_dtype is not None:
+            return self.ns_dtype
+        from minigpt.train.distributed import pick_precision
+
+        return torch.bfloat16 if pick_precision("auto", device) == "bf16" else torch.float32
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self._dtype_for(p.device))
+                a, b = p.shape[:2]
+                scale = 0.2 * math.sqrt(max(a, b)) if group["adjust_lr_fn"] == "match_rms_adamw" else math.sqrt(max(1, a / b))
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+        return loss
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
-    """`torch.optim.Muon` on the hidden matrices and `torch.optim.AdamW` on the rest, stepped
+    """`Muon` on the hidden matrices and `torch.optim.AdamW` on the rest, stepped
     together as one optimizer (Muon: Jordan et al. 2024, "Muon: an optimizer for hidden layers
     in neural networks"; orthogonalised by 5 Newton-Schulz iterations; its update rescaled to
     match AdamW's RMS, Liu et al. 2025, arXiv:2502.16982, so both take the same learning rate).
@@ -93,11 +156,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
         betas: AdamW's betas.
         momentum: Muon's Nesterov momentum.
         fused: AdamW's fused kernel.
+        ns_dtype: dtype of Muon's Newton-Schulz iteration (None: see `Muon`).
     """
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], lr: float, betas: tuple[float, float],
-                 momentum: float = 0.95, fused: bool = False) -> None:
-        self.muon = torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+                 momentum: float = 0.95, fused: bool = False, ns_dtype: torch.dtype | None = None) -> None:
+        self.muon = Muon(muon_groups, lr=lr, momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw", ns_dtype=ns_dtype)
         # Every parameter may be a hidden matrix (LoRA factors): then there is no AdamW part.
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, fused=fused) if adamw_groups else None
         super().__init__([g for opt in self._inner() for g in opt.param_groups], {})
@@ -177,3 +241,34 @@ def warmup_cosine(warmup_steps: int, total_steps: Callable[[], int], min_lr_rati
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def warmup_stable_decay(warmup_steps: int, total_steps: Callable[[], int], min_lr_ratio: float,
+                        decay_fraction: float = 0.2) -> Callable[[int], float]:
+    """LR multiplier for `LambdaLR`: linear warmup over `warmup_steps` (capped at 10 % of the
+    run, as `warmup_cosine`), then the peak rate held, then a linear decay to `min_lr_ratio`
+    over the last `decay_fraction` of `total_steps()` (warmup-stable-decay, WSD: Hu et al.
+    2024, MiniCPM, arXiv:2404.06395; Hägele et al. 2024, arXiv:2405.18392)."""
+
+    def factor(step: int) -> float:
+        total = max(1, total_steps())
+        warm = min(warmup_steps, max(1, total // 10))
+        if step < warm:
+            return (step + 1) / warm
+        decay = max(1, round(total * decay_fraction))
+        start = max(warm, total - decay)
+        if step < start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(1, total - start))
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+
+    return factor
+
+
+def lr_schedule(train, total_steps: Callable[[], int]) -> Callable[[int], float]:
+    """The multiplier `train.schedule` names (`cosine`: `warmup_cosine`; `wsd`:
+    `warmup_stable_decay` with `train.decay_fraction`)."""
+    if train.schedule == "wsd":
+        return warmup_stable_decay(train.warmup_steps, total_steps, train.min_lr_ratio, train.decay_fraction)
+    return warmup_cosine(train.warmup_steps, total_steps, train.min_lr_ratio)
+
