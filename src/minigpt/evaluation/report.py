@@ -482,7 +482,7 @@ def render_markdown(report: Report, image_dir: Path | None = None) -> str:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out.append(f"| {label} | {fmt.format(value)} |")
         out.append("")
-    out += ["## Environment", "", "| | |", "|---|---|"]
+    out += ["## Environment", "", "| item | value |", "|---|---|"]
     out += [f"| {k} | {_cell(v)} |" for k, v in _environment_rows(report.stages)]
     if report.peaks:
         peaks = ", ".join(f"{p}: {v / 1e12:.3f} TFLOP/s" for p, v in report.peaks.items())
