@@ -23,7 +23,7 @@ def test_reinforce_returns_are_discounted_sums_within_each_episode():
     assert torch.allclose(discounted_returns(rewards, dones, g), torch.tensor([expected]))
 
 
-@pytest.mark.parametrize(("algo", "steps"), [("reinforce", 15_000), ("a2c", 50_000)])
+@pytest.mark.parametrize(("algo", "steps"), [("reinforce", 15_000), pytest.param("a2c", 50_000, marks=pytest.mark.slow)])  # a2c: 10-12 s
 def test_reinforce_and_a2c_improve_on_cartpole(algo, steps, tmp_path):
     """The later episodes last clearly longer than the first ones (a random policy keeps about
     22 steps). A2C's one small update per 40 steps needs more steps than REINFORCE's."""

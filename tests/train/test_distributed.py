@@ -110,6 +110,7 @@ if dist.is_initialized():
 """
 
 
+@pytest.mark.slow  # 30-35 s on 2 cores: two ranks, a resume and a one-process reference (pytest -m slow)
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_fsdp_two_ranks_match_one_process_and_sharded_checkpoints_resume(tmp_path):
     """FSDP2 (fully_shard per layer, gloo on CPU): 2 ranks × batch 2 × 2 micro-batches give the
