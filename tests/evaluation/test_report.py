@@ -92,7 +92,7 @@ def test_final_figures_show_before_and_after_and_a_gym_evaluation(tmp_path):
     assert throughput(gym) == {"steps": 100_000.0, "seconds": 80.0}
 
 
-def test_report_of_a_real_sft_run_has_its_sections_plot_and_samples(tmp_path):
+def test_report_of_a_real_sft_run_has_its_sections_plot_and_samples(tmp_path, capsys):
     """A tiny SFT run through the command line, then `minigpt report` on it: the page names the
     stage, its figures and its plot, the samples are the first prompts of its data, and the
     HTML page carries the plot inline."""
@@ -116,7 +116,10 @@ def test_report_of_a_real_sft_run_has_its_sections_plot_and_samples(tmp_path):
     assert len(tokens) == 4 and all(b > a for a, b in zip(tokens, tokens[1:]))
     assert all("time_s" in r for r in rows)
 
+    capsys.readouterr()
     assert main(["report", str(run), "--samples", "2", "--max_new_tokens", "8", "--no_peak"]) == 0
+    printed = capsys.readouterr().out
+    assert "report: 2 greedy sample(s) of sft" in printed and "report of 1 stage(s) (sft)" in printed  # progress, then the result
     md = (run / "report.md").read_text()
     assert md.startswith(MARKER)
     for section in ("## Environment", "## Stages", "## sft (`minigpt sft`)", "| final figure | value |", "Samples (greedy):"):
@@ -135,7 +138,7 @@ def test_model_text_is_shown_literally_not_as_markup(tmp_path):
 
     run = _stage(tmp_path / "run", {"stage": "sft"}, [])
     text = "def f(*args, **kw): a_b [x](y) <b>bold</b> `code` # 1. + - ! > q"
-    md, page = write_report(run, num_samples=1, measure_peak=False, samples={"run": [Sample(text, text)]})
+    md, page, _ = write_report(run, num_samples=1, measure_peak=False, samples={"run": [Sample(text, text)]})
     body = page.read_text()
     assert body.count(html.escape(text, quote=False)) == 2  # prompt and reply, both literal
     assert "<b>bold</b>" not in body and "<em>" not in body.split("<body>")[1]
@@ -150,7 +153,8 @@ def test_report_never_replaces_a_file_it_did_not_write(tmp_path):
     assert mine.read_text() == "my notes\n"
     with pytest.raises(UserError, match="give a .md file name"):
         write_report(run, tmp_path / "out.txt", num_samples=0, measure_peak=False)
-    md, page = write_report(run, tmp_path / "r.md", num_samples=0, measure_peak=False)
+    md, page, card = write_report(run, tmp_path / "r.md", num_samples=0, measure_peak=False)
     first = md.read_text()
-    md2, _ = write_report(run, tmp_path / "r.md", num_samples=0, measure_peak=False)  # its own page: replaced
+    md2, _, _ = write_report(run, tmp_path / "r.md", num_samples=0, measure_peak=False)  # its own page: replaced
     assert md2.read_text() == first and page.read_text().count(MARKER) == 1
+    assert [s.name for s in card.stages] == ["run"]

@@ -22,7 +22,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from minigpt.errors import UserError
 
@@ -170,14 +170,6 @@ def last(rows: Iterable[dict], key: str) -> Any:
         if key in row:
             value = row[key]
     return value
-
-
-def first(rows: Iterable[dict], key: str) -> Any:
-    """The value of `key` in the first row that has it (None when no row has it)."""
-    for row in rows:
-        if key in row:
-            return row[key]
-    return None
 
 
 def model_size(path: Path) -> tuple[int, dict] | None:
@@ -395,23 +387,31 @@ def sample_replies(stage: StageRun, prompts: list[str], max_new_tokens: int = 96
     from minigpt.inference.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(stage.path, device="cpu")
-    samples = []
     if stage.kind in CHAT_KINDS and getattr(tok, "chat_template", None):
-        from minigpt.inference.chat import ChatSession
-
-        session = ChatSession(model, tok, max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.1)
-        for prompt in prompts:
-            session.reset()
-            reply = session.reply(prompt)
-            samples.append(Sample(prompt, reply.answer.strip(), (reply.thinking or "").strip()))
-        return samples
+        return chat_samples(model, tok, prompts, max_new_tokens)
     from minigpt.inference.engine import GenerationEngine
 
     engine = GenerationEngine(model)
+    samples = []
     for prompt in prompts:
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        out = engine.generate([ids], max_new_tokens=min(max_new_tokens, 48), temperature=0, repetition_penalty=1.1)
+        out = engine.generate([ids], max_new_tokens=max_new_tokens, temperature=0, repetition_penalty=1.1)
         samples.append(Sample(prompt, tok.decode(out.completion_ids[0][out.completion_mask[0].bool()], skip_special_tokens=True)))
+    return samples
+
+
+def chat_samples(model, tok, prompts: list[str], max_new_tokens: int = 96) -> list[Sample]:
+    """One fresh greedy conversation per prompt (`ChatSession`, repetition penalty 1.1): the
+    reply's answer and its `<think>` part, stripped. The quickstart's scripted chat and the
+    report's samples of chat stages are these."""
+    from minigpt.inference.chat import ChatSession
+
+    session = ChatSession(model, tok, max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.1)
+    samples = []
+    for prompt in prompts:
+        session.reset()
+        reply = session.reply(prompt)
+        samples.append(Sample(prompt, reply.answer.strip(), (reply.thinking or "").strip()))
     return samples
 
 
@@ -569,7 +569,7 @@ def render_html(markdown_text: str, page_dir: Path) -> str:
 
 def build_report(root: str | Path, image_dir: Path, samples: dict[str, list[Sample]] | None = None,
                  prompts: list[str] | None = None, num_samples: int = 3, measure_peak: bool = True,
-                 max_new_tokens: int = 96) -> Report:
+                 max_new_tokens: int = 96, progress: Callable[[str], Any] | None = None) -> Report:
     """Read every stage under `root`, draw its plots into `image_dir`, take samples and measure
     this machine's matmul peak when the runs trained on it.
 
@@ -582,14 +582,18 @@ def build_report(root: str | Path, image_dir: Path, samples: dict[str, list[Samp
         num_samples: samples per stage (0 = none).
         measure_peak: measure the matmul peak for MFU (about a second per precision).
         max_new_tokens: tokens per sample at most.
+        progress: called with one line before each slow part (plots, each stage's samples,
+            the peak measurement).
 
     Raises:
         UserError: see `find_stages`, `sample_replies`.
     """
+    say = progress or (lambda line: None)
     root = Path(root)
     stages = find_stages(root)
     headline = _read_json(root / "quickstart.json") if (root / "quickstart.json").is_file() else None
     report = Report(root=root, stages=stages, headline=headline)
+    say(f"report: {len(stages)} stage(s) ({', '.join(s.name for s in stages)}); drawing their curves")
     for s in stages:
         plot = plot_stage(s, image_dir / f"{s.name}.png")
         if plot is not None:
@@ -600,6 +604,8 @@ def build_report(root: str | Path, image_dir: Path, samples: dict[str, list[Samp
             report.samples[s.name] = given[s.name][:num_samples] if num_samples else []
         elif num_samples > 0 and s.kind in CHAT_KINDS | TEXT_KINDS:
             asked = (prompts or default_prompts(s, num_samples))[:num_samples]
+            if asked:
+                say(f"report: {len(asked)} greedy sample(s) of {s.name}")
             report.samples[s.name] = sample_replies(s, asked, max_new_tokens)
     if measure_peak:
         import torch
@@ -610,16 +616,18 @@ def build_report(root: str | Path, image_dir: Path, samples: dict[str, list[Samp
             env = s.environment
             precision = (env or {}).get("precision")
             if same_machine(env) and str(env.get("device", "")).startswith("cpu") and precision not in report.peaks:
+                say(f"report: measuring this machine's {precision} matmul peak for MFU")
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 report.peaks[precision] = matmul_peak(dtype)
     return report
 
 
-def write_report(root: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Path, Path]:
-    """Build the report of `root` and write `out` (default `ROOT/report.md`), `out` with the
-    suffix `.html`, and the plots in `<out stem>_files/`; every file atomically.
+def write_report(root: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Path, Path, Report]:
+    """Build the report of `root` (`build_report`, which takes the keyword arguments) and write
+    `out` (default `ROOT/report.md`), `out` with the suffix `.html`, and the plots in
+    `<out stem>_files/`; every file atomically.
 
-    Returns `(markdown path, html path)`.
+    Returns `(markdown path, html path, the Report)`.
 
     Raises:
         UserError: a page at `out` (or its HTML twin) that this module did not write (it is the
@@ -643,7 +651,7 @@ def write_report(root: str | Path, out: str | Path | None = None, **kwargs: Any)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(md_path, text)
     atomic_write_text(html_path, render_html(text, md_path.parent).replace("<!DOCTYPE html>", "<!DOCTYPE html>\n" + MARKER, 1))
-    return md_path, html_path
+    return md_path, html_path, report
 
 
 __all__ = [
@@ -653,6 +661,7 @@ __all__ = [
     "Sample",
     "StageRun",
     "build_report",
+    "chat_samples",
     "default_prompts",
     "final_metrics",
     "find_stages",

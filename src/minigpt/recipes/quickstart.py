@@ -305,23 +305,18 @@ def quickstart(
         final = root / "grpo"
 
     print("[7/7] chat (scripted; try it yourself with the command at the end)")
-    from minigpt.inference.chat import ChatSession
 
     chat_model, chat_tok = load_model_and_tokenizer(final, device=device)
     if accuracy is None:
         accuracy = arithmetic_accuracy(chat_model, chat_tok, heldout, max_new_tokens=96)
-    from minigpt.evaluation.report import Sample
+    from minigpt.evaluation.report import chat_samples
 
-    session = ChatSession(chat_model, chat_tok, max_new_tokens=96, temperature=0.0, repetition_penalty=1.1)
-    transcript = []
-    for turn in CHAT_SCRIPT:
-        session.reset()
-        print(f"user: {turn}")
-        reply = session.reply(turn)
-        if reply.thinking:
-            print(f"  [thinking] {reply.thinking.strip()}")
-        print(f"assistant: {reply.answer.strip()}\n")
-        transcript.append(Sample(turn, reply.answer.strip(), (reply.thinking or "").strip()))
+    transcript = chat_samples(chat_model, chat_tok, CHAT_SCRIPT, max_new_tokens=96)
+    for sample in transcript:
+        print(f"user: {sample.prompt}")
+        if sample.thinking:
+            print(f"  [thinking] {sample.thinking}")
+        print(f"assistant: {sample.reply}\n")
     metrics["pretrain_val_bpb"] = pre.get("val_bpb", float("nan"))
     metrics["sft_accuracy"] = sft_accuracy
     metrics["arithmetic_accuracy"] = accuracy
@@ -344,7 +339,7 @@ def quickstart(
     from minigpt.train.checkpoint import atomic_write_text
 
     atomic_write_text(root / "quickstart.json", json.dumps(metrics, indent=2, default=str) + "\n")
-    report_md, report_html = write_report(root, samples={final.name: transcript}, num_samples=len(CHAT_SCRIPT))
+    report_md, report_html, _ = write_report(root, samples={final.name: transcript}, num_samples=len(CHAT_SCRIPT))
     print(f"report card: {report_md} ({report_html.name} beside it: open it in a browser)")
     print(f"next: minigpt chat --model {final}")
     return metrics

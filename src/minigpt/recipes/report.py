@@ -40,7 +40,7 @@ def report(
             file that is not a minigpt report, or an unwritable place.
     """
     from minigpt.errors import UserError, check_count, check_writable
-    from minigpt.evaluation.report import find_stages, write_report
+    from minigpt.evaluation.report import write_report
 
     check_count(samples, "--samples")
     if check_count(max_new_tokens, "--max_new_tokens") < 1:
@@ -51,8 +51,9 @@ def report(
         check_writable(Path(out), "--out")
     if prompts is not None and not all(isinstance(p, str) and p.strip() for p in prompts):
         raise UserError("--prompts: every prompt must be a non-empty string")
-    stages = [s.name for s in find_stages(run)]
-    md, page = write_report(run, out, prompts=prompts, num_samples=samples, measure_peak=peak, max_new_tokens=max_new_tokens)
+    md, page, card = write_report(run, out, prompts=prompts, num_samples=samples, measure_peak=peak,
+                                  max_new_tokens=max_new_tokens, progress=lambda line: print(line, flush=True))
+    stages = [s.name for s in card.stages]
     print(f"report of {len(stages)} stage(s) ({', '.join(stages)}) -> {md} and {page}")
     return {"markdown": str(md), "html": str(page), "stages": stages}
 

@@ -16,41 +16,30 @@ import torch
 ENVIRONMENT_FILE = "environment.json"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (`/proc/cpuinfo` on Linux, else `platform.processor()`), or the
-    machine type when neither says."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field : value` line of `/proc/cpuinfo` (None off Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, sep, value = line.partition(":")
+                if sep and name.strip().lower() == field:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (`/proc/cpuinfo` on Linux, else `platform.processor()`), or the
+    machine type when neither says."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_flags() -> list[str]:
     """The CPU features that decide the fast precision on CPU (AMX, AVX-512 BF16, AVX2), as
     `/proc/cpuinfo` lists them; empty where that file does not exist."""
-    wanted = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "avx_ne_convert")
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in wanted if flag in have]
-    except OSError:
-        pass
-    return []
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+    have = set((_cpuinfo("flags") or "").split())
+    return [flag for flag in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "avx_ne_convert") if flag in have]
 
 
 def environment(device: torch.device, precision: str, world_size: int = 1) -> dict[str, Any]:
@@ -65,6 +54,10 @@ def environment(device: torch.device, precision: str, world_size: int = 1) -> di
     (None on CPU), `precision`, `world_size`, `platform`, `python`, and the versions of
     `torch`, `transformers` and `minigpt`.
     """
+    import transformers
+
+    import minigpt
+
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "host": socket.gethostname(),
@@ -79,8 +72,8 @@ def environment(device: torch.device, precision: str, world_size: int = 1) -> di
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "minigpt": _version("minigpt"),
+        "transformers": transformers.__version__,
+        "minigpt": minigpt.__version__,
     }
 
 
