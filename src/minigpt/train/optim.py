@@ -112,11 +112,11 @@ class Muon(torch.optim.Muon):
         self.ns_dtype = ns_dtype
 
     def _dtype_for(self, device: torch.device) -> torch.dtype:
-        if self.ns_dtype is not None:
-            return self.ns_dtype
-        from minigpt.train.distributed import pick_precision
+        if self.ns_dtype is None:  # decided once: the parameters of one optimizer share a device
+            from minigpt.train.distributed import pick_precision
 
-        return torch.bfloat16 if pick_precision("auto", device) == "bf16" else torch.float32
+            self.ns_dtype = torch.bfloat16 if pick_precision("auto", device) == "bf16" else torch.float32
+        return self.ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
@@ -129,7 +129,10 @@ class Muon(torch.optim.Muon):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self._dtype_for(p.device))
@@ -168,7 +171,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self.muon.step()
         if self.adamw is not None:
             self.adamw.step()
