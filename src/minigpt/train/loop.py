@@ -172,6 +172,9 @@ class Trainer(CheckpointedRun):
         return c.max_steps
 
     def autocast(self):
+        """A context manager running the forwards in the run's precision on its device (bf16 /
+        fp16 autocast, or nothing in fp32); objectives and callbacks that run the model outside
+        the optimizer step (evaluation, sampling) enter it."""
         return autocast(self.precision, self.device)
 
     # ------------------------------------------------------------------ data

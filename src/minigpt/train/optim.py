@@ -119,7 +119,11 @@ class Muon(torch.optim.Muon):
         return self.ns_dtype
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
+    def step(self, closure=None):
+        """One Muon update of every parameter with a gradient: momentum `B ← μB + (1−μ)G`
+        (torch's `lerp` form), Nesterov `U = G + μ(B − G)`, `O = newton_schulz(U)`, decoupled
+        weight decay `θ ← θ(1 − lr·λ)`, then `θ ← θ − lr·s·O` with `s = 0.2·√max(A, B)`
+        (`match_rms_adamw`) or `√max(1, A/B)`. Returns the closure's loss (None without one)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -170,7 +174,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().__init__([g for opt in self._inner() for g in opt.param_groups], {})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
+    def step(self, closure=None):
+        """Step Muon, then AdamW, on the gradients already in place; returns the closure's loss
+        (None without one)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -180,16 +186,20 @@ class MuonWithAdamW(torch.optim.Optimizer):
             self.adamw.step()
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of both parts."""
         self.muon.zero_grad(set_to_none)
         if self.adamw is not None:
             self.adamw.zero_grad(set_to_none)
 
-    def state_dict(self) -> dict:  # noqa: D102
+    def state_dict(self) -> dict:
+        """`{"muon": Muon's state, "adamw": AdamW's state or None}` (momentum buffers, moments)."""
         return {"muon": self.muon.state_dict(), "adamw": None if self.adamw is None else self.adamw.state_dict()}
 
-    def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102
-        """Raises KeyError / ValueError for a state that is not this optimizer's (e.g. a plain
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore both parts from `state_dict()`'s form.
+
+        Raises KeyError / ValueError for a state that is not this optimizer's (e.g. a plain
         AdamW checkpoint): the loop turns those into "unusable trainer state"."""
         self.muon.load_state_dict(state_dict["muon"])
         if self.adamw is not None:

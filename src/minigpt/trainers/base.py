@@ -53,8 +53,9 @@ def optimizer_step_for(
     optimizer: torch.optim.Optimizer | None = None,
     empty: str = "error",
 ) -> OptimizerStep:
-    """The training loop's optimizer step over `model` as a `TrainConfig` describes it: AdamW
-    from `make_optimizer(model, train)` unless an `optimizer` is given, `train.grad_clip`, and
+    """The training loop's optimizer step over `model` as a `TrainConfig` describes it: the
+    optimizer `make_optimizer(model, train)` builds (AdamW, or Muon with AdamW) unless an
+    `optimizer` is given, `train.grad_clip`, and
     `train.precision` resolved for the model's device (or `precision` when the caller resolved
     it already). The Python-API trainers all build their update here; its `.optimizer` and
     `.precision` are the ones used.
