@@ -24,3 +24,24 @@ def save_tiny_chat_model(out_dir: Path, texts: list[str], vocab_size: int = 300,
     model = MiniGPTForCausalLM(cfg)
     model.save_pretrained(out_dir)
     return tok, model
+
+
+class TokenBlocks:
+    """A token stream cut into blocks for the causal-LM objective: item `i` is `{"input_ids":
+    tokens[i·B : (i+1)·B], "targets": the same shifted by one}` (aligned targets, no padding)."""
+
+    def __init__(self, tokens: torch.Tensor, block: int) -> None:
+        self.tokens, self.block = tokens, block
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.block
+
+    def __getitem__(self, i: int) -> dict:
+        s = i * self.block
+        return {"input_ids": self.tokens[s : s + self.block], "targets": self.tokens[s + 1 : s + self.block + 1]}
+
+
+def random_blocks(vocab_size: int, n_blocks: int, block: int = 16, seed: int = 0) -> TokenBlocks:
+    """`n_blocks` blocks of a seeded uniform random stream of ids below `vocab_size`."""
+    g = torch.Generator().manual_seed(seed)
+    return TokenBlocks(torch.randint(0, vocab_size, (n_blocks * block + 1,), generator=g), block)

@@ -25,25 +25,16 @@ from minigpt.tokenizer import load_tokenizer, train_tokenizer
 from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer
 
+from tiny_models import random_blocks
+
 VOCAB = 272  # the 264 ids of the smallest tokenizer (256 bytes + 8 specials) and 8 merges
 C, F, LAYERS, HEADS, KV = 32, 64, 2, 4, 2  # head_dim D = C / HEADS = 8
 RANK = 4
 
 
-class Blocks:
-    """Random-token blocks: item = (input_ids, targets) with targets shifted by one."""
-
-    def __init__(self, n_blocks: int = 16, block: int = 12, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(0, VOCAB, (n_blocks * block + 1,), generator=g)
-        self.block = block
-
-    def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.block
-
-    def __getitem__(self, i: int) -> dict:
-        s = i * self.block
-        return {"input_ids": self.tokens[s : s + self.block], "targets": self.tokens[s + 1 : s + self.block + 1]}
+def Blocks(n_blocks: int = 16, block: int = 12, seed: int = 0):
+    """Random-token blocks (`tiny_models.random_blocks`)."""
+    return random_blocks(VOCAB, n_blocks, block, seed)
 
 
 def tiny_config(**kw) -> MiniGPTConfig:

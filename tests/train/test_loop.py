@@ -25,23 +25,14 @@ from minigpt.train import rundir
 from minigpt.train.loop import Trainer, TrainingDivergedError, TrainingInterrupted
 from minigpt.train.optim import param_groups, warmup_cosine
 
+from tiny_models import random_blocks
+
 VOCAB = 48
 
 
-class Blocks:
-    """Fixed blocks of a random token stream: item = (input_ids, targets) shifted by one."""
-
-    def __init__(self, n_blocks: int, block: int = 16, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(0, VOCAB, (n_blocks * block + 1,), generator=g)
-        self.block = block
-
-    def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.block
-
-    def __getitem__(self, i: int) -> dict:
-        s = slice(i * self.block, (i + 1) * self.block)
-        return {"input_ids": self.tokens[s], "targets": self.tokens[i * self.block + 1 : (i + 1) * self.block + 1]}
+def Blocks(n_blocks: int, block: int = 16, seed: int = 0):
+    """Fixed blocks of a random token stream (`tiny_models.random_blocks`)."""
+    return random_blocks(VOCAB, n_blocks, block, seed)
 
 
 def tiny_model(seed: int = 0) -> MiniGPTForCausalLM:

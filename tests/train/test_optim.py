@@ -16,6 +16,8 @@ from minigpt.train.config import TrainConfig
 from minigpt.train.loop import Trainer
 from minigpt.train.optim import MuonWithAdamW, make_optimizer, muon_parameters, newton_schulz
 
+from tiny_models import TokenBlocks
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -116,18 +118,9 @@ def test_the_schedule_scales_both_parts_and_the_state_round_trips():
         restored.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())  # an AdamW checkpoint
 
 
-class Blocks:
-    """A learnable stream (0, 1, ..., 6, 0, 1, ...) cut into blocks: item = (input_ids, targets)."""
-
-    def __init__(self, n: int = 32, block: int = 12) -> None:
-        self.tokens, self.block = torch.arange(n * block + 1) % 7, block
-
-    def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.block
-
-    def __getitem__(self, i: int) -> dict:
-        s = slice(i * self.block, (i + 1) * self.block)
-        return {"input_ids": self.tokens[s], "targets": self.tokens[i * self.block + 1 : (i + 1) * self.block + 1]}
+def Blocks(n: int = 32, block: int = 12):
+    """A learnable stream (0, 1, ..., 6, 0, 1, ...) cut into blocks."""
+    return TokenBlocks(torch.arange(n * block + 1) % 7, block)
 
 
 class StopAt(Callback):
