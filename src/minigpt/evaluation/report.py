@@ -545,11 +545,12 @@ def _key_settings(stage: StageRun) -> list[tuple[str, str]]:
 
 
 def render_html(markdown_text: str, page_dir: Path) -> str:
-    """The Markdown page as one self-contained HTML file: tables rendered by the `markdown`
-    package, every image linked from `page_dir` inlined as a base64 data URI."""
-    import markdown
+    """The Markdown page as one self-contained HTML file, rendered by the chat page's renderer
+    (`minigpt.inference.web.render_markdown`: CommonMark with tables, raw HTML escaped), every
+    image linked from `page_dir` inlined as a base64 data URI."""
+    from minigpt.inference.web import render_markdown as to_html
 
-    body = markdown.markdown(markdown_text.replace(MARKER + "\n", ""), extensions=["tables"])
+    body = to_html(markdown_text.replace(MARKER + "\n", ""))
 
     def inline(match: re.Match) -> str:
         src = html.unescape(match.group(1))
