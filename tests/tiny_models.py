@@ -10,16 +10,18 @@ from minigpt.model import MiniGPTConfig, MiniGPTForCausalLM
 from minigpt.tokenizer import train_tokenizer
 
 
-def save_tiny_chat_model(out_dir: Path, texts: list[str], vocab_size: int = 300, max_position_embeddings: int = 96, seed: int = 0):
+def save_tiny_chat_model(out_dir: Path, texts: list[str], vocab_size: int = 300, max_position_embeddings: int = 96, seed: int = 0,
+                         **config: object):
     """Train a byte-level BPE tokenizer (with the chat specials) on `texts`, build a random
-    2-layer MiniGPT (hidden 32, 4 heads, 2 KV heads, initializer_range 0.1) seeded with `seed`,
-    and save both to `out_dir`. Returns `(tokenizer, model)`."""
+    2-layer MiniGPT (hidden 32, 4 heads, 2 KV heads, initializer_range 0.1, any other
+    `MiniGPTConfig` field from `config`) seeded with `seed`, and save both to `out_dir`.
+    Returns `(tokenizer, model)`."""
     tok = train_tokenizer(texts, vocab_size=vocab_size, out_dir=out_dir)
     torch.manual_seed(seed)
     cfg = MiniGPTConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=max_position_embeddings, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None, initializer_range=0.1,
+        eos_token_id=tok.eos_token_id, bos_token_id=None, initializer_range=0.1, **config,
     )
     model = MiniGPTForCausalLM(cfg)
     model.save_pretrained(out_dir)

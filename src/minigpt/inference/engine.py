@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from minigpt.errors import UserError
 from minigpt.inference.sampling import apply_repetition_penalty, draw, filter_logits
 from minigpt.inference.prepack import can_prepack, concat_linear, packed_linear, prepack, quantize_int8
-from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary, require_causal, swiglu
+from minigpt.model.modeling import MiniGPTMLP, MiniGPTRMSNorm, MiniGPTSparseMoeBlock, apply_rotary, gated_mlp, require_causal, soft_cap_logits
 
 
 @dataclass
@@ -668,18 +668,18 @@ class GenerationEngine:
             x = x[torch.arange(b, device=x.device), last_only][:, None]  # (B, 1, C)
         elif last_only:
             x = x[:, -1:]
-        return lin(model.lm_head, norm(model.model.norm, x))[:, -1]  # (B, V)
+        return soft_cap_logits(lin(model.lm_head, norm(model.model.norm, x))[:, -1], model.config)  # (B, V)
 
     @staticmethod
     def _mlp(mlp: torch.nn.Module, x: torch.Tensor, lin, gate_up=None) -> torch.Tensor:
-        """The model's SwiGLU with cached low-precision weights (fused gate|up when given); a
+        """The model's gated feed-forward with cached low-precision weights (fused gate|up when given); a
         mixture of experts with the same weights for its router and every expert (only the
         experts some token chose run); any other feed-forward module is called as is."""
         if gate_up is not None:
             gate, up = packed_linear(x, gate_up).chunk(2, dim=-1)
-            return lin(mlp.down_proj, F.silu(gate) * up)
+            return lin(mlp.down_proj, mlp.act_fn(gate) * up)
         if type(mlp) is MiniGPTMLP:
-            return swiglu(mlp, x, lin)
+            return gated_mlp(mlp, x, lin)
         if isinstance(mlp, MiniGPTSparseMoeBlock):
             return mlp(x, linear=lin)[0]
         return mlp(x)

@@ -19,6 +19,7 @@ import torch
 from minigpt.errors import UserError
 from minigpt.inference.engine import GenerationEngine
 from minigpt.losses.preference import sequence_logprobs
+from minigpt.model.modeling import soft_cap_logits
 
 
 @dataclass
@@ -110,7 +111,7 @@ def completion_logprobs(
     targets = input_ids[:, p:][sel]  # (K,)
     if backbone is not None and head is not None:
         h = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logits = head(h[:, p - 1 : p + n - 1][sel])  # (K, V): position t predicts token t + 1
+        logits = soft_cap_logits(head(h[:, p - 1 : p + n - 1][sel]), getattr(model, "config", None))  # (K, V): position t predicts token t + 1
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         logits = logits[:, p - 1 : p + n - 1][sel]

@@ -14,6 +14,10 @@ from transformers import PretrainedConfig
 
 from minigpt.errors import UserError
 
+#: The gate activations of the feed-forward (`MiniGPTConfig.hidden_act`), by their
+#: `transformers.activations.ACT2FN` names.
+HIDDEN_ACTS = ("silu", "relu2")
+
 #: Named sizes. `tiny` is for tests and the CPU demo, `small` is minimind's 26 M model,
 #: `base` is about 100 M parameters. Counts are with the default vocabulary of 6400 and tied
 #: embeddings; `minigpt.model.count_parameters` prints the exact figure.
@@ -95,6 +99,14 @@ class MiniGPTConfig(PretrainedConfig):
         zero_init_residual: start the two projections that write into the residual stream
             (`o_proj`, `down_proj`) at zero, so every block begins as the identity (the
             modded-nanogpt speedruns' initialisation); an initialisation only, so exports work.
+        hidden_act: the gate's activation in the gated feed-forward `down(act(gate(x)) · up(x))`:
+            `silu` (SwiGLU, Shazeer 2020, arXiv:2002.05202) or `relu2`, squared ReLU
+            (`max(x, 0)²`, Primer: So et al. 2021, arXiv:2109.08668; the modded-nanogpt
+            speedruns). `transformers`' Llama and Mistral take either; GGUF only `silu`.
+        final_logit_softcapping: c > 0 squashes the logits smoothly into (−c, c),
+            `c · tanh(logits / c)` (Gemma 2's name and formula, arXiv:2408.00118; modded-nanogpt
+            uses it too); None: off. Such a model does not export to Llama, Mistral, Mixtral or
+            GGUF.
 
     Raises:
         UserError: on shapes that cannot form a model (heads that do not divide, etc.).
@@ -134,6 +146,8 @@ class MiniGPTConfig(PretrainedConfig):
         sliding_window: int | None = None,
         qk_norm: bool = False,
         zero_init_residual: bool = False,
+        hidden_act: str = "silu",
+        final_logit_softcapping: float | None = None,
         **kwargs: Any,
     ) -> None:
         if intermediate_size is None:
@@ -164,6 +178,10 @@ class MiniGPTConfig(PretrainedConfig):
             )
         if sliding_window is not None and (isinstance(sliding_window, bool) or int(sliding_window) < 1):
             raise UserError(f"sliding_window must be a positive number of tokens (or None for full attention), got {sliding_window!r}")
+        if hidden_act not in HIDDEN_ACTS:
+            raise UserError(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {hidden_act!r}")
+        if final_logit_softcapping is not None and (isinstance(final_logit_softcapping, bool) or not final_logit_softcapping > 0):
+            raise UserError(f"final_logit_softcapping must be > 0 (or None for off), got {final_logit_softcapping!r}")
         if router_aux_loss_coef < 0 or router_z_loss_coef < 0:
             raise UserError("router_aux_loss_coef and router_z_loss_coef must be ≥ 0")
         self.vocab_size = vocab_size
@@ -179,7 +197,8 @@ class MiniGPTConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.attention_bias = attention_bias
         self.mlp_bias = mlp_bias
-        self.hidden_act = "silu"
+        self.hidden_act = hidden_act
+        self.final_logit_softcapping = float(final_logit_softcapping) if final_logit_softcapping is not None else None
         self.use_cache = use_cache
         self.use_bidirectional_attention = bool(use_bidirectional_attention)
         self.num_local_experts = num_local_experts

@@ -75,12 +75,13 @@ def llama_config_from(config: MiniGPTConfig):
     """Translate a `MiniGPTConfig` into the equivalent `transformers.LlamaConfig`.
 
     Every field that changes the computation is carried over (sizes, heads, `head_dim`, RMSNorm
-    ε, all RoPE settings in `rope_parameters`, tying, biases, special ids); the activation is
-    SiLU as in MiniGPT's SwiGLU. MiniGPT's `dropout` becomes Llama's `attention_dropout` (Llama
+    ε, all RoPE settings in `rope_parameters`, tying, biases, special ids, the gate's
+    activation `hidden_act`: SiLU, or squared ReLU, which Llama's gated MLP takes too). MiniGPT's `dropout` becomes Llama's `attention_dropout` (Llama
     has no residual dropout; neither matters at inference).
 
     Raises:
-        UserError: an encoder (`use_bidirectional_attention`), or shapes with no Llama
+        UserError: an encoder (`use_bidirectional_attention`), QK-norm or logit soft-capping
+            (`refuse_speedrun_options`), or shapes with no Llama
             equivalent (Llama requires `hidden_size` to be a multiple of `num_attention_heads`
             even when `head_dim` is set).
     """
@@ -88,15 +89,29 @@ def llama_config_from(config: MiniGPTConfig):
 
     if getattr(config, "use_bidirectional_attention", False):
         raise UserError("cannot export to Llama: this is an encoder (use_bidirectional_attention), and Llama is causal")
-    if getattr(config, "qk_norm", False):
-        raise UserError("cannot export to llama: the model normalises queries and keys (qk_norm), which Llama does not; "
-                        "keep it as a MiniGPT model (it loads in transformers after `import minigpt`)")
+    refuse_speedrun_options(config, "llama")
     if config.hidden_size % config.num_attention_heads:
         raise UserError(
             f"cannot export to Llama: hidden_size ({config.hidden_size}) is not a multiple of "
             f"num_attention_heads ({config.num_attention_heads}), which LlamaConfig requires"
         )
     return LlamaConfig(**_shared_fields(config), attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
+
+
+def refuse_speedrun_options(config: MiniGPTConfig, fmt: str) -> None:
+    """Refuse the architecture options `fmt` (llama, mistral, mixtral) has no field for.
+
+    Raises:
+        UserError: `qk_norm` or `final_logit_softcapping` is set, naming the option.
+    """
+    reasons = []
+    if getattr(config, "qk_norm", False):
+        reasons.append("the model normalises queries and keys (qk_norm)")
+    if getattr(config, "final_logit_softcapping", None):
+        reasons.append(f"the model soft-caps its logits (final_logit_softcapping={config.final_logit_softcapping:g})")
+    if reasons:
+        raise UserError(f"cannot export to {fmt}: {' and '.join(reasons)}, which {fmt} does not; "
+                        "keep it as a MiniGPT model (it loads in transformers after `import minigpt`)")
 
 
 def _shared_fields(config: MiniGPTConfig) -> dict[str, Any]:
@@ -109,7 +124,7 @@ def _shared_fields(config: MiniGPTConfig) -> dict[str, Any]:
         num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads,
         head_dim=config.head_dim,
-        hidden_act="silu",
+        hidden_act=getattr(config, "hidden_act", "silu"),
         max_position_embeddings=config.max_position_embeddings,
         initializer_range=config.initializer_range,
         rms_norm_eps=config.rms_norm_eps,
@@ -138,9 +153,7 @@ def hf_config_from(config: MiniGPTConfig, fmt: str):
 
     if fmt not in HF_FORMATS:
         raise UserError(f"unsupported export format {fmt!r}; supported: {', '.join(HF_FORMATS)}")
-    if getattr(config, "qk_norm", False):
-        raise UserError(f"cannot export to {fmt}: the model normalises queries and keys (qk_norm), which {fmt} does not; "
-                        "keep it as a MiniGPT model (it loads in transformers after `import minigpt`)")
+    refuse_speedrun_options(config, fmt)
     window = getattr(config, "sliding_window", None)
     moe = getattr(config, "num_local_experts", 0)
     if moe and fmt != "mixtral":

@@ -162,6 +162,12 @@ def export_to_gguf(
         problems.append("it is a mixture of experts, which this exporter does not write (export --to mixtral for transformers)")
     if getattr(cfg, "sliding_window", None):
         problems.append("it uses sliding-window attention, which llama.cpp's llama architecture lacks (export --to mistral)")
+    if getattr(cfg, "qk_norm", False):
+        problems.append("it normalises queries and keys (qk_norm), which llama.cpp's llama architecture lacks")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        problems.append(f"its feed-forward uses {cfg.hidden_act}, and llama.cpp's llama architecture SiLU")
+    if getattr(cfg, "final_logit_softcapping", None):
+        problems.append("it soft-caps its logits (final_logit_softcapping), which llama.cpp's llama architecture does not")
     scaling = dict(cfg.rope_parameters or {})
     rope_type = scaling.get("rope_type", "default")
     if rope_type not in ("default", "linear"):

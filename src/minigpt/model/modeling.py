@@ -226,8 +226,18 @@ class MiniGPTAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU, `max(x, 0)²`, elementwise (So et al. 2021, Primer, arXiv:2109.08668)."""
+    return torch.square(F.relu(x))
+
+
+#: `MiniGPTConfig.hidden_act` -> the elementwise function.
+ACTIVATIONS = {"silu": F.silu, "relu2": relu2}
+
+
 class MiniGPTMLP(nn.Module):
-    """SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`, `(B, T, C) -> (B, T, C)`."""
+    """Gated feed-forward `down(act(gate(x)) * up(x))`, `(B, T, C) -> (B, T, C)`: SwiGLU with
+    `hidden_act="silu"` (the default), squared-ReLU gating with `"relu2"`."""
 
     def __init__(self, config: MiniGPTConfig) -> None:
         super().__init__()
@@ -236,19 +246,32 @@ class MiniGPTMLP(nn.Module):
         self.up_proj = nn.Linear(c, f, bias=config.mlp_bias)
         self.down_proj = nn.Linear(f, c, bias=config.mlp_bias)
         self.down_proj.residual_projection = True  # writes into the residual stream (see _init_weights)
+        self.act_fn = ACTIVATIONS[getattr(config, "hidden_act", "silu")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`(B, T, C) -> (B, T, C)`."""
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-def swiglu(mlp: MiniGPTMLP, x: torch.Tensor, linear=None) -> torch.Tensor:
-    """A `MiniGPTMLP`'s SwiGLU, `down(silu(gate(x)) · up(x))`, `(…, C) -> (…, C)` (Shazeer 2020,
-    arXiv:2002.05202): `mlp(x)`, or with `linear(module, input)` standing in for each
-    projection's call (the fast engine passes one that uses its cached low-precision weights)."""
+def gated_mlp(mlp: MiniGPTMLP, x: torch.Tensor, linear=None) -> torch.Tensor:
+    """A `MiniGPTMLP`'s `down(act(gate(x)) · up(x))`, `(…, C) -> (…, C)` (gated linear units,
+    Shazeer 2020, arXiv:2002.05202): `mlp(x)`, or with `linear(module, input)` standing in for
+    each projection's call (the fast engine passes one that uses its cached low-precision
+    weights)."""
     if linear is None:
         return mlp(x)
-    return linear(mlp.down_proj, F.silu(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+    return linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+
+
+def soft_cap_logits(logits: torch.Tensor, config: Any) -> torch.Tensor:
+    """`c · tanh(logits / c)` with `c = config.final_logit_softcapping` (Gemma 2,
+    arXiv:2408.00118), any shape; the logits unchanged when the config has no cap. Every path
+    that turns hidden states into logits with `lm_head` calls this (the model's forward, the
+    engine, the rollout and preference log-prob helpers), so all of them agree."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    if not cap:
+        return logits
+    return torch.tanh(logits / cap) * cap
 
 
 class MiniGPTSparseMoeBlock(nn.Module):
@@ -296,7 +319,7 @@ class MiniGPTSparseMoeBlock(nn.Module):
         slices = flat[token].split(counts)  # E slices of (n_e, C)
         keep_all = torch.is_grad_enabled()
         outs = [
-            swiglu(expert, part, linear)
+            gated_mlp(expert, part, linear)
             for expert, part in zip(self.experts, slices)
             if keep_all or part.shape[0]
         ]
@@ -620,7 +643,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             h = h[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             h = h[:, logits_to_keep]
-        logits = self.lm_head(h)  # (B, T, V)
+        logits = soft_cap_logits(self.lm_head(h), self.config)  # (B, T, V)
         loss = None
         if shift_labels is None and labels is not None:
             shift_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)

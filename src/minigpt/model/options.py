@@ -117,6 +117,10 @@ class ModelConfig:
     """RMS-normalise each head's queries and keys before RoPE (QK-norm; not exportable to Llama)."""
     zero_init_residual: bool | None = None
     """Start o_proj and down_proj at zero, so every block begins as the identity."""
+    hidden_act: str | None = None
+    """The feed-forward gate's activation: silu (SwiGLU, the default) or relu2 (squared ReLU)."""
+    final_logit_softcapping: float | None = None
+    """Squash the logits into (-c, c) with c·tanh(logits/c) (Gemma 2; not exportable to Llama)."""
     init_from: str | None = None
     """Start from this saved model directory instead of a fresh initialisation."""
 
@@ -157,6 +161,12 @@ class ModelConfig:
             raise UserError(
                 f"model.num_experts_per_tok: must be ≤ model.num_local_experts ({self.num_local_experts}), got {self.num_experts_per_tok or 2}"
             )
+        from minigpt.model.configuration import HIDDEN_ACTS
+
+        if self.hidden_act is not None and self.hidden_act not in HIDDEN_ACTS:
+            raise UserError(f"model.hidden_act: must be one of {', '.join(HIDDEN_ACTS)}, got {self.hidden_act!r}")
+        if self.final_logit_softcapping is not None and not self.final_logit_softcapping > 0:
+            raise UserError(f"model.final_logit_softcapping: must be > 0, got {self.final_logit_softcapping!r}")
         for field in ("router_aux_loss_coef", "router_z_loss_coef"):
             value = getattr(self, field)
             if value is not None and not value >= 0:

@@ -21,6 +21,7 @@ from minigpt.losses.lm import IGNORE_INDEX
 from minigpt.losses.preference import dpo_loss, kto_loss, kto_reference_point, orpo_loss, sequence_logprobs, simpo_loss
 from minigpt.losses.names import PAIRED_LOSSES, REFERENCE_FREE_LOSSES
 from minigpt.model.lora import adapters_disabled, has_adapters
+from minigpt.model.modeling import soft_cap_logits
 from minigpt.objectives.config import DPOConfig
 from minigpt.train.objective import LossOutput
 
@@ -58,7 +59,7 @@ def model_sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, att
         return sequence_logprobs(logits, targets)
     h = backbone(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state  # (N, T, C)
     sel = targets != IGNORE_INDEX  # (N, T)
-    logits = head(h[sel])  # (K, V) for the K supervised positions
+    logits = soft_cap_logits(head(h[sel]), getattr(model, "config", None))  # (K, V) for the K supervised positions
     token_logprobs, _ = sequence_logprobs(logits[:, None], targets[sel][:, None])  # (K,): one position per row
     rows = sel.nonzero()[:, 0]
     logprobs = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logprobs)
