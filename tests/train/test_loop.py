@@ -422,6 +422,32 @@ def test_eval_reports_bits_per_byte(tmp_path):
     assert m["val_loss"] == pytest.approx(math.log(m["val_ppl"]), rel=1e-6)
 
 
+def test_rows_say_how_much_of_their_time_went_to_evaluation(tmp_path, monkeypatch):
+    """Rows before the first evaluation between steps carry no `eval_time_s`; later ones carry
+    the evaluation seconds so far, which grow with each evaluation, stay below `time_s`, and
+    include the 0.1 s each evaluation is made to sleep here. A resumed run keeps counting."""
+    import time as time_module
+
+    real = Trainer.evaluate
+
+    def slow(self):
+        time_module.sleep(0.1)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow)
+    kw = dict(max_steps=6, eval_interval=2)
+    t = Trainer(tiny_model(), CausalLMObjective(), Blocks(32), config(**kw), tmp_path / "e", val_dataset=Blocks(8, seed=5), callbacks=[StopAt(3)])
+    t.fit()
+    t = Trainer(tiny_model(), CausalLMObjective(), Blocks(32), config(**kw), tmp_path / "e", val_dataset=Blocks(8, seed=5))
+    t.fit(resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    first_eval = next(k for k, r in enumerate(rows) if "val_loss" in r)
+    assert rows[first_eval]["step"] == 2 and all("eval_time_s" not in r for r in rows[:first_eval])
+    between = {r["step"]: r["eval_time_s"] for r in rows if "val_loss" in r and r["step"] in (2, 4)}
+    assert between[2] >= 0.1 and between[4] >= between[2] + 0.1  # step 4's count includes step 2's, across the resume
+    assert all(r["eval_time_s"] < r["time_s"] for r in rows[first_eval:])
+
+
 def test_callbacks_priority_and_conflicts():
     order = []
 

@@ -238,7 +238,7 @@ class CheckpointedRun:
     """The run-directory half of `minigpt.train.loop.Trainer`: taking OUT over (or refusing
     to), checkpoints, resume, and the final model. A mixin: it reads the trainer's attributes
     (`out_dir`, `is_main`, `model`, `optimizer`, `scheduler`, `scaler`, `sampler`, `objective`,
-    `config`, `run_info`, `save_with_model`, `fsdp`, `step`, `elapsed`, `tokens_seen`, `total_steps`) and sets
+    `config`, `run_info`, `save_with_model`, `fsdp`, `step`, `elapsed`, `eval_elapsed`, `tokens_seen`, `total_steps`) and sets
     `last_checkpoint`.
 
     Raises:
@@ -315,6 +315,7 @@ class CheckpointedRun:
             "step": self.step,
             "total_steps": self.total_steps,
             "elapsed": self.elapsed,
+            "eval_elapsed": self.eval_elapsed,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -461,6 +462,7 @@ class CheckpointedRun:
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.eval_elapsed = float(state.get("eval_elapsed", 0.0))
         self.tokens_seen = int(state.get("tokens_seen", 0))
         # A time-budgeted run keeps the step count it fixed; otherwise the settings given now
         # win, so `--resume --train.max_steps N` can extend a finished run.

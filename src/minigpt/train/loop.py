@@ -151,6 +151,7 @@ class Trainer(CheckpointedRun):
         self.sampler = BlockSampler(len(train_dataset), seed=config.seed, rank=self.rank, world_size=self.world_size)
         self.step = 0
         self.elapsed = 0.0  # training seconds across resumes (for max_time)
+        self.eval_elapsed = 0.0  # the part of `elapsed` spent in evaluations between steps
         self.tokens_seen = 0  # real tokens trained on across resumes, all ranks (`train/tokens`)
         self.should_stop = False
         self.last_checkpoint: Path | None = None
@@ -255,12 +256,17 @@ class Trainer(CheckpointedRun):
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict[str, float]) -> None:
         """Append one row `{"step", "time_s", **metrics}` to `OUT/metrics.jsonl` (and TensorBoard)
-        on the main rank. `time_s` is the run's seconds so far (training and evaluation, summed
-        over resumes): a wall-clock figure, the one field of a row that differs between runs."""
+        on the main rank. `time_s` is the run's seconds so far (training and the evaluations
+        between steps, summed over resumes); once such an evaluation has run, rows also carry
+        `eval_time_s`, the part of `time_s` it took (so training alone is the difference). Both
+        are wall-clock figures, the fields of a row that differ between runs."""
         if not self.is_main:
             return
+        row = {"step": self.step, "time_s": round(self.elapsed, 3)}
+        if self.eval_elapsed:
+            row["eval_time_s"] = round(self.eval_elapsed, 3)
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": self.step, "time_s": round(self.elapsed, 3), **metrics}) + "\n")
+            f.write(json.dumps({**row, **metrics}) + "\n")
         if self.config.tensorboard:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -433,7 +439,9 @@ class Trainer(CheckpointedRun):
             if c.eval_interval > 0 and (self.step % c.eval_interval == 0) and not done:
                 t_eval = time.perf_counter()
                 ev = self.evaluate()
-                self.elapsed += time.perf_counter() - t_eval
+                t_eval = time.perf_counter() - t_eval
+                self.elapsed += t_eval
+                self.eval_elapsed += t_eval
                 if ev:
                     self.log(ev)
                     self.callbacks.fire("on_evaluate", self, ev)
