@@ -67,6 +67,7 @@ def make_workspace(root: Path) -> None:
     shutil.copytree(ROOT / "configs", root / "configs")
     docs = [" ".join(sentence(rng) for _ in range(15)) for _ in range(60)]
     (root / "my_corpus.txt").write_text("\n<|endoftext|>\n".join(docs), encoding="utf-8")
+    (root / "input.txt").write_text("\n\n".join(docs[:30]), encoding="utf-8")  # tinyshakespeare's file name
     write_jsonl(root / "notes.jsonl", [{"body": d} for d in docs])
     import pyarrow as pa
     import pyarrow.parquet as pq
