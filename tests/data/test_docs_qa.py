@@ -120,3 +120,21 @@ def test_corpus_conversations_vary_by_seed(corpus_prefix):
     questions = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in a]
     templates = {re.sub(r"`[^`]+`", "N", q) for q in questions}
     assert len(templates) >= 8
+
+
+def test_held_out_questions_never_share_a_document_with_the_training_conversations(corpus_prefix):
+    """`docs_conversations(k)` is the prefix of the full seeded order, and `docs_questions(n,
+    skip=k)` continues after it: no asked name is in both; each reference answer is the first
+    answer of its document's conversation."""
+    from minigpt.data.docs_qa import docs_questions
+
+    train = docs_conversations(200, seed=3, docs=corpus_prefix, with_source=True)
+    full = docs_conversations(None, seed=3, docs=corpus_prefix, with_source=True)
+    assert full[:200] == train
+    held = docs_questions(50, seed=3, skip=200, docs=corpus_prefix)
+    assert len(held) == 50 and not {q["name"] for q in held} & {r["source"]["name"] for r in train}
+    for q, record in zip(held, full[200:250]):
+        turns = [m["content"] for m in record["messages"] if m["role"] != "system"]
+        assert (q["question"], q["answer"], q["name"]) == (turns[0], turns[1], record["source"]["name"])
+    with pytest.raises(UserError, match="after the first"):
+        docs_questions(len(full), seed=3, skip=1, docs=corpus_prefix)

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     metrics = quickstart(
         out=str(out), pretrain_steps=4, sft_steps=4, hybrid_steps=3, grpo_steps=2, grpo_prompts=4, group_size=4,
         num_pretrain_arithmetic=300, num_docs_conversations=40, num_arithmetic=300, num_hybrid_arithmetic=200,
-        num_hybrid_docs=10, num_heldout=40, vocab_size=512, block_size=128, batch_size=4, cap_minutes=0, device="cpu",
+        num_hybrid_docs=10, num_heldout=40, num_docs_heldout=12, vocab_size=512, block_size=128, batch_size=4, cap_minutes=0, device="cpu",
     )
     return out, metrics
 
@@ -47,6 +47,23 @@ def test_no_heldout_problem_in_any_training_file(run):
     assert len(seen["pretraining"]) >= 290  # the worked problems are there to be checked
     for name, keys in seen.items():
         assert keys and not keys & heldout, name
+
+
+def test_documentation_questions_are_held_out_and_scored(run):
+    """The held-out documentation questions ask about documents no SFT conversation asks about
+    (each name in backticks is absent from every training question), and the final model's
+    scores are in the summary."""
+    out, metrics = run
+    heldout = _read(out / "data" / "docs_heldout.jsonl")
+    asked = [m["content"] for r in _read(out / "data" / "docs_conversations.jsonl") for m in r["messages"] if m["role"] == "user"]
+    assert len(heldout) == 12 and len(asked) >= 40
+    for q in heldout:
+        assert q["question"] not in asked
+        if f"`{q['name']}`" in q["question"]:
+            assert not any(f"`{q['name']}`" in a for a in asked), q["name"]
+    assert 0 <= metrics["docs_rouge_l"] <= 1 and 0 <= metrics["docs_name_match"] <= 1
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert summary["docs_rouge_l"] == metrics["docs_rouge_l"]
 
 
 def test_hybrid_stage_answers_mostly_bare_and_works_every_step_by_step_question(run):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from minigpt.errors import UserError, check_count, check_probability
 
-__all__ = ["docs_conversations"]
+__all__ = ["docs_conversations", "docs_questions"]
 
 _SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
@@ -329,3 +329,26 @@ def docs_conversations(
     return records
 
 
+
+
+def docs_questions(n: int | None, seed: int = 0, skip: int = 0, docs: Sequence[str] | None = None, max_answer_chars: int = 400) -> list[dict]:
+    """Single-turn documentation questions with their reference answers, for evaluation:
+    `{"question", "answer", "name"}` (`name`: the function, class, module or topic asked
+    about), from the conversations `docs_conversations(seed=seed, docs=docs)` gives after its
+    first `skip`: `docs_conversations(skip, seed)` (what SFT trains on) and these never share a
+    document. Each is the first question and answer of its conversation (no system message).
+    `n=None`: all of them.
+
+    Raises:
+        UserError: `n` or `skip` negative, or more than the documents give.
+    """
+    check_count(skip, "skip")
+    records = docs_conversations(None, seed=seed, docs=docs, max_answer_chars=max_answer_chars, with_source=True)
+    n = len(records) - skip if n is None else check_count(n)
+    if n < 0 or skip + n > len(records):
+        raise UserError(f"n: asked for {n} documentation questions after the first {skip}, but the documents give only {len(records)}")
+    out = []
+    for record in records[skip : skip + n]:
+        turns = [m for m in record["messages"] if m["role"] != "system"]
+        out.append({"question": turns[0]["content"], "answer": turns[1]["content"], "name": record["source"]["name"]})
+    return out

@@ -91,6 +91,8 @@ def quickstart(
     block_size: int = 256,
     batch_size: int = 8,
     lr: float = 3e-3,
+    pretrain_optimizer: str = "adamw",
+    pretrain_schedule: str = "cosine",
     sft_lr: float = 2e-3,
     hybrid_lr: float = 5e-4,
     grpo_lr: float = 5e-5,
@@ -106,6 +108,7 @@ def quickstart(
     hybrid_direct_share: float = 0.75,
     reasoning_tag_weight: float = 1.0,
     num_heldout: int = 200,
+    num_docs_heldout: int = 100,
     device: str = "auto",
     seed: int = 1337,
 ) -> dict:
@@ -144,6 +147,9 @@ def quickstart(
         batch_size: sequences per step, pretraining and SFT (at a fixed token budget, 8 blocks
             per step learned the arithmetic faster than 16 on this model).
         lr: peak pretraining learning rate.
+        pretrain_optimizer: `adamw`, or `muon` (Muon on the block matrices, AdamW on the rest;
+            `--train.optimizer` of `minigpt pretrain`).
+        pretrain_schedule: `cosine` or `wsd` (warmup-stable-decay), as `--train.schedule`.
         sft_lr: peak SFT learning rate.
         hybrid_lr: peak learning rate of the second SFT stage.
         grpo_lr: GRPO learning rate (constant).
@@ -167,14 +173,19 @@ def quickstart(
             step" questions are always worked).
         reasoning_tag_weight: SFT loss weight of the four reasoning tags.
         num_heldout: held-out arithmetic problems for the accuracy figure.
+        num_docs_heldout: held-out documentation questions (documents no SFT conversation
+            asks about) for the documentation Q&A figures: ROUGE-L of the greedy reply against
+            the reference answer and the share of replies that describe the asked name
+            (`minigpt.evaluation.docs_qa`); 0 skips them.
         device: auto, cpu, cuda or mps.
         seed: random seed.
 
     Returns the first SFT stage's metrics plus `pretrain_val_bpb`, `sft_accuracy` (held-out
     greedy accuracy after the first SFT stage; None when the hybrid stage is skipped),
     `arithmetic_accuracy` (the model GRPO starts from), `grpo_accuracy` (after GRPO),
-    `reply_tokens` (mean held-out greedy reply length before and after GRPO) and
-    `wall_seconds`.
+    `reply_tokens` (mean held-out greedy reply length before and after GRPO), `docs_rouge_l`
+    and `docs_name_match` (held-out documentation Q&A of the final model; None when skipped)
+    and `wall_seconds`.
     """
     from minigpt.data.corpus import python_docs_corpus
     from minigpt.data.arithmetic import arithmetic_conversations, arithmetic_worksheets, make_arithmetic_prompts
@@ -218,7 +229,7 @@ def quickstart(
         out=str(root / "pretrain"),
         model=ModelConfig(preset=preset, vocab_size=vocab_size),
         block_size=block_size,
-        train=_fixed(pretrain_steps, cap_minutes, batch_size, lr, device, seed, warmup_steps=50, weight_decay=0.1, eval_interval=pretrain_steps, eval_batches=20, save_interval=500),
+        train=_fixed(pretrain_steps, cap_minutes, batch_size, lr, device, seed, optimizer=pretrain_optimizer, schedule=pretrain_schedule, warmup_steps=50, weight_decay=0.1, eval_interval=pretrain_steps, eval_batches=20, save_interval=500),
         overwrite=True,
     )
     net, tok = load_model_and_tokenizer(root / "pretrain", device=device)
@@ -311,6 +322,17 @@ def quickstart(
         accuracy = arithmetic_accuracy(chat_model, chat_tok, heldout, max_new_tokens=96)
     from minigpt.evaluation.report import chat_samples
 
+    docs_scores = None
+    if num_docs_heldout:
+        from minigpt.data.docs_qa import docs_questions
+        from minigpt.evaluation.docs_qa import docs_qa_scores
+
+        every = docs_questions(None, seed=seed, docs=docs)
+        docs_heldout = every[num_docs_conversations : num_docs_conversations + num_docs_heldout]
+        _write_jsonl(root / "data" / "docs_heldout.jsonl", docs_heldout)
+        docs_scores = docs_qa_scores(chat_model, chat_tok, docs_heldout, every, max_new_tokens=128)
+        print(f"      documentation Q&A, {docs_scores.n} held-out questions (greedy): ROUGE-L {docs_scores.rouge_l:.3f}, "
+              f"replies that describe the asked name {docs_scores.name_match:.1%}")
     transcript = chat_samples(chat_model, chat_tok, CHAT_SCRIPT, max_new_tokens=96)
     for sample in transcript:
         print(f"user: {sample.prompt}")
@@ -322,6 +344,8 @@ def quickstart(
     metrics["arithmetic_accuracy"] = accuracy
     metrics["grpo_accuracy"] = grpo_accuracy
     metrics["reply_tokens"] = reply_tokens
+    metrics["docs_rouge_l"] = docs_scores.rouge_l if docs_scores else None
+    metrics["docs_name_match"] = docs_scores.name_match if docs_scores else None
     metrics["wall_seconds"] = time.time() - t0
     stages = f"{accuracy:.1%} after SFT" if sft_accuracy is None else (
         f"{sft_accuracy:.1%} after the first SFT stage, {accuracy:.1%} after the hybrid stage"
@@ -334,6 +358,8 @@ def quickstart(
         f"quickstart finished in {metrics['wall_seconds']:.0f} s: pretraining val {metrics['pretrain_val_bpb']:.3f} bits per byte; "
         f"SFT held-out assistant-token loss {metrics.get('val_loss_before', float('nan')):.3f} -> {metrics.get('val_loss', float('nan')):.3f} nats; "
         f"held-out arithmetic accuracy (greedy, {num_heldout} problems) {stages}{rl_part}"
+        + ("" if docs_scores is None else
+           f"; documentation Q&A ({docs_scores.n} held-out questions): ROUGE-L {docs_scores.rouge_l:.3f}, name match {docs_scores.name_match:.1%}")
     )
     from minigpt.evaluation.report import write_report
     from minigpt.train.checkpoint import atomic_write_text
