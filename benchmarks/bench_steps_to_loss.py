@@ -2,12 +2,14 @@
 AdamW ends with, on the quickstart's pretraining stage (speed-independent: fixed steps).
 
 It pretrains the quickstart's `tiny` model on the quickstart's corpus (block 256, batch 8,
-lr 3e-3, warmup 50, seed 1337, as `minigpt quickstart` does) for `--steps` steps with AdamW,
-then with the variant for the same steps (the first evaluation at or below AdamW's final
-validation loss is reported) and for half the steps (its final loss against AdamW's).
+lr 3e-3, warmup 50, seed 1337, as `minigpt quickstart` does) for `--steps` steps with AdamW and
+a cosine schedule (the quickstart's optimizer until it switched to Muon + WSD, the `muon+wsd`
+variant here), then with the variant for the same steps (the first evaluation at or below
+AdamW's final validation loss is reported) and for half the steps (its final loss against
+AdamW's).
 
     minigpt quickstart --out runs/quickstart            # once: writes the corpus and tokenizer
-    python benchmarks/bench_steps_to_loss.py --run runs/quickstart --variant muon
+    python benchmarks/bench_steps_to_loss.py --run runs/quickstart --variant muon+wsd
 """
 
 from __future__ import annotations

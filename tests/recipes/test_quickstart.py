@@ -64,6 +64,8 @@ def test_documentation_questions_are_held_out_and_scored(run):
     assert 0 <= metrics["docs_rouge_l"] <= 1 and 0 <= metrics["docs_name_match"] <= 1
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["docs_rouge_l"] == metrics["docs_rouge_l"]
+    replies = _read(out / "docs_qa_replies.jsonl")
+    assert [r["question"] for r in replies] == [q["question"] for q in heldout] and all("reply" in r for r in replies)
 
 
 def test_hybrid_stage_answers_mostly_bare_and_works_every_step_by_step_question(run):

@@ -179,7 +179,8 @@ def quickstart(
         num_docs_heldout: held-out documentation questions (documents no SFT conversation
             asks about) for the documentation Q&A figures: ROUGE-L of the greedy reply against
             the reference answer and the share of replies that describe the asked name
-            (`minigpt.evaluation.docs_qa`); 0 skips them.
+            (`minigpt.evaluation.docs_qa`); the replies go to OUT/docs_qa_replies.jsonl. 0 skips
+            them.
         device: auto, cpu, cuda or mps.
         seed: random seed.
 
@@ -335,6 +336,7 @@ def quickstart(
         docs_heldout = every[num_docs_conversations : num_docs_conversations + num_docs_heldout]
         _write_jsonl(root / "data" / "docs_heldout.jsonl", docs_heldout)
         docs_scores = docs_qa_scores(chat_model, chat_tok, docs_heldout, every, max_new_tokens=128)
+        _write_jsonl(root / "docs_qa_replies.jsonl", [{**q, "reply": r} for q, r in zip(docs_heldout, docs_scores.replies)])
         print(f"      documentation Q&A, {docs_scores.n} held-out questions (greedy): ROUGE-L {docs_scores.rouge_l:.3f}, "
               f"replies that describe the asked name {docs_scores.name_match:.1%}")
     transcript = chat_samples(chat_model, chat_tok, CHAT_SCRIPT, max_new_tokens=96)
