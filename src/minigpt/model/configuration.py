@@ -13,10 +13,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from minigpt.errors import UserError
-
-#: The gate activations of the feed-forward (`MiniGPTConfig.hidden_act`), by their
-#: `transformers.activations.ACT2FN` names.
-HIDDEN_ACTS = ("silu", "relu2")
+from minigpt.model.options import HIDDEN_ACTS
 
 #: Named sizes. `tiny` is for tests and the CPU demo, `small` is minimind's 26 M model,
 #: `base` is about 100 M parameters. Counts are with the default vocabulary of 6400 and tied

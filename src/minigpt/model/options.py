@@ -72,6 +72,12 @@ class MoeOptions:
         return self.freeze_router or self.train_experts is not None
 
 
+#: The gate activations of the feed-forward (`MiniGPTConfig.hidden_act`), by their
+#: `transformers.activations.ACT2FN` names (here, not in the config module, so that building
+#: the command-line parser imports no torch).
+HIDDEN_ACTS = ("silu", "relu2")
+
+
 @dataclass
 class ModelConfig:
     """Which model to build: a named preset, with any field overridden."""
@@ -161,8 +167,6 @@ class ModelConfig:
             raise UserError(
                 f"model.num_experts_per_tok: must be ≤ model.num_local_experts ({self.num_local_experts}), got {self.num_experts_per_tok or 2}"
             )
-        from minigpt.model.configuration import HIDDEN_ACTS
-
         if self.hidden_act is not None and self.hidden_act not in HIDDEN_ACTS:
             raise UserError(f"model.hidden_act: must be one of {', '.join(HIDDEN_ACTS)}, got {self.hidden_act!r}")
         if self.final_logit_softcapping is not None and not self.final_logit_softcapping > 0:
@@ -185,4 +189,4 @@ class ModelConfig:
 #: How an embedder turns `(B, T, C)` hidden states into one vector per row.
 EMBEDDING_POOLINGS = ("mean", "last", "first")
 
-__all__ = ["EMBEDDING_POOLINGS", "AdapterOptions", "LoraOptions", "ModelConfig", "MoeOptions"]
+__all__ = ["EMBEDDING_POOLINGS", "HIDDEN_ACTS", "AdapterOptions", "LoraOptions", "ModelConfig", "MoeOptions"]
