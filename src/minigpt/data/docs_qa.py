@@ -329,8 +329,6 @@ def docs_conversations(
     return records
 
 
-
-
 def docs_questions(n: int | None, seed: int = 0, skip: int = 0, docs: Sequence[str] | None = None, max_answer_chars: int = 400) -> list[dict]:
     """Single-turn documentation questions with their reference answers, for evaluation:
     `{"question", "answer", "name"}` (`name`: the function, class, module or topic asked

@@ -69,34 +69,22 @@ def name_matches(replies: Sequence[str], names: Sequence[str], candidates: Seque
 def docs_qa_scores(model, tok, questions: Sequence[dict], candidates: Sequence[dict], max_new_tokens: int = 128,
                    batch_size: int = 64) -> DocsQAScores:
     """Greedy replies of a chat model to `questions` (`{"question", "answer", "name"}`, one
-    user turn each, decoded in left-padded batches on the fast engine, stopping at the end of
-    the turn) scored by ROUGE-L against each `answer` and by `name_matches` against
-    `candidates` (every documentation question's `{"answer", "name"}`, the held-out ones
-    included).
+    user turn each; `minigpt.evaluation.evaluate.generate_replies`, thinking removed) scored by
+    ROUGE-L against each `answer` (`minigpt.evaluation.metrics.rouge`) and by `name_matches`
+    against `candidates` (every documentation question's `{"answer", "name"}`, the held-out
+    ones included).
 
     Raises:
         UserError: no questions.
     """
-    from rouge_score import rouge_scorer
-
-    from minigpt.inference import GenerationEngine
-    from minigpt.inference.chat import split_reasoning
-    from minigpt.tokenizer import render_prompt
-    from minigpt.tokenizer.chat import chat_eos_ids
+    from minigpt.evaluation.evaluate import EvalExample, generate_replies
+    from minigpt.evaluation.metrics import rouge
 
     if not questions:
         raise UserError("docs_qa_scores: no questions")
-    engine = GenerationEngine(model, eos_token_id=chat_eos_ids(tok), pad_token_id=tok.pad_token_id)
-    prompts = [render_prompt(tok, [{"role": "user", "content": q["question"]}]) for q in questions]
-    replies = []
-    for s in range(0, len(prompts), batch_size):
-        out = engine.generate(prompts[s : s + batch_size], max_new_tokens=max_new_tokens, temperature=0.0)
-        for row, mask in zip(out.completion_ids, out.completion_mask):
-            text = tok.decode(row[mask.bool()].tolist(), skip_special_tokens=False)
-            text = text.split("<|im_end|>")[0]
-            replies.append(split_reasoning(text)[1].strip())
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    rouge_l = sum(scorer.score(q["answer"], r)["rougeL"].fmeasure for q, r in zip(questions, replies)) / len(questions)
+    examples = [EvalExample(messages=[{"role": "user", "content": q["question"]}], reference=q["answer"]) for q in questions]
+    replies = [a.strip() for a in generate_replies(model, tok, examples, max_new_tokens=max_new_tokens, batch_size=batch_size).answers]
+    rouge_l = rouge(replies, [q["answer"] for q in questions])["rougeL"].value
     matches = name_matches(replies, [q["name"] for q in questions], candidates)
     return DocsQAScores(rouge_l=rouge_l, name_match=sum(matches) / len(matches), n=len(questions), replies=replies)
 
