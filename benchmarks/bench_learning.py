@@ -50,7 +50,9 @@ VARIANTS = {
 
 
 def run(data: str, config: str, options: list[str], seed: int, budget: float) -> dict:
-    """One pretraining run; returns its steps, final val bits per byte and wall seconds."""
+    """One pretraining run; returns its steps, final val bits per byte, wall seconds and its
+    evaluations as a curve `[(training seconds, val bits per byte)]` (the seconds of the
+    evaluations between steps taken off)."""
     from minigpt.cli import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,8 +64,9 @@ def run(data: str, config: str, options: list[str], seed: int, budget: float) ->
         if code:
             raise SystemExit(code)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        last = [r for r in rows if "val_bpb" in r][-1]
-        return {"steps": last["step"], "val_bpb": last["val_bpb"], "wall": time.time() - t0}
+        evals = [r for r in rows if "val_bpb" in r]
+        return {"steps": evals[-1]["step"], "val_bpb": evals[-1]["val_bpb"], "wall": time.time() - t0,
+                "curve": [(r["time_s"] - r.get("eval_time_s", 0.0), r["val_bpb"]) for r in evals]}
 
 
 def main() -> None:

@@ -36,7 +36,6 @@ learns in the budget.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shutil
@@ -108,22 +107,12 @@ def nanogpt_run(checkout: Path, data: Path, budget: float, eval_interval: int) -
 
 
 def minigpt_run(data: Path, config: Path, budget: float, seed: int, curve_evals: int = 0, steps_hint: int = 0) -> dict:
-    """One `minigpt pretrain` run of the preset; with `curve_evals`, evaluations every
-    `steps_hint // curve_evals` steps draw its curve (their seconds taken off)."""
-    from minigpt.cli import main as cli
+    """One `minigpt pretrain` run of the preset (`bench_learning.run`); with `curve_evals`,
+    evaluations every `steps_hint // curve_evals` steps draw its curve (their seconds taken off)."""
+    from bench_learning import run
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        extra = ["--train.eval_interval", str(max(steps_hint // curve_evals, 1))] if curve_evals else []
-        code = cli(["pretrain", "--config", str(config), "--data", str(data), "--out", str(out), "--cache_dir", str(Path(tmp) / "cache"),
-                    "--train.max_time", str(budget), "--train.seed", str(seed), "--train.progress", "false",
-                    "--train.tensorboard", "false", *extra])
-        if code:
-            raise SystemExit(code)
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "val_bpb" in r]
-    curve = [(r["time_s"] - r.get("eval_time_s", 0.0), r["val_bpb"]) for r in evals]
-    return {"curve": curve, "steps": evals[-1]["step"], "val_bpb": evals[-1]["val_bpb"]}
+    extra = ["--train.eval_interval", str(max(steps_hint // curve_evals, 1))] if curve_evals else []
+    return run(str(data), str(config), extra, seed, budget)
 
 
 def plot(path: Path, nano: list[dict], mini_curve: list[tuple[float, float]], mini: list[dict], budget: float) -> None:
