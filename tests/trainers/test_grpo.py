@@ -161,7 +161,9 @@ def test_train_step_scores_with_the_reward_model():
     """With no rewards given, the reward model's score of each whole row is the reward."""
     torch.manual_seed(4)
     rm = MiniGPTRewardModel(tiny_config()).eval()
-    trainer = create_grpo_trainer(tiny_policy(), rm, {"group_size": 3, "beta": 0.0}, sampling={"max_new_tokens": 6})
+    # fp32 pinned: `auto` is bf16 on AVX-512 hosts, and the reference score below is fp32
+    trainer = create_grpo_trainer(tiny_policy(), rm, {"group_size": 3, "beta": 0.0}, sampling={"max_new_tokens": 6},
+                                  train={"precision": "fp32"})
     r, ids, masks = _sampled(trainer)
     with torch.no_grad():
         expected = rm(input_ids=ids, attention_mask=r.attention_mask).rewards.float().mean().item()
