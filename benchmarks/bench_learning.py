@@ -7,6 +7,7 @@ first variant (the baseline) measured in the same invocation.
 
     python benchmarks/bench_learning.py                                   # adamw vs the preset, seeds 1 2 3
     python benchmarks/bench_learning.py --variants preset preset+relu2 preset+softcap15 --seeds 1 2
+    python benchmarks/bench_learning.py --variants preset preset+documents --data runs/quickstart/data/pretrain_corpus.jsonl
 
 A variant is a name from VARIANTS below. Run it on a quiet machine: a second process on the
 same cores changes how many steps fit in the budget.
@@ -41,6 +42,9 @@ VARIANTS = {
     "preset+softcap15": ["--model.final_logit_softcapping", "15"],
     "preset+untied": ["--model.tie_word_embeddings", "false"],
     "preset+zero-init": ["--model.zero_init_residual", "true"],
+    "preset+documents": ["--packing", "documents"],  # on a corpus of short documents (--data)
+    "preset+seq-warmup": ["--train.seq_len_warmup_steps", "60"],
+    "preset+batch-warmup": ["--train.batch_size_warmup_steps", "60"],
     "muon": ADAMW + ["--train.optimizer", "muon"],
     "wsd": ADAMW + ["--train.schedule", "wsd"],
     "qk-norm": ADAMW + ["--model.qk_norm", "true"],

@@ -116,6 +116,28 @@ def test_cli_resume_and_refusal(tiny_run, capsys):
     assert max(r["step"] for r in rows) == 8
 
 
+def test_cli_pretrain_packing_documents(tiny_run, tmp_path, capsys):
+    """`--packing documents`: one training block per document start (60 documents, the last
+    ones held out) instead of the stream's ~10 blocks per document; validation blocks stay the
+    stream's, so bits per byte compare; run.json records the packing; an unknown one is refused."""
+    _, argv, root = tiny_run
+    capsys.readouterr()
+    out = tmp_path / "docs"
+    docs_argv = [a if a != str(root / "run") else str(out) for a in argv] + ["--packing", "documents", "--train.tensorboard", "false"]
+    assert main(docs_argv) == 0
+    docs_line = re.search(r"data: (\d+) train / (\d+) val blocks", capsys.readouterr().out)
+    stream = [a if a != str(root / "run") else str(tmp_path / "stream") for a in argv] + ["--train.max_steps", "1", "--train.tensorboard", "false"]
+    assert main(stream) == 0
+    stream_line = re.search(r"data: (\d+) train / (\d+) val blocks", capsys.readouterr().out)
+    train_docs, val_docs = map(int, docs_line.groups())
+    train_stream, val_stream = map(int, stream_line.groups())
+    assert 45 <= train_docs <= 60 and train_stream > 3 * train_docs
+    assert val_docs == val_stream
+    assert json.loads((out / "run.json").read_text())["packing"] == "documents"
+    assert main(docs_argv[:-4] + ["--out", str(tmp_path / "bad"), "--packing", "bos"]) == 2
+    assert "--packing: must be stream or documents, got 'bos'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerFast
 from minigpt.train.sampler import BlockSampler
 from minigpt.data import (
     FORMAT_VERSION,
+    DocumentAlignedDataset,
     PackedDataset,
     TokenFile,
     build_token_file,
@@ -360,6 +361,45 @@ def test_packed_dataset_exact_fit_and_too_short() -> None:
         PackedDataset(np.arange(8, dtype=np.uint16), 8)
     with pytest.raises(UserError, match="block_size"):
         PackedDataset(np.arange(8, dtype=np.uint16), 0)
+
+
+def test_document_aligned_blocks_start_at_each_document() -> None:
+    """EOS = 0. Documents [11 12 13], [21 22], [31 32 33 34 35 36 37], [41]: each block of 4 starts
+    at a document start (position 0, then each EOS, which plays BOS) and runs on across the
+    documents after it; a start too late to fill B + 1 tokens gives no block."""
+    stream = [11, 12, 13, 0, 21, 22, 0, 31, 32, 33, 34, 35, 36, 37, 0, 41, 0]
+    ds = DocumentAlignedDataset(np.asarray(stream, dtype=np.uint16), 4, eos_token_id=0)
+    # starts 0, 3, 6, 14 and 16; 14 and 16 leave fewer than 5 tokens
+    assert len(ds) == 3
+    assert [ds[i]["input_ids"].tolist() for i in range(3)] == [[11, 12, 13, 0], [0, 21, 22, 0], [0, 31, 32, 33]]
+    assert [ds[i]["targets"].tolist() for i in range(3)] == [[12, 13, 0, 21], [21, 22, 0, 31], [31, 32, 33, 34]]
+    assert ds[-1]["input_ids"].dtype == torch.long
+    with pytest.raises(IndexError):
+        ds[3]
+    # a stream that begins with an EOS counts position 0 once; consecutive EOS are two starts
+    ds = DocumentAlignedDataset(np.asarray([0, 5, 0, 0, 6, 7, 8, 9], dtype=np.uint16), 3, eos_token_id=0)
+    assert [ds[i]["input_ids"].tolist() for i in range(len(ds))] == [[0, 5, 0], [0, 0, 6], [0, 6, 7]]
+
+
+def test_document_aligned_finds_starts_across_scan_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The EOS scan goes in chunks: a start on a chunk's edge is found once, and none is lost."""
+    monkeypatch.setattr(pretrain_mod, "_SCAN_CHUNK", 4)
+    rng = np.random.default_rng(0)
+    stream = rng.integers(1, 9, size=200).astype(np.uint16)
+    stream[rng.choice(200, size=30, replace=False)] = 0
+    ds = DocumentAlignedDataset(stream, 6, eos_token_id=0)
+    expected = sorted({0} | {int(p) for p in np.flatnonzero(stream == 0) if p + 7 <= 200})
+    assert ds.starts.tolist() == expected
+
+
+def test_packed_dataset_chooses_by_packing() -> None:
+    tokens = np.asarray([1, 2, 0, 3, 4, 5, 0, 6, 7, 8], dtype=np.uint16)
+    assert type(pretrain_mod.packed_dataset(tokens, 3)) is PackedDataset
+    assert len(pretrain_mod.packed_dataset(tokens, 3, "documents", eos_token_id=0)) == 3
+    with pytest.raises(UserError, match="EOS"):
+        pretrain_mod.packed_dataset(tokens, 3, "documents")
+    with pytest.raises(UserError, match="stream or documents"):
+        pretrain_mod.packed_dataset(tokens, 3, "bos")
 
 
 def _hand_token_file(tmp_path: Path, stream: list[int], eos: int = 0) -> TokenFile:

@@ -635,3 +635,64 @@ def test_tokens_per_second_counts_real_tokens_not_padding():
     assert real_tokens({"input_ids": ids, "attention_mask": mask}) == 8
     assert real_tokens({"input_ids_1": ids, "attention_mask_1": mask, "input_ids_2": ids[:, :2]}) == 8 + 4
     assert real_tokens({"input_ids": ids}) == 10
+
+
+class Recording(NaNAfter):
+    """LM objective that keeps each batch's `input_ids` and `targets` it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(after=10**9)
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def compute_loss(self, model, batch):
+        self.batches.append((batch["input_ids"].clone(), batch["targets"].clone()))
+        return super().compute_loss(model, batch)
+
+
+def _recorded(tmp_path, name, **kw) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    objective = Recording()
+    Trainer(tiny_model(), objective, Blocks(64), config(max_steps=10, batch_size=8, **kw), tmp_path / name).fit()
+    return objective.batches
+
+
+def test_sequence_length_warmup_recuts_the_same_tokens_into_shorter_rows(tmp_path):
+    """Blocks of 16, warmup over 8 steps: lengths 2, 2, 4, 4, 8, 8, 16, 16 (a quarter of the
+    warmup at each of 16/8, 16/4, 16/2, then 16), and each step's rows are its plain batch cut
+    in order, so the tokens trained on per step are those of the run without warmup."""
+    plain = _recorded(tmp_path, "plain")
+    warm = _recorded(tmp_path, "warm", seq_len_warmup_steps=8)
+    assert [x.shape[1] for x, _ in warm] == [2, 2, 4, 4, 8, 8, 16, 16, 16, 16]
+    for (x, y), (px, py) in zip(warm, plain):
+        assert x.shape[0] * x.shape[1] == 8 * 16
+        assert torch.equal(x.reshape(8, 16), px) and torch.equal(y.reshape(8, 16), py)
+
+
+def test_batch_size_warmup_keeps_the_first_rows(tmp_path):
+    """Batch 8, warmup over 4 steps: ceil(8 · (1/4 + 3/4 · s/4)) = 2, 4, 5, 7 rows, then 8;
+    the rows kept are the first rows of the batch the sampler drew."""
+    plain = _recorded(tmp_path, "plain")
+    warm = _recorded(tmp_path, "warm", batch_size_warmup_steps=4)
+    assert [x.shape for x, _ in warm] == [(2, 16), (4, 16), (5, 16), (7, 16)] + [(8, 16)] * 6
+    for (x, y), (px, py) in zip(warm, plain):
+        assert torch.equal(x, px[: len(x)]) and torch.equal(y, py[: len(y)])
+
+
+def test_shape_warmups_resume_exactly_and_refuse_other_batches(tmp_path):
+    """A run stopped inside both warmups resumes on the shapes and losses of an uninterrupted
+    one; batches that are not plain token blocks are refused with the option named."""
+    full = run(tmp_path, "full", max_steps=8, batch_size=8, seq_len_warmup_steps=6, batch_size_warmup_steps=4)
+    run(tmp_path, "part", max_steps=8, batch_size=8, seq_len_warmup_steps=6, batch_size_warmup_steps=4, callbacks=[StopAt(3)])
+    resumed = run(tmp_path, "part", max_steps=8, batch_size=8, seq_len_warmup_steps=6, batch_size_warmup_steps=4, resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history][3:]
+
+    class WithMask(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return {"input_ids": torch.arange(8) % VOCAB, "targets": torch.arange(1, 9) % VOCAB, "attention_mask": torch.ones(8, dtype=torch.long)}
+
+    with pytest.raises(UserError, match="seq_len_warmup_steps.*attention_mask"):
+        Trainer(tiny_model(), CausalLMObjective(), WithMask(), config(seq_len_warmup_steps=2), tmp_path / "masked").fit()
+    with pytest.raises(UserError, match="train.batch_size_warmup_steps: must be an integer ≥ 0"):
+        config(batch_size_warmup_steps=-1)

@@ -98,15 +98,18 @@ def iter_corpus(sources: list[str], text_field: str):
         yield from iter_documents(src, text_field=text_field)
 
 
-def load_pretrain_data(sources: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None):
+def load_pretrain_data(sources: list[str], tokenizer, block_size: int, text_field: str, val_fraction: float, cache_dir: str | None,
+                       packing: str = "stream"):
     """Tokenize (cached) and split into packed blocks: returns `(train_dataset, val_dataset)`,
-    the latter None when `val_fraction` is 0."""
-    from minigpt.data.pretrain import PackedDataset, build_token_file, split_train_val
+    the latter None when `val_fraction` is 0. `packing` cuts the training blocks
+    (`minigpt.data.pretrain.PACKINGS`); validation blocks are always the plain stream's, so
+    bits per byte compare across packings."""
+    from minigpt.data.pretrain import PackedDataset, build_token_file, packed_dataset, split_train_val
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "tokens"
     tf = build_token_file(sources, tokenizer, cache_dir=cache, text_field=text_field)
     train_tokens, val_tokens = split_train_val(tf, val_fraction=val_fraction, block_size=block_size)
-    train = PackedDataset(train_tokens, block_size)
+    train = packed_dataset(train_tokens, block_size, packing, tf.eos_token_id)
     val = PackedDataset(val_tokens, block_size) if val_fraction > 0 else None
     return train, val
 
@@ -123,6 +126,7 @@ def prepare_corpus(
     cache_dir: str | None,
     rank: int,
     mask_token: bool = False,
+    packing: str = "stream",
 ):
     """`(tokenizer, train_blocks, val_blocks)` for a pretraining-style run on `data`
     (`resolve_sources`, `prepare_tokenizer`, then `load_pretrain_data`). Under torchrun rank 0
@@ -134,12 +138,12 @@ def prepare_corpus(
     if rank == 0:
         sources = resolve_sources(data)
         tok = prepare_tokenizer(sources, tokenizer, vocab_size, text_field, out_dir, tokenizer_max_chars, val_fraction, mask_token=mask_token)
-        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir, packing)
     barrier()
     if rank != 0:
         sources = resolve_sources(data)
         tok = load_tokenizer(tokenizer or out_dir / "tokenizer")
-        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir)
+        train_ds, val_ds = load_pretrain_data(sources, tok, block_size, text_field, val_fraction, cache_dir, packing)
     return tok, train_ds, val_ds
 
 

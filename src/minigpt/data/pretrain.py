@@ -39,6 +39,9 @@ __all__ = [
     "TokenFile",
     "build_token_file",
     "PackedDataset",
+    "DocumentAlignedDataset",
+    "PACKINGS",
+    "packed_dataset",
     "split_train_val",
 ]
 
@@ -475,6 +478,83 @@ class PackedDataset(Dataset):
                 filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape
             )
         self.__dict__.update(state)
+
+
+class DocumentAlignedDataset(PackedDataset):
+    """Fixed-length blocks that each begin where a document begins ("BOS-aligned" packing).
+
+    Item ``i`` is the window of ``B + 1`` tokens starting at the ``i``-th document start ``s_i``:
+    ``input_ids = tokens[s_i : s_i + B]``, ``targets = tokens[s_i + 1 : s_i + B + 1]``. A
+    document start is the EOS that ends the previous document (it plays BOS: the first target
+    is the document's first token, predicted from nothing but the separator), or position 0
+    for the stream's first document. A document shorter than the block is followed in the
+    window by the next documents, and the last one is cut where the block ends, so no position
+    is padding; of a document longer than the block only its first ``B`` tokens are ever
+    trained on (on a corpus of long documents, use ``stream``).
+
+    Against :class:`PackedDataset`, every block predicts a document's opening from its real
+    context instead of from the middle of an unrelated one, at the price of seeing short
+    documents more than once per epoch (as the start of their own block and inside the blocks of
+    the documents before them) and long documents' tails never. nanochat packs its rows so too
+    (each row starts with a BOS; Karpathy, 2025); whether it pays on a given corpus is measured
+    in ``benchmarks/bench_learning.py``.
+
+    ``len`` is the number of document starts ``s`` with ``s + B + 1 <= len(tokens)``.
+    Validation should stay a :class:`PackedDataset` so bits per byte compare across packings.
+
+    Args:
+        tokens: a 1-D integer array (a memmap is scanned in chunks) or a :class:`TokenFile`.
+        block_size: tokens per example, ``B >= 1``.
+        eos_token_id: the separator between documents.
+
+    Raises:
+        UserError: ``block_size`` is not a positive integer, or the stream is shorter than
+            ``B + 1`` tokens.
+        ValueError: ``tokens`` is not 1-D.
+    """
+
+    def __init__(self, tokens: np.ndarray | TokenFile, block_size: int, eos_token_id: int) -> None:
+        super().__init__(tokens, block_size)
+        last = len(self.tokens) - self.block_size - 1  # the latest start that still fills a block
+        starts = [np.zeros(1, dtype=np.int64)]
+        for lo in range(0, last + 1, _SCAN_CHUNK):
+            hits = np.flatnonzero(np.asarray(self.tokens[lo : min(lo + _SCAN_CHUNK, last + 1)]) == eos_token_id)
+            starts.append(hits.astype(np.int64) + lo)
+        self.starts = np.unique(np.concatenate(starts))  # 0 may also be an EOS
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"block {i} out of range for {n} blocks")
+        start = int(self.starts[i])
+        chunk = torch.from_numpy(np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64))
+        return {"input_ids": chunk[:-1], "targets": chunk[1:]}
+
+
+#: How training blocks are cut from the token stream: ``stream`` (consecutive blocks across
+#: document boundaries, :class:`PackedDataset`) or ``documents`` (each block starts at a
+#: document start, :class:`DocumentAlignedDataset`).
+PACKINGS = ("stream", "documents")
+
+
+def packed_dataset(tokens: np.ndarray | TokenFile, block_size: int, packing: str = "stream", eos_token_id: int | None = None) -> PackedDataset:
+    """The training blocks of ``tokens`` cut as ``packing`` (one of :data:`PACKINGS`) says.
+
+    Raises:
+        UserError: an unknown ``packing``, or ``documents`` without ``eos_token_id``.
+    """
+    if packing == "stream":
+        return PackedDataset(tokens, block_size)
+    if packing == "documents":
+        if eos_token_id is None:
+            raise UserError("packing 'documents' needs the tokenizer's EOS id (the document separator)")
+        return DocumentAlignedDataset(tokens, block_size, eos_token_id)
+    raise UserError(f"packing must be {' or '.join(PACKINGS)}, not {packing!r}")
 
 
 def _nearest_boundary(

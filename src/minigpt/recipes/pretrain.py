@@ -20,6 +20,7 @@ def pretrain(
     model: ModelConfig = ModelConfig(),
     tokenizer: str | None = None,
     block_size: int = 256,
+    packing: str = "stream",
     text_field: str = "text",
     val_fraction: float = 0.05,
     cache_dir: str | None = None,
@@ -42,6 +43,10 @@ def pretrain(
         model: architecture (a preset plus overrides).
         tokenizer: an existing tokenizer directory; default: train one on `data`.
         block_size: tokens per training sequence (documents are packed with EOS separators).
+        packing: how training blocks are cut: `stream` (consecutive blocks, straight across
+            documents) or `documents` (every block starts at a document start, after its EOS;
+            for corpora of documents shorter than a block or two). Validation is always cut as
+            `stream`.
         text_field: JSONL / parquet / dataset field holding the text.
         val_fraction: share of the token stream held out for validation (taken from the end).
         cache_dir: where tokenized corpora are cached (default ~/.cache/minigpt/tokens).
@@ -69,8 +74,11 @@ def pretrain(
 
     from minigpt.train.distributed import init_distributed, pick_device
 
+    from minigpt.data.pretrain import PACKINGS
+
     train = apply_shorthands(train, epochs, batch_size)
-    check_options(ewc_lambda=(ewc_lambda, ewc_lambda >= 0, "≥ 0 (0 = no EWC)"),
+    check_options(packing=(packing, packing in PACKINGS, " or ".join(PACKINGS)),
+                  ewc_lambda=(ewc_lambda, ewc_lambda >= 0, "≥ 0 (0 = no EWC)"),
                   kl_to_base=(kl_to_base, kl_to_base >= 0, "≥ 0 (0 = no KL penalty)"))
     data = [data] if isinstance(data, str) else list(data or [])
     out_dir = Path(save_dir or out)
@@ -88,7 +96,8 @@ def pretrain(
         refuse_existing_run(out_dir, resume, overwrite, inputs={"data": data, "tokenizer": tokenizer})  # before minutes on a tokenizer
         out_dir.mkdir(parents=True, exist_ok=True)
     tok, train_ds, val_ds = prepare_corpus(
-        data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, block_size, cache_dir, rank
+        data, tokenizer, model.vocab_size or 6400, text_field, out_dir, tokenizer_max_chars, val_fraction, block_size, cache_dir, rank,
+        packing=packing,
     )
     seed_everything(train.seed)
     net = build_model(model, MiniGPTForCausalLM, tok, tokenizer or out_dir / "tokenizer", block_size)
@@ -120,6 +129,7 @@ def pretrain(
         "data": data,
         "model": dataclasses.asdict(model),
         "block_size": block_size,
+        "packing": packing,
         "text_field": text_field,
         "val_fraction": val_fraction,
         "train": dataclasses.asdict(train),

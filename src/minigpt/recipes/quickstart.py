@@ -93,6 +93,7 @@ def quickstart(
     lr: float = 3e-3,
     pretrain_optimizer: str = "muon",
     pretrain_schedule: str = "wsd",
+    pretrain_packing: str = "stream",
     sft_lr: float = 2e-3,
     hybrid_lr: float = 5e-4,
     grpo_lr: float = 5e-5,
@@ -153,6 +154,8 @@ def quickstart(
             per byte and the chat model at 42.5 % arithmetic after GRPO; with Muon + WSD at
             1.921 and 71.5 %.
         pretrain_schedule: `wsd` (warmup-stable-decay) or `cosine`, as `--train.schedule`.
+        pretrain_packing: `stream` or `documents` (every pretraining block starts at a
+            document start), as `minigpt pretrain --packing`.
         sft_lr: peak SFT learning rate.
         hybrid_lr: peak learning rate of the second SFT stage.
         grpo_lr: GRPO learning rate (constant).
@@ -213,7 +216,7 @@ def quickstart(
         f"SFT {sft_steps} × {batch_size} packed blocks, hybrid SFT {hybrid_steps} × {batch_size}, GRPO {grpo_steps} × {grpo_prompts} problems × {group_size} samples; "
         f"precision {precision} (auto); reproduce with: minigpt quickstart --seed {seed} --pretrain_steps {pretrain_steps} "
         f"--sft_steps {sft_steps} --hybrid_steps {hybrid_steps} --grpo_steps {grpo_steps}"
-        f" --pretrain_optimizer {pretrain_optimizer} --pretrain_schedule {pretrain_schedule}"
+        f" --pretrain_optimizer {pretrain_optimizer} --pretrain_schedule {pretrain_schedule} --pretrain_packing {pretrain_packing}"
     )
     docs = python_docs_corpus()
     chars = sum(len(d) for d in docs)
@@ -234,6 +237,7 @@ def quickstart(
         out=str(root / "pretrain"),
         model=ModelConfig(preset=preset, vocab_size=vocab_size),
         block_size=block_size,
+        packing=pretrain_packing,
         train=_fixed(pretrain_steps, cap_minutes, batch_size, lr, device, seed, optimizer=pretrain_optimizer, schedule=pretrain_schedule, warmup_steps=50, weight_decay=0.1, eval_interval=pretrain_steps, eval_batches=20, save_interval=500),
         overwrite=True,
     )

@@ -46,6 +46,16 @@ class TrainConfig:
     """With `schedule: wsd`: the share of the run spent decaying."""
     warmup_steps: int = 100
     """Steps of linear warmup from 0 to `lr` (capped at 10 % of the run when the run is shorter)."""
+    seq_len_warmup_steps: int = 0
+    """Pretraining only: over the first N steps the sequence length grows from block/8 to the
+    block in powers of two (a quarter of N at each of block/8, /4, /2, then the block on), each
+    block cut into shorter rows so the tokens per step stay the same (sequence-length warmup,
+    Li et al., 2022, arXiv:2108.06084). Blocks not divisible by 8 skip the lengths that do not
+    divide them. 0 = off."""
+    batch_size_warmup_steps: int = 0
+    """Pretraining only: over the first N steps the batch grows linearly from a quarter of
+    `batch_size` rows to all of them; the rows left out of a drawn batch are skipped, not
+    deferred (batch-size warmup, as GPT-3 ramped its batch, Brown et al., 2020). 0 = off."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay on matrices; norms and biases never decay."""
     decay_embeddings: bool = False
@@ -114,6 +124,8 @@ class TrainConfig:
         need(number(self.lr) and self.lr > 0, "lr", "a number > 0 (with 0 the weights would never change)")
         need(number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         need(integer(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0")
+        for field in ("seq_len_warmup_steps", "batch_size_warmup_steps"):
+            need(integer(getattr(self, field)) and getattr(self, field) >= 0, field, "an integer ≥ 0 (0 = off)")
         need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number ≥ 0")
         need(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS))
         need(self.schedule in SCHEDULES, "schedule", " or ".join(SCHEDULES))

@@ -199,6 +199,32 @@ class Trainer(CheckpointedRun):
             if self.sampler.epoch != epoch:
                 self.callbacks.fire("on_epoch_end", self, epoch)
 
+    def _warmup_shape(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A pretraining batch `{"input_ids", "targets"}` of `(B, T)` cut to this step's shape under
+        `train.batch_size_warmup_steps` (the first `ceil(B · (1/4 + 3/4 · step / N))` rows) and
+        `train.seq_len_warmup_steps` (rows re-cut to length `T / 8`, `T / 4`, `T / 2` in the
+        four quarters of the warmup, `T` after; a length that does not divide `T` is skipped), so
+        that every row still starts a sequence at position 0. Other batches pass unchanged.
+
+        Raises:
+            UserError: a warmup is on but the batches are not plain `(B, T)` token blocks.
+        """
+        c, step = self.config, self.step
+        if step >= c.batch_size_warmup_steps and step >= c.seq_len_warmup_steps:
+            return batch
+        x, y = batch.get("input_ids"), batch.get("targets")
+        if set(batch) != {"input_ids", "targets"} or not isinstance(x, torch.Tensor) or x.ndim != 2 or y.shape != x.shape:
+            raise UserError("train.seq_len_warmup_steps and train.batch_size_warmup_steps are for pretraining blocks "
+                            f"(input_ids and targets of one shape); this stage's batches hold {', '.join(sorted(batch))}")
+        if step < c.batch_size_warmup_steps:
+            rows = math.ceil(x.shape[0] * (0.25 + 0.75 * step / c.batch_size_warmup_steps))
+            x, y = x[:rows], y[:rows]
+        if step < c.seq_len_warmup_steps:
+            length = x.shape[1] >> (3 - 4 * step // c.seq_len_warmup_steps)
+            if length >= 1 and x.shape[1] % length == 0:
+                x, y = x.reshape(-1, length), y.reshape(-1, length)
+        return {"input_ids": x, "targets": y}
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -407,7 +433,7 @@ class Trainer(CheckpointedRun):
             if interrupted:
                 break
             t0 = time.perf_counter()
-            micro = [next(batches) for _ in range(c.grad_accum)]
+            micro = [self._warmup_shape(next(batches)) for _ in range(c.grad_accum)]
             try:
                 result = stepper(micro)
             except TrainingDivergedError as e:
