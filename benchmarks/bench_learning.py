@@ -7,7 +7,7 @@ first variant (the baseline) measured in the same invocation.
 
     python benchmarks/bench_learning.py                                   # adamw vs the preset, seeds 1 2 3
     python benchmarks/bench_learning.py --variants preset preset+relu2 preset+softcap15 --seeds 1 2
-    python benchmarks/bench_learning.py --variants preset preset+documents --data runs/quickstart/data/pretrain_corpus.jsonl
+    python benchmarks/bench_learning.py --variants preset preset+documents --steps 500 --data runs/quickstart/data/pretrain_corpus.jsonl
 
 A variant is a name from VARIANTS below. Run it on a quiet machine: a second process on the
 same cores changes how many steps fit in the budget.
@@ -53,17 +53,19 @@ VARIANTS = {
 }
 
 
-def run(data: str, config: str, options: list[str], seed: int, budget: float) -> dict:
-    """One pretraining run; returns its steps, final val bits per byte, wall seconds and its
-    evaluations as a curve `[(training seconds, val bits per byte)]` (the seconds of the
-    evaluations between steps taken off)."""
+def run(data: str, config: str, options: list[str], seed: int, budget: float, steps: int = 0) -> dict:
+    """One pretraining run of `budget` training seconds, or of `steps` steps when given (the
+    budget then only a safety cap of ten times itself); returns its steps, final val bits per
+    byte, wall seconds and its evaluations as a curve `[(training seconds, val bits per byte)]`
+    (the seconds of the evaluations between steps taken off)."""
     from minigpt.cli import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         t0 = time.time()
         code = cli(["pretrain", "--config", config, "--data", data, "--out", str(out), "--cache_dir", str(Path(tmp) / "cache"),
-                    "--train.max_time", str(budget), "--train.seed", str(seed), "--train.progress", "false",
+                    "--train.max_time", str(budget * 10 if steps else budget), "--train.max_steps", str(steps),
+                    "--train.seed", str(seed), "--train.progress", "false",
                     "--train.tensorboard", "false", *options])
         if code:
             raise SystemExit(code)
@@ -80,11 +82,14 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["adamw", "preset"], choices=sorted(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--budget", type=float, default=72.0, help="training seconds per run")
+    p.add_argument("--steps", type=int, default=0,
+                   help="run a fixed number of steps instead of the time budget: a comparison that does not depend on the "
+                        "machine's speed, fair for variants whose steps cost the same (packing, sequence-length warmup)")
     a = p.parse_args()
     results: dict[str, list[dict]] = {v: [] for v in a.variants}
     for seed in a.seeds:  # seed-major: a drift in the machine's speed touches every variant alike
         for variant in a.variants:
-            r = run(a.data, a.config, VARIANTS[variant], seed, a.budget)
+            r = run(a.data, a.config, VARIANTS[variant], seed, a.budget, a.steps)
             results[variant].append(r)
             print(f"{variant} seed {seed}: {r['steps']} steps, val {r['val_bpb']:.3f} bits/byte ({r['wall']:.0f} s)", flush=True)
     base = statistics.mean(r["val_bpb"] for r in results[a.variants[0]])
