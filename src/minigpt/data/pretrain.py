@@ -456,11 +456,15 @@ class PackedDataset(Dataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"block {i} out of range for {n} blocks")
-        start = i * self.block_size
+        start = self._start(i)
         # One read of B+1 tokens, widened to int64 because embedding lookups need long ids.
         window = self.tokens[start : start + self.block_size + 1]
         chunk = torch.from_numpy(np.asarray(window, dtype=np.int64))
         return {"input_ids": chunk[:-1], "targets": chunk[1:]}
+
+    def _start(self, i: int) -> int:
+        """Where block ``i`` (``0 <= i < len``) starts in the token stream."""
+        return i * self.block_size
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -525,15 +529,8 @@ class DocumentAlignedDataset(PackedDataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"block {i} out of range for {n} blocks")
-        start = int(self.starts[i])
-        chunk = torch.from_numpy(np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64))
-        return {"input_ids": chunk[:-1], "targets": chunk[1:]}
+    def _start(self, i: int) -> int:
+        return int(self.starts[i])
 
 
 #: How training blocks are cut from the token stream: ``stream`` (consecutive blocks across
