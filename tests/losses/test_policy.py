@@ -18,6 +18,7 @@ from minigpt.losses.kl import KL_ESTIMATORS, kl_estimate
 from minigpt.losses.policy import (
     AGGREGATIONS,
     aggregate,
+    cispo_policy_loss,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -293,6 +294,48 @@ def test_clip_higher_is_asymmetric():
     assert stats["clip_fraction"] == pytest.approx(0.5)
     sym, _ = clipped_policy_loss(lp.detach(), old, adv, torch.ones(2, 1), clip_epsilon=0.2)
     close(sym[:, 0], [-1.2, 0.8], tol=1e-5)
+
+
+def test_cispo_weights_the_log_prob_gradient_by_the_clipped_ratio():
+    """CISPO, ε_low = 0.2, ε_high = 0.28 (weights clipped to [0.8, 1.28]); logprob ℓ = −1 on
+    every token, so loss = −w·A·ℓ = w·A and d loss/d ℓ = −w·A, never 0:
+      ρ = 1.5, A = +2 → w = 1.28: loss 2.56, grad −2.56 (PPO: grad 0)
+      ρ = 0.5, A = +2 → w = 0.8:  loss 1.6,  grad −1.6
+      ρ = 0.5, A = −2 → w = 0.8:  loss −1.6, grad 1.6  (PPO: grad 0)
+      ρ = 1.1, A = +2 → w = 1.1:  loss 2.2,  grad −2.2
+    clip_fraction 3/4; a padded token (ρ = 10) counts nowhere."""
+    ratios = t(1.5, 0.5, 0.5, 1.1)
+    adv = t(2.0, 2.0, -2.0, 2.0)
+    lp = torch.full((4, 2), -1.0, requires_grad=True)
+    old = torch.stack([lp.detach()[:, 0] - ratios.log(), lp.detach()[:, 1] - math.log(10.0)], dim=1)
+    mask = torch.tensor([[1, 0]] * 4)
+    loss, stats = cispo_policy_loss(lp, old, adv, mask, clip_epsilon=0.2, clip_epsilon_high=0.28)
+    close(loss[:, 0], [2.56, 1.6, -1.6, 2.2], tol=1e-5)
+    close(loss[:, 1], [0.0] * 4)
+    loss.sum().backward()
+    close(lp.grad[:, 0], [-2.56, -1.6, 1.6, -2.2], tol=1e-5)
+    close(lp.grad[:, 1], [0.0] * 4)
+    assert stats["clip_fraction"] == pytest.approx(0.75)
+    assert stats["ratio_max"] == pytest.approx(1.5) and stats["ratio_mean"] == pytest.approx(0.9)
+
+
+def test_cispo_defaults_cap_only_above_and_match_ppo_on_policy():
+    """Defaults ε_low = 1, ε_high = 3: a ratio of 0.01 keeps its weight (no lower bound), 9 is
+    capped at 4. On-policy (ρ = 1) CISPO's gradient −A·∇ℓ equals the PPO surrogate's."""
+    old = torch.zeros(2, 1)
+    lp = (old + t(0.01, 9.0).log()[:, None]).requires_grad_(True)
+    loss, stats = cispo_policy_loss(lp, old, t(1.0, 1.0), torch.ones(2, 1))
+    close(loss[:, 0], [-0.01 * math.log(0.01), -4.0 * math.log(9.0)], tol=1e-5)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+    torch.manual_seed(0)
+    lp = torch.randn(3, 4, requires_grad=True)
+    adv, mask = torch.randn(3), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    cispo_policy_loss(lp, lp.detach(), adv, mask)[0].sum().backward()
+    g_cispo, lp.grad = lp.grad.clone(), None
+    clipped_policy_loss(lp, lp.detach(), adv, mask)[0].sum().backward()
+    close(g_cispo, lp.grad, tol=1e-6)
+    with pytest.raises(UserError, match="clip_epsilon must be > 0"):
+        cispo_policy_loss(lp, lp.detach(), adv, mask, clip_epsilon=0.0)
 
 
 def test_clipped_loss_stats_over_masked_tokens_only():

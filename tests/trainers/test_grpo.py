@@ -191,6 +191,54 @@ def test_gspo_defaults_and_config_errors():
         trainer.train_step(torch.ones(3, 6, dtype=torch.long), torch.ones(3, 6, dtype=torch.long))
 
 
+def test_cispo_defaults_and_config_errors():
+    c = GRPOConfig(algorithm="cispo").resolved()
+    assert (c.importance_sampling_level, c.aggregation, c.clip_epsilon, c.clip_epsilon_high) == ("token", "token", 1.0, 3.0)
+    assert GRPOConfig(algorithm="cispo", clip_epsilon=0.2).resolved().clip_epsilon_high == 3.0
+    with pytest.raises(UserError, match="importance_sampling_level must be token with algorithm cispo"):
+        GRPOConfig(algorithm="cispo", importance_sampling_level="sequence")
+    with pytest.raises(UserError, match="clip_epsilon must be < 1"):
+        GRPOConfig(clip_epsilon=1.5)
+
+
+def test_cispo_first_pass_loss_is_minus_advantage_times_log_prob():
+    """CISPO's first pass: weight 1, so the token-mean loss is −Σ_i A_i·Σ_t ℓ_{i,t} / Σ_i n_i with
+    the completion log-probs ℓ of the policy before the step (fp32, recomputed here) and the
+    group advantages by hand; GRPO's loss on the same batch is −Σ A_i·n_i / Σ n_i instead."""
+    policy = tiny_policy()
+    trainer = create_grpo_trainer(policy, None, {"algorithm": "cispo", "group_size": 3, "beta": 0.0, "learning_rate": 1e-3},
+                                  sampling={"max_new_tokens": 8}, train={"precision": "fp32"})
+    r, ids, masks = _sampled(trainer)
+    rewards = [1.0, 0.0, 0.5, 2.0, 2.0, -1.0, 0.0, 0.0, 3.0]
+    with torch.no_grad():
+        lp = completion_logprobs(policy, r.input_ids, r.attention_mask, r.completion_mask, temperature=1.0)
+    num, den = 0.0, float(r.completion_mask.sum())
+    for g in range(3):
+        grp = rewards[3 * g : 3 * g + 3]
+        mean = sum(grp) / 3
+        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / 2)
+        for i in range(3):
+            num += -(grp[i] - mean) / (std + 1e-4) * float(lp[3 * g + i].sum())
+    out = trainer.train_step(ids, masks, rewards=rewards, attention_mask=r.attention_mask)
+    assert out["ratio_mean"] == 1.0 and out["clip_fraction"] == 0.0
+    assert out["policy_loss"] == pytest.approx(num / den, abs=1e-4)
+
+
+def test_cispo_learns_a_toy_reward():
+    """The reward of test_grpo_learns_a_toy_reward (share of ids below 32), learned by CISPO."""
+    trainer = create_grpo_trainer(tiny_policy(3), None, {"algorithm": "cispo", "group_size": 8, "beta": 0.0, "learning_rate": 1e-2},
+                                  sampling={"max_new_tokens": 6})
+    torch.manual_seed(0)
+    curve = []
+    for _ in range(30):
+        r, ids, masks = _sampled(trainer, [[10, 11, 12], [20, 21], [30, 31, 32, 33]])
+        rows = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
+        rewards = [sum(t < 32 for t in row) / len(row) for row in rows]
+        trainer.train_step(ids, masks, rewards=rewards, attention_mask=r.attention_mask)
+        curve.append(sum(rewards) / len(rewards))
+    assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.25, curve
+
+
 def test_gspo_step_uses_the_sequence_ratio():
     """GSPO's first pass: the sequence ratio is 1 too; a second pass with a large step moves it
     and GSPO's tiny clip range (3e-4 / 4e-4) clips whole sequences."""

@@ -1,5 +1,6 @@
 """Policy-gradient losses for online RL: importance ratios (token-level PPO/GRPO, sequence-level
-GSPO), the clipped surrogate, the clipped value loss, loss aggregation, and entropy.
+GSPO), the clipped surrogate, CISPO's clipped-weight REINFORCE loss, the clipped value loss,
+loss aggregation, and entropy.
 
 Every function here is pure: tensors in, tensors out, computed in fp32 (fp64 stays fp64).
 Shapes: `B` rows (completions), `T` completion positions; `logprobs[i, t]` is
@@ -43,6 +44,19 @@ def _masked_stats(keep: torch.Tensor, *per_token: torch.Tensor, maxes: tuple[tor
     out = [torch.where(keep, x, torch.zeros_like(x)).sum() / n for x in per_token]
     out += [x[keep].max() for x in maxes]
     return [float(v) for v in torch.stack([o.to(torch.float64) for o in out]).tolist()]
+
+
+def _broadcast_advantages(who: str, advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`(B,)` or `(B, T)` advantages as a `(B, T)` tensor of `like`'s dtype.
+
+    Raises:
+        ValueError: any other shape.
+    """
+    if advantages.dim() == 1 and advantages.shape[0] == like.shape[0]:
+        return advantages.to(like.dtype)[:, None].expand_as(like)
+    if advantages.shape == like.shape:
+        return advantages.to(like.dtype)
+    raise ValueError(f"{who}: advantages must be (B,) or (B, T) = {tuple(like.shape)}; got {tuple(advantages.shape)}")
 
 
 def importance_ratio_log(
@@ -140,15 +154,7 @@ def clipped_policy_loss(
         raise UserError(f"clipped_policy_loss: clip_epsilon_high must be >= 0, got {clip_epsilon_high}")
     log_ratio = importance_ratio_log(logprobs, old_logprobs, mask, level)
     dtype = log_ratio.dtype
-    if advantages.dim() == 1 and advantages.shape[0] == log_ratio.shape[0]:
-        adv = advantages.to(dtype)[:, None].expand_as(log_ratio)
-    elif advantages.shape == log_ratio.shape:
-        adv = advantages.to(dtype)
-    else:
-        raise ValueError(
-            f"clipped_policy_loss: advantages must be (B,) or (B, T) = {tuple(log_ratio.shape)}; "
-            f"got {tuple(advantages.shape)}"
-        )
+    adv = _broadcast_advantages("clipped_policy_loss", advantages, log_ratio)
     keep = mask != 0
     ratio = torch.exp(log_ratio)
     unclipped = ratio * adv
@@ -165,6 +171,68 @@ def clipped_policy_loss(
         )
     stats = {"clip_fraction": clip_fraction, "ratio_mean": ratio_mean, "ratio_max": ratio_max, "approx_kl": approx_kl}
     return loss, stats
+
+
+def cispo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_epsilon: float = 1.0,
+    clip_epsilon_high: float = 3.0,
+    with_stats: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CISPO's loss per token: REINFORCE with a clipped, stop-gradient importance weight
+    (MiniMax-M1, Chen et al. 2025, arXiv:2506.13585 eq. 4).
+
+        ρ_t = exp(logprobs_t − old_logprobs_t)
+        w_t = sg(clip(ρ_t, 1 − ε_low, 1 + ε_high))
+        loss_t = −w_t · A_t · logprobs_t
+
+    Unlike PPO's surrogate (`clipped_policy_loss`), no token ever loses its gradient: the clip
+    only bounds the weight on `∇ log π`, so the rare tokens that PPO clips away after the first
+    update (often the "wait" / "recheck" forks of a reasoning trace) keep contributing. With
+    `ε_low ≥ 1` the weight has no lower bound (the paper's setting); the defaults cap it at
+    `1 + 3 = 4`, ScaleRL's value (Khatri et al. 2025, arXiv:2510.13786). On-policy (ρ = 1) the
+    gradient equals PPO's and GRPO's.
+
+    Args:
+        logprobs: `(B, T)` current-policy log-probs (nats), differentiable.
+        old_logprobs: `(B, T)` sampling-policy log-probs, a constant.
+        advantages: `(B,)` per-completion or `(B, T)` per-token advantages, constants.
+        mask: `(B, T)` 0/1 completion mask.
+        clip_epsilon: ε_low > 0 (≥ 1: no lower bound).
+        clip_epsilon_high: ε_high ≥ 0.
+        with_stats: compute `stats` (False returns `{}`).
+
+    Returns:
+        `(per_token_loss, stats)`: `(B, T)` fp32 losses, 0 where `mask == 0` (reduce them with
+        `aggregate`), and Python floats over the masked-in tokens: `clip_fraction` (share whose
+        weight was clipped), `ratio_mean`, `ratio_max`, `approx_kl` (as `clipped_policy_loss`).
+
+    Raises:
+        UserError (a ValueError): ε outside its range. ValueError: shapes differ.
+    """
+    if not clip_epsilon > 0.0:
+        raise UserError(f"cispo_policy_loss: clip_epsilon must be > 0, got {clip_epsilon}")
+    if not clip_epsilon_high >= 0.0:
+        raise UserError(f"cispo_policy_loss: clip_epsilon_high must be >= 0, got {clip_epsilon_high}")
+    log_ratio = importance_ratio_log(logprobs, old_logprobs, mask, "token")
+    dtype = log_ratio.dtype
+    adv = _broadcast_advantages("cispo_policy_loss", advantages, log_ratio)
+    keep = mask != 0
+    ratio = torch.exp(log_ratio.detach())
+    weight = ratio.clamp(min=max(1.0 - clip_epsilon, 0.0), max=1.0 + clip_epsilon_high)
+    loss = -(weight * adv) * logprobs.to(dtype)
+    loss = torch.where(keep, loss, torch.zeros_like(loss))
+    if not with_stats:
+        return loss, {}
+    with torch.no_grad():
+        clipped = (weight != ratio).to(dtype)
+        clip_fraction, ratio_mean, approx_kl, ratio_max = _masked_stats(
+            keep, clipped, ratio, (ratio - 1.0) - log_ratio.detach(), maxes=(ratio,)
+        )
+    return loss, {"clip_fraction": clip_fraction, "ratio_mean": ratio_mean, "ratio_max": ratio_max, "approx_kl": approx_kl}
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token") -> tuple[torch.Tensor, int]:

@@ -36,7 +36,7 @@ def is_int(x: object, low: int) -> bool:
 
 
 #: The GRPO family's algorithms.
-GRPO_ALGORITHMS = ("grpo", "gspo")
+GRPO_ALGORITHMS = ("grpo", "gspo", "cispo")
 
 
 @dataclass
@@ -46,14 +46,18 @@ class GRPOConfig(DictConfig):
 
     Fields left as None take the algorithm's own value (`resolved()`): for `gspo` the
     sequence-level importance ratio, sequence-mean aggregation and clip range 3e-4 / 4e-4
-    (Zheng et al. 2025 §5.1); for `grpo` the token-level ratio, token-mean aggregation and 0.2.
+    (Zheng et al. 2025 §5.1); for `grpo` the token-level ratio, token-mean aggregation and 0.2;
+    for `cispo` (MiniMax-M1's clipped-weight REINFORCE, `minigpt.losses.policy.cispo_policy_loss`)
+    the token-level ratio, token-mean aggregation, no lower bound on the weight (ε_low 1) and
+    an upper one of 1 + 3 (ScaleRL's 4).
 
     Raises:
         UserError: a value outside its range or an unknown name, naming the field.
     """
 
     algorithm: str = "grpo"
-    """grpo (token-level ratio) or gspo (sequence-level ratio and clipping)."""
+    """grpo (token-level ratio), gspo (sequence-level ratio and clipping) or cispo (REINFORCE
+    with a clipped, stop-gradient token-level importance weight: no token loses its gradient)."""
     group_size: int = 4
     """G: completions sampled per prompt; advantages compare samples of one prompt."""
     advantage_type: str = "normalized"
@@ -66,9 +70,9 @@ class GRPOConfig(DictConfig):
     kl_estimator: str = "k3"
     """Per-token KL estimator: k1, k2 or k3 (Schulman 2020; k3 is unbiased and >= 0)."""
     clip_epsilon: float | None = None
-    """Lower clip range ε of the importance ratio (None: 0.2, GSPO 3e-4)."""
+    """Lower clip range ε of the importance ratio (None: 0.2, GSPO 3e-4, CISPO 1 = no bound)."""
     clip_epsilon_high: float | None = None
-    """Upper clip range (DAPO's clip-higher; None: as clip_epsilon, GSPO 4e-4)."""
+    """Upper clip range (DAPO's clip-higher; None: as clip_epsilon, GSPO 4e-4, CISPO 3)."""
     importance_sampling_level: str | None = None
     """token or sequence (None: token for grpo, sequence for gspo)."""
     aggregation: str | None = None
@@ -95,6 +99,10 @@ class GRPOConfig(DictConfig):
             (self.aggregation is None or self.aggregation in AGGREGATIONS, f"aggregation must be one of {', '.join(AGGREGATIONS)}"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.clip_epsilon is None or self.clip_epsilon > 0, "clip_epsilon must be > 0"),
+            (self.clip_epsilon is None or self.clip_epsilon < 1 or self.algorithm == "cispo",
+             "clip_epsilon must be < 1 (a ratio clipped below 0 is no clip; only cispo takes ε_low ≥ 1, meaning no lower bound)"),
+            (self.algorithm != "cispo" or self.importance_sampling_level in (None, "token"),
+             "importance_sampling_level must be token with algorithm cispo (its weight is per token)"),
             (self.clip_epsilon_high is None or self.clip_epsilon_high > 0, "clip_epsilon_high must be > 0"),
             (is_int(self.num_iterations, 1), "num_iterations must be an integer >= 1"),
             (is_int(self.mini_batch_size, 0), "mini_batch_size must be an integer >= 0"),
@@ -105,12 +113,12 @@ class GRPOConfig(DictConfig):
 
     def resolved(self) -> "GRPOConfig":
         """A copy with the fields left as None set to the algorithm's values (see the class)."""
-        gspo = self.algorithm == "gspo"
-        low = self.clip_epsilon if self.clip_epsilon is not None else (3e-4 if gspo else 0.2)
+        gspo, cispo = self.algorithm == "gspo", self.algorithm == "cispo"
+        low = self.clip_epsilon if self.clip_epsilon is not None else (3e-4 if gspo else 1.0 if cispo else 0.2)
         return replace(
             self,
             clip_epsilon=low,
-            clip_epsilon_high=self.clip_epsilon_high if self.clip_epsilon_high is not None else (4e-4 if gspo else low),
+            clip_epsilon_high=self.clip_epsilon_high if self.clip_epsilon_high is not None else (4e-4 if gspo else 3.0 if cispo else low),
             importance_sampling_level=self.importance_sampling_level or ("sequence" if gspo else "token"),
             aggregation=self.aggregation or ("sequence" if gspo else "token"),
         )

@@ -26,7 +26,7 @@ import torch
 from minigpt.errors import UserError
 from minigpt.losses.advantages import group_advantages
 from minigpt.losses.kl import kl_estimate
-from minigpt.losses.policy import aggregate, clipped_policy_loss
+from minigpt.losses.policy import aggregate, cispo_policy_loss, clipped_policy_loss
 from minigpt.train.objective import LossOutput
 from minigpt.objectives.rollout import RolloutObjective, eval_mode, rollout_metrics, score_rollout
 from minigpt.inference.rollout import completion_logprobs
@@ -67,7 +67,8 @@ class GRPOObjective(RolloutObjective):
         Per completion token t of row i (DeepSeekMath eq. 3; GSPO eq. 5 with the sequence
         ratio): `−min(r·A_i, clip(r, 1−ε_low, 1+ε_high)·A_i) + β·k3(π, π_ref)`, with
         `r = π/π_old` per token (grpo) or `exp(mean_t log π/π_old)` per row (gspo), summed per
-        token or as each row's token mean (`aggregation`). Metrics: `clip_fraction`,
+        token or as each row's token mean (`aggregation`); with `algorithm: cispo` the policy
+        term is `−sg(clip(r, 1−ε_low, 1+ε_high))·A_i·log π` instead (MiniMax-M1 eq. 4). Metrics: `clip_fraction`,
         `ratio_mean`, `ratio_max`, `approx_kl`, `kl` (β > 0) and the rollout's floats.
         """
         c = self.config
@@ -75,9 +76,12 @@ class GRPOObjective(RolloutObjective):
         logprobs = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], mask, self.sampling.temperature)
         old = batch.get("old_logprobs")
         old = logprobs.detach() if old is None else old
-        per_token, stats = clipped_policy_loss(
-            logprobs, old, batch["advantages"], mask, c.clip_epsilon, c.clip_epsilon_high, c.importance_sampling_level
-        )
+        if c.algorithm == "cispo":
+            per_token, stats = cispo_policy_loss(logprobs, old, batch["advantages"], mask, c.clip_epsilon, c.clip_epsilon_high)
+        else:
+            per_token, stats = clipped_policy_loss(
+                logprobs, old, batch["advantages"], mask, c.clip_epsilon, c.clip_epsilon_high, c.importance_sampling_level
+            )
         maskf = mask.float()
         n_tok = float(maskf.sum())
         metrics = {k: float(v) for k, v in stats.items()}

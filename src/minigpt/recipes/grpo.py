@@ -1,6 +1,6 @@
 """Online RL recipe: `minigpt grpo --model SFT_DIR --data prompts.jsonl --reward format,answer`.
 
-GRPO and GSPO (`--algorithm gspo`) through the one training loop: the loop draws a batch of
+GRPO, GSPO (`--grpo.algorithm gspo`) and CISPO (`--grpo.algorithm cispo`) through the one training loop: the loop draws a batch of
 prompts, the objective samples `group_size` completions for each on the fast engine, scores
 them with the chosen reward functions, and trains on group-relative advantages. Held-out
 prompts are decoded greedily before training, every `--train.eval_interval` steps and at the
