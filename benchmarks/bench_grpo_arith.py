@@ -20,6 +20,7 @@ and the mean greedy reply length in tokens (bare answers are about 11 tokens, wo
     minigpt quickstart                                  # once: runs/quickstart
     python benchmarks/bench_grpo_arith.py               # 3 seeds × (GRPO, GSPO), ~15 min on 2 cores
     python benchmarks/bench_grpo_arith.py --steps 300 --seeds 1 2 3 --out /work/runs/grpo_arith
+    python benchmarks/bench_grpo_arith.py --algorithms grpo cispo --seeds 1 2 --num-iterations 2   # CISPO against GRPO, off-policy
 
 Run it on a quiet machine (2 CPU cores: concurrent jobs slow every run several-fold).
 """
@@ -46,8 +47,13 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-5, help="constant learning rate (the quickstart's)")
     ap.add_argument("--beta", type=float, default=0.0)
+    ap.add_argument("--num-iterations", type=int, default=1,
+                    help="optimisation passes per rollout batch (`--grpo.num_iterations`); with 1 every pass is on-policy, "
+                         "where CISPO's gradient equals GRPO's")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--algorithms", nargs="+", default=["grpo", "gspo"], choices=["grpo", "gspo", "cispo"],
+                    help="the algorithms compared (`--grpo.algorithm`), each from the same start for every seed")
     ap.add_argument("--eval-samples", type=int, default=4, help="sampled completions per held-out problem (mean@k at the training temperature)")
     args = ap.parse_args()
 
@@ -64,11 +70,11 @@ def main() -> None:
     results: dict = {"settings": vars(args), "runs": []}
     start_acc = None
     for seed in args.seeds:
-        for algo in ("grpo", "gspo"):
+        for algo in args.algorithms:
             t0 = time.time()
             m = grpo(
                 model=str(start), data=str(prompts), eval_data=str(heldout), out=str(out / f"{algo}_s{seed}"), reward="answer",
-                grpo=GRPOConfig(algorithm=algo, group_size=args.group, beta=args.beta),
+                grpo=GRPOConfig(algorithm=algo, group_size=args.group, beta=args.beta, num_iterations=args.num_iterations),
                 sampling=SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature), max_val=None, eval_samples=args.eval_samples,
                 train=TrainConfig(
                     max_steps=args.steps, batch_size=args.prompts, lr=args.lr, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
@@ -98,7 +104,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| SFT (start) | {start_acc:.3f} | | {start_sampled:.3f} | | {start_len:.1f} | |")
-    for algo in ("grpo", "gspo"):
+    for algo in args.algorithms:
         rows = [r for r in results["runs"] if r["algorithm"] == algo]
         cells = []
         for key, digits in (("after", 3), ("sampled_after", 3), ("length_after", 1)):
