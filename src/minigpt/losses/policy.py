@@ -46,6 +46,15 @@ def _masked_stats(keep: torch.Tensor, *per_token: torch.Tensor, maxes: tuple[tor
     return [float(v) for v in torch.stack([o.to(torch.float64) for o in out]).tolist()]
 
 
+def _ratio_stats(keep: torch.Tensor, clipped: torch.Tensor, ratio: torch.Tensor, log_ratio: torch.Tensor) -> dict[str, float]:
+    """The policy losses' statistics over the kept tokens: `clip_fraction` (share of `clipped`,
+    a bool `(B, T)`), `ratio_mean`, `ratio_max` and `approx_kl` (mean of `(ρ − 1) − log ρ`, the
+    k3 estimate of KL(π_old ‖ π)); call under `torch.no_grad()`."""
+    r, lr = ratio.detach(), log_ratio.detach()
+    clip_fraction, ratio_mean, approx_kl, ratio_max = _masked_stats(keep, clipped.to(r.dtype), r, (r - 1.0) - lr, maxes=(r,))
+    return {"clip_fraction": clip_fraction, "ratio_mean": ratio_mean, "ratio_max": ratio_max, "approx_kl": approx_kl}
+
+
 def _broadcast_advantages(who: str, advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`(B,)` or `(B, T)` advantages as a `(B, T)` tensor of `like`'s dtype.
 
@@ -153,7 +162,6 @@ def clipped_policy_loss(
     if not eps_high >= 0.0:
         raise UserError(f"clipped_policy_loss: clip_epsilon_high must be >= 0, got {clip_epsilon_high}")
     log_ratio = importance_ratio_log(logprobs, old_logprobs, mask, level)
-    dtype = log_ratio.dtype
     adv = _broadcast_advantages("clipped_policy_loss", advantages, log_ratio)
     keep = mask != 0
     ratio = torch.exp(log_ratio)
@@ -164,13 +172,7 @@ def clipped_policy_loss(
     if not with_stats:
         return loss, {}
     with torch.no_grad():
-        r, lr = ratio.detach(), log_ratio.detach()
-        was_clipped = (clipped.detach() < unclipped.detach()).to(dtype)
-        clip_fraction, ratio_mean, approx_kl, ratio_max = _masked_stats(
-            keep, was_clipped, r, (r - 1.0) - lr, maxes=(r,)
-        )
-    stats = {"clip_fraction": clip_fraction, "ratio_mean": ratio_mean, "ratio_max": ratio_max, "approx_kl": approx_kl}
-    return loss, stats
+        return loss, _ratio_stats(keep, clipped.detach() < unclipped.detach(), ratio, log_ratio)
 
 
 def cispo_policy_loss(
@@ -228,11 +230,7 @@ def cispo_policy_loss(
     if not with_stats:
         return loss, {}
     with torch.no_grad():
-        clipped = (weight != ratio).to(dtype)
-        clip_fraction, ratio_mean, approx_kl, ratio_max = _masked_stats(
-            keep, clipped, ratio, (ratio - 1.0) - log_ratio.detach(), maxes=(ratio,)
-        )
-    return loss, {"clip_fraction": clip_fraction, "ratio_mean": ratio_mean, "ratio_max": ratio_max, "approx_kl": approx_kl}
+        return loss, _ratio_stats(keep, weight != ratio, ratio, log_ratio)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token") -> tuple[torch.Tensor, int]:
