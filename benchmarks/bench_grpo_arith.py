@@ -20,7 +20,7 @@ and the mean greedy reply length in tokens (bare answers are about 11 tokens, wo
     minigpt quickstart                                  # once: runs/quickstart
     python benchmarks/bench_grpo_arith.py               # 3 seeds × (GRPO, GSPO), ~15 min on 2 cores
     python benchmarks/bench_grpo_arith.py --steps 300 --seeds 1 2 3 --out /work/runs/grpo_arith
-    python benchmarks/bench_grpo_arith.py --algorithms grpo cispo --seeds 1 2 --num-iterations 2   # CISPO against GRPO, off-policy
+    python benchmarks/bench_grpo_arith.py --algorithms grpo cispo --seeds 1 2 --num-iterations 4   # CISPO against GRPO, off-policy
 
 Run it on a quiet machine (2 CPU cores: concurrent jobs slow every run several-fold).
 """

@@ -35,7 +35,7 @@ def test_simclr_learns_to_match_views():
     first_loss = sum(r["loss"] for r in first) / len(first)
     last_loss = sum(r["loss"] for r in last) / len(last)
     last_accuracy = sum(r["accuracy"] for r in last) / len(last)
-    assert last_loss < first_loss / 2 and last_accuracy >= 0.85, (first_loss, last_loss, last_accuracy)
+    assert last_loss < first_loss / 2 and last_accuracy >= 0.9, (first_loss, last_loss, last_accuracy)
     x1, x2 = _pairs(g, 16)  # held-out texts: each view's nearest neighbour is its partner
     e1, e2 = trainer.embed(x1), trainer.embed(x2)
     assert e1.shape == (16, 32) and torch.allclose(e1.norm(dim=-1), torch.ones(16), atol=1e-5)

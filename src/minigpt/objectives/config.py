@@ -74,10 +74,10 @@ class GRPOConfig(DictConfig):
     clip_epsilon_high: float | None = None
     """Upper clip range (DAPO's clip-higher; None: as clip_epsilon, GSPO 4e-4, CISPO 3)."""
     importance_sampling_level: str | None = None
-    """token or sequence (None: token for grpo, sequence for gspo)."""
+    """token or sequence (None: token for grpo and cispo, sequence for gspo; cispo takes token only)."""
     aggregation: str | None = None
     """token (mean over all completion tokens of the step, DAPO) or sequence (mean of each
-    completion's token mean, original GRPO); None: token for grpo, sequence for gspo."""
+    completion's token mean, original GRPO); None: token for grpo and cispo, sequence for gspo."""
     num_iterations: int = 1
     """μ: optimisation passes over each rollout batch (ratio != 1 from the second on)."""
     mini_batch_size: int = 0
